@@ -1,0 +1,29 @@
+# citygrid — the two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+BIN := .venv/bin
+
+.PHONY: run test bench lint db-stop clean
+
+run:
+	@scripts/bootstrap.sh run
+	$(BIN)/citygrid run
+
+test:
+	@scripts/bootstrap.sh test
+	$(BIN)/citygrid db start
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench:
+	@scripts/bootstrap.sh bench
+	$(BIN)/citygrid db start
+	$(BIN)/python bench/bench_snap.py $(BENCH_ARGS)
+
+lint:
+	$(BIN)/ruff check .
+
+db-stop:
+	$(BIN)/citygrid db stop
+
+clean:
+	-$(BIN)/citygrid db stop
+	rm -rf var .venv

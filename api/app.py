@@ -1,0 +1,85 @@
+"""FastAPI application factory. The connection pool lives in the lifespan (pattern of tipg)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api.routers import admin, grid, system
+from gis.crs import CRSError
+from layers.errors import Conflict, InputError, NotFound
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+log = logging.getLogger("citygrid")
+
+
+def create_app(database_url: str | None = None) -> FastAPI:
+    """Build the app; ``database_url`` defaults to DATABASE_URL or the project's own cluster."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from citygrid.dbcluster import database_url as resolve_url
+        from layers.db import make_engine
+
+        app.state.engine = make_engine(database_url or resolve_url())
+        try:
+            yield
+        finally:
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="citygrid 网格化城市管理",
+        version="0.1.0",
+        description="12345 热线与数字城管的网格化管理服务 — grid management for a 12345 hotline center "
+                    "and digital urban management. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+
+    def _error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, e: InputError):
+        return _error(422, str(e))
+
+    @app.exception_handler(CRSError)
+    async def _crs_error(_: Request, e: CRSError):
+        return _error(422, str(e))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, e: NotFound):
+        return _error(404, str(e))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, e: Conflict):
+        return _error(409, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError):
+        # Say what is wrong, in short, without echoing huge inputs back.
+        problems = []
+        for err in e.errors()[:10]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {err.get('msg')}")
+        more = len(e.errors()) - len(problems)
+        detail = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+        return JSONResponse({"detail": detail, "errors": [
+            {"loc": err.get("loc"), "msg": err.get("msg"), "type": err.get("type")} for err in e.errors()[:10]
+        ]}, status_code=422)
+
+    for r in (system.router, grid.router, admin.router):
+        app.include_router(r)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    return app

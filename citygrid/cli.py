@@ -1,0 +1,226 @@
+"""The ``citygrid`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from citygrid import settings
+
+
+def _engine():
+    from citygrid.dbcluster import database_url
+    from layers.db import make_engine
+
+    return make_engine(database_url(), pool_size=2)
+
+
+def cmd_db(args) -> int:
+    from citygrid import dbcluster
+
+    if settings.database().url and args.action != "url":
+        print("DATABASE_URL is set: citygrid uses that server and does not manage a cluster of its own.")
+        return 0
+    if args.action == "start":
+        c = dbcluster.start()
+        print(f"PostgreSQL {c.major} + PostGIS running: data {c.pgdata}, socket {c.socket_dir}, port {c.port}")
+    elif args.action == "stop":
+        dbcluster.stop()
+    elif args.action == "status":
+        st = dbcluster.status()
+        print(json.dumps(st, indent=1))
+        return 0 if st["running"] else 3
+    elif args.action == "destroy":
+        dbcluster.destroy()
+    elif args.action == "url":
+        print(dbcluster.database_url(start_if_needed=False))
+    return 0
+
+
+def cmd_migrate(_args) -> int:
+    from layers.db import current_revision, migrate
+
+    engine = _engine()
+    migrate(engine)
+    print(f"schema at revision {current_revision(engine)}")
+    return 0
+
+
+def _print_demo(tokens: dict) -> None:
+    api = settings.api()
+    base = f"http://{api.host}:{api.port}"
+    print("\n演示用户 Demo users (Authorization: Bearer <token>):")
+    for name, entry in tokens.items():
+        print(f"  {name:<12} {entry['role']:<11} {entry['token']}")
+    print("\n页面 Pages:")
+    print(f"  首页 Home        {base}/")
+    print(f"  接口 API docs    {base}/docs")
+    print(f"  健康 Health      {base}/api/v1/health")
+
+
+def cmd_demo(args) -> int:
+    from layers.db import migrate
+    from layers.demo import ensure_demo_users, load_haimen
+
+    engine = _engine()
+    migrate(engine)
+    with engine.begin() as conn:
+        load_haimen(conn, cell_size=args.cell_size)
+        tokens = ensure_demo_users(conn)
+    if not args.quiet:
+        _print_demo(tokens)
+    return 0
+
+
+def cmd_city(args) -> int:
+    from layers import city as lcity
+
+    engine = _engine()
+    with engine.begin() as conn:
+        boundary, src = lcity.read_boundary(Path(args.file), args.crs)
+        city = lcity.create_city(conn, slug=args.slug, name=args.name, adcode=args.adcode, boundary=boundary,
+                                 src_crs=src, name_en=args.name_en,
+                                 working_epsg=args.working_epsg or settings.grid().working_epsg)
+        grid_id = lcity.generate_grid(conn, city, size=args.cell_size)
+    print(f"city {city.slug}: working CRS {city.working_crs}, grid {grid_id}")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from layers import city as lcity
+
+    engine = _engine()
+    with engine.begin() as conn:
+        city = lcity.get_city(conn, args.city)
+        if args.action == "generate":
+            gid = lcity.generate_grid(conn, city, size=args.size)
+        else:
+            gid = lcity.import_grid(conn, city, Path(args.file), code_field=args.code_field, crs=args.crs,
+                                    activate=args.activate)
+    print(f"grid {gid}")
+    return 0
+
+
+def cmd_users(args) -> int:
+    from layers import users as lusers
+
+    engine = _engine()
+    with engine.begin() as conn:
+        if args.action == "add":
+            user, token = lusers.add_user(conn, args.name, args.role, department=args.department,
+                                          area_code=args.area)
+            print(f"user {user.name} ({user.role}) token: {token}")
+            print("the token is shown only now; keep it")
+        else:
+            for u in lusers.list_users(conn):
+                print(f"{u.id:>4} {u.name:<20} {u.role:<11} {u.department or ''} {u.area_code or ''}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    api = settings.api()
+    uvicorn.run(create_app(), host=args.host or api.host, port=args.port or api.port,
+                workers=1, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_run(args) -> int:
+    """What `make run` does: database, schema, demo city and users, then the server."""
+    cmd_db(argparse.Namespace(action="start"))
+    cmd_demo(argparse.Namespace(cell_size=settings.grid().cell_size, quiet=False))
+    return cmd_serve(args)
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    bench = settings.PROJECT_ROOT / "bench" / f"bench_{args.what}.py"
+    sys.argv = [str(bench), *args.rest]
+    runpy.run_path(str(bench), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="citygrid", description="citygrid 网格化城市管理")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the project's own PostgreSQL + PostGIS cluster")
+    db.add_argument("action", choices=["start", "stop", "status", "destroy", "url"])
+    db.set_defaults(func=cmd_db)
+
+    sub.add_parser("migrate", help="bring the schema up to date").set_defaults(func=cmd_migrate)
+
+    demo = sub.add_parser("demo", help="load the Haimen demo city and its users (idempotent)")
+    demo.add_argument("--cell-size", type=float, default=settings.grid().cell_size)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    city = sub.add_parser("city", help="import a city boundary and generate its grid")
+    city.add_argument("action", choices=["import"])
+    city.add_argument("file")
+    city.add_argument("--slug", required=True)
+    city.add_argument("--name", required=True)
+    city.add_argument("--adcode", required=True, help="6-digit district code (GB/T 2260)")
+    city.add_argument("--crs", help="the file's CRS if not its own: EPSG:4326, EPSG:4490, GCJ-02, BD-09")
+    city.add_argument("--name-en")
+    city.add_argument("--working-epsg", type=int)
+    city.add_argument("--cell-size", type=float, default=settings.grid().cell_size)
+    city.set_defaults(func=cmd_city)
+
+    grid = sub.add_parser("grid", help="generate a regular grid or import an official one")
+    gsub = grid.add_subparsers(dest="action", required=True)
+    gen = gsub.add_parser("generate")
+    gen.add_argument("city")
+    gen.add_argument("--size", type=float, default=settings.grid().cell_size)
+    imp = gsub.add_parser("import")
+    imp.add_argument("city")
+    imp.add_argument("file")
+    imp.add_argument("--code-field", default="code")
+    imp.add_argument("--crs")
+    imp.add_argument("--activate", action="store_true")
+    grid.set_defaults(func=cmd_grid)
+
+    users = sub.add_parser("users", help="users and their bearer tokens")
+    usub = users.add_subparsers(dest="action", required=True)
+    add = usub.add_parser("add")
+    add.add_argument("name")
+    add.add_argument("--role", required=True)
+    add.add_argument("--department")
+    add.add_argument("--area", help="admin code or cell code of the user's area")
+    usub.add_parser("list")
+    users.set_defaults(func=cmd_users)
+
+    for name, func in (("serve", cmd_serve), ("run", cmd_run)):
+        s = sub.add_parser(name, help="start the HTTP server" + (" after db, schema and demo" if name == "run" else ""))
+        s.add_argument("--host")
+        s.add_argument("--port", type=int)
+        s.set_defaults(func=func)
+
+    b = sub.add_parser("bench", help="benchmarks (see bench/)")
+    b.add_argument("what", choices=["snap"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from citygrid.dbcluster import ClusterError
+    from gis.crs import CRSError
+    from layers.errors import Conflict, InputError, NotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ClusterError, InputError, NotFound, Conflict, CRSError) as e:
+        print(f"citygrid: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Settings, one class per concern, each with its own environment prefix (pattern of tipg).
+
+``DATABASE_URL`` (or ``CITYGRID_DB_URL``) points at an external PostgreSQL + PostGIS; without it the
+project runs its own cluster under ``var/`` (see :mod:`citygrid.dbcluster`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PathSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_")
+
+    var_dir: Path = PROJECT_ROOT / "var"
+    #: ``../shared/data`` next to the checkout: real data made by others (read only).
+    shared_data: Path = PROJECT_ROOT.parent / "shared" / "data"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.var_dir / "data"
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_DB_")
+
+    url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "CITYGRID_DB_URL"))
+    #: The project's own cluster: database name, role, port (its Unix socket carries the number).
+    name: str = "citygrid"
+    user: str = "citygrid"
+    port: int = 54329
+    #: Where the own cluster keeps its files; default ``var/pg`` (or a place the cluster's OS user
+    #: can enter, when the checkout is not reachable for it).
+    pgdata: Path | None = None
+    #: OS user that runs the own cluster when started as root (PostgreSQL refuses root).
+    os_user: str = "postgres"
+    pool_size: int = 8
+    max_overflow: int = 8
+    statement_timeout_ms: int = 120_000
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_API_")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Largest point list ``POST /api/v1/snap`` accepts.
+    max_snap_points: int = 100_000
+    #: Largest upload (boundary or grid files), bytes.
+    max_upload_bytes: int = 50 * 1024 * 1024
+    #: Largest bbox ``GET /api/v1/cells`` answers, in cells.
+    max_cells_per_request: int = 20_000
+    #: The city answered by default when a request names none.
+    default_city: str = "haimen"
+
+
+class GridSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_GRID_")
+
+    cell_size: float = 100.0
+    #: Override the working CRS (EPSG code); default: the CGCS2000 3-degree Gauss-Krüger zone.
+    working_epsg: int | None = None
+
+
+@lru_cache
+def paths() -> PathSettings:
+    return PathSettings()
+
+
+@lru_cache
+def database() -> DatabaseSettings:
+    return DatabaseSettings()
+
+
+@lru_cache
+def api() -> ApiSettings:
+    return ApiSettings()
+
+
+@lru_cache
+def grid() -> GridSettings:
+    return GridSettings()

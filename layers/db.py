@@ -1,0 +1,54 @@
+"""Engine and migrations. Domain code takes a SQLAlchemy ``Connection``, never a request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+
+from citygrid import settings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    cfg = settings.database()
+    engine = create_engine(
+        url,
+        pool_size=pool_size or cfg.pool_size,
+        max_overflow=cfg.max_overflow,
+        pool_pre_ping=True,
+        connect_args={"options": f"-c statement_timeout={cfg.statement_timeout_ms} -c TimeZone=UTC"},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _set_app_name(dbapi_conn, _record):  # pragma: no cover - trivial
+        dbapi_conn.execute("SET application_name = 'citygrid'")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def alembic_config(url: str | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (idempotent)."""
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
