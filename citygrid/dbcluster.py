@@ -263,8 +263,10 @@ def destroy(log=print) -> None:
     cluster = locate(log=log, install=False)
     if cluster.running():
         stop(log=log)
-    shutil.rmtree(cluster.pgdata, ignore_errors=True)
-    log(f"removed {cluster.pgdata}")
+    # The cluster's own folder (data, socket, log) when it is one of ours; else only its data.
+    target = cluster.pgdata.parent if cluster.pgdata.parent.parent == Path("/var/lib/citygrid") else cluster.pgdata
+    shutil.rmtree(target, ignore_errors=True)
+    log(f"removed {target}")
 
 
 def status() -> dict:

@@ -210,7 +210,7 @@ def generate_grid(conn: Connection, city: CityInfo, *, size: float = 100.0, acti
     if len(street_ids) == 0:  # no streets: one made-up street covering the city
         add_areas(conn, city, "street", [city.adcode + "001"], [city.name], [boundary], made_up=True)
         street_ids, street_codes, street_geoms = _areas(conn, city, "street")
-    street_of = ggrid.assign_to_areas(reps, street_geoms)
+    street_of = ggrid.assign_to_areas(reps, street_geoms, max_distance=None)
 
     comm_ids, comm_codes, comm_geoms = _areas(conn, city, "community")
     comm_of = ggrid.assign_to_areas(reps, comm_geoms) if len(comm_ids) else np.full(n, -1)

@@ -55,6 +55,7 @@ class LoadedGrid:
         self.codes = codes
         self.cols = cols
         self.rows = rows
+        self.geoms = geoms
         if info.kind == "regular":
             self.index = gsnap.RegularGridIndex(cols, rows, info.cell_size, geoms, partial)
         else:

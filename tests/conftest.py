@@ -96,3 +96,46 @@ def conn(engine):
 def count(engine, sql: str, **params) -> int:
     with engine.connect() as c:
         return c.execute(text(sql), params).scalar_one()
+
+
+@pytest.fixture(scope="session")
+def live_server(app):
+    """The app served by uvicorn on a free local port, in a thread (for browser tests)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (Playwright's own browser download cannot work here)."""
+    from playwright.sync_api import sync_playwright
+
+    exe = "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail("Debian's chromium is not installed: `make test` installs it (scripts/bootstrap.sh test)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

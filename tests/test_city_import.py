@@ -128,7 +128,7 @@ def test_imported_irregular_grid_snaps_like_generated(client, tokens, engine, tm
     cells = shapely.intersection(shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(seeds), extend_to=square)), square)
     codes = [f"320614001900{i + 1:03d}" for i in range(len(cells))]
     gcj = gcrs.transform_geometry(np.asarray(cells), "EPSG:4326", "GCJ-02")
-    gpd.GeoDataFrame({"BGID": codes}, geometry=list(gcj)).to_file(tmp_path / "grid.geojson", driver="GeoJSON")
+    gpd.GeoDataFrame({"BGID": codes}, geometry=list(gcj), crs="EPSG:4326").to_file(tmp_path / "grid.geojson", driver="GeoJSON")
     r = client.post("/api/v1/admin/cities/t-irr/grids", headers=admin,
                     data={"code_field": "BGID", "crs": "GCJ-02", "activate": "true"},
                     files={"file": ("grid.geojson", (tmp_path / "grid.geojson").read_bytes())})

@@ -62,8 +62,12 @@ def test_community_codes_nest_in_streets(engine, haimen):
         mismatched = c.execute(text("""
             SELECT count(*) FROM grid_cell gc JOIN admin_area com ON com.id = gc.area_id
             JOIN admin_area st ON st.id = com.parent_id
+            JOIN grid g ON g.id = gc.grid_id AND g.active JOIN city ON city.id = g.city_id AND city.slug = 'haimen'
             WHERE left(gc.code, 12) <> com.code OR left(com.code, 9) <> st.code""")).scalar_one()
-    assert mismatched == 0
+        unfiled = c.execute(text("""
+            SELECT count(*) FROM grid_cell gc JOIN grid g ON g.id = gc.grid_id AND g.active
+            JOIN city ON city.id = g.city_id AND city.slug = 'haimen' WHERE gc.area_id IS NULL""")).scalar_one()
+    assert mismatched == 0 and unfiled == 0
 
 
 def _cell_from_db(engine, code):

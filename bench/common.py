@@ -1,0 +1,51 @@
+"""Helpers for the benchmarks: timing (best of N), the demo database, and a results table.
+
+Each benchmark prints this project's figure beside its anchor measured in the same run, as a ratio:
+this machine is shared and noisy, so absolute numbers vary from run to run and ratios much less.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
+    """Fastest of ``repeat`` runs (seconds) and the last result."""
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def demo_engine():
+    """The demo database (``make run``'s), with the Haimen city loaded if it is not there yet."""
+    from citygrid.dbcluster import database_url
+    from layers.db import make_engine, migrate
+    from layers.demo import load_haimen
+
+    engine = make_engine(database_url(log=lambda *_: None), pool_size=2)
+    migrate(engine)
+    with engine.begin() as conn:
+        city = load_haimen(conn, log=lambda *_: None)
+    return engine, city
+
+
+class Table:
+    def __init__(self, title: str):
+        self.title = title
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, figure: str, anchor: str = "", verdict: str = "") -> None:
+        self.rows.append((what, figure, anchor, verdict))
+
+    def print(self) -> None:
+        w = [max(len(r[i]) for r in self.rows + [("what", "figure", "anchor", "target")]) for i in range(4)]
+        print(f"\n== {self.title}")
+        head = ("what", "figure", "anchor (same run)", "target")
+        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+        for r in self.rows:
+            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
