@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,12 +13,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.routers import admin, grid, system
+import api.routers
 from gis.crs import CRSError
 from layers.errors import Conflict, InputError, NotFound
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
+PAGES = ("inspector", "supervisor", "planner", "public")
 log = logging.getLogger("citygrid")
+
+
+def routers() -> list:
+    """Every ``router`` of the modules in ``api/routers`` (one module per kind of user or concern)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(api.routers.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"api.routers.{info.name}")
+        if hasattr(module, "router"):
+            found.append(module.router)
+    return found
+
+
+def _page(name: str):
+    def page():
+        return FileResponse(STATIC / name / "index.html")
+
+    return page
 
 
 def create_app(database_url: str | None = None) -> FastAPI:
@@ -73,13 +93,18 @@ def create_app(database_url: str | None = None) -> FastAPI:
             {"loc": err.get("loc"), "msg": err.get("msg"), "type": err.get("type")} for err in e.errors()[:10]
         ]}, status_code=422)
 
-    for r in (system.router, grid.router, admin.router):
-        app.include_router(r)
+    for router in routers():
+        app.include_router(router)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html")
+
+    # The pages of each kind of user: static/<page>/index.html served at /<page>.
+    for page in PAGES:
+        if (STATIC / page / "index.html").exists():
+            app.add_api_route(f"/{page}", _page(page), include_in_schema=False, methods=["GET"])
 
     return app

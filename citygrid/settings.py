@@ -58,6 +58,10 @@ class ApiSettings(BaseSettings):
     max_cells_per_request: int = 20_000
     #: The city answered by default when a request names none.
     default_city: str = "haimen"
+    #: XYZ tile URL of a base map for the pages (none: the city's own layers on a blank background).
+    #: Tiles must be in WGS-84 Web Mercator (OSM-like); GCJ-02 tiles (AMap, Tencent) would misplace data.
+    basemap_url: str | None = None
+    basemap_attribution: str = ""
 
 
 class GridSettings(BaseSettings):

@@ -39,8 +39,9 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (idempotent)."""
+def migrate(engine: Engine, revision: str = "heads") -> None:
+    """Bring the schema to ``revision`` (idempotent). Feature migrations may branch from the
+    foundation (one branch per area: assets, cases, field work, analytics); "heads" applies them all."""
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -48,7 +49,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The applied revision(s), comma-separated when several branches are applied."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import PUBLIC, STAFF
+from api.deps import PUBLIC, STAFF, get_conn
 from layers import city as lcity
 from layers import grid as lgrid
 from layers.errors import NotFound
@@ -35,6 +35,22 @@ def health(request: Request, _=Depends(PUBLIC)):
     except Exception as e:  # the database is down: say so, with 503
         return JSONResponse({"status": "unavailable", "database": f"error: {type(e).__name__}"}, status_code=503)
     return {"status": "ok", "database": f"PostgreSQL {server}", "postgis": postgis, "cities": cities}
+
+
+@router.get("/config", summary="页面配置 What the pages need: cities with their extent, the base map")
+def config(_=Depends(PUBLIC), conn=Depends(get_conn)):
+    from citygrid import settings
+
+    api = settings.api()
+    rows = conn.execute(text("""
+        SELECT slug, name, name_en, adcode, working_srid,
+               ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b)
+        FROM (SELECT *, ST_Transform(boundary, 4326) AS b FROM city) c ORDER BY id""")).all()
+    cities = [{"slug": r[0], "name": r[1], "name_en": r[2], "adcode": r[3], "working_crs": f"EPSG:{r[4]}",
+               "bbox": [round(v, 6) for v in r[5:9]],
+               "center": [round((r[5] + r[7]) / 2, 6), round((r[6] + r[8]) / 2, 6)]} for r in rows]
+    return {"default_city": api.default_city, "basemap_url": api.basemap_url,
+            "basemap_attribution": api.basemap_attribution, "cities": cities}
 
 
 @router.get("/me", summary="当前用户 The caller")
