@@ -16,7 +16,7 @@ test:
 bench:
 	@scripts/bootstrap.sh bench
 	$(BIN)/citygrid db start
-	$(BIN)/python bench/bench_snap.py $(BENCH_ARGS)
+	@set -e; for b in bench/bench_*.py; do echo "### $$b"; $(BIN)/python $$b; done
 
 lint:
 	$(BIN)/ruff check .

@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
 
     b = sub.add_parser("bench", help="benchmarks (see bench/)")
-    b.add_argument("what", choices=["snap"])
+    b.add_argument("what", choices=sorted(p.stem.removeprefix("bench_")
+                                          for p in (settings.PROJECT_ROOT / "bench").glob("bench_*.py")))
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
     return p

@@ -172,3 +172,15 @@ def test_bad_grid_files(client, tokens, tmp_path):
     assert r.status_code == 422 and "no field 'nope'" in r.json()["detail"]
     assert client.post("/api/v1/admin/cities/nowhere/grids", headers=admin,
                        files={"file": ("g.geojson", b"{}")}).status_code == 404
+
+
+def test_working_crs_override(client, tokens, engine):
+    r = client.post("/api/v1/admin/cities", headers=auth(tokens["admin"]),
+                    files={"file": ("b.geojson", _square_geojson(121.50, 31.95, 0.01))},
+                    data={"slug": "t-epsg", "name": "测", "adcode": "320614", "working_epsg": "4550", "cell_size": "250"})
+    assert r.status_code == 201 and r.json()["working_crs"] == "EPSG:4550"
+    with engine.connect() as c:
+        srids, sizes = c.execute(text("""SELECT array_agg(DISTINCT ST_SRID(gc.geom)), array_agg(DISTINCT g.cell_size)
+            FROM grid_cell gc JOIN grid g ON g.id = gc.grid_id JOIN city ON city.id = g.city_id
+            WHERE city.slug = 't-epsg'""")).one()
+    assert srids == [4550] and sizes == [250.0]

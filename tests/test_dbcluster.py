@@ -56,3 +56,43 @@ def test_fresh_cluster_where_the_os_user_cannot_enter():
     finally:
         _cli("db", "destroy", env=env)
         shutil.rmtree(hidden, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an ordinary user")
+def test_ordinary_user_runs_its_own_cluster(tmp_path):
+    """As an ordinary user (here: postgres) the cluster runs as that user, in its own var dir."""
+    var = Path(tempfile.mkdtemp(prefix="citygrid-user-"))
+    shutil.chown(var, "postgres")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CITYGRID_DB_URL")},
+           "CITYGRID_VAR_DIR": str(var / "var"), "CITYGRID_DB_PORT": "54393", "HOME": str(var)}
+
+    def as_user(*args):
+        return subprocess.run(["runuser", "-u", "postgres", "--", sys.executable, "-m", "citygrid.cli", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    probe = subprocess.run(["runuser", "-u", "postgres", "--", sys.executable, "-c", "import citygrid"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        shutil.rmtree(var, ignore_errors=True)
+        pytest.skip(f"this machine's Python is not usable by another user: {probe.stderr.strip()[:120]}")
+    try:
+        r = as_user("db", "start")
+        assert r.returncode == 0, r.stderr + r.stdout
+        st = json.loads(as_user("db", "status").stdout)
+        assert st["running"] and st["os_user"] == "postgres" and st["pgdata"].startswith(str(var))
+        assert Path(st["pgdata"]).stat().st_uid == Path(var).stat().st_uid
+    finally:
+        as_user("db", "stop")
+        shutil.rmtree(var, ignore_errors=True)
+
+
+def test_missing_postgis_as_ordinary_user_names_the_command(monkeypatch):
+    """Without PostGIS and without root, start stops with the exact apt-get command."""
+    from citygrid import dbcluster
+
+    monkeypatch.setattr(dbcluster, "has_postgis", lambda major: False)
+    monkeypatch.setattr(dbcluster, "_is_root", lambda: False)
+    majors = dbcluster.installed_majors()
+    with pytest.raises(dbcluster.ClusterError) as err:
+        dbcluster.choose_major()
+    assert f"apt-get install -y --no-install-recommends postgresql-{majors[0]}-postgis-3" in str(err.value)
