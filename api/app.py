@@ -32,6 +32,13 @@ def routers() -> list:
     return found
 
 
+def _handler(status: int):
+    async def handle(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=status)
+
+    return handle
+
+
 def _page(name: str):
     def page():
         return FileResponse(STATIC / name / "index.html")
@@ -61,24 +68,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    def _error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
-
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, e: InputError):
-        return _error(422, str(e))
-
-    @app.exception_handler(CRSError)
-    async def _crs_error(_: Request, e: CRSError):
-        return _error(422, str(e))
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, e: NotFound):
-        return _error(404, str(e))
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, e: Conflict):
-        return _error(409, str(e))
+    # Errors of bad input raised below the routers become 4xx answers that say what is wrong.
+    for exc, status in ((InputError, 422), (CRSError, 422), (NotFound, 404), (Conflict, 409)):
+        app.add_exception_handler(exc, _handler(status))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):
