@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 import api.routers
 from gis.crs import CRSError
-from layers.errors import Conflict, InputError, NotFound
+from layers.errors import Conflict, Forbidden, InputError, NotFound
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGES = ("inspector", "supervisor", "planner", "public")
@@ -69,7 +69,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
     )
 
     # Errors of bad input raised below the routers become 4xx answers that say what is wrong.
-    for exc, status in ((InputError, 422), (CRSError, 422), (NotFound, 404), (Conflict, 409)):
+    for exc, status in ((InputError, 422), (CRSError, 422), (NotFound, 404), (Conflict, 409), (Forbidden, 403)):
         app.add_exception_handler(exc, _handler(status))
 
     @app.exception_handler(RequestValidationError)

@@ -17,3 +17,9 @@ class Conflict(RuntimeError):
     """The request clashes with what exists (→ 409)."""
 
     status = 409
+
+
+class Forbidden(PermissionError):
+    """The user's role may act, but not on this object, e.g. another department's case (→ 403)."""
+
+    status = 403

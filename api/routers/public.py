@@ -1,0 +1,73 @@
+"""The citizen channel (微信 / 网站): submit a request, look up its status, rate it; public notices.
+
+Public endpoints: no personal data and no internal notes ever leave through them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection
+
+from api.deps import PUBLIC, get_city, get_conn
+from layers import citizen
+from layers.city import CityInfo
+from layers.errors import InputError
+
+router = APIRouter(prefix="/api/v1/public", tags=["public 市民"])
+
+
+@router.get("/categories", summary="可选类别 Classes a citizen may choose")
+def categories(_=Depends(PUBLIC)):
+    return {"categories": citizen.public_categories()}
+
+
+@router.post("/requests", summary="市民上报 Submit a request (location in GCJ-02 as WeChat sends it)", status_code=201)
+async def submit(category_code: str = Form(..., max_length=40), description: str = Form(..., max_length=5000),
+                 lon: float | None = Form(None), lat: float | None = Form(None),
+                 crs: str = Form("GCJ-02", max_length=20), address: str | None = Form(None, max_length=500),
+                 name: str | None = Form(None, max_length=80), phone: str | None = Form(None, max_length=40),
+                 channel: Literal["微信", "网站", "APP"] = Form("网站"),
+                 accuracy_m: float | None = Form(None, ge=0, le=100_000),
+                 photo: UploadFile | None = File(None),
+                 _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+    data = None
+    if photo is not None and photo.filename:
+        data = await photo.read(citizen.MAX_PHOTO_BYTES + 1)
+        if not data:
+            data = None
+    out = citizen.submit(conn, city, category_code=category_code, description=description, lon=lon, lat=lat,
+                         crs=crs, address=address, photo=data, name=name, phone=phone, channel=channel,
+                         accuracy_m=accuracy_m)
+    conn.commit()  # before the response: the citizen looks it up right away
+    return out
+
+
+class Lookup(BaseModel):
+    case_no: str = Field(..., min_length=1, max_length=40)
+    query_code: str = Field(..., min_length=1, max_length=20)
+
+
+@router.post("/status", summary="进度查询 Status of a request by case number + query code")
+def status(body: Lookup, _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+    return citizen.status(conn, city, body.case_no, body.query_code)
+
+
+class Rating(Lookup):
+    rating: str = Field(..., description="satisfied 满意, basic 基本满意, unsatisfied 不满意")
+    comment: str | None = Field(None, max_length=1000)
+
+
+@router.post("/rate", summary="评价 Rate a closed request")
+def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+    if not body.rating:
+        raise InputError("rating is empty")
+    out = citizen.rate(conn, city, body.case_no, body.query_code, body.rating, body.comment)
+    conn.commit()
+    return out
+
+
+@router.get("/notices", summary="便民公告 Public notices")
+def notices(_=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+    return {"notices": citizen.notices(conn, city)}

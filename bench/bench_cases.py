@@ -1,0 +1,228 @@
+"""Case benchmarks (issue 5). `make bench` or `python bench/bench_cases.py`.
+
+* CSV import of 100,000 hotline cases into Haimen, end to end (parse, map, locate, snap, deadlines,
+  COPY of cases + events + contacts), beside the anchor measured in the same run: the same kind of
+  rows opened one by one with ``layers.workflow.open_case`` (per-row INSERTs). Target ≥ 10,000 cases/s.
+  The import runs in a transaction that is rolled back: the demo database keeps nothing.
+* Workflow transitions per second with 20 concurrent clients (threads, one connection and one
+  committed transaction per transition: accept → dispatch → start → feedback → verify_ok → close),
+  beside one client alone. These cases are committed in a small bench city ``bench-cases`` (a box
+  inside Haimen, 100 m grid) so that the demo city's own data stays clean; case events are
+  append-only, so they stay there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Table, demo_engine  # noqa: E402
+
+CATS = ["E10101", "E10102", "E10201", "E10301", "E20101", "E50101", "E50201", "010102", "010103", "011001", "H10101"]
+CHANS = ["电话", "微信", "网站", "APP", "督查员"]
+TYPES = ["投诉", "求助", "咨询", "建议", "举报"]
+
+
+def make_csv(conn, city, n: int, path: Path, seed: int = 2026) -> None:
+    import pandas as pd
+    import shapely
+
+    from gis import crs as gcrs
+    from layers import grid as lgrid
+
+    grid = lgrid.snapper(conn, city)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(grid.geoms), n)
+    c = shapely.point_on_surface(grid.geoms[pick])
+    lon, lat = gcrs.transform_xy(shapely.get_x(c), shapely.get_y(c), city.working_crs, "EPSG:4326")
+    no_loc = rng.random(n) < 0.02  # 2 % without coordinates (address only)
+    start = dt.datetime(2026, 3, 1)
+    t = [start + dt.timedelta(seconds=int(s)) for s in rng.integers(0, 30 * 86400, n)]
+    tag = rng.integers(0, 1 << 30)
+    df = pd.DataFrame({
+        "工单编号": [f"B{tag}-{i}" for i in range(n)],
+        "受理时间": [x.strftime("%Y-%m-%d %H:%M:%S") for x in t],
+        "类别": rng.choice(CATS, n), "渠道": rng.choice(CHANS, n), "诉求类型": rng.choice(TYPES, n),
+        "诉求内容": "市民反映问题 bench row", "地址": rng.choice(["海门街道", "三厂街道某路", "某某小区门口"], n),
+        "经度": np.where(no_loc, "", np.char.mod("%.6f", lon)), "纬度": np.where(no_loc, "", np.char.mod("%.6f", lat)),
+        "来电人": "某先生", "联系电话": [f"139{i:08d}" for i in range(n)]})
+    df.to_csv(path, index=False, encoding="utf-8")
+
+
+def bench_import(engine, city, n: int, t: Table) -> None:
+    from sqlalchemy import text
+
+    from layers import hotline
+    from layers import workflow as wf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cases.csv"
+        with engine.connect() as conn:
+            make_csv(conn, city, n, path)
+            hotline.import_cases(conn, city, path, progress=False, dry_run=True)  # warm the grid index
+        with engine.connect() as conn:
+            tx = conn.begin()
+            t0 = time.perf_counter()
+            rep = hotline.import_cases(conn, city, path, progress=False)
+            secs = time.perf_counter() - t0
+            written = conn.execute(text("SELECT count(*) FROM case_file WHERE city_id = :c AND source_ref LIKE :p"),
+                                   {"c": city.id, "p": "B%"}).scalar_one()
+            tx.rollback()
+        assert rep.as_dict()["accounted"] and rep.imported >= 0.999 * n, rep.as_dict()
+        assert written == rep.imported and not rep.sentinel_points
+        rate = n / secs
+        # Anchor: open_case row by row (per-row INSERTs, same rules) on a sample.
+        import pandas as pd
+        from shapely.geometry import Point
+
+        from gis import crs as gcrs
+
+        sample = pd.read_csv(path, dtype=str, keep_default_na=False).head(2000)
+        sample = sample[sample["经度"] != ""]
+        x, y = gcrs.transform_xy(sample["经度"].astype(float).to_numpy(), sample["纬度"].astype(float).to_numpy(),
+                                 "EPSG:4326", city.working_crs)
+        with engine.connect() as conn:
+            tx = conn.begin()
+            t0 = time.perf_counter()
+            for i, row in enumerate(sample.itertuples(index=False)):
+                wf.open_case(conn, city, source="hotline", channel=row[3], category_code=row[2],
+                             received_at=dt.datetime.fromisoformat(row[1]), location=Point(x[i], y[i]),
+                             description=row[5], address=row[6], request_type=row[4], source_ref=f"A{row[0]}",
+                             contact={"name": row[9], "phone": row[10]})
+            per_row = len(sample) / (time.perf_counter() - t0)
+            tx.rollback()
+    t.add(f"CSV import, {n:,} rows end to end", f"{rate:,.0f} rows/s ({secs:.1f} s; {rep.located:,} located, "
+          f"{rep.needs_location:,} queued, {rep.rejected} rejected)", f"open_case per row: {per_row:,.0f} cases/s ({rate / per_row:.0f}×)",
+          f"≥ 10,000/s: {'PASS' if rate >= 10_000 else 'MISS'}")
+    db = rep.stages.get("cases", 0) + rep.stages.get("events", 0)
+    py = rep.seconds - db
+    t.add("  of which: parse+validate+locate+snap+build (Python)", f"{py:.1f} s = {n / py:,.0f} rows/s",
+          "stages " + ", ".join(f"{k} {v:.1f}s" for k, v in rep.stages.items()), "")
+    t.add("  of which: COPY cases, events, contacts (CSV + PostgreSQL)", f"{db:.1f} s = {n / db:,.0f} rows/s", "", "")
+
+
+def bench_city(engine):
+    from shapely.geometry import box
+
+    from gis import crs as gcrs
+    from layers import city as lcity
+    from layers import workflow as wf
+    from layers.errors import NotFound
+    from layers.users import add_user
+
+    with engine.begin() as conn:
+        try:
+            city = lcity.get_city(conn, "bench-cases")
+        except NotFound:
+            city = lcity.create_city(conn, slug="bench-cases", name="并发测试 bench", adcode="999099",
+                                     boundary=box(121.15, 31.87, 121.25, 31.95), src_crs="EPSG:4326")
+            lcity.generate_grid(conn, city, size=100)
+        wf.ensure_departments(conn, city)
+        users = {}
+        from sqlalchemy import text
+
+        for role, dep in (("operator", None), ("department", "urban_mgmt"), ("inspector", None)):
+            name = f"bench_cases_{role}"
+            row = conn.execute(text("SELECT id, name, role, department, area_code FROM app_user WHERE name = :n"),
+                               {"n": name}).first()
+            if row is None:
+                u, _ = add_user(conn, name, role, department=dep)
+            else:
+                from layers.users import User
+
+                u = User(*row)
+            users[role] = u
+    del gcrs
+    return city, users
+
+
+def run_clients(engine, city, users, clients: int, cases_per_client: int) -> tuple[int, float]:
+    from shapely.geometry import Point
+
+    from layers import workflow as wf
+
+    rng = np.random.default_rng(clients)
+    ids: list[list[int]] = []
+    with engine.begin() as conn:
+        g = __import__("layers.grid", fromlist=["snapper"]).snapper(conn, city)
+        cells = rng.integers(0, len(g.geoms), clients * cases_per_client)
+        import shapely
+
+        cen = shapely.point_on_surface(g.geoms[cells])
+        all_ids = []
+        for k in range(clients * cases_per_client):
+            o = wf.open_case(conn, city, source="hotline", channel="电话", category_code="E50101",
+                             received_at=wf.lcal.now() - dt.timedelta(days=400 + k),  # no 并单 between them
+                             location=Point(shapely.get_x(cen[k]), shapely.get_y(cen[k])))
+            all_ids.append(o.id)
+    ids = [all_ids[i::clients] for i in range(clients)]
+    steps = [("accept", users["operator"], {}), ("dispatch", users["operator"], {"department": "urban_mgmt",
+                                                                                  "override_reason": "bench"}),
+             ("start", users["department"], {}), ("feedback", users["department"], {"note": "done"}),
+             ("verify_ok", users["inspector"], {"photos": ["check.jpg"]}), ("close", users["operator"], {})]
+    done = [0] * clients
+    errors: list[str] = []
+
+    def client(i):
+        try:
+            for cid in ids[i]:
+                for action, user, kw in steps:
+                    with engine.begin() as conn:
+                        wf.transition(conn, cid, action, user, **kw)
+                    done[i] += 1
+        except Exception as e:  # noqa: BLE001 - report, do not hang
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    secs = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(errors[0])
+    return sum(done), secs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--cases-per-client", type=int, default=20)
+    args = ap.parse_args()
+    from citygrid.dbcluster import database_url
+    from layers.db import make_engine
+
+    engine, city = demo_engine()
+    with engine.begin() as conn:
+        from layers import workflow as wf
+
+        wf.ensure_departments(conn, city)
+    t = Table("cases: import and workflow")
+    bench_import(engine, city, args.cases, t)
+
+    wide = make_engine(database_url(log=lambda *_: None), pool_size=args.clients + 2)
+    bcity, users = bench_city(wide)
+    n1, s1 = run_clients(wide, bcity, users, 1, args.cases_per_client)
+    n20, s20 = run_clients(wide, bcity, users, args.clients, args.cases_per_client)
+    t.add(f"workflow transitions, {args.clients} concurrent clients",
+          f"{n20 / s20:,.0f} transitions/s ({n20:,} in {s20:.1f} s)",
+          f"1 client: {n1 / s1:,.0f}/s ({n20 / s20 / (n1 / s1):.1f}×)", "")
+    t.print()
+    wide.dispose()
+    engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

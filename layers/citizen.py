@@ -1,0 +1,174 @@
+"""The citizen channel (WeChat and the website): submit a request, look up its status with the case
+number and query code, rate the result; public notices (便民公告).
+
+What a citizen sees never holds personal data (names, phones), internal notes, departments' staff
+or the location of other people's cases: only the state, the public step history and the dates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import uuid
+from types import SimpleNamespace
+
+import numpy as np
+from shapely.geometry import Point
+from sqlalchemy import Connection, text
+
+from citygrid import settings
+from gis import crs as gcrs
+from gis import photos as gphotos
+from layers import calendar as lcal
+from layers import workflow as wf
+from layers.case_vocab import EVENTS, RATINGS, STATES
+from layers.city import CityInfo
+from layers.errors import Conflict, InputError, NotFound
+
+#: States as the public sees them (no internal detail).
+PUBLIC_STATE = {
+    "collected": "已受理 Received", "accepted": "已立案 Accepted", "rejected": "不予立案 Not accepted",
+    "dispatched": "办理中 In progress", "processing": "办理中 In progress", "feedback": "办理中 In progress",
+    "verifying": "核查中 Being checked", "closed": "已办结 Closed", "deferred": "缓办 Deferred",
+    "suspended": "挂账 Parked", "merged": "已并单 Merged with an earlier report", "void": "已作废 Void",
+}
+PUBLIC_EVENTS = {"received", "accepted", "rejected", "dispatched", "started", "feedback", "verify_ok", "closed",
+                 "rated", "merged", "reopened", "deferred", "suspended", "resumed", "voided"}
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+#: The actor of the events a citizen causes (no user account: role 'citizen').
+CITIZEN = SimpleNamespace(id=None, role="citizen")
+
+
+def photo_dir():
+    d = settings.paths().data_dir / "case_photos"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def store_photo(data: bytes) -> str:
+    """Check an uploaded photo (type, bomb, damage) and keep a re-encoded copy without EXIF."""
+    if len(data) > MAX_PHOTO_BYTES:
+        raise InputError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
+    try:
+        copy = gphotos.public_copy(data)
+    except gphotos.PhotoError as e:
+        raise InputError(f"photo refused: {e}") from None
+    ref = f"{uuid.uuid4().hex}.jpg"
+    (photo_dir() / ref).write_bytes(copy)
+    return ref
+
+
+def submit(conn: Connection, city: CityInfo, *, category_code: str, description: str, lon: float | None = None,
+           lat: float | None = None, crs: str = "GCJ-02", address: str | None = None, photo: bytes | None = None,
+           name: str | None = None, phone: str | None = None, openid: str | None = None,
+           channel: str = "微信", request_type: str | None = None, accuracy_m: float | None = None) -> dict:
+    """A citizen's request: returns the case number and the query code (shown once)."""
+    description = (description or "").strip()
+    if not description:
+        raise InputError("describe the problem (description is empty)")
+    if channel not in ("微信", "网站", "APP"):
+        raise InputError("channel must be 微信, 网站 or APP")
+    loc = None
+    if (lon is None) != (lat is None):
+        raise InputError("give both lon and lat, or neither")
+    if lon is not None:
+        src = gcrs.parse_crs(crs)
+        bad = gcrs.validate_lonlat(np.array([lon]), np.array([lat]))
+        if bad is not None:
+            raise InputError(f"location ({lon}, {lat}) is not a valid lon/lat: {bad[0]}")
+        x, y = gcrs.transform_xy(np.array([lon]), np.array([lat]), src, city.working_crs)
+        loc = Point(float(x[0]), float(y[0]))
+    src_name = "citizen"
+    confidence = None
+    if loc is None and address:
+        from layers import gazetteer
+
+        hit = gazetteer.locate_address(conn, city, address)
+        if hit:
+            loc, confidence, src_name = hit["point"], hit["confidence"], "gazetteer"
+    photos = [store_photo(photo)] if photo else None
+    opened = wf.open_case(conn, city, source="citizen", channel=channel, category_code=category_code,
+                          received_at=lcal.now(), location=loc, description=description[:5000], address=address,
+                          request_type=request_type, contact={"name": name, "phone": phone, "openid": openid},
+                          location_source=src_name if loc is not None else None, location_accuracy_m=accuracy_m,
+                          location_confidence=confidence, actor=CITIZEN)
+    if photos:
+        wf._event(conn, opened.id, lcal.now(), "note", CITIZEN, opened.state, opened.state, photos=photos,
+                  data={"photo_from": "citizen"})
+    return {"case_no": opened.case_no, "query_code": opened.query_code,
+            "status": PUBLIC_STATE[opened.state], "state": opened.state}
+
+
+def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
+    row = conn.execute(text("""
+        SELECT id, case_no, state, received_at, closed_at, category_code, category_name, rating, query_code_hash,
+               close_deadline_at, merged_into
+        FROM case_file WHERE city_id = :c AND case_no = :n"""), {"c": city.id, "n": (case_no or "").strip()}).mappings().first()
+    # The same answer for an unknown number and a wrong code: nothing to learn by guessing.
+    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(
+            row["query_code_hash"], wf.hash_query_code(row["case_no"], (query_code or "").strip())):
+        raise NotFound("no case with this case number and query code")
+    return dict(row)
+
+
+def status(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
+    """What the citizen may see: state, dates, public steps. No names, phones, notes or staff."""
+    row = _find(conn, city, case_no, query_code)
+    evs = conn.execute(text("""SELECT at, kind, to_state FROM case_event WHERE case_id = :c ORDER BY at, id"""),
+                       {"c": row["id"]}).all()
+    steps = [{"at": wf._iso(at), "step": EVENTS.get(kind, kind), "status": PUBLIC_STATE.get(to, to)}
+             for at, kind, to in evs if kind in PUBLIC_EVENTS]
+    merged_no = None
+    if row["merged_into"]:
+        merged_no = conn.execute(text("SELECT case_no FROM case_file WHERE id = :i"), {"i": row["merged_into"]}).scalar()
+    return {"case_no": row["case_no"], "status": PUBLIC_STATE.get(row["state"], row["state"]), "state": row["state"],
+            "category": row["category_name"], "received_at": wf._iso(row["received_at"]),
+            "closed_at": wf._iso(row["closed_at"]), "due_at": wf._iso(row["close_deadline_at"]),
+            "rating": RATINGS.get(row["rating"]) if row["rating"] else None,
+            "can_rate": row["state"] == "closed" and row["rating"] is None,
+            "merged_into": merged_no, "steps": steps}
+
+
+def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating: str, comment: str | None = None) -> dict:
+    row = _find(conn, city, case_no, query_code)
+    if rating not in RATINGS:
+        raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})")
+    if row["state"] != "closed":
+        raise Conflict(f"case {row['case_no']} is not closed yet ({PUBLIC_STATE.get(row['state'])}): rate it when it is")
+    if row["rating"] is not None:
+        raise Conflict(f"case {row['case_no']} is rated already")
+    conn.execute(text("UPDATE case_file SET rating = :r, updated_at = :at WHERE id = :i"),
+                 {"r": rating, "i": row["id"], "at": lcal.now()})
+    wf._event(conn, row["id"], lcal.now(), "rated", CITIZEN, "closed", "closed",
+              note=(comment or "").strip()[:1000] or None, data={"rating": rating, "by": "citizen"})
+    return status(conn, city, case_no, query_code)
+
+
+def add_notice(conn: Connection, city: CityInfo, title: str, body: str, author, *,
+               expires_at: dt.datetime | None = None) -> dict:
+    title, body = (title or "").strip(), (body or "").strip()
+    if not title or not body:
+        raise InputError("a notice needs a title and a body")
+    row = conn.execute(text("""
+        INSERT INTO notice (city_id, title, body, author_id, expires_at, published_at)
+        VALUES (:c, :t, :b, :a, :e, :now) RETURNING id, published_at"""),
+        {"c": city.id, "t": title[:200], "b": body[:10000], "a": getattr(author, "id", None), "e": expires_at,
+         "now": lcal.now()}).one()
+    return {"id": row[0], "title": title, "body": body, "published_at": wf._iso(row[1])}
+
+
+def notices(conn: Connection, city: CityInfo, limit: int = 50) -> list[dict]:
+    rows = conn.execute(text("""
+        SELECT id, title, body, published_at FROM notice
+        WHERE city_id = :c AND active AND (expires_at IS NULL OR expires_at > :now)
+        ORDER BY published_at DESC, id DESC LIMIT :l"""), {"c": city.id, "l": limit, "now": lcal.now()}).all()
+    return [{"id": r[0], "title": r[1], "body": r[2], "published_at": wf._iso(r[3])} for r in rows]
+
+
+def public_categories() -> list[dict]:
+    """Classes a citizen may choose (level 3 leaves, with their path)."""
+    return [{"code": c["code"], "name": c["name"], "name_en": c.get("name_en"), "path": c["path"]}
+            for c in wf.catalog().values() if c["level"] == 3]
+
+
+__all__ = ["submit", "status", "rate", "add_notice", "notices", "public_categories", "STATES"]

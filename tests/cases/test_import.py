@@ -1,0 +1,182 @@
+"""Batch import: the real LA file into a Los Angeles test city (every row accounted for), Boston's
+default point, Chinese headers in GBK, XLSX, JSON, bad files, idempotency, all-or-nothing rows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import openpyxl
+import pytest
+from sqlalchemy import text
+
+from layers import hotline
+from layers.errors import InputError
+from tests.conftest import SHARED, auth
+
+LA = SHARED / "311" / "la_311_2020-01-01_03.csv"
+
+
+@pytest.fixture(scope="module")
+def la_city(engine):
+    from layers import city as lcity
+
+    slug = f"la-{uuid.uuid4().hex[:6]}"
+    with engine.begin() as conn:
+        boundary, src = lcity.read_boundary(SHARED / "311" / "la_neighborhood_councils.geojson", None)
+        city = lcity.create_city(conn, slug=slug, name="洛杉矶 (test)", name_en="Los Angeles", adcode="999001",
+                                 boundary=boundary, src_crs=src)
+        lcity.generate_grid(conn, city, size=500)
+    return city
+
+
+def test_la_file_every_row_accounted_for(engine, la_city):
+    with engine.begin() as conn:
+        rep = hotline.import_cases(conn, la_city, LA, mapping="la_311", progress=False)
+    d = rep.as_dict()
+    assert rep.rows == 10_000 and d["accounted"]
+    assert rep.imported + rep.rejected + rep.skipped == 10_000
+    assert rep.imported > 9_000
+    # Rows without coordinates are imported and wait for a location; rows outside the neighbourhood
+    # councils are rejected with that reason.
+    assert rep.needs_location >= 11
+    reasons = {e["reason"] for e in rep.errors}
+    assert reasons <= {"the location is outside the city"}, reasons
+    with engine.connect() as conn:
+        n, closed, void, located, no_loc = conn.execute(text("""
+            SELECT count(*), count(*) FILTER (WHERE state = 'closed'), count(*) FILTER (WHERE state = 'void'),
+                   count(cell_id), count(*) FILTER (WHERE location IS NULL)
+            FROM case_file WHERE city_id = :c"""), {"c": la_city.id}).one()
+        events = conn.execute(text("""SELECT count(*) FROM case_event e JOIN case_file c ON c.id = e.case_id
+                                      WHERE c.city_id = :c AND e.kind = 'received'"""), {"c": la_city.id}).scalar_one()
+        one = conn.execute(text("""SELECT category_code, channel, state, received_at AT TIME ZONE 'America/Los_Angeles',
+                                          cell_code IS NOT NULL FROM case_file
+                                   WHERE city_id = :c AND source_ref = '1-1523590121'"""), {"c": la_city.id}).one()
+    assert n == rep.imported and events == n and located == rep.located and no_loc == rep.needs_location
+    assert closed > 8_000 and void > 200
+    assert one[0] == "E10201" and one[1] == "电话" and one[2] == "closed" and str(one[3]) == "2020-01-01 00:05:00"
+    assert one[4]
+    # Idempotent: a second run skips every row imported before.
+    with engine.begin() as conn:
+        again = hotline.import_cases(conn, la_city, LA, mapping="la_311", progress=False)
+    assert again.imported == 0 and again.skipped == rep.imported and again.as_dict()["accounted"]
+
+
+def test_boston_default_point_is_unknown(engine, tmp_path):
+    from shapely.geometry import box
+
+    from layers import city as lcity
+
+    slug = f"bos-{uuid.uuid4().hex[:6]}"
+    with engine.begin() as conn:
+        city = lcity.create_city(conn, slug=slug, name="波士顿 (test)", adcode="999002",
+                                 boundary=box(-71.20, 42.22, -70.98, 42.40), src_crs="EPSG:4326")
+        lcity.generate_grid(conn, city, size=1000)
+        # No mapping list of sentinels: the rule finds City Hall by itself.
+        m = hotline.load_mapping("boston_311")
+        m.pop("sentinel_points")
+        rep = hotline.import_cases(conn, city, SHARED / "311" / "boston311-100.csv", mapping=m, progress=False)
+        at_hall = conn.execute(text("""SELECT count(*) FROM case_file WHERE city_id = :c AND location IS NOT NULL
+            AND ST_DWithin(ST_Transform(location, 4326), ST_SetSRID(ST_MakePoint(-71.0587, 42.3594), 4326), 1e-6)"""),
+            {"c": city.id}).scalar_one()
+    assert rep.sentinel_points == [{"lon": -71.0587, "lat": 42.3594, "rows": 19}]
+    assert at_hall == 0
+    assert rep.as_dict()["accounted"] and rep.rows == 100
+    assert rep.needs_location >= 19
+
+
+def test_chinese_headers_gbk_and_row_errors(engine, haimen, tmp_path):
+    ref = uuid.uuid4().hex[:8]
+    rows = [
+        "工单编号,受理时间,类别,渠道,诉求类型,诉求内容,地址,经度,纬度,来电人,联系电话",
+        f"{ref}-1,2026-03-02 09:15,E10101,电话,投诉,垃圾暴露,海门街道,121.17,31.89,李四,13900000001",
+        f"{ref}-2,2026年3月2日 10时05分,010102,微信,求助,井盖破损,,121.18,31.90,,",
+        f"{ref}-3,2026-02-30 09:00,E10101,电话,投诉,日期不存在,,121.17,31.89,,",
+        f"{ref}-4,2026-03-02 09:00,X999,电话,投诉,类别不存在,,121.17,31.89,,",
+        f"{ref}-5,2026-03-02 09:00,E10101,飞鸽,投诉,渠道不存在,,121.17,31.89,,",
+        f"{ref}-6,2026-03-02 09:00,E10101,电话,投诉,城外,,116.40,39.90,,",
+        f"{ref}-1,2026-03-02 09:00,E10101,电话,投诉,重复编号,,121.17,31.89,,",
+        f"{ref}-7,2026-03-02 09:00,E10101,电话,投诉,没有坐标,某某路口,,,,",
+    ]
+    p = tmp_path / "hotline_gbk.csv"
+    p.write_bytes("\n".join(rows).encode("gbk"))
+    with engine.begin() as conn:
+        rep = hotline.import_cases(conn, haimen, p, progress=False)
+    assert (rep.rows, rep.imported, rep.rejected) == (8, 3, 5)
+    why = {e["source_ref"]: e["reason"] for e in rep.errors}
+    assert why[f"{ref}-3"].startswith("impossible or unreadable received time '2026-02-30")
+    assert why[f"{ref}-4"] == "unknown category 'X999'"
+    assert why[f"{ref}-5"].startswith("unknown channel '飞鸽'")
+    assert why[f"{ref}-6"] == "the location is outside the city"
+    assert why[f"{ref}-1"] == "duplicate source case number in the file"
+    assert rep.needs_location == 1
+    assert "13900000001" not in json.dumps(rep.as_dict(), ensure_ascii=False)
+    with engine.connect() as conn:
+        got = dict(conn.execute(text("""SELECT source_ref, urgency FROM case_file
+                                        WHERE source_ref LIKE :r"""), {"r": f"{ref}-%"}).all())
+        phone = conn.execute(text("""SELECT k.phone FROM case_contact k JOIN case_file c ON c.id = k.case_id
+                                     WHERE c.source_ref = :r"""), {"r": f"{ref}-1"}).scalar_one()
+        t2 = conn.execute(text("""SELECT received_at AT TIME ZONE 'Asia/Shanghai' FROM case_file
+                                  WHERE source_ref = :r"""), {"r": f"{ref}-2"}).scalar_one()
+    assert set(got) == {f"{ref}-1", f"{ref}-2", f"{ref}-7"} and phone == "13900000001"
+    assert str(t2) == "2026-03-02 10:05:00"
+
+
+def test_xlsx_and_json_and_bad_files(engine, haimen, tmp_path):
+    ref = uuid.uuid4().hex[:8]
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["case_no", "received_at", "category", "channel", "description", "lon", "lat"])
+    ws.append([f"{ref}-x1", "2026-03-03 08:00:00", "E10301", "APP", "dirty road", 121.2, 31.9])
+    wb.save(tmp_path / "c.xlsx")
+    (tmp_path / "c.json").write_text(json.dumps([{"source_ref": f"{ref}-j1", "received_at": "2026-03-03T08:00:00+08:00",
+                                                  "category": "E10301", "channel": "网站", "lon": 121.21, "lat": 31.91}]))
+    with engine.begin() as conn:
+        assert hotline.import_cases(conn, haimen, tmp_path / "c.xlsx", progress=False).imported == 1
+        assert hotline.import_cases(conn, haimen, tmp_path / "c.json", progress=False).imported == 1
+    (tmp_path / "nohdr.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.xlsx").write_bytes(b"PK\x03\x04garbage")
+    with engine.begin() as conn:
+        with pytest.raises(InputError, match="no column for received_at"):
+            hotline.import_cases(conn, haimen, tmp_path / "nohdr.csv", progress=False)
+        with pytest.raises(InputError, match="malformed"):
+            hotline.import_cases(conn, haimen, tmp_path / "bad.json", progress=False)
+        with pytest.raises(InputError, match="XLSX"):
+            hotline.import_cases(conn, haimen, tmp_path / "bad.xlsx", progress=False)
+        with pytest.raises(InputError, match="mapping names column"):
+            hotline.import_cases(conn, haimen, tmp_path / "c.xlsx", mapping={"columns": {"lon": "nope"}}, progress=False)
+
+
+def test_import_through_the_api(client, tokens, tmp_path):
+    ref = uuid.uuid4().hex[:8]
+    csv = f"source_ref,received_at,category,channel,lon,lat\n{ref},2026-03-04 09:00,E10101,电话,121.17,31.89\n"
+    r = client.post("/api/v1/cases/import", files={"file": ("x.csv", csv.encode())},
+                    headers=auth(tokens["operator"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["imported"] == 1 and r.json()["accounted"]
+    r = client.post("/api/v1/cases/import", files={"file": ("x.csv", csv.encode())},
+                    headers=auth(tokens["operator"]))
+    assert r.json()["skipped"] == 1 and r.json()["imported"] == 0
+    r = client.post("/api/v1/cases/import", files={"file": ("x.csv", b"\xff\xfe\x00garbage\x81")},
+                    headers=auth(tokens["operator"]))
+    assert r.status_code == 422
+
+
+def test_cli(engine, haimen, tmp_path, monkeypatch, capsys, db_url):
+    ref = uuid.uuid4().hex[:8]
+    p = tmp_path / "cli.csv"
+    p.write_text(f"source_ref,received_at,category,channel,lon,lat\n{ref},2026-03-04 09:00,E10101,电话,121.17,31.89\n"
+                 f"{ref}b,2026-13-04 09:00,E10101,电话,121.17,31.89\n")
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    from citygrid import settings
+
+    settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
+    errs = tmp_path / "errors.csv"
+    assert hotline.main_import_cases([str(p), "--city", "haimen", "--no-progress", "--errors", str(errs)]) == 0
+    out = capsys.readouterr().out
+    assert "1 imported" in out and "1 rejected" in out
+    assert "impossible or unreadable received time" in errs.read_text(encoding="utf-8-sig")
+    with engine.connect() as conn:  # written to the database DATABASE_URL names
+        assert conn.execute(text("SELECT count(*) FROM case_file WHERE source_ref = :r"), {"r": ref}).scalar_one() == 1
+    settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
