@@ -18,12 +18,17 @@ from layers.models import ROLES
 
 
 def get_conn(request: Request) -> Iterator[Connection]:
-    """One transaction per request: committed when the endpoint returns, rolled back on any error."""
+    """One transaction per request: committed when the endpoint returns, rolled back on any error.
+
+    Always declare it as ``Depends(get_conn, scope="function")``: the commit then happens before the
+    response is sent, so nothing is acknowledged that is not stored, and a client that reads right
+    after a write sees it (FastAPI's default scope would commit after the response).
+    """
     with request.app.state.engine.begin() as conn:
         yield conn
 
 
-def get_city(conn: Connection = Depends(get_conn),
+def get_city(conn: Connection = Depends(get_conn, scope="function"),
              city: str | None = Query(None, description="城市 City slug (default: the configured city)",
                                       max_length=40)) -> lcity.CityInfo:
     return lcity.get_city(conn, city or settings.api().default_city)
@@ -42,7 +47,7 @@ class Allow:
     def __repr__(self) -> str:
         return "PUBLIC" if self.public else f"Allow({', '.join(sorted(self.roles))})"
 
-    def __call__(self, conn: Connection = Depends(get_conn),
+    def __call__(self, conn: Connection = Depends(get_conn, scope="function"),
                  authorization: str | None = Header(None, include_in_schema=False)) -> lusers.User | None:
         if self.public:
             return None

@@ -62,12 +62,12 @@ def _print_demo(tokens: dict) -> None:
 
 def cmd_demo(args) -> int:
     from layers.db import migrate
-    from layers.demo import ensure_demo_users, load_haimen
+    from layers.demo import ensure_demo_users, load_demo
 
     engine = _engine()
     migrate(engine)
     with engine.begin() as conn:
-        load_haimen(conn, cell_size=args.cell_size)
+        load_demo(conn, cell_size=args.cell_size)
         tokens = ensure_demo_users(conn)
     if not args.quiet:
         _print_demo(tokens)
@@ -117,6 +117,25 @@ def cmd_users(args) -> int:
             for u in lusers.list_users(conn):
                 print(f"{u.id:>4} {u.name:<20} {u.role:<11} {u.department or ''} {u.area_code or ''}")
     return 0
+
+
+IMPORTERS = {
+    "assets": ("layers.asset_import", "main_import_assets"),
+    "cases": ("layers.hotline", "main_import_cases"),
+}
+
+
+def cmd_import(args) -> int:
+    import importlib
+
+    module, func = IMPORTERS[args.what]
+    return getattr(importlib.import_module(module), func)(args.rest) or 0
+
+
+def cmd_bulletin(args) -> int:
+    from layers.bulletin import main_bulletin
+
+    return main_bulletin(args.rest) or 0
 
 
 def cmd_serve(args) -> int:
@@ -195,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--area", help="admin code or cell code of the user's area")
     usub.add_parser("list")
     users.set_defaults(func=cmd_users)
+
+    imp_all = sub.add_parser("import", help="batch imports: assets or cases (see `citygrid import X --help`)")
+    imp_all.add_argument("what", choices=sorted(IMPORTERS))
+    imp_all.add_argument("rest", nargs=argparse.REMAINDER)
+    imp_all.set_defaults(func=cmd_import)
+
+    bul = sub.add_parser("bulletin", help="the monthly bulletin (月度简报), e.g. citygrid bulletin 2026-10")
+    bul.add_argument("rest", nargs=argparse.REMAINDER)
+    bul.set_defaults(func=cmd_bulletin)
 
     for name, func in (("serve", cmd_serve), ("run", cmd_run)):
         s = sub.add_parser(name, help="start the HTTP server" + (" after db, schema and demo" if name == "run" else ""))

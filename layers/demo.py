@@ -42,7 +42,8 @@ SEATS = {
 DEMO_USERS = [
     ("inspector1", "inspector", None, "320614001"),
     ("operator1", "operator", None, None),
-    ("dept_sz", "department", "市政工程管理处", None),
+    ("dept_roads", "department", "roads", None),
+    ("dept_sanitation", "department", "sanitation", None),
     ("supervisor1", "supervisor", None, None),
     ("planner1", "planner", None, None),
     ("admin", "admin", None, None),
@@ -81,6 +82,15 @@ def load_haimen(conn: Connection, *, cell_size: float = 100.0, log=print) -> lci
     grid_id = lcity.generate_grid(conn, city, size=cell_size)
     n = conn.execute(text("SELECT cell_count FROM grid WHERE id = :g"), {"g": grid_id}).scalar_one()
     log(f"unit grid: {n} cells of {cell_size:g} m")
+    return city
+
+
+def load_demo(conn: Connection, *, cell_size: float = 100.0, log=print) -> lcity.CityInfo:
+    """Everything the demo shows, each part idempotent: the city and grid, its departments."""
+    from layers import workflow
+
+    city = load_haimen(conn, cell_size=cell_size, log=log)
+    workflow.ensure_departments(conn, city)
     return city
 
 

@@ -78,3 +78,17 @@ def test_bad_authorization_headers(client):
 def test_me(client, tokens):
     r = client.get("/api/v1/me", headers=auth(tokens["department"]))
     assert r.json()["role"] == "department" and r.json()["department"] == "测试部门"
+
+
+def test_writes_are_committed_before_the_response(live_server, tokens):
+    """A client that reads right after a write sees it: the transaction commits before the answer
+    is sent (over real HTTP, where the client has the answer before the server's clean-up runs)."""
+    import httpx
+
+    admin = auth(tokens["admin"])
+    with httpx.Client(base_url=live_server, headers=admin, timeout=30) as http:
+        for i in range(30):
+            name = f"rw_check_{i}"
+            assert http.post("/api/v1/admin/users", json={"name": name, "role": "planner"}).status_code == 201
+            names = {u["name"] for u in http.get("/api/v1/admin/users").json()}
+            assert name in names, f"write {i} not visible right after its response"

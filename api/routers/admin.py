@@ -27,12 +27,12 @@ class NewUser(BaseModel):
 
 
 @router.get("/users", summary="用户 List users")
-def list_users(_=Depends(ADMIN), conn: Connection = Depends(get_conn)):
+def list_users(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     return [u.__dict__ for u in lusers.list_users(conn)]
 
 
 @router.post("/users", status_code=201, summary="新建用户 Create a user; its token is shown once")
-def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_conn)):
+def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     user, token = lusers.add_user(conn, body.name, body.role, department=body.department,
                                   area_code=body.area_code)
     return {**user.__dict__, "token": token}
@@ -68,7 +68,7 @@ def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, Geo
                 name_en: str | None = Form(None),
                 working_epsg: int | None = Form(None),
                 cell_size: float = Form(100.0, ge=5, le=5000),
-                _=Depends(ADMIN), conn: Connection = Depends(get_conn)):
+                _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
         path = _save_upload(file, Path(tmp))
         boundary, src = lcity.read_boundary(path, crs)
@@ -82,7 +82,7 @@ def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, Geo
              summary="导入正式网格 Import an official (irregular) grid with its cell codes")
 def import_grid(slug: str, file: UploadFile = File(...), code_field: str = Form("code"),
                 crs: str | None = Form(None), activate: bool = Form(False),
-                _=Depends(ADMIN), conn: Connection = Depends(get_conn)):
+                _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     city = lcity.get_city(conn, slug)
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
         path = _save_upload(file, Path(tmp))

@@ -89,7 +89,7 @@ class CaseIn(BaseModel):
 
 
 @router.post("/cases", summary="受理 Record a case (hotline call, inspector report)", status_code=201)
-def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(get_conn),
+def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(get_conn, scope="function"),
                 city: CityInfo = Depends(get_city)):
     loc = to_working(city, body.location)
     location_source = None
@@ -123,14 +123,14 @@ def cases(state: str | None = Query(None, max_length=200, description="state(s),
           overdue: bool | None = None, needs_location: bool = False,
           q: str | None = Query(None, max_length=100, description="case number or text"),
           limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-          user=Depends(READERS), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+          user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return wf.list_cases(conn, city, user, state=state, category=category, department=department, overdue=overdue,
                          needs_location=needs_location, q=q, limit=limit, offset=offset)
 
 
 @router.get("/cases/alerts", summary="预警 Cases near (yellow) or past (red) their step deadline")
 def case_alerts(level: Literal["yellow", "red", "all"] = "all", limit: int = Query(200, ge=1, le=1000),
-                user=Depends(READERS), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+                user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     levels = ("yellow", "red") if level == "all" else (level,)
     items = wf.alerts(conn, city, user, levels=levels, limit=limit)
     return {"count": len(items), "cases": items}
@@ -138,18 +138,18 @@ def case_alerts(level: Literal["yellow", "red", "all"] = "all", limit: int = Que
 
 @router.get("/cases/needs-location", summary="待定位 Cases without a location, for an operator to place")
 def needs_location(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-                   user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+                   user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return wf.list_cases(conn, city, user, needs_location=True, limit=limit, offset=offset)
 
 
 @router.get("/cases/{case_id}", summary="案卷详情 One case with its events and clock")
-def case(case_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn),
+def case(case_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
          city: CityInfo = Depends(get_city)):
     return forbid(wf.case_detail, conn, city, case_id, user)
 
 
 @router.get("/cases/{case_id}/proposal", summary="派遣建议 The proposed department (部件先属主后属地, 事件先属地后属主)")
-def proposal(case_id: int = Path(..., ge=1), _=Depends(DISPATCHERS), conn: Connection = Depends(get_conn),
+def proposal(case_id: int = Path(..., ge=1), _=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
              city: CityInfo = Depends(get_city)):
     forbid(wf.case_detail, conn, city, case_id, _)
     return wf.propose_department(conn, case_id)
@@ -169,7 +169,7 @@ class ActionIn(BaseModel):
 @router.post("/cases/{case_id}/actions/{action}", summary="流转 Apply a workflow action to a case")
 def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1),
         action: str = Path(..., max_length=20, description=", ".join(wf.ACTIONS)),
-        user=Depends(ACTORS), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+        user=Depends(ACTORS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     body = body or ActionIn()
     owner = conn.execute(text("SELECT city_id FROM case_file WHERE id = :i"), {"i": case_id}).scalar()
     if owner is not None and owner != city.id:
@@ -179,7 +179,7 @@ def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1),
 
 @router.post("/cases/{case_id}/location", summary="定位 Place a case of the needs-location queue on the map")
 def place(body: Location, case_id: int = Path(..., ge=1), user=Depends(DISPATCHERS),
-          conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+          conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return committed(conn, wf.place_location(conn, city, case_id, to_working(city, body), user))
 
 
@@ -190,7 +190,7 @@ class MergeIn(BaseModel):
 
 @router.post("/cases/{case_id}/merge", summary="并单 Merge a case into another by hand")
 def merge(body: MergeIn, case_id: int = Path(..., ge=1), user=Depends(DISPATCHERS),
-          conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+          conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     forbid(wf.case_detail, conn, city, case_id, user)
     ldup.link_duplicate(conn, case_id, body.into, user, note=body.note)
     return committed(conn, {"id": case_id, "state": "merged", "merged_into": body.into})
@@ -204,14 +204,14 @@ def catalog(_=Depends(STAFF_ALL)):
 
 
 @router.get("/departments", summary="部门 Departments of the city")
-def departments(_=Depends(STAFF_ALL), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+def departments(_=Depends(STAFF_ALL), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     rows = conn.execute(text("SELECT id, code, name, kind, area_code FROM department WHERE city_id = :c ORDER BY id"),
                         {"c": city.id}).mappings().all()
     return {"departments": [dict(r) for r in rows]}
 
 
 @router.post("/departments/setup", summary="部门初始化 Create the configured departments and street offices")
-def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_conn),
+def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_conn, scope="function"),
                       city: CityInfo = Depends(get_city)):
     return committed(conn, {"departments": wf.ensure_departments(conn, city)})
 
@@ -219,7 +219,7 @@ def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_
 @router.post("/cases/import", summary="批量导入 Import cases from CSV/XLSX/JSON with a column mapping")
 async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None = File(None),
                        dry_run: bool = Form(False), user=Depends(Allow("operator", "admin")),
-                       conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+                       conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     from layers import hotline
 
     cap = settings.api().max_upload_bytes
@@ -245,7 +245,7 @@ class NoticeIn(BaseModel):
 
 
 @router.post("/notices", summary="便民公告 Publish a public notice", status_code=201)
-def add_notice(body: NoticeIn, user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn),
+def add_notice(body: NoticeIn, user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
                city: CityInfo = Depends(get_city)):
     from layers import citizen
 

@@ -53,7 +53,7 @@ def _crs(value: str, field: str) -> str:
 
 @router.post("/snap", summary="落格 Snap points to unit-grid cells", response_model=None,
              responses={200: {"model": SnapResponse, "description": "one object per point, in order"}})
-def snap(body: SnapRequest, _=Depends(STAFF), conn: Connection = Depends(get_conn),
+def snap(body: SnapRequest, _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"),
          city: CityInfo = Depends(get_city)):
     limit = settings.api().max_snap_points
     if not body.points:
@@ -72,7 +72,7 @@ def snap(body: SnapRequest, _=Depends(STAFF), conn: Connection = Depends(get_con
 @router.get("/cells/{code}", summary="单元网格 One cell as GeoJSON")
 def cell(code: str = Path(..., description="14- or 15-digit cell code", max_length=32),
          crs: str = Query("EPSG:4326", description="output CRS: " + CRS_HELP),
-         _=Depends(STAFF), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+         _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return lgrid.cell_by_code(conn, city, code, _crs(crs, "crs"))
 
 
@@ -81,7 +81,7 @@ def cells(bbox: str = Query(..., description="minx,miny,maxx,maxy (in bbox-crs)"
           bbox_crs: str = Query("EPSG:4326", alias="bbox-crs", description="CRS of bbox: " + CRS_HELP),
           crs: str = Query("EPSG:4326", description="output CRS: " + CRS_HELP),
           limit: int = Query(1000, ge=1), offset: int = Query(0, ge=0),
-          _=Depends(STAFF), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+          _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     cap = settings.api().max_cells_per_request
     if limit > cap:
         raise HTTPException(422, f"limit {limit} is above the maximum {cap}: page with offset")

@@ -54,7 +54,7 @@ def discovery(fmt: str, request: Request, _=Depends(PUBLIC)):
 
 
 @router.get("/services.{fmt}", summary="Open311 service list (the case classes)")
-def services(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+def services(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     def go():
         _city(conn, request)
         return o3.services()
@@ -63,7 +63,7 @@ def services(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = D
 
 
 @router.get("/services/{code}.{fmt}", summary="Open311 service definition")
-def service_definition(code: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+def service_definition(code: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     def go():
         _city(conn, request)
         return o3.service_definition(code)
@@ -72,13 +72,13 @@ def service_definition(code: str, fmt: str, request: Request, _=Depends(PUBLIC),
 
 
 @router.get("/requests.{fmt}", summary="Open311 service requests")
-def get_requests(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+def get_requests(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     return _run(fmt, "service_requests",
                 lambda: o3.get_requests(conn, _city(conn, request), dict(request.query_params)))
 
 
 @router.post("/requests.{fmt}", summary="Open311 create a service request (form-encoded, api_key required)")
-async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     if fmt not in FORMATS:
         return _error("xml", 404, f"format '{fmt[:10]}' is not supported: use .xml or .json")
     try:
@@ -101,10 +101,10 @@ async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Conn
 
 
 @router.get("/requests/{request_id}.{fmt}", summary="Open311 one service request")
-def get_request(request_id: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+def get_request(request_id: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     return _run(fmt, "service_requests", lambda: o3.get_request(conn, _city(conn, request), request_id))
 
 
 @router.get("/tokens/{token}.{fmt}", summary="Open311 request id from a token")
-def get_token(token: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn)):
+def get_token(token: str, fmt: str, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     return _run(fmt, "service_requests", lambda: o3.token(conn, _city(conn, request), token))

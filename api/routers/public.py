@@ -31,7 +31,7 @@ async def submit(category_code: str = Form(..., max_length=40), description: str
                  channel: Literal["微信", "网站", "APP"] = Form("网站"),
                  accuracy_m: float | None = Form(None, ge=0, le=100_000),
                  photo: UploadFile | None = File(None),
-                 _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+                 _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     data = None
     if photo is not None and photo.filename:
         data = await photo.read(citizen.MAX_PHOTO_BYTES + 1)
@@ -50,7 +50,7 @@ class Lookup(BaseModel):
 
 
 @router.post("/status", summary="进度查询 Status of a request by case number + query code")
-def status(body: Lookup, _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+def status(body: Lookup, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return citizen.status(conn, city, body.case_no, body.query_code)
 
 
@@ -60,7 +60,7 @@ class Rating(Lookup):
 
 
 @router.post("/rate", summary="评价 Rate a closed request")
-def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     if not body.rating:
         raise InputError("rating is empty")
     out = citizen.rate(conn, city, body.case_no, body.query_code, body.rating, body.comment)
@@ -69,5 +69,5 @@ def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn), 
 
 
 @router.get("/notices", summary="便民公告 Public notices")
-def notices(_=Depends(PUBLIC), conn: Connection = Depends(get_conn), city: CityInfo = Depends(get_city)):
+def notices(_=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return {"notices": citizen.notices(conn, city)}

@@ -38,7 +38,7 @@ def health(request: Request, _=Depends(PUBLIC)):
 
 
 @router.get("/config", summary="页面配置 What the pages need: cities with their extent, the base map")
-def config(_=Depends(PUBLIC), conn=Depends(get_conn)):
+def config(_=Depends(PUBLIC), conn=Depends(get_conn, scope="function")):
     from citygrid import settings
 
     api = settings.api()
