@@ -56,6 +56,10 @@ def _print_demo(tokens: dict) -> None:
         print(f"  {name:<12} {entry['role']:<11} {entry['token']}")
     print("\n页面 Pages:")
     print(f"  首页 Home        {base}/")
+    print(f"  市民 Citizens    {base}/public")
+    print(f"  采集 Inspectors  {base}/inspector")
+    print(f"  监督 Supervisors {base}/supervisor")
+    print(f"  规划 Planners    {base}/planner    (OGC API: {base}/api/v1/ogc)")
     print(f"  接口 API docs    {base}/docs")
     print(f"  健康 Health      {base}/api/v1/health")
 

@@ -86,11 +86,14 @@ def load_haimen(conn: Connection, *, cell_size: float = 100.0, log=print) -> lci
 
 
 def load_demo(conn: Connection, *, cell_size: float = 100.0, log=print) -> lcity.CityInfo:
-    """Everything the demo shows, each part idempotent: the city and grid, its departments."""
+    """Everything the demo shows, each part idempotent: the city and grid, its departments, a
+    synthetic asset inventory."""
     from layers import workflow
+    from layers.asset_import import generate_synthetic_inventory
 
     city = load_haimen(conn, cell_size=cell_size, log=log)
     workflow.ensure_departments(conn, city)
+    generate_synthetic_inventory(conn, city)  # labelled 【合成 synthetic】: Haimen has no open facility data
     return city
 
 

@@ -1,0 +1,361 @@
+"""Exporting published layers to GIS files: GeoPackage, GeoJSON, zipped Shapefile, CSV (WKT), KML,
+FlatGeobuf and GeoParquet, in EPSG:4326, EPSG:4490, the working CRS, GCJ-02 or BD-09.
+
+Rows are streamed from PostGIS with a server-side cursor in batches and written through GDAL's Arrow
+stream interface (``pyogrio.raw.write_arrow``), so no export is held whole in memory. Geometry is
+transformed in PostGIS for EPSG targets; GCJ-02/BD-09 (not in PROJ) are applied per batch in Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import queue
+import re
+import shutil
+import threading
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import shapely
+from pyogrio import raw as ogr
+from sqlalchemy import Connection, text
+
+from gis import crs as gcrs
+from layers.catalog import Field, Filters, Layer, select
+from layers.city import CityInfo
+from layers.errors import InputError
+
+BATCH = 20_000
+
+FORMATS = {
+    "gpkg": {"driver": "GPKG", "ext": "gpkg", "media": "application/geopackage+sqlite3", "title": "GeoPackage"},
+    "geojson": {"driver": "GeoJSON", "ext": "geojson", "media": "application/geo+json", "title": "GeoJSON"},
+    "shp": {"driver": "ESRI Shapefile", "ext": "zip", "media": "application/zip", "title": "Shapefile (zip)"},
+    "csv": {"driver": "CSV", "ext": "csv", "media": "text/csv; charset=utf-8", "title": "CSV (WKT)"},
+    "kml": {"driver": "KML", "ext": "kml", "media": "application/vnd.google-earth.kml+xml", "title": "KML"},
+    "fgb": {"driver": "FlatGeobuf", "ext": "fgb", "media": "application/octet-stream", "title": "FlatGeobuf"},
+    "parquet": {"driver": None, "ext": "parquet", "media": "application/vnd.apache.parquet",
+                "title": "GeoParquet"},
+}
+MULTI_LAYER = ("gpkg",)
+_GEOM_TYPE = {"Geometry": "Unknown"}
+_SHP_KIND = {0: ("point", "Point"), 1: ("line", "LineString"), 2: ("polygon", "Polygon")}
+
+
+def shp_field_names(names: list[str]) -> list[str]:
+    """Shapefile (dBase) field names: at most 10 characters, unique regardless of case."""
+    out, used = [], set()
+    for n in names:
+        cand, k = n[:10], 1
+        while cand.lower() in used:
+            suffix = f"_{k}"
+            cand = n[:10 - len(suffix)] + suffix
+            k += 1
+        used.add(cand.lower())
+        out.append(cand)
+    return out
+
+
+def crs_tag(crs: str) -> str:
+    return crs.replace(":", "").replace("-", "")
+
+
+def export_filename(city: CityInfo, name: str, fmt: str, crs: str, today: dt.date | None = None) -> str:
+    today = today or dt.date.today()
+    return f"{city.slug}_{name}_{today:%Y%m%d}_{crs_tag(crs)}.{FORMATS[fmt]['ext']}"
+
+
+def check_request(fmt: str, crs: str) -> tuple[str, str]:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format '{str(fmt)[:20]}': one of {', '.join(FORMATS)}")
+    crs = gcrs.parse_crs(crs)
+    if fmt == "kml" and crs != "EPSG:4326":
+        raise InputError("KML is always WGS-84: use crs=EPSG:4326 with format=kml")
+    return fmt, crs
+
+
+def _arrow_type(f: Field, fmt: str):
+    if f.type == "int":
+        return pa.int64()
+    if f.type == "float":
+        return pa.float64()
+    if f.type == "bool":
+        return pa.bool_()
+    if f.type == "datetime" and fmt not in ("shp", "csv", "kml"):
+        return pa.timestamp("ms", tz="UTC")
+    return pa.string()
+
+
+def _convert(values: list, f: Field, typ) -> pa.Array:
+    if pa.types.is_string(typ) and f.type in ("date", "datetime"):
+        values = [None if v is None else v.isoformat() for v in values]
+    elif pa.types.is_string(typ):
+        values = [None if v is None else str(v) for v in values]
+    return pa.array(values, type=typ)
+
+
+def _schema(fields, names, fmt) -> pa.Schema:
+    cols = [pa.field(n, _arrow_type(f, fmt)) for f, n in zip(fields, names, strict=True)]
+    cols.append(pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"}))
+    return pa.schema(cols)
+
+
+def _geom_sql(city: CityInfo, crs: str) -> str:
+    if crs == city.working_crs:
+        return "ST_AsBinary(s.geom)"
+    if crs in (gcrs.GCJ02, gcrs.BD09):
+        return "ST_AsBinary(ST_Transform(s.geom, 4326))"
+    return f"ST_AsBinary(ST_Transform(s.geom, {int(crs.split(':')[1])}))"
+
+
+def _batches(conn: Connection, city: CityInfo, layer: Layer, form: str, filters: Filters | None, crs: str, fmt: str,
+             names: list[str], extra_where: str | None = None, counter: dict | None = None) -> Iterator[pa.RecordBatch]:
+    """The layer's rows as Arrow batches. The query is built (and bad filters refused) before returning."""
+    sql, params, fields = select(layer, form, city, filters, geom_sql=_geom_sql(city, crs))
+    if extra_where:
+        sql = f"SELECT * FROM ({sql}) q WHERE {extra_where}"
+    schema = _schema(fields, names, fmt)
+    types = [schema.field(i).type for i in range(len(fields))]
+    compiled = text(sql).bindparams(**params).compile(dialect=conn.dialect)
+    raw = conn.connection.driver_connection  # psycopg: a named (server-side) cursor in binary format
+    return _gen(raw, compiled.string, compiled.params, fields, types, schema, crs, counter)
+
+
+def _rows(raw, sql: str, params: dict, out: queue.Queue) -> None:
+    """Producer thread: fetch batches from the server-side cursor while GDAL writes the previous one."""
+    try:
+        with raw.cursor(name=f"citygrid_export_{threading.get_ident()}", binary=True) as cur:
+            cur.itersize = BATCH
+            cur.execute(sql, params)
+            while rows := cur.fetchmany(BATCH):
+                out.put(rows)
+        out.put(None)
+    except BaseException as e:  # handed to the consumer
+        out.put(e)
+
+
+def _gen(raw, sql, params, fields, types, schema, crs, counter) -> Iterator[pa.RecordBatch]:
+    q: queue.Queue = queue.Queue(maxsize=2)
+    producer = threading.Thread(target=_rows, args=(raw, sql, params, q), daemon=True)
+    producer.start()
+    try:
+        while True:
+            part = q.get()
+            if part is None:
+                break
+            if isinstance(part, BaseException):
+                raise part
+            cols = list(zip(*part, strict=True))
+            arrays = [_convert(list(cols[i + 1]), f, types[i]) for i, f in enumerate(fields)]
+            wkb = cols[-1]
+            if crs in (gcrs.GCJ02, gcrs.BD09):
+                g = gcrs.transform_geometry(shapely.from_wkb(np.array(wkb, dtype=object)), "EPSG:4326", crs)
+                wkb = shapely.to_wkb(g)
+            arrays.append(pa.array(wkb, type=pa.binary()))
+            if counter is not None:
+                counter["rows"] = counter.get("rows", 0) + len(part)
+            yield pa.record_batch(arrays, schema=schema)
+    finally:
+        while producer.is_alive():  # drain so the producer can finish (and close its cursor)
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        producer.join()
+
+
+def _file_crs(crs: str) -> str | None:
+    return None if crs in (gcrs.GCJ02, gcrs.BD09) else crs
+
+
+def _write_gdal(path: Path, layer_name: str, batches: Iterator, schema: pa.Schema, fmt: str, crs: str,
+                geometry_type: str, append: bool = False) -> None:
+    opts = {}
+    if fmt == "shp":
+        opts["ENCODING"] = "UTF-8"  # writes the .cpg
+    elif fmt == "csv":
+        opts["GEOMETRY"] = "AS_WKT"
+    elif fmt == "geojson":
+        opts["WRITE_BBOX"] = "YES"
+    failure: list[BaseException] = []
+
+    def guarded():
+        try:
+            yield from batches
+        except BaseException as e:  # GDAL would only say "error while accessing batch": keep the real one
+            failure.append(e)
+            raise
+
+    reader = pa.RecordBatchReader.from_batches(schema, guarded())
+    try:
+        with warnings.catch_warnings():  # GCJ-02/BD-09 have no CRS definition a file could carry: intended
+            warnings.filterwarnings("ignore", message="'crs' was not provided")
+            ogr.write_arrow(reader, str(path), layer=layer_name, driver=FORMATS[fmt]["driver"],
+                            geometry_name="geometry", geometry_type=_GEOM_TYPE.get(geometry_type, geometry_type),
+                            crs=_file_crs(crs), layer_options=opts, append=append)
+    except Exception:
+        if failure:
+            raise failure[0] from None
+        raise
+    if failure:
+        raise failure[0]
+
+
+def _write_parquet(path: Path, batches: Iterator, schema: pa.Schema, crs: str, geometry_type: str) -> None:
+    import pyarrow.parquet as pq
+    import pyproj
+
+    projjson = json.loads(pyproj.CRS.from_user_input(crs).to_json()) if _file_crs(crs) else None
+    geo = {"version": "1.0.0", "primary_column": "geometry",
+           "columns": {"geometry": {"encoding": "WKB", "crs": projjson,
+                                    "geometry_types": [] if geometry_type == "Geometry" else [geometry_type]}}}
+    schema = schema.with_metadata({b"geo": json.dumps(geo).encode()})
+    with pq.ParquetWriter(str(path), schema) as w:
+        for b in batches:
+            w.write_batch(pa.RecordBatch.from_arrays(b.columns, schema=schema))
+
+
+def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str,
+                  filters: Filters | None, workdir: Path, *, bundle_name: str | None = None,
+                  progress: dict | None = None) -> tuple[Path, str, dict]:
+    """Write the layers (each with its form: 'full' or 'public') into one file in ``workdir``.
+    Returns (path, download filename, {layer: rows}). ``progress["rows"]`` counts rows as they are written."""
+    fmt, crs = check_request(fmt, crs)
+    if len(layers) > 1 and fmt not in MULTI_LAYER and fmt != "shp":
+        raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
+    name = bundle_name or layers[0][0].name
+    filename = export_filename(city, name, fmt, crs)
+    workdir = Path(workdir)
+    out = workdir / filename
+    counts: dict[str, int] = {}
+    shp_files: list[Path] = []
+    for k, (layer, form) in enumerate(layers):
+        fields = layer.fields_for(form)
+        names = [f.name for f in fields]
+        if fmt == "shp":
+            names = shp_field_names(names)
+        counter: dict = progress if progress is not None else {}
+        start_rows = counter.get("rows", 0)
+        schema = _schema(fields, names, fmt)
+        if fmt == "shp":
+            parts = ([(None, layer.geometry_type, layer.name)] if layer.geometry_type != "Geometry" else
+                     [(f"ST_Dimension(ST_GeomFromWKB(q.geom)) = {d}", gt, f"{layer.name}_{kind}")
+                      for d, (kind, gt) in _SHP_KIND.items()])
+            for where, gt, base in parts:
+                if where is not None:  # skip empty parts of mixed layers (but keep one file at least)
+                    sql, params, _ = select(layer, form, city, filters, geom_sql="ST_AsBinary(s.geom)", order=False)
+                    n = conn.execute(text(f"SELECT count(*) FROM ({sql}) q WHERE {where}"), params).scalar_one()
+                    if n == 0 and not (base.endswith("_point") and not shp_files):
+                        continue
+                p = workdir / f"{base}.shp"
+                _write_gdal(p, base, _batches(conn, city, layer, form, filters, crs, fmt, names, where, counter),
+                            schema, fmt, crs, gt)
+                shp_files.append(p)
+        elif fmt == "parquet":
+            _write_parquet(out, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter), schema,
+                           crs, layer.geometry_type)
+        else:
+            gdal_layer = layer.name if fmt != "kml" else re.sub(r"\W", "_", layer.title_en)
+            _write_gdal(out, gdal_layer, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter),
+                        schema, fmt, crs, layer.geometry_type, append=k > 0)
+        counts[layer.name] = counter.get("rows", 0) - start_rows
+    if fmt == "shp":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in shp_files:
+                for ext in (".shp", ".shx", ".dbf", ".prj", ".cpg"):
+                    member = p.with_suffix(ext)
+                    if member.exists():
+                        z.write(member, member.name)
+            z.writestr("README.txt", f"citygrid export {dt.date.today():%Y-%m-%d}; CRS {crs}; encoding UTF-8 "
+                                     "(.cpg); field names are cut to 10 characters.\n")
+    return out, filename, counts
+
+
+# --- background export jobs -----------------------------------------------------------------------
+# For very large exports: the file is written in a thread (its own connection) while the client polls the
+# job's progress (rows written / rows matched), then downloads it. Jobs live in this process's memory and
+# their files are removed after JOB_TTL seconds.
+
+JOB_TTL = 3600.0
+
+
+@dataclass
+class ExportJob:
+    id: str
+    owner: int | None
+    total: int
+    progress: dict = field(default_factory=lambda: {"rows": 0})
+    status: str = "running"  # running, done, failed
+    filename: str | None = None
+    media: str = ""
+    path: Path | None = None
+    tmp: str = ""
+    error: str | None = None
+    created: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> dict:
+        rows = self.progress.get("rows", 0)
+        return {"id": self.id, "status": self.status, "rows": rows, "total": self.total,
+                "percent": round(100.0 * rows / self.total, 1) if self.total else (100.0 if self.status == "done" else 0.0),
+                "filename": self.filename, "error": self.error}
+
+
+_jobs: dict[str, ExportJob] = {}
+_jobs_lock = threading.Lock()
+
+
+def _expire() -> None:
+    now = time.monotonic()
+    with _jobs_lock:
+        old = [j for j in _jobs.values() if now - j.created > JOB_TTL and j.status != "running"]
+        for j in old:
+            _jobs.pop(j.id, None)
+    for j in old:
+        shutil.rmtree(j.tmp, ignore_errors=True)
+
+
+def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str, filters: Filters | None,
+              *, owner: int | None, bundle_name: str | None = None) -> ExportJob:
+    """Validate the request now (4xx before anything starts), count the rows, and export in a thread."""
+    import secrets
+    import tempfile
+
+    _expire()
+    fmt, crs = check_request(fmt, crs)
+    total = 0
+    with engine.connect() as conn:
+        for layer, form in layers:
+            sql, params, _ = select(layer, form, city, filters, order=False)
+            total += conn.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
+    job = ExportJob(id=secrets.token_urlsafe(16), owner=owner, total=total, media=FORMATS[fmt]["media"],
+                    tmp=tempfile.mkdtemp(prefix="citygrid-job-"))
+
+    def run() -> None:
+        try:
+            with engine.begin() as conn:
+                path, filename, _ = export_layers(conn, city, layers, fmt, crs, filters, Path(job.tmp),
+                                                  bundle_name=bundle_name, progress=job.progress)
+            job.path, job.filename, job.status = path, filename, "done"
+        except Exception as e:  # reported to the client by the job's status
+            job.status, job.error = "failed", f"{type(e).__name__}: {str(e)[:300]}"
+
+    with _jobs_lock:
+        _jobs[job.id] = job
+    threading.Thread(target=run, name=f"citygrid-export-{job.id[:6]}", daemon=True).start()
+    return job
+
+
+def get_job(job_id: str, owner: int | None) -> ExportJob:
+    from layers.errors import NotFound
+
+    job = _jobs.get(str(job_id))
+    if job is None or (job.owner is not None and job.owner != owner):
+        raise NotFound(f"no export job '{str(job_id)[:40]}' (jobs are kept for {JOB_TTL / 3600:g} h)")
+    return job
