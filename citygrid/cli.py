@@ -142,6 +142,18 @@ def cmd_bulletin(args) -> int:
     return main_bulletin(args.rest) or 0
 
 
+def cmd_alerts(args) -> int:
+    from layers.analytics import main_daily
+
+    return main_daily(args.rest) or 0
+
+
+def cmd_la311(args) -> int:
+    from layers.synthetic import main_la311
+
+    return main_la311(args.rest) or 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -219,14 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     usub.add_parser("list")
     users.set_defaults(func=cmd_users)
 
-    imp_all = sub.add_parser("import", help="batch imports: assets or cases (see `citygrid import X --help`)")
+    imp_all = sub.add_parser("import", help="batch imports: assets or cases (see `citygrid import X --help`)", add_help=False)
     imp_all.add_argument("what", choices=sorted(IMPORTERS))
     imp_all.add_argument("rest", nargs=argparse.REMAINDER)
     imp_all.set_defaults(func=cmd_import)
 
-    bul = sub.add_parser("bulletin", help="the monthly bulletin (月度简报), e.g. citygrid bulletin 2026-10")
+    bul = sub.add_parser("bulletin", help="the monthly bulletin (月度简报), e.g. citygrid bulletin 2026-10", add_help=False)
     bul.add_argument("rest", nargs=argparse.REMAINDER)
     bul.set_defaults(func=cmd_bulletin)
+
+    al = sub.add_parser("alerts", help="the daily burst scan and surge rule (舆情), storing alerts", add_help=False)
+    al.add_argument("rest", nargs=argparse.REMAINDER)
+    al.set_defaults(func=cmd_alerts)
+
+    la = sub.add_parser("la311", help="demo: the whole pipeline on 10,000 real Los Angeles 311 cases", add_help=False)
+    la.add_argument("rest", nargs=argparse.REMAINDER)
+    la.set_defaults(func=cmd_la311)
 
     for name, func in (("serve", cmd_serve), ("run", cmd_run)):
         s = sub.add_parser(name, help="start the HTTP server" + (" after db, schema and demo" if name == "run" else ""))
@@ -247,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     from gis.crs import CRSError
     from layers.errors import Conflict, InputError, NotFound
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the pass-through commands hand their options to their own parsers
+        if not hasattr(args, "rest"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.rest = unknown + args.rest
     try:
         return args.func(args) or 0
     except (ClusterError, InputError, NotFound, Conflict, CRSError) as e:

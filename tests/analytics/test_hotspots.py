@@ -1,0 +1,183 @@
+"""Rollups kept current by the trigger; heat from the rollup; Gi* over DB data equals esda."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+from sqlalchemy import text
+
+from layers import analytics as la
+from layers import grid as lgrid
+from layers import rollups
+from tests.analytics.helpers import at, insert
+
+
+def _random_cases(conn, city, rng, n, day0=dt.date(2020, 1, 1), days=10, cats=("A1", "B2")):
+    g = lgrid.snapper(conn, city)
+    import shapely
+    minx, miny, maxx, maxy = shapely.total_bounds(g.geoms)
+    # a dense blob plus background
+    k = n // 2
+    xs = np.concatenate([rng.normal(minx + 800, 150, k), rng.uniform(minx, maxx, n - k)])
+    ys = np.concatenate([rng.normal(miny + 700, 150, k), rng.uniform(miny, maxy, n - k)])
+    xs, ys = np.clip(xs, minx + 1, maxx - 1), np.clip(ys, miny + 1, maxy - 1)
+    times = [at(day0.year, day0.month, day0.day, 8) + dt.timedelta(days=int(d), hours=float(h))
+             for d, h in zip(rng.integers(0, days, n), rng.uniform(0, 12, n), strict=False)]
+    cats_ = rng.choice(list(cats), n).tolist()
+    chans = rng.choice(["电话", "微信"], n).tolist()
+    return insert(conn, city, xs, ys, times, cats_, chans), xs, ys, times, cats_, chans
+
+
+def _rollup_equals_cases(conn, city):
+    a = conn.execute(text("""SELECT cell_id, day, category_code, channel, n FROM case_rollup WHERE city_id = :c
+                             ORDER BY 1, 2, 3, 4"""), {"c": city.id}).all()
+    b = conn.execute(text("""SELECT COALESCE(cell_id, 0), (received_at AT TIME ZONE 'Asia/Shanghai')::date,
+                                    category_code, channel, count(*)::int FROM case_file
+                             WHERE city_id = :c AND merged_into IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""),
+                     {"c": city.id}).all()
+    assert [tuple(r) for r in a] == [tuple(r) for r in b]
+    return len(a)
+
+
+def test_rollup_kept_current_by_trigger(conn, acity):
+    rng = np.random.default_rng(1)
+    ids, *_ = _random_cases(conn, acity, rng, 500)
+    assert _rollup_equals_cases(conn, acity) > 50
+    # the local day: 23:30 UTC+8 of 1 Jan is 1 Jan, 00:30 of 2 Jan is 2 Jan
+    # an update of class / cell / merge moves the counts; a delete removes them
+    conn.execute(text("UPDATE case_file SET category_code = 'C3' WHERE id = ANY(:ids)"), {"ids": ids[:40].tolist()})
+    conn.execute(text("UPDATE case_file SET cell_id = NULL WHERE id = ANY(:ids)"), {"ids": ids[40:60].tolist()})
+    conn.execute(text("UPDATE case_file SET merged_into = :m WHERE id = ANY(:ids)"),
+                 {"m": int(ids[0]), "ids": ids[60:70].tolist()})
+    conn.execute(text("UPDATE case_file SET title = 'x' WHERE id = ANY(:ids)"), {"ids": ids[70:90].tolist()})
+    conn.execute(text("DELETE FROM case_file WHERE id = ANY(:ids)"), {"ids": ids[90:120].tolist()})
+    _rollup_equals_cases(conn, acity)
+    total = conn.execute(text("SELECT sum(n) FROM case_rollup WHERE city_id = :c"), {"c": acity.id}).scalar()
+    assert total == 500 - 10 - 30
+    assert rollups.rebuild(conn, acity) > 0
+    _rollup_equals_cases(conn, acity)
+
+
+def test_heat_from_rollup_equals_direct_kde(conn, acity):
+    from gis import heat as gheat
+
+    rng = np.random.default_rng(2)
+    _, xs, ys, times, cats, _ = _random_cases(conn, acity, rng, 400)
+    h = la.heat(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10), categories=["A1"], bandwidth=300)
+    assert h["total"] == cats.count("A1")
+    arr = h["arrays"]
+    # the same KDE by direct sum from the cell centres of the cases' cells
+    g = arr.grid
+    idx = g.locate(xs, ys)
+    sel = np.array([c == "A1" for c in cats]) & (idx >= 0)
+    direct = gheat.quartic_kde_grid(arr.cx[idx[sel]], arr.cy[idx[sel]], None, arr.cx, arr.cy, 300)
+    # the test city is aligned to the 100 m grid: every cell is whole, its centroid is its centre
+    assert np.allclose(h["density"], direct, rtol=1e-9, atol=1e-9)
+    assert h["density"].max() > 0
+    fc = la.heat_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    assert fc["features"] and fc["bandwidth_m"] >= 100
+    assert all(f["geometry"].startswith('{"type":"Polygon"') or 'MultiPolygon' in f["geometry"]
+               for f in fc["features"])
+    import json
+    geom = json.loads(fc["features"][0]["geometry"])
+    ring = geom["coordinates"][0] if geom["type"] == "Polygon" else geom["coordinates"][0][0]
+    lon, lat = ring[0]
+    assert 121.2 < lon < 121.35 and 31.8 < lat < 31.95  # EPSG:4326 around the test city
+    # an empty window: an empty layer, no error
+    assert la.heat_geojson(conn, acity, dt.date(2019, 1, 1), dt.date(2019, 1, 2))["features"] == []
+
+
+def test_gi_star_equals_esda_on_db_data(conn, acity):
+    import esda
+    import libpysal
+
+    rng = np.random.default_rng(3)
+    _random_cases(conn, acity, rng, 800)
+    h = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    arr = h["arrays"]
+    g = arr.grid
+    # the same counts read independently from case_file, and libpysal's own queen weights on the cells
+    counts = dict(conn.execute(text("""SELECT cell_id, count(*) FROM case_file WHERE city_id = :c
+        AND (received_at AT TIME ZONE 'Asia/Shanghai')::date BETWEEN '2020-01-01' AND '2020-01-10'
+        AND merged_into IS NULL AND cell_id IS NOT NULL GROUP BY 1"""), {"c": acity.id}).all())
+    y = np.array([counts.get(int(i), 0) for i in g.ids], dtype=float)
+    assert np.array_equal(y, h["counts"])
+    import geopandas as gpd
+    gdf = gpd.GeoDataFrame(geometry=g.geoms)
+    w = libpysal.weights.Queen.from_dataframe(gdf, use_index=False, silence_warnings=True)
+    gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
+    assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
+    assert (h["bins"] > 0).any()  # the blob is a significant hot spot
+    fc = la.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    assert len(fc["features"]) == int((h["bins"] != 0).sum())
+    assert all(f["properties"]["bin"] != 0 and f["properties"]["p"] <= 0.1 for f in fc["features"])
+    hot = [f for f in fc["features"] if f["properties"]["bin"] == 3]
+    assert hot and all("热点 99%" in f["properties"]["label"] for f in hot)
+    # distance-band weights work too, and equal esda with libpysal's DistanceBand
+    hd = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10), weights_kind="distance", distance=250)
+    wd = libpysal.weights.DistanceBand(np.column_stack([arr.cx, arr.cy]), threshold=250, binary=True,
+                                       silence_warnings=True)
+    gd = esda.G_Local(y, wd, transform="B", star=True, permutations=0)
+    assert np.max(np.abs(gd.Zs - hd["z"])) < 1e-9
+
+
+def test_emerging_hotspots(conn, acity):
+    # a cell that becomes hot in the last two weeks of 8 (new / consecutive hot spot)
+    from tests.analytics.helpers import cell_xy
+
+    rng = np.random.default_rng(4)
+    end = dt.date(2020, 6, 28)
+    x, y, _ = cell_xy(conn, acity, [10, 11, 10, 11], [8, 8, 9, 9])
+    xs, ys, ts = [], [], []
+    for wk in range(8):
+        for _ in range(int(rng.poisson(3))):
+            xs.append(rng.uniform(620_000, 623_000))
+            ys.append(rng.uniform(3_530_000, 3_532_000))
+            ts.append(at(2020, 5, 4) + dt.timedelta(days=7 * wk + int(rng.integers(0, 7))))
+        if wk >= 6:
+            for k in range(4):
+                for _ in range(6):
+                    xs.append(x[k])
+                    ys.append(y[k])
+                    ts.append(at(2020, 5, 4) + dt.timedelta(days=7 * wk + int(rng.integers(0, 7))))
+    insert(conn, acity, xs, ys, ts, ["E1"] * len(xs))
+    fc = la.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
+    cats = {f["properties"]["code"]: f["properties"]["category"] for f in fc["features"]}
+    assert any(c in ("New Hot Spot", "Consecutive Hot Spot") for c in cats.values()), fc["summary"]
+
+
+def test_gi_star_equals_esda_on_a_clipped_grid(engine):
+    """A round city: boundary cells are clipped, some no longer touch their grid neighbours
+    our queen
+    weights are those of the cell polygons (libpysal Queen), so z equals esda to 1e-9."""
+    import esda
+    import geopandas as gpd
+    import libpysal
+    from shapely.geometry import Point
+
+    from layers import city as lcity
+    from layers.errors import NotFound
+
+    with engine.begin() as conn:
+        try:
+            city = lcity.get_city(conn, "ctest")
+        except NotFound:
+            city = lcity.create_city(conn, slug="ctest", name="圆形测试市", adcode="320697", src_crs="EPSG:4549",
+                                     boundary=Point(640_033.0, 3_550_071.0).buffer(1234, 7), working_epsg=4549)
+            lcity.generate_grid(conn, city, size=100.0)
+    with engine.connect() as conn:
+        tx = conn.begin()
+        rng = np.random.default_rng(9)
+        xs = np.concatenate([rng.normal(640_400, 200, 300), rng.uniform(638_900, 641_200, 300)])
+        ys = np.concatenate([rng.normal(3_550_300, 200, 300), rng.uniform(3_548_900, 3_551_200, 300)])
+        insert(conn, city, xs, ys, [at(2020, 2, 1)] * 600, ["R1"] * 600)
+        h = la.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
+        g = h["arrays"].grid
+        assert g.index.partial.sum() > 20
+        w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
+                                                  silence_warnings=True)
+        assert w.sparse.nnz < la.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
+        gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
+        assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
+        tx.rollback()
