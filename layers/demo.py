@@ -105,9 +105,11 @@ def ensure_demo_users(conn: Connection) -> dict[str, dict]:
     known = json.loads(path.read_text()) if path.exists() else {}
     existing = {u.name for u in lusers.list_users(conn)}
     for name, role, dept, area in DEMO_USERS:
-        if name in existing and name in known:
-            continue
-        if name in existing:  # token lost: issue a new one
+        entry = known.get(name)
+        user = lusers.user_for_token(conn, entry["token"]) if entry else None
+        if user is not None and user.name == name:
+            continue  # the kept token still opens this database
+        if name in existing:  # token lost (or kept for another database): issue a new one
             conn.execute(text("DELETE FROM app_user WHERE name = :n"), {"n": name})
         _, token = lusers.add_user(conn, name, role, department=dept, area_code=area)
         known[name] = {"role": role, "token": token}
