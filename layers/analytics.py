@@ -710,3 +710,52 @@ def main_daily(argv: list[str] | None = None) -> int:
     print(f"{city.slug} {day}: {len(res['scan'])} space-time clusters, {len(res['surge'])} class surges, "
           f"{len(res['petition'])} petition risks")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Heat as vector tiles
+# ----------------------------------------------------------------------------------------------
+
+WEB_MERCATOR_HALF = 20037508.342789244
+
+
+def tile_bounds_3857(z: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """Bounds of XYZ tile (z, x, y) in EPSG:3857; InputError for a tile that does not exist."""
+    if not (0 <= z <= 22) or not (0 <= x < 2 ** z) or not (0 <= y < 2 ** z):
+        raise InputError(f"no tile {z}/{x}/{y}: z must be 0–22 and x, y within 0–{2 ** max(z, 0) - 1}")
+    size = 2 * WEB_MERCATOR_HALF / 2 ** z
+    minx = -WEB_MERCATOR_HALF + x * size
+    maxy = WEB_MERCATOR_HALF - y * size
+    return minx, maxy - size, minx + size, maxy
+
+
+def heat_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: int, *, categories=None,
+              channels=None, bandwidth=None, min_share: float = 0.02) -> bytes:
+    """The heat of the window as a Mapbox Vector Tile: layer ``heat``, one polygon per cell whose
+    density is at least ``min_share`` of the maximum, with ``density`` (cases/km²) and ``level``
+    (share of the maximum). Cells are picked by their centres with a one-cell margin, then clipped."""
+    import mapbox_vector_tile
+
+    bounds = tile_bounds_3857(z, x, y)
+    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth)
+    features = []
+    if h["total"]:
+        d, arr = h["density"], h["arrays"]
+        top = float(d.max())
+        box = gcrs.transform_geometry(shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 8),
+                                      "EPSG:3857", city.working_crs)
+        bx0, by0, bx1, by1 = box.bounds
+        pad = (arr.grid.info.cell_size or float(np.sqrt(np.median(shapely.area(arr.grid.geoms))))) * 1.5
+        sel = np.flatnonzero((d >= min_share * top) & (arr.cx >= bx0 - pad) & (arr.cx <= bx1 + pad)
+                             & (arr.cy >= by0 - pad) & (arr.cy <= by1 + pad))
+        if sel.size:
+            geoms = gcrs.transform_geometry(arr.grid.geoms[sel], city.working_crs, "EPSG:3857")
+            clipped = shapely.clip_by_rect(geoms, *bounds)
+            for i, g in zip(sel, clipped, strict=True):
+                if g.is_empty or g.area == 0:
+                    continue
+                features.append({"geometry": g, "properties": {
+                    "code": str(arr.grid.codes[i]), "density": round(float(d[i]), 3),
+                    "level": round(float(d[i]) / top, 4)}})
+    return mapbox_vector_tile.encode([{"name": "heat", "features": features}],
+                                     default_options={"quantize_bounds": bounds, "extents": 4096})

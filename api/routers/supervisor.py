@@ -4,9 +4,10 @@ the assessment ranking, the burst/petition alert feed, and the monthly bulletin 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Connection, text
 
@@ -87,6 +88,24 @@ def heat(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function")
                          bandwidth=bandwidth, dst=_crs(crs), dissolve=dissolve)
     fc.update(start=str(s), end=str(e))
     return _geojson(fc)
+
+
+@router.get("/supervisor/heat/tiles/{z}/{x}/{y}.mvt", summary="热力瓦片 Heat as vector tiles (MVT, EPSG:3857 XYZ)",
+            response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
+def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0), y: int = Path(..., ge=0),
+              _=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"),
+              city: CityInfo = Depends(get_city), start: str | None = START, end: str | None = END,
+              category: str | None = CATS, channel: str | None = CHANS,
+              bandwidth: float | None = Query(None, description="带宽 bandwidth in m"),
+              if_none_match: str | None = Header(None, include_in_schema=False)):
+    s, e = _window(conn, city, start, end)
+    data = la.heat_tile(conn, city, s, e, z, x, y, categories=_list(category), channels=_list(channel),
+                        bandwidth=bandwidth)
+    etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
 
 
 @router.get("/supervisor/hotspots", summary="热点分析 Significant hot/cold spots (Getis-Ord Gi*, FDR)")

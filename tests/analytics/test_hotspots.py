@@ -181,3 +181,37 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
         gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
         assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
         tx.rollback()
+
+
+def test_heat_vector_tile_matches_the_heat_layer(conn, acity):
+    """Heat tiles decode to the cells of the heat layer, with the same densities, in the right tile."""
+    import mapbox_vector_tile
+    import pytest
+
+    from gis import crs as gcrs
+    from layers.errors import InputError
+
+    rng = np.random.default_rng(5)
+    _random_cases(conn, acity, rng, 300, day0=dt.date(2021, 3, 1), days=5)
+    s, e = dt.date(2021, 3, 1), dt.date(2021, 3, 5)
+    h = la.heat(conn, acity, s, e, bandwidth=250)
+    arr, d = h["arrays"], h["density"]
+    top = int(np.argmax(d))
+    lon, lat = gcrs.transform_xy(arr.cx[top], arr.cy[top], acity.working_crs, "EPSG:4326")
+    z = 15
+    mx, my = gcrs.transform_xy(lon, lat, "EPSG:4326", "EPSG:3857")
+    size = 2 * la.WEB_MERCATOR_HALF / 2 ** z
+    x, y = int((mx + la.WEB_MERCATOR_HALF) // size), int((la.WEB_MERCATOR_HALF - my) // size)
+    tile = mapbox_vector_tile.decode(la.heat_tile(conn, acity, s, e, z, x, y, bandwidth=250))
+    feats = {f["properties"]["code"]: f["properties"] for f in tile["heat"]["features"]}
+    assert str(arr.grid.codes[top]) in feats
+    assert feats[str(arr.grid.codes[top])]["density"] == pytest.approx(round(float(d[top]), 3))
+    assert feats[str(arr.grid.codes[top])]["level"] == 1.0
+    for code, props in feats.items():
+        i = int(np.flatnonzero(arr.grid.codes == code)[0])
+        assert props["density"] == pytest.approx(round(float(d[i]), 3))
+    # a tile far away is empty; a tile that does not exist is refused
+    far = mapbox_vector_tile.decode(la.heat_tile(conn, acity, s, e, z, 0, 0))
+    assert far.get("heat", {"features": []})["features"] == []
+    with pytest.raises(InputError):
+        la.heat_tile(conn, acity, s, e, 3, 9, 0)
