@@ -39,6 +39,12 @@
       onEachFeature: (f, l) => l.bindTooltip(`${f.properties.code}: ${f.properties.count} 件 cases`),
     }),
     grid: L.geoJSON(null, { style: { color: "#666", weight: 0.5, fill: false } }),
+    zones: L.geoJSON(null, {  // key zones coloured by whether their patrol frequency was met on the last day
+      style: (f) => ({ color: f.properties.frequency_met ? "#1a9850" : "#d73027", weight: 2.5, fillOpacity: 0.15 }),
+      pointToLayer: (f, ll) => L.circleMarker(ll, { radius: 6 }),
+      onEachFeature: (f, l) => l.bindTooltip(`${f.properties.name} · ${f.properties.zone_type} · ` +
+        `覆盖 ${(100 * f.properties.share).toFixed(0)}% · ${f.properties.frequency_met ? "达标 met" : "未达标 missed"}`),
+    }),
     emerging: L.geoJSON(null, {
       style: (f) => ({ color: "#333", weight: 0.3, fillOpacity: 0.7, fillColor: /Hot/.test(f.properties.category) ? "#d7301f" : "#0570b0" }),
       onEachFeature: (f, l) => l.bindTooltip(`${f.properties.label} · ${f.properties.code}`),
@@ -49,6 +55,7 @@
   L.control.layers(null, {
     "热力 Heat": layers.heat, "热点 Hot spots (Gi*)": layers.hot, "案件网格 Cases per cell": layers.cases,
     "时空热点趋势 Emerging hot spots": layers.emerging, "单元网格 Grid (zoom ≥ 15)": layers.grid,
+    "重点区域巡查 Key zones (patrol)": layers.zones,
   }, { collapsed: false }).addTo(map);
   const legend = L.control({ position: "bottomright" });
   legend.onAdd = () => {
@@ -78,6 +85,14 @@
     const fc = await api("/api/v1/supervisor/cells", { start: state.start, end: state.end, category: state.category });
     layers.cases.clearLayers(); layers.cases.addData(fc); layers.cases.loaded = true;
   }
+  async function loadZones() {  // patrol coverage of the key zones on the window's last day
+    if (!map.hasLayer(layers.zones)) return;
+    const fc = await api("/api/v1/zones/coverage", { start: state.end, end: state.end });
+    layers.zones.clearLayers(); layers.zones.addData(fc);
+    const missed = fc.features.filter((f) => !f.properties.frequency_met).length;
+    $("map-status").textContent = `重点区域 Key zones ${fc.features.length} · 漏巡 missed ${missed} (${state.end || "today"})`;
+  }
+  map.on("overlayadd", (e) => { if (e.layer === layers.zones) loadZones().catch((err) => showError(err.message)); });
   map.on("overlayadd", (e) => { if (e.layer === layers.cases) loadCases().catch((err) => showError(err.message)); });
   map.on("overlayadd", (e) => { if (e.layer === layers.emerging) loadEmerging().catch((err) => showError(err.message)); });
 

@@ -59,6 +59,10 @@ def test_dashboard_renders(browser, live_server, bcity, tokens, tmp_path):
     # the emerging hot spots toggle loads its layer
     page.click("text=时空热点趋势 Emerging hot spots")
     page.wait_for_function("document.getElementById('map-status').textContent.includes('Emerging')", timeout=30_000)
+    # the key zones toggle loads their patrol coverage
+    with page.expect_response(lambda r: "/api/v1/zones/coverage" in r.url and r.status == 200):
+        page.click("text=重点区域巡查 Key zones (patrol)")
+    page.wait_for_function("document.getElementById('map-status').textContent.includes('Key zones')", timeout=30_000)
     assert not errors, errors
     page.close()
 
