@@ -40,8 +40,10 @@ class DatabaseSettings(BaseSettings):
     pgdata: Path | None = None
     #: OS user that runs the own cluster when started as root (PostgreSQL refuses root).
     os_user: str = "postgres"
-    pool_size: int = 8
-    max_overflow: int = 8
+    #: pool_size + max_overflow must cover the server's worker threads (40 for FastAPI's sync
+    #: endpoints): fewer connections than threads can stall every thread under load.
+    pool_size: int = 10
+    max_overflow: int = 35
     statement_timeout_ms: int = 120_000
 
 

@@ -87,14 +87,17 @@ def load_haimen(conn: Connection, *, cell_size: float = 100.0, log=print) -> lci
 
 def load_demo(conn: Connection, *, cell_size: float = 100.0, log=print) -> lcity.CityInfo:
     """Everything the demo shows, each part idempotent: the city and grid, its departments, a
-    synthetic asset inventory and a synthetic year of cases with a few injected bursts."""
+    synthetic asset inventory, made-up key zones and a synthetic year of cases with a few injected
+    bursts."""
     from layers import workflow
     from layers.asset_import import generate_synthetic_inventory
     from layers.synthetic import load_synthetic_year
+    from layers.zones import load_demo_zones
 
     city = load_haimen(conn, cell_size=cell_size, log=log)
     workflow.ensure_departments(conn, city)
     generate_synthetic_inventory(conn, city)  # labelled 【合成 synthetic】: Haimen has no open facility data
+    load_demo_zones(conn, city)  # key zones for patrols, made up and labelled so
     load_synthetic_year(conn, city)  # a year of synthetic cases (source_ref 'synthetic:…'), once
     return city
 

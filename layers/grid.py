@@ -67,6 +67,7 @@ class LoadedGrid:
 
 _cache: dict[tuple[str, int], LoadedGrid] = {}
 _cache_lock = threading.Lock()
+_load_locks: dict[tuple[str, int], threading.Lock] = {}
 
 
 def load_grid(conn: Connection, info: GridInfo) -> LoadedGrid:
@@ -91,9 +92,15 @@ def snapper(conn: Connection, city: CityInfo) -> LoadedGrid:
     key = (info.version, info.id)
     with _cache_lock:
         hit = _cache.get(key)
+        load_lock = _load_locks.setdefault(key, threading.Lock())
     if hit is not None:
         return hit
-    loaded = load_grid(conn, info)
+    with load_lock:  # one thread loads a grid; the others wait for it instead of loading it too
+        with _cache_lock:
+            hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        loaded = load_grid(conn, info)
     with _cache_lock:
         for k in [k for k in _cache if k[1] == info.id or len(_cache) > 8]:
             _cache.pop(k, None)

@@ -1,0 +1,184 @@
+"""Inspectors in the field (信息采集员/监督员): reports with photo evidence, tracks, the worklist."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Path, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, text
+
+from api.deps import Allow, get_city, get_conn
+from layers import photostore as lstore
+from layers import reports as lreports
+from layers import workflow as lwf
+from layers.city import CityInfo
+
+log = logging.getLogger("citygrid.field")
+
+
+
+@asynccontextmanager
+async def _lifespan(app):
+    """At start: bring staged and stored photo files in line with the committed rows."""
+    engine = getattr(app.state, "engine", None)
+    if engine is not None:
+        try:
+            with engine.begin() as conn:
+                if conn.execute(text("SELECT to_regclass('field_photo') IS NOT NULL")).scalar_one():
+                    counts = lstore.recover(conn, lstore.PhotoStore.default())
+                    log.info("photo store recovered: %s", counts)
+                # Load the default city's grid index once now, rather than in every worker thread of
+                # the first burst of uploads at the same time.
+                from citygrid import settings
+                from layers import city as lcity
+                from layers import grid as lgrid
+
+                slug = settings.api().default_city
+                if conn.execute(text("SELECT 1 FROM city WHERE slug = :s"), {"s": slug}).first():
+                    lgrid.snapper(conn, lcity.get_city(conn, slug))
+        except Exception as e:  # noqa: BLE001 - a server without its database still starts
+            log.warning("photo store recovery skipped: %s", e)
+    yield
+
+
+router = APIRouter(prefix="/api/v1", tags=["inspector 信息采集"], lifespan=_lifespan)
+
+INSPECTOR = Allow("inspector", "supervisor", "admin")
+READERS = Allow("inspector", "operator", "supervisor", "admin")
+
+
+def _forbid(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except lwf.Forbidden as e:
+        raise HTTPException(403, f"无权限 {e}") from None
+
+
+def _read_upload(i: int, f: UploadFile, cap: int) -> bytes:
+    data = f.file.read(cap + 1)
+    if len(data) > cap:
+        raise HTTPException(413, f"{lreports.photo_label(i, f.filename)} is larger than {cap:,} bytes")
+    return data
+
+
+@router.post("/reports", summary="上报 File a report with 1–9 photos (multipart)", status_code=201,
+             responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
+                        201: {"description": "the report, its case (or the case it was merged into), cell, flags"}})
+def create_report(
+    category_code: str = Form(..., max_length=40, description="类别 case class code (GET /api/v1/catalog)"),
+    photos: list[UploadFile] = File(..., description="1–9 photos: JPEG, PNG, WebP or HEIC"),
+    description: str | None = Form(None, max_length=5000),
+    lon: str | None = Form(None, max_length=40, description="device longitude (in crs)"),
+    lat: str | None = Form(None, max_length=40, description="device latitude (in crs)"),
+    accuracy: str | None = Form(None, max_length=40, description="horizontal accuracy in metres"),
+    crs: str = Form("EPSG:4326", max_length=40, description="WGS-84 (default), EPSG:4490, GCJ-02 or BD-09"),
+    device_time: str | None = Form(None, max_length=40, description="when the device took it (ISO 8601)"),
+    asset_code: str | None = Form(None, max_length=16, description="the 16-digit code of the asset concerned"),
+    address: str | None = Form(None, max_length=500),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=100),
+    user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+):
+    cfg = lreports.config()
+    key = lreports.check_key(idempotency_key)
+    if not photos:
+        raise HTTPException(422, "photos: send 1 to 9 photos")
+    if len(photos) > cfg["max_photos"]:
+        raise HTTPException(422, f"{len(photos)} photos: at most {cfg['max_photos']} per report")
+    raw = [_read_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
+    inp = lreports.ReportInput(category_code=category_code.strip(), description=description, lon=lon or None,
+                               lat=lat or None, accuracy_m=accuracy or None, crs=crs, device_time=device_time,
+                               asset_code=asset_code or None, address=address)
+    req_hash = lreports.request_hash(inp, raw)
+    first = lreports.find_existing(conn, user.id, key, req_hash)  # a retry: no decoding, no writing
+    if first is not None:
+        return JSONResponse(first, status_code=200, headers={"Idempotent-Replayed": "true"})
+    prepared = [lreports.prepare_photo(i, f.filename, b) for i, (f, b) in enumerate(zip(photos, raw, strict=True))]
+    store = lstore.PhotoStore.default()
+    staged = store.new_stage()
+    try:
+        result, created = lreports.submit_report(conn, city, user, inp, prepared, key, req_hash, store, staged)
+        conn.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    staged.promote()
+    if not created:
+        return JSONResponse(result, status_code=200, headers={"Idempotent-Replayed": "true"})
+    return JSONResponse(result, status_code=201)
+
+
+class ReportJson(BaseModel):
+    category_code: str = Field(..., max_length=40, description="类别 case class code")
+    lon: float | None = Field(None, description="device longitude (in crs)")
+    lat: float | None = Field(None, description="device latitude (in crs)")
+    accuracy: float | None = Field(None, description="horizontal accuracy in metres")
+    crs: str = Field("EPSG:4326", max_length=40)
+    description: str | None = Field(None, max_length=5000)
+    device_time: str | None = Field(None, max_length=40)
+    asset_code: str | None = Field(None, max_length=16)
+    address: str | None = Field(None, max_length=500)
+
+
+@router.post("/reports/json", summary="上报 (无照片) File a report without photos (JSON; flagged no_photos)",
+             status_code=201)
+def create_report_json(body: ReportJson,
+                       idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=100),
+                       user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"),
+                       city: CityInfo = Depends(get_city)):
+    key = lreports.check_key(idempotency_key)
+    inp = lreports.ReportInput(category_code=body.category_code.strip(), description=body.description, lon=body.lon,
+                               lat=body.lat, accuracy_m=body.accuracy, crs=body.crs, device_time=body.device_time,
+                               asset_code=body.asset_code, address=body.address)
+    req_hash = lreports.request_hash(inp, [])
+    first = lreports.find_existing(conn, user.id, key, req_hash)
+    if first is not None:
+        return JSONResponse(first, status_code=200, headers={"Idempotent-Replayed": "true"})
+    store = lstore.PhotoStore.default()
+    result, created = lreports.submit_report(conn, city, user, inp, [], key, req_hash, store, store.new_stage(),
+                                             min_photos=0)
+    return JSONResponse(result, status_code=201 if created else 200,
+                        headers={} if created else {"Idempotent-Replayed": "true"})
+
+
+@router.get("/reports", summary="上报列表 Reports (an inspector sees their own)")
+def reports(mine: bool = False, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+            user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    return lreports.list_reports(conn, city, user, mine=mine, limit=limit, offset=offset)
+
+
+@router.get("/reports/{report_id}", summary="上报详情 One report as first acknowledged, with its case's state now")
+def report(report_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
+           city: CityInfo = Depends(get_city)):
+    return _forbid(lreports.get_report, conn, city, report_id, user)
+
+
+@router.get("/reports/{report_id}/photos/{seq}/{variant}", summary="照片 A photo: public copy, thumbnail or the original")
+def report_photo(report_id: int = Path(..., ge=1), seq: int = Path(..., ge=0, le=99),
+                 variant: str = Path(..., pattern="^(public|thumb|original)$"),
+                 user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    data, media = _forbid(lreports.photo_file, conn, city, report_id, seq, variant, user, lstore.PhotoStore.default())
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.post("/tracks", summary="巡查轨迹 Upload a patrol track (GPX 1.1 or GeoJSON with times)", status_code=201)
+def upload_track(file: UploadFile = File(..., description="GPX 1.1, or a GeoJSON LineString/points with times"),
+                 crs: str = Form("EPSG:4326", max_length=40, description="WGS-84 (default), EPSG:4490, GCJ-02, BD-09"),
+                 format: str = Form("auto", pattern="^(auto|gpx|geojson)$"),
+                 user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    from layers import patrols as lpatrols
+
+    cap = lreports.config()["max_track_bytes"]
+    data = file.file.read(cap + 1)
+    if len(data) > cap:
+        raise HTTPException(413, f"the track file is larger than {cap:,} bytes")
+    return lpatrols.upload_tracks(conn, city, user, data, crs=crs, fmt=format)
+
+
+@router.get("/worklist", summary="今日任务 Zones due today and cases waiting on site, overdue first")
+def my_worklist(user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    from layers import patrols as lpatrols
+
+    return lpatrols.worklist(conn, city, user)

@@ -1,0 +1,228 @@
+"""Patrol tracks of inspectors, key-zone coverage per period, missed zones, per-inspector statistics
+and the inspector's worklist.
+
+Coverage rule (see gis.patrol.zone_coverage): for each zone and period (local calendar days,
+Asia/Shanghai, inclusive), the tracks that started in the period are buffered by the coverage buffer
+(default 30 m); a polygon zone's share is the part of its area inside that swath, a line zone's (a
+road: its centreline) the part of its length, a point zone's the part of its points. A visit is a
+pass within the buffer; passes less than 10 minutes apart are one visit. The frequency is met when
+every day (or ISO week, for weekly rules) of the period had the required number of visits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import shapely
+from sqlalchemy import Connection, text
+
+from gis import crs as gcrs
+from gis import patrol as gpatrol
+from layers import zones as lzones
+from layers.case_vocab import STATES
+from layers.city import CityInfo
+from layers.errors import InputError
+from layers.reports import config
+
+TZ = gpatrol.CHINA_TZ
+
+
+# -- tracks ---------------------------------------------------------------------------------------
+
+def parse_tracks(data: bytes, fmt: str | None = None) -> tuple[list[gpatrol.Track], str]:
+    """Tracks of a GPX or GeoJSON upload (format sniffed when not given)."""
+    head = data.lstrip()[:200]
+    if fmt is None or fmt == "auto":
+        fmt = "gpx" if head.startswith(b"<") else "geojson" if head.startswith(b"{") else None
+    if fmt not in ("gpx", "geojson"):
+        raise InputError("the track must be GPX 1.1 (XML) or GeoJSON (a LineString with times)")
+    try:
+        tracks = gpatrol.parse_gpx(data) if fmt == "gpx" else gpatrol.parse_geojson_track(data)
+    except ValueError as e:
+        raise InputError(f"{fmt}: {e}") from None
+    except RecursionError:
+        raise InputError(f"{fmt}: nested too deeply") from None
+    if not tracks:
+        raise InputError(f"the {fmt} file holds no track points")
+    return tracks, fmt
+
+
+def upload_tracks(conn: Connection, city: CityInfo, user, data: bytes, *, crs: str = "EPSG:4326",
+                  fmt: str | None = None, max_accuracy: float | None = None) -> dict:
+    """Store an inspector's tracks: projected to the working CRS, impossible fixes dropped and counted
+    (faster than ``max_speed_mps`` from the last kept fix, less accurate than the gate, invalid or
+    out-of-order times). Segments with fewer than 2 kept fixes are not stored (counted)."""
+    cfg = config()
+    if len(data) > cfg["max_track_bytes"]:
+        raise InputError(f"the track file is {len(data):,} bytes; at most {cfg['max_track_bytes']:,}")
+    src = gcrs.parse_crs(crs)
+    if not (gcrs.is_geographic(src) or src in (gcrs.GCJ02, gcrs.BD09)):
+        raise InputError(f"crs {src}: tracks are lon/lat in WGS-84, CGCS2000, GCJ-02 or BD-09")
+    tracks, fmt = parse_tracks(data, fmt)
+    total = sum(len(t) for t in tracks)
+    if total > cfg["max_track_fixes"]:
+        raise InputError(f"{total:,} fixes; at most {cfg['max_track_fixes']:,} per upload")
+    gate = float(max_accuracy if max_accuracy is not None else cfg["track_accuracy_gate_m"])
+    out, dropped_total = [], {"invalid": 0, "accuracy": 0, "time": 0, "speed": 0}
+    pending = []
+    for k, t in enumerate(tracks):
+        x, y = gcrs.transform_xy(t.lon, t.lat, src, city.working_crs)
+        mask, counts = gpatrol.clean_track(x, y, t.time, t.accuracy, max_speed=float(cfg["max_speed_mps"]),
+                                           max_accuracy=gate)
+        for r in dropped_total:
+            dropped_total[r] += counts[r]
+        entry = {"segment": k, "name": t.name, "fixes": len(t), "kept": counts["kept"],
+                 "dropped": {r: counts[r] for r in dropped_total}, "stored": False}
+        if counts["kept"] >= 2:
+            xs, ys, ts = x[mask], y[mask], t.time[mask]
+            line = shapely.LineString(np.column_stack([xs, ys]))
+            pending.append((entry, line, ts))
+        out.append(entry)
+    if not pending:
+        raise InputError(f"no segment kept 2 plausible fixes (dropped: {dropped_total}): nothing to store")
+    for entry, line, ts in pending:
+        tid = conn.execute(text("""
+            INSERT INTO patrol_track (city_id, user_id, started_at, ended_at, geom, times, fixes, kept, dropped,
+                                      length_m, source_format, source_crs, name)
+            VALUES (:c, :u, :s, :e, ST_SetSRID(ST_GeomFromWKB(decode(:w, 'hex')), :srid), :t, :n, :k,
+                    CAST(:d AS jsonb), :len, :fmt, :crs, :name) RETURNING id"""),
+            dict(c=city.id, u=user.id, s=dt.datetime.fromtimestamp(ts[0], dt.UTC),
+                 e=dt.datetime.fromtimestamp(ts[-1], dt.UTC), w=shapely.to_wkb(line, hex=True), srid=city.srid,
+                 t=[float(v) for v in ts], n=entry["fixes"], k=entry["kept"],
+                 d=json.dumps(entry["dropped"]), len=line.length, fmt=fmt, crs=src,
+                 name=(entry["name"] or None) and str(entry["name"])[:200])).scalar_one()
+        entry.update(stored=True, id=tid, length_m=round(line.length, 1),
+                     started_at=dt.datetime.fromtimestamp(ts[0], dt.UTC).isoformat(),
+                     ended_at=dt.datetime.fromtimestamp(ts[-1], dt.UTC).isoformat())
+    return {"format": fmt, "crs": src, "fixes": total, "kept": sum(e["kept"] for e in out),
+            "dropped": dropped_total, "segments": out, "accuracy_gate_m": gate,
+            "max_speed_mps": float(cfg["max_speed_mps"])}
+
+
+# -- coverage -------------------------------------------------------------------------------------
+
+def _period(start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime, list[dt.date]]:
+    if end < start:
+        raise InputError("the period ends before it starts")
+    if (end - start).days > 92:
+        raise InputError("a coverage period is at most 93 days")
+    t0 = dt.datetime.combine(start, dt.time(), TZ)
+    t1 = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), TZ)
+    return t0, t1, [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def coverage(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, buffer_m: float | None = None,
+             area_code: str | None = None, user_id: int | None = None) -> list[dict]:
+    """Per zone: share covered, visits, visits per day, and whether the frequency was met."""
+    cfg = config()
+    buffer_m = float(cfg["coverage_buffer_m"] if buffer_m is None else buffer_m)
+    if not (0 < buffer_m <= 500):
+        raise InputError("buffer_m must be between 0 and 500 m")
+    t0, t1, days = _period(start, end)
+    zones = lzones.zone_rows(conn, city, area_code=area_code)
+    out = []
+    for z in zones:
+        rows = conn.execute(text("""
+            SELECT ST_AsBinary(t.geom), t.times FROM patrol_track t
+            WHERE t.city_id = :c AND t.started_at >= :t0 AND t.started_at < :t1
+              AND (CAST(:u AS int) IS NULL OR t.user_id = :u)
+              AND ST_DWithin(t.geom, ST_SetSRID(ST_GeomFromWKB(decode(:zw, 'hex')), :s), :b)
+            ORDER BY t.started_at, t.id"""),
+            {"c": city.id, "t0": t0, "t1": t1, "u": user_id, "zw": shapely.to_wkb(z["geom"], hex=True),
+             "s": city.srid, "b": buffer_m}).all()
+        lines = [shapely.from_wkb(bytes(r[0])) for r in rows]
+        res = gpatrol.zone_coverage(z["geom"], lines, buffer_m, times=[np.asarray(r[1]) for r in rows],
+                                    visit_gap_s=float(cfg["visit_gap_s"]))
+        per_day = {d: 0 for d in days}
+        for d, n in gpatrol.visits_per_day(res["visit_times"], TZ).items():
+            if d in per_day:
+                per_day[d] += n
+        check = gpatrol.frequency_met(per_day, z["frequency"])
+        out.append({**{k: v for k, v in z.items() if k != "geom"}, "geom": z["geom"],
+                    "share": round(res["share"], 4), "covered": round(res["covered"], 2),
+                    "total": round(res["total"], 2), "kind": res["kind"], "visits": res["visits"] or 0,
+                    "tracks": len(lines), "visits_per_day": {d.isoformat(): n for d, n in per_day.items()},
+                    "required": check.required, "per": check.period, "frequency_met": check.met,
+                    "shortfalls": {d.isoformat(): n for d, n in check.shortfalls.items()}})
+    return out
+
+
+def coverage_geojson(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, dst: str = "EPSG:4326",
+                     buffer_m: float | None = None, area_code: str | None = None, missed_only: bool = False) -> dict:
+    """Coverage as a layer (GeoJSON FeatureCollection), for the map and the layer catalog."""
+    dst = gcrs.parse_crs(dst)
+    rows = coverage(conn, city, start, end, buffer_m=buffer_m, area_code=area_code)
+    if missed_only:
+        rows = [r for r in rows if not r["frequency_met"]]
+        rows.sort(key=lambda r: (r["share"], r["code"]))
+    feats = [lzones.feature(r, city, dst) for r in rows]
+    return {"type": "FeatureCollection", "crs": dst, "period": {"start": start.isoformat(), "end": end.isoformat()},
+            "buffer_m": float(config()["coverage_buffer_m"] if buffer_m is None else buffer_m),
+            "numberReturned": len(feats), "features": feats}
+
+
+def inspector_stats(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -> list[dict]:
+    """Per inspector: tracks, kilometres, hours on patrol, fixes kept/dropped, reports filed."""
+    t0, t1, _ = _period(start, end)
+    rows = conn.execute(text("""
+        WITH t AS (
+            SELECT user_id, count(*) AS tracks, sum(length_m) AS length_m,
+                   sum(extract(epoch FROM ended_at - started_at)) AS seconds, sum(fixes) AS fixes, sum(kept) AS kept,
+                   sum((dropped->>'speed')::int) AS d_speed, sum((dropped->>'accuracy')::int) AS d_acc,
+                   sum((dropped->>'time')::int + (dropped->>'invalid')::int) AS d_other
+            FROM patrol_track WHERE city_id = :c AND started_at >= :t0 AND started_at < :t1 GROUP BY user_id),
+        r AS (
+            SELECT user_id, count(*) AS reports, count(*) FILTER (WHERE 'accuracy_over_gate' = ANY(flags)) AS over_gate
+            FROM field_report WHERE city_id = :c AND received_at >= :t0 AND received_at < :t1 GROUP BY user_id)
+        SELECT u.id, u.name, u.area_code, coalesce(t.tracks, 0), coalesce(t.length_m, 0), coalesce(t.seconds, 0),
+               coalesce(t.fixes, 0), coalesce(t.kept, 0), coalesce(t.d_speed, 0), coalesce(t.d_acc, 0),
+               coalesce(t.d_other, 0), coalesce(r.reports, 0), coalesce(r.over_gate, 0)
+        FROM app_user u LEFT JOIN t ON t.user_id = u.id LEFT JOIN r ON r.user_id = u.id
+        WHERE t.user_id IS NOT NULL OR r.user_id IS NOT NULL ORDER BY u.name"""),
+        {"c": city.id, "t0": t0, "t1": t1}).all()
+    return [{"user_id": r[0], "name": r[1], "area_code": r[2], "tracks": r[3], "km": round(r[4] / 1000, 3),
+             "hours": round(float(r[5]) / 3600, 2), "fixes": r[6], "kept": r[7],
+             "dropped": {"speed": r[8], "accuracy": r[9], "other": r[10]}, "reports": r[11],
+             "reports_over_accuracy_gate": r[12]} for r in rows]
+
+
+# -- worklist -------------------------------------------------------------------------------------
+
+def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = None,
+             now: dt.datetime | None = None) -> dict:
+    """Zones due today in the inspector's area and cases waiting for them on site, overdue first."""
+    from layers import calendar as lcal
+
+    now = now or lcal.now()
+    today = today or now.astimezone(TZ).date()
+    area = getattr(user, "area_code", None)
+    # Zones: visits today (daily rules) or this ISO week (weekly rules) against the frequency.
+    monday = today - dt.timedelta(days=today.weekday())
+    cov = {r["code"]: r for r in coverage(conn, city, monday, today, area_code=area)}
+    zones_due = []
+    for r in cov.values():
+        n, per = r["required"], r["per"]
+        done = r["visits_per_day"][today.isoformat()] if per == "day" else sum(r["visits_per_day"].values())
+        if done < n:
+            zones_due.append({k: v for k, v in r.items() if k not in ("geom", "visits_per_day", "shortfalls")}
+                             | {"done": done, "remaining": n - done,
+                                "geometry": shapely.geometry.mapping(
+                                    gcrs.transform_geometry(r["geom"], city.working_crs, "EPSG:4326"))})
+    zones_due.sort(key=lambda z: (-z["remaining"], z["code"]))
+    rows = conn.execute(text("""
+        SELECT id, case_no, state, category_code, category_name, description, cell_code, step_deadline_at,
+               received_at, ST_X(ST_Transform(location, 4326)), ST_Y(ST_Transform(location, 4326))
+        FROM case_file
+        WHERE city_id = :c AND state IN ('collected', 'verifying') AND merged_into IS NULL AND location IS NOT NULL
+          AND (CAST(:a AS text) IS NULL OR coalesce(cell_code, area_code, '') LIKE :a || '%')
+        ORDER BY coalesce(step_deadline_at < :now, false) DESC, step_deadline_at NULLS LAST, id
+        LIMIT 200"""), {"c": city.id, "a": area, "now": now}).all()
+    cases = [{"id": r[0], "case_no": r[1], "state": r[2], "state_label": STATES.get(r[2], r[2]),
+              "task": "核实 verify the report" if r[2] == "collected" else "核查 check the fix",
+              "category_code": r[3], "category_name": r[4], "description": r[5], "cell_code": r[6],
+              "deadline": r[7].isoformat() if r[7] else None, "overdue": bool(r[7] and r[7] < now),
+              "received_at": r[8].isoformat(), "lon": r[9], "lat": r[10]} for r in rows]
+    return {"date": today.isoformat(), "area_code": area, "zones_due": zones_due, "cases": cases,
+            "ordering": "cases: overdue first, then by deadline (hotspot weight: not available yet)"}

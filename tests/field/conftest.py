@@ -1,0 +1,60 @@
+"""Fixtures of the field-work tests: a private data directory for photos, inspectors, photo bytes."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED, auth
+
+PHOTOS = SHARED / "photos"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def field_var_dir(tmp_path_factory):
+    """Photos go to a temporary data directory, never into the checkout."""
+    from citygrid import settings
+
+    var = tmp_path_factory.mktemp("field_var")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CITYGRID_VAR_DIR", str(var))
+    settings.paths.cache_clear()
+    yield var
+    mp.undo()
+    settings.paths.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def make_inspector(engine):
+    from layers.users import add_user
+
+    def make(role="inspector", area_code=None):
+        with engine.begin() as conn:
+            user, tok = add_user(conn, f"field_{role}_{uuid.uuid4().hex[:8]}", role, area_code=area_code)
+        return user, auth(tok)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def departments(engine, haimen):
+    from layers.workflow import ensure_departments
+
+    with engine.begin() as conn:
+        return ensure_departments(conn, haimen)
+
+
+def jpeg(seed: int = 0, size=(64, 48)) -> bytes:
+    """A small JPEG whose pixels (and so digest) depend on ``seed``."""
+    im = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed // 256) % 256))
+    im.putpixel((seed % size[0], 0), (255 - (seed % 256), 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def photo(name: str) -> bytes:
+    return (PHOTOS / name).read_bytes()
