@@ -177,7 +177,7 @@ def main() -> int:
     dsn = f"postgresql://{u.username}@/{u.database}?host={u.query.get('host') or u.host}&port={u.query.get('port') or u.port or 5432}"
 
     var = tempfile.mkdtemp(prefix="bench_field_")
-    env = {**os.environ, "CITYGRID_VAR_DIR": var}
+    env = {**os.environ, "CITYGRID_DATA_DIR": var}
     t = Table(f"field intake, {args.conns} concurrent clients, {args.seconds} s each (wrk), one uvicorn worker each")
     procs = []
     try:

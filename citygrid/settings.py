@@ -22,9 +22,13 @@ class PathSettings(BaseSettings):
     #: ``../shared/data`` next to the checkout: real data made by others (read only).
     shared_data: Path = PROJECT_ROOT.parent / "shared" / "data"
 
+    #: Files kept by the service (photos …); default ``<var_dir>/data``. Separate from ``var_dir``
+    #: (which also holds the own database cluster) so that files can live elsewhere.
+    data_dir_override: Path | None = Field(default=None, validation_alias=AliasChoices("CITYGRID_DATA_DIR"))
+
     @property
     def data_dir(self) -> Path:
-        return self.var_dir / "data"
+        return self.data_dir_override or (self.var_dir / "data")
 
 
 class DatabaseSettings(BaseSettings):

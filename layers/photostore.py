@@ -127,7 +127,7 @@ class PhotoStore:
             from layers.errors import Conflict
 
             raise Conflict(f"the photo store {self.root} belongs to database '{mine}', not '{me}': "
-                           "set CITYGRID_VAR_DIR to this database's data directory")
+                           "set CITYGRID_DATA_DIR to this database's data directory")
 
     def read(self, kind: str, sha: str) -> bytes:
         return self.path(kind, sha).read_bytes()

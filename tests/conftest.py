@@ -4,6 +4,7 @@ one user per role, and the app under test."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,8 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TEST_DB = os.environ.get("CITYGRID_TEST_DB", "citygrid_test")
+# Files the service keeps (photos …) go to a scratch folder, never into the checkout's var/data.
+os.environ.setdefault("CITYGRID_DATA_DIR", tempfile.mkdtemp(prefix="citygrid-test-data-"))
 
 
 def _recreate_database(cluster, name: str) -> None:

@@ -20,7 +20,7 @@ def field_var_dir(tmp_path_factory):
 
     var = tmp_path_factory.mktemp("field_var")
     mp = pytest.MonkeyPatch()
-    mp.setenv("CITYGRID_VAR_DIR", str(var))
+    mp.setenv("CITYGRID_DATA_DIR", str(var))
     settings.paths.cache_clear()
     yield var
     mp.undo()

@@ -33,7 +33,7 @@ def _free_port() -> int:
 
 def _start(db_url: str, var: Path, port: int) -> subprocess.Popen:
     # As deployed: a connection pool at least as large as the server thread pool (40), see the bench.
-    env = {**os.environ, "CITYGRID_VAR_DIR": str(var), "CITYGRID_DB_POOL_SIZE": "40", "CITYGRID_DB_MAX_OVERFLOW": "10"}
+    env = {**os.environ, "CITYGRID_DATA_DIR": str(var), "CITYGRID_DB_POOL_SIZE": "40", "CITYGRID_DB_MAX_OVERFLOW": "10"}
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, db_url, str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -87,7 +87,7 @@ def test_sigkill_during_uploads(db_url, haimen, engine, make_inspector, tmp_path
         assert 40 <= len(acked) < n, len(acked)
 
         proc = _start(db_url, var, port)  # recovery runs at start
-        store = var / "data" / "photos"
+        store = var / "photos"
         assert not list((store / "tmp").glob("*")), "staged files survived the restart"
         with engine.connect() as c:
             rows = c.execute(text("""

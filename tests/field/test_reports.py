@@ -77,7 +77,7 @@ def test_report_with_device_location(client, insp, engine, field_var_dir):
     assert rep == (out["case"]["id"], user.id, 8.0, 30.0)
     assert ev[0] == "received"
     # Files: content-addressed under the data dir; the public copy and thumbnail carry no EXIF.
-    root = field_var_dir / "data" / "photos"
+    root = field_var_dir / "photos"
     orig = root / "original" / p["sha256"][:2] / p["sha256"]
     assert orig.read_bytes() == data
     pub = client.get(p["public_url"], headers=h)
@@ -246,8 +246,8 @@ def test_bad_input_writes_nothing(client, insp, engine, field_var_dir):
          "not a component"),
     ]
     before = count(engine, "SELECT count(*) FROM field_report"), count(engine, "SELECT count(*) FROM case_file")
-    files_before = sorted(p.name for p in (field_var_dir / "data" / "photos").rglob("*") if p.is_file()) \
-        if (field_var_dir / "data" / "photos").exists() else []
+    files_before = sorted(p.name for p in (field_var_dir / "photos").rglob("*") if p.is_file()) \
+        if (field_var_dir / "photos").exists() else []
     for kw, status, word in cases:
         kw = dict(kw)
         photos = kw.pop("photos")
@@ -258,8 +258,8 @@ def test_bad_input_writes_nothing(client, insp, engine, field_var_dir):
     r = client.post("/api/v1/reports", data={"category_code": "E10101"}, headers=h)
     assert r.status_code == 422 and "photos" in r.json()["detail"]
     assert (count(engine, "SELECT count(*) FROM field_report"), count(engine, "SELECT count(*) FROM case_file")) == before
-    files_after = sorted(p.name for p in (field_var_dir / "data" / "photos").rglob("*") if p.is_file()) \
-        if (field_var_dir / "data" / "photos").exists() else []
+    files_after = sorted(p.name for p in (field_var_dir / "photos").rglob("*") if p.is_file()) \
+        if (field_var_dir / "photos").exists() else []
     assert files_after == files_before
 
 
