@@ -22,7 +22,7 @@ def _open_two_cases(engine, haimen):
         for i in range(2):
             out.append(workflow.open_case(
                 conn, haimen, source="hotline", channel="电话", category_code=code,
-                received_at=dt.datetime.now(dt.timezone.utc), location=shapely.Point(x[i], y[i]),
+                received_at=dt.datetime.now(dt.UTC), location=shapely.Point(x[i], y[i]),
                 description="私人信息 private text 13800000000", address="某路1号",
                 contact={"name": "张三", "phone": "13800000000"}))
     return out
