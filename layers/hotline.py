@@ -262,16 +262,21 @@ def _ts(seconds: np.ndarray) -> np.ndarray:
     return np.where(ok, np.char.add(np.datetime_as_string(us, unit="us"), "Z"), "")
 
 
+COPY_CHUNK = 5_000
+
+
 def _copy_frame(conn: Connection, table: str, frame: pd.DataFrame) -> None:
     """COPY a frame (CSV format: empty unquoted fields are NULL)."""
     if len(frame) == 0:
         return
-    buf = io.StringIO()
-    frame.to_csv(buf, header=False, index=False, na_rep="")
     raw = conn.connection.driver_connection
     t0 = time.perf_counter()
     with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as cp:
-        cp.write(buf.getvalue())
+        # Stream in chunks: the server parses and inserts one chunk while the next is formatted here.
+        for start in range(0, len(frame), COPY_CHUNK):
+            buf = io.StringIO()
+            frame.iloc[start:start + COPY_CHUNK].to_csv(buf, header=False, index=False, na_rep="")
+            cp.write(buf.getvalue())
     if TIMING:
         print(f"COPY {table}: {len(frame)} rows in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
 
