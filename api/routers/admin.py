@@ -5,11 +5,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from api.deps import ADMIN, get_conn
+from api.uploads import save_upload
 from citygrid import settings
 from layers import city as lcity
 from layers import users as lusers
@@ -38,26 +39,6 @@ def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_con
     return {**user.__dict__, "token": token}
 
 
-def _save_upload(upload: UploadFile, tmp: Path) -> Path:
-    name = Path(upload.filename or "upload").name
-    suffix = Path(name).suffix.lower()
-    if suffix not in VECTOR_SUFFIXES:
-        raise HTTPException(415, f"unsupported file type '{suffix or name}': use GeoJSON, GeoPackage, "
-                                 "a zipped Shapefile, KML or FlatGeobuf")
-    dest = tmp / name
-    limit = settings.api().max_upload_bytes
-    size = 0
-    with dest.open("wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"upload larger than {limit} bytes")
-            out.write(chunk)
-    if size == 0:
-        raise HTTPException(422, "the uploaded file is empty")
-    return dest
-
-
 @router.post("/cities", status_code=201, summary="导入城市边界 Import a city boundary and generate its grid")
 def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, GeoPackage or zipped Shapefile"),
                 slug: str = Form(..., pattern=r"^[a-z][a-z0-9_-]{0,39}$"),
@@ -70,7 +51,7 @@ def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, Geo
                 cell_size: float = Form(100.0, ge=5, le=5000),
                 _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
-        path = _save_upload(file, Path(tmp))
+        path = save_upload(file, Path(tmp), VECTOR_SUFFIXES)
         boundary, src = lcity.read_boundary(path, crs)
     city = lcity.create_city(conn, slug=slug, name=name, adcode=adcode, boundary=boundary, src_crs=src,
                              name_en=name_en, working_epsg=working_epsg or settings.grid().working_epsg)
@@ -85,7 +66,7 @@ def import_grid(slug: str, file: UploadFile = File(...), code_field: str = Form(
                 _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     city = lcity.get_city(conn, slug)
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
-        path = _save_upload(file, Path(tmp))
+        path = save_upload(file, Path(tmp), VECTOR_SUFFIXES)
         grid_id = lcity.import_grid(conn, city, path, code_field=code_field, crs=crs, activate=activate)
     return {"slug": city.slug, "grid_id": grid_id, "active": activate}
 

@@ -6,13 +6,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from api.deps import ADMIN, PUBLIC, STAFF, Allow, get_city, get_conn
-from citygrid import settings
+from api.uploads import save_upload
 from gis import crs as gcrs
 from layers import asset_import as limp
 from layers import assets as la
@@ -117,25 +117,6 @@ def asset_history(code: str, _=Depends(STAFF), conn: Connection = Depends(get_co
     return {"code": code, "history": la.history(conn, city, code)}
 
 
-def _save(upload: UploadFile, dest: Path, allowed: set[str]) -> Path:
-    name = Path(upload.filename or "upload").name
-    suffix = Path(name).suffix.lower()
-    if suffix not in allowed:
-        raise HTTPException(415, f"unsupported file type '{suffix or name}': use {', '.join(sorted(allowed))}")
-    path = dest / name
-    limit = settings.api().max_upload_bytes
-    size = 0
-    with path.open("wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"upload larger than {limit} bytes")
-            out.write(chunk)
-    if size == 0:
-        raise HTTPException(422, f"the uploaded file '{name}' is empty")
-    return path
-
-
 @router.post("/admin/assets/import", summary="导入部件 Import assets from a GIS file with a mapping (report per row)")
 def import_assets(file: UploadFile = File(..., description="GeoPackage, zipped Shapefile, GeoJSON, KML or CSV"),
                   mapping: UploadFile = File(..., description="mapping file (JSON)"),
@@ -144,10 +125,10 @@ def import_assets(file: UploadFile = File(..., description="GeoPackage, zipped S
                   user: User = Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function"),
                   city: CityInfo = Depends(get_city)):
     with tempfile.TemporaryDirectory(prefix="citygrid-assets-") as tmp:
-        data = _save(file, Path(tmp), limp.FORMATS)
+        data = save_upload(file, Path(tmp), limp.FORMATS)
         mdir = Path(tmp) / "mapping"
         mdir.mkdir()
-        mpath = _save(mapping, mdir, {".json"})
+        mpath = save_upload(mapping, mdir, {".json"})
         try:
             return limp.import_assets(conn, city, data, mpath, actor=_actor(user), atomic=atomic, crs=crs)
         except limp.ImportRejected as e:  # raised before anything is written
