@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import hashlib
 import threading
 from collections import OrderedDict
@@ -208,3 +210,25 @@ def fast_hit(engine, slug: str, name: str, z: int, x: int, y: int) -> tuple[byte
     if version is None:
         return None
     return cache.peek((city.id, layer.name, "public", version, z, x, y))
+
+
+# Encoded tiles are also kept gzip-compressed, for clients that accept it (a 300 KB grid tile at z12
+# shrinks several-fold, and sending it is most of the time a cached tile costs).
+GZIP_MIN_BYTES = 1024
+_gzipped: OrderedDict[str, bytes] = OrderedDict()
+_gzip_lock = threading.Lock()
+
+
+def gzipped(etag: str, data: bytes) -> bytes:
+    """The gzip form of a tile, compressed once per ETag (bounded LRU)."""
+    with _gzip_lock:
+        hit = _gzipped.get(etag)
+        if hit is not None:
+            _gzipped.move_to_end(etag)
+            return hit
+    gz = gzip.compress(data, compresslevel=5, mtime=0)
+    with _gzip_lock:
+        _gzipped[etag] = gz
+        while len(_gzipped) > CACHE_TILES:
+            _gzipped.popitem(last=False)
+    return gz

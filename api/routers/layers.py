@@ -173,11 +173,17 @@ class _PublicNoConn(Allow):
 PUBLIC_TILES = _PublicNoConn()
 
 
-def _tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None) -> Response:
-    headers = {"ETag": etag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
-               "X-Tile-Cache": "hit" if hit else "miss", "Vary": "Authorization"}
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+def _tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,
+                   accept_encoding: str | None = None) -> Response:
+    gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and "gzip" in (accept_encoding or "").lower()
+    tag = etag[:-1] + '-gz"' if gzip_ok else etag  # a strong ETag per representation
+    headers = {"ETag": tag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
+               "X-Tile-Cache": "hit" if hit else "miss", "Vary": "Authorization, Accept-Encoding"}
+    if if_none_match and tag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
+    if gzip_ok:
+        headers["Content-Encoding"] = "gzip"
+        data = ltiles.gzipped(etag, data)
     return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
 
 
@@ -201,15 +207,16 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
                y: int = Path(...), city: str | None = Query(None, max_length=40, description="城市 City slug"),
                if_none_match: str | None = Header(None, include_in_schema=False),
                authorization: str | None = Header(None, include_in_schema=False),
+               accept_encoding: str | None = Header(None, include_in_schema=False),
                _=Depends(PUBLIC_TILES)):
     engine = request.app.state.engine
     slug = city or settings.api().default_city
     if not authorization:
         hit = ltiles.fast_hit(engine, slug, name, z, x, y)
         if hit is not None:
-            return _tile_response(hit[0], hit[1], True, True, if_none_match)
+            return _tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
     data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization)
-    return _tile_response(data, etag, hit, public, if_none_match)
+    return _tile_response(data, etag, hit, public, if_none_match, accept_encoding)
 
 
 @router.get("/tiles/{name}/tilejson.json", summary="TileJSON 3.0 of a layer's vector tiles (MapLibre, QGIS)")

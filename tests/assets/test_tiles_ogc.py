@@ -57,6 +57,16 @@ def test_grid_tile_decodes_to_the_right_cells(client, engine, z):
     assert r2.headers["x-tile-cache"] == "hit" and r2.content == r.content
     r3 = client.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt", headers={"If-None-Match": r.headers["etag"]})
     assert r3.status_code == 304 and not r3.content
+    # gzip for clients that accept it (the same tile once decompressed), with its own ETag
+    gz = client.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt", headers={"Accept-Encoding": "gzip"})
+    plain = client.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == r.content
+    if len(r.content) >= 1024:
+        assert gz.headers["content-encoding"] == "gzip" and gz.content == r.content  # httpx decompresses
+        assert gz.headers["etag"] != plain.headers["etag"] and "Accept-Encoding" in gz.headers["vary"]
+        r4 = client.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt",
+                        headers={"Accept-Encoding": "gzip", "If-None-Match": gz.headers["etag"]})
+        assert r4.status_code == 304
 
 
 def test_asset_tile_and_invalidation(client, engine, tokens):
