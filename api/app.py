@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import api.routers
+from api.fastpath import CachedTileFastPath
 from gis.crs import CRSError
 from layers.errors import Conflict, Forbidden, InputError, NotFound
 
@@ -87,6 +88,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     for router in routers():
         app.include_router(router)
+    app.add_middleware(CachedTileFastPath)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
