@@ -216,13 +216,15 @@ def new_query_code() -> str:
 
 
 def next_case_numbers(conn: Connection, city: CityInfo, day: dt.date, n: int = 1) -> list[str]:
-    """Reserve ``n`` case numbers <adcode><yyyymmdd><6-digit sequence> for ``day``."""
-    last = conn.execute(text("""
-        INSERT INTO case_no_counter (city_id, day, n) VALUES (:c, :d, :n)
-        ON CONFLICT (city_id, day) DO UPDATE SET n = case_no_counter.n + :n RETURNING n"""),
-        {"c": city.id, "d": day, "n": n}).scalar_one()
-    first = last - n + 1
-    return [f"{city.adcode}{day:%Y%m%d}{i:06d}" for i in range(first, last + 1)]
+    """Reserve ``n`` case numbers <adcode><yyyymmdd><8-digit serial> for ``day``.
+
+    The serial comes from a database sequence: taking a number locks nothing, so concurrent intake
+    never waits on another transaction. Numbers only grow; a rolled-back intake leaves a gap (a
+    number is never given twice). The serial wraps after 10^8 numbers, far beyond a city's day.
+    """
+    serials = conn.execute(text("SELECT nextval('case_no_seq') FROM generate_series(1, :n)"),
+                           {"n": n}).scalars().all()
+    return [f"{city.adcode}{day:%Y%m%d}{(s - 1) % 100_000_000 + 1:08d}" for s in serials]
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
