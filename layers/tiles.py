@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import gzip
-
 import hashlib
 import threading
 from collections import OrderedDict
