@@ -134,14 +134,27 @@ def _queen_of_cells(g: lgrid.LoadedGrid) -> sp.csr_matrix:
     return w
 
 
+CHANGE_LOG_COMPACT_AT = 20_000
+
+
+def compact_change_log(conn: Connection, city: CityInfo) -> int:
+    """Keep only the newest change of each day (the log is append-only: writers never wait on it).
+    Readers then reload the compacted days once, which is correct, merely redundant."""
+    return conn.execute(text("""
+        DELETE FROM case_rollup_change c
+        USING (SELECT day, max(version) AS newest FROM case_rollup_change WHERE city_id = :c GROUP BY day) m
+        WHERE c.city_id = :c AND c.day = m.day AND c.version < m.newest"""), {"c": city.id}).rowcount
+
+
 class DayCache:
     """Per-cell totals of every day of a city's rollup, in memory (grid positions, counts per day).
 
-    Kept current incrementally: the rollup triggers stamp each changed day with a new sequence number
-    (``case_rollup_change``). A read compares a fingerprint of the change log (count and sum of the
-    numbers, the city's epoch); when it moved, the (day, number) pairs are read and only the days whose
-    number differs from the one cached are reloaded — exact even when a slow writer commits a lower
-    number after a read. A full rebuild of the rollup bumps the city's epoch (full reload).
+    Kept current incrementally: each statement that changes cases appends (city, day, number) rows to
+    the change log (``case_rollup_change``, append-only so that writers never wait on each other). A
+    read compares a fingerprint of the log (count and sum of the numbers, the city's epoch); when it
+    moved, each day's (count, sum) is read and only the days whose pair differs from the one cached are
+    reloaded — exact even when a slow writer commits a lower number after a read. A full rebuild of the
+    rollup bumps the city's epoch (full reload).
     """
 
     def __init__(self, key):
@@ -164,8 +177,12 @@ class DayCache:
         fingerprint = tuple(int(v) for v in row)
         if fingerprint == self.fingerprint:
             return
-        versions = dict(conn.execute(text("SELECT day, version FROM case_rollup_change WHERE city_id = :c"),
-                                     {"c": city.id}).all())
+        if fingerprint[1] > CHANGE_LOG_COMPACT_AT:
+            compact_change_log(conn, city)
+        # Per day, the count and sum of its change numbers: any new change moves them.
+        versions = {r[0]: (int(r[1]), int(r[2])) for r in conn.execute(text("""
+            SELECT day, count(*), sum(version) FROM case_rollup_change WHERE city_id = :c GROUP BY day"""),
+            {"c": city.id})}
         full = epoch != self.epoch
         if full:
             days = None
