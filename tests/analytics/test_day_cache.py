@@ -72,7 +72,7 @@ def test_concurrent_intake_does_not_wait_and_compaction_keeps_the_cache_exact(en
     from layers import city as lcity
 
     with engine.begin() as conn:
-        city = lcity.create_city(conn, slug="ctest", name="并发测试市", adcode="320695", src_crs="EPSG:4549",
+        city = lcity.create_city(conn, slug="intake-concurrency", name="并发测试市", adcode="320695", src_crs="EPSG:4549",
                                  boundary=box(652_000, 3_560_000, 653_000, 3_561_000), working_epsg=4549)
         lcity.generate_grid(conn, city, size=100.0)
     rng = np.random.default_rng(4)
