@@ -230,6 +230,14 @@ def jpeg_structure_problem(data: bytes) -> str | None:
             break
 
 
+def _refuse_damaged_jpeg(data: bytes, kind: str) -> None:
+    """PhotoError for a JPEG whose marker structure is broken (Pillow would grey-fill it silently)."""
+    if kind == "jpeg":
+        problem = jpeg_structure_problem(bytes(data))
+        if problem is not None:
+            raise PhotoError(f"damaged jpeg image: {problem}")
+
+
 def verify_decodes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Check that the photo is an accepted type within the pixel limit and decodes fully.
 
@@ -237,10 +245,7 @@ def verify_decodes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """
     im, kind = _open_header(data, max_pixels)
     with im:
-        if kind == "jpeg":
-            problem = jpeg_structure_problem(bytes(data))
-            if problem is not None:
-                raise PhotoError(f"damaged jpeg image: {problem}")
+        _refuse_damaged_jpeg(data, kind)
         _load(im, kind)
     return kind
 
@@ -253,10 +258,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     """
     im, kind = _open_header(data, max_pixels)
     try:
-        if kind == "jpeg":
-            problem = jpeg_structure_problem(bytes(data))
-            if problem is not None:
-                raise PhotoError(f"damaged jpeg image: {problem}")
+        _refuse_damaged_jpeg(data, kind)
         _load(im, kind)
     except BaseException:
         im.close()
@@ -296,10 +298,8 @@ def _to_srgb_rgb(im: Image.Image) -> Image.Image:
 def _render(data: bytes, max_side: int, max_pixels: int, quality: int) -> bytes:
     im, kind = _open_header(data, max_pixels)
     try:
+        _refuse_damaged_jpeg(data, kind)
         if kind == "jpeg":
-            problem = jpeg_structure_problem(bytes(data))
-            if problem is not None:
-                raise PhotoError(f"damaged jpeg image: {problem}")
             im.draft("RGB", (max_side, max_side))  # DCT scaling: decode big JPEGs at reduced size
         _load(im, kind)
         try:
