@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs
 
+from fastapi.responses import Response
+
 from citygrid import settings
 from layers import tiles as ltiles
 
@@ -31,8 +33,6 @@ class CachedTileFastPath:
 
     @staticmethod
     def _cached(scope, m, headers):
-        from api.routers.layers import _tile_response
-
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         slug = query.get("city", [settings.api().default_city])[0]
         name, z, x, y = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
@@ -42,5 +42,20 @@ class CachedTileFastPath:
             return None
         if hit is None:
             return None
-        return _tile_response(hit[0], hit[1], True, True, headers.get("if-none-match"),
+        return tile_response(hit[0], hit[1], True, True, headers.get("if-none-match"),
                               headers.get("accept-encoding"))
+
+
+def tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,
+                   accept_encoding: str | None = None) -> Response:
+    """An encoded tile with its ETag (304 when it matches), cache headers, gzip when accepted."""
+    gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and "gzip" in (accept_encoding or "").lower()
+    tag = etag[:-1] + '-gz"' if gzip_ok else etag  # a strong ETag per representation
+    headers = {"ETag": tag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
+               "X-Tile-Cache": "hit" if hit else "miss", "Vary": "Authorization, Accept-Encoding"}
+    if if_none_match and tag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    if gzip_ok:
+        headers["Content-Encoding"] = "gzip"
+        data = ltiles.gzipped(etag, data)
+    return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)

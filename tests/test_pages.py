@@ -18,6 +18,6 @@ def test_home_page_shows_the_city_and_its_grid(browser, live_server, tmp_path):
     page.screenshot(path=str(tmp_path / "home.png"))
     assert (tmp_path / "home.png").stat().st_size > 5_000
     page.click("text=接口文档")
-    page.wait_for_selector(".swagger-ui", timeout=15_000) if False else None
-    assert page.url.endswith("/docs")
+    page.wait_for_url("**/docs")
+    assert "citygrid" in page.title()  # the OpenAPI page of this service (its scripts come from a CDN)
     page.close()

@@ -33,13 +33,6 @@ DISPATCHERS = Allow("operator", "supervisor", "admin")
 STAFF_ALL = Allow("inspector", "operator", "department", "supervisor", "planner", "admin")
 
 
-def committed(conn: Connection, result):
-    """Commit before the response is sent: the request-scoped connection dependency commits only
-    after the response, so a client reading right after a write could otherwise miss it."""
-    conn.commit()
-    return result
-
-
 def forbid(fn, *args, **kw):
     """Run a layer function; a case the user may not touch is a 403."""
     try:
@@ -109,11 +102,11 @@ def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(g
         source_ref=body.source_ref, contact=body.contact.model_dump() if body.contact else None, actor=user,
         title=body.title, location_source=location_source,
         location_accuracy_m=body.location.accuracy_m if body.location else None, location_confidence=confidence)
-    return committed(conn, {
+    return {
         "id": opened.id, "case_no": opened.case_no, "state": opened.state, "merged_into": opened.merged_into,
         "cell_code": opened.cell_code, "query_code": opened.query_code,
         "step_deadline_at": wf._iso(opened.step_deadline_at), "close_deadline_at": wf._iso(opened.close_deadline_at),
-        "needs_location": loc is None})
+        "needs_location": loc is None}
 
 
 @router.get("/cases", summary="案卷列表 List cases (what your role may see)")
@@ -174,13 +167,13 @@ def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1),
     owner = conn.execute(text("SELECT city_id FROM case_file WHERE id = :i"), {"i": case_id}).scalar()
     if owner is not None and owner != city.id:
         raise HTTPException(404, f"no case {case_id} in {city.slug}")
-    return committed(conn, forbid(wf.transition, conn, case_id, action, user, **body.model_dump(exclude_none=True)))
+    return forbid(wf.transition, conn, case_id, action, user, **body.model_dump(exclude_none=True))
 
 
 @router.post("/cases/{case_id}/location", summary="定位 Place a case of the needs-location queue on the map")
 def place(body: Location, case_id: int = Path(..., ge=1), user=Depends(DISPATCHERS),
           conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    return committed(conn, wf.place_location(conn, city, case_id, to_working(city, body), user))
+    return wf.place_location(conn, city, case_id, to_working(city, body), user)
 
 
 class MergeIn(BaseModel):
@@ -193,7 +186,7 @@ def merge(body: MergeIn, case_id: int = Path(..., ge=1), user=Depends(DISPATCHER
           conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     forbid(wf.case_detail, conn, city, case_id, user)
     ldup.link_duplicate(conn, case_id, body.into, user, note=body.note)
-    return committed(conn, {"id": case_id, "state": "merged", "merged_into": body.into})
+    return {"id": case_id, "state": "merged", "merged_into": body.into}
 
 
 @router.get("/catalog", summary="类别目录 The 3-level case catalog and the vocabularies")
@@ -213,7 +206,7 @@ def departments(_=Depends(STAFF_ALL), conn: Connection = Depends(get_conn, scope
 @router.post("/departments/setup", summary="部门初始化 Create the configured departments and street offices")
 def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_conn, scope="function"),
                       city: CityInfo = Depends(get_city)):
-    return committed(conn, {"departments": wf.ensure_departments(conn, city)})
+    return {"departments": wf.ensure_departments(conn, city)}
 
 
 @router.post("/cases/import", summary="批量导入 Import cases from CSV/XLSX/JSON with a column mapping")
@@ -235,7 +228,7 @@ async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None 
             mpath = FsPath(tmp) / "mapping.json"
             mpath.write_bytes(await mapping.read(1_000_000))
         report = hotline.import_cases(conn, city, path, mapping=mpath, actor=user, dry_run=dry_run, progress=False)
-    return committed(conn, report.as_dict())
+    return report.as_dict()
 
 
 class NoticeIn(BaseModel):
@@ -249,4 +242,4 @@ def add_notice(body: NoticeIn, user=Depends(DISPATCHERS), conn: Connection = Dep
                city: CityInfo = Depends(get_city)):
     from layers import citizen
 
-    return committed(conn, citizen.add_notice(conn, city, body.title, body.body, user, expires_at=body.expires_at))
+    return citizen.add_notice(conn, city, body.title, body.body, user, expires_at=body.expires_at)

@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
+from api.fastpath import tile_response
 from citygrid import settings
 from layers import catalog as lcat
 from layers import export as lexp
@@ -173,20 +174,6 @@ class _PublicNoConn(Allow):
 PUBLIC_TILES = _PublicNoConn()
 
 
-def _tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,
-                   accept_encoding: str | None = None) -> Response:
-    gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and "gzip" in (accept_encoding or "").lower()
-    tag = etag[:-1] + '-gz"' if gzip_ok else etag  # a strong ETag per representation
-    headers = {"ETag": tag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
-               "X-Tile-Cache": "hit" if hit else "miss", "Vary": "Authorization, Accept-Encoding"}
-    if if_none_match and tag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    if gzip_ok:
-        headers["Content-Encoding"] = "gzip"
-        data = ltiles.gzipped(etag, data)
-    return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
-
-
 def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None):
     from layers import city as lcity
 
@@ -214,9 +201,9 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
     if not authorization:
         hit = ltiles.fast_hit(engine, slug, name, z, x, y)
         if hit is not None:
-            return _tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
+            return tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
     data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization)
-    return _tile_response(data, etag, hit, public, if_none_match, accept_encoding)
+    return tile_response(data, etag, hit, public, if_none_match, accept_encoding)
 
 
 @router.get("/tiles/{name}/tilejson.json", summary="TileJSON 3.0 of a layer's vector tiles (MapLibre, QGIS)")

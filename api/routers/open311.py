@@ -94,7 +94,6 @@ async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Conn
 
     def go():
         out = o3.post_request(conn, _city(conn, request), fields, user)
-        conn.commit()  # before the response: clients read their request right after
         return out
 
     return _run(fmt, "service_requests", go)

@@ -40,7 +40,6 @@ async def submit(category_code: str = Form(..., max_length=40), description: str
     out = citizen.submit(conn, city, category_code=category_code, description=description, lon=lon, lat=lat,
                          crs=crs, address=address, photo=data, name=name, phone=phone, channel=channel,
                          accuracy_m=accuracy_m)
-    conn.commit()  # before the response: the citizen looks it up right away
     return out
 
 
@@ -64,7 +63,6 @@ def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, s
     if not body.rating:
         raise InputError("rating is empty")
     out = citizen.rate(conn, city, body.case_no, body.query_code, body.rating, body.comment)
-    conn.commit()
     return out
 
 
