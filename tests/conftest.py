@@ -142,3 +142,19 @@ def browser():
         b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def metric_city(conn, slug: str, name: str, adcode: str, boundary, *, srid: int = 4549, cell_size: float = 100.0):
+    """(city, created): the test city ``slug`` with a regular grid, made from a boundary given in the
+    metric CRS ``srid`` on first use in this session's database, found again afterwards."""
+    from layers import city as lcity
+    from layers.errors import NotFound
+
+    try:
+        return lcity.get_city(conn, slug), False
+    except NotFound:
+        pass
+    city = lcity.create_city(conn, slug=slug, name=name, adcode=adcode, boundary=boundary,
+                             src_crs=f"EPSG:{srid}", working_epsg=srid)
+    lcity.generate_grid(conn, city, size=cell_size)
+    return city, True

@@ -6,23 +6,17 @@ from __future__ import annotations
 import pytest
 from shapely.geometry import box
 
+from tests.conftest import metric_city
+
 
 @pytest.fixture(scope="session")
 def acity(engine):
-    from layers import city as lcity
     from layers import rollups
-    from layers.errors import NotFound
 
     with engine.begin() as conn:
-        try:
-            return lcity.get_city(conn, "atest")
-        except NotFound:
-            pass
-        x0, y0 = 620_000.0, 3_530_000.0
-        c = lcity.create_city(conn, slug="atest", name="分析测试市", name_en="Analytics test city", adcode="320699",
-                              boundary=box(x0, y0, x0 + 3000, y0 + 2000), src_crs="EPSG:4549", working_epsg=4549)
-        lcity.generate_grid(conn, c, size=100.0)
-        rollups.set_timezone(conn, c, "Asia/Shanghai")
+        c, created = metric_city(conn, "atest", "分析测试市", "320699", box(620_000, 3_530_000, 623_000, 3_532_000))
+        if created:
+            rollups.set_timezone(conn, c, "Asia/Shanghai")
         return c
 
 
@@ -31,19 +25,12 @@ def bcity(engine):
     """A second small city with committed synthetic data (Aug–Oct 2026) for the API, bulletin and page."""
     import datetime as dt
 
-    from layers import city as lcity
     from layers import rollups, synthetic
-    from layers.errors import NotFound
 
     with engine.begin() as conn:
-        try:
-            return lcity.get_city(conn, "btest")
-        except NotFound:
-            pass
-        x0, y0 = 630_000.0, 3_540_000.0
-        c = lcity.create_city(conn, slug="btest", name="简报测试市", name_en="Bulletin test city", adcode="320698",
-                              boundary=box(x0, y0, x0 + 4000, y0 + 3000), src_crs="EPSG:4549", working_epsg=4549)
-        lcity.generate_grid(conn, c, size=100.0)
+        c, created = metric_city(conn, "btest", "简报测试市", "320698", box(630_000, 3_540_000, 634_000, 3_543_000))
+        if not created:
+            return c
         rollups.set_timezone(conn, c, "Asia/Shanghai")
         synthetic.haimen_synthetic_year(conn, c, year_end=dt.date(2026, 10, 31), days=75, per_day=40, seed=7,
                                         log=None)

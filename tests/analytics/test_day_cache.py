@@ -11,6 +11,7 @@ from shapely.geometry import box
 from layers import analytics as la
 from layers import rollups
 from tests.analytics.helpers import at, insert
+from tests.conftest import metric_city
 
 
 def _sql_counts(conn, city, arr, a, b):
@@ -21,12 +22,8 @@ def _sql_counts(conn, city, arr, a, b):
 
 
 def test_day_cache_follows_the_rollup(engine):
-    from layers import city as lcity
-
     with engine.begin() as conn:
-        city = lcity.create_city(conn, slug="dtest", name="缓存测试市", adcode="320696", src_crs="EPSG:4549",
-                                 boundary=box(650_000, 3_560_000, 651_000, 3_561_000), working_epsg=4549)
-        lcity.generate_grid(conn, city, size=100.0)
+        city, _ = metric_city(conn, "dtest", "缓存测试市", "320696", box(650_000, 3_560_000, 651_000, 3_561_000))
     rng = np.random.default_rng(3)
     a, b = dt.date(2024, 5, 1), dt.date(2024, 5, 10)
 
@@ -69,12 +66,9 @@ def test_concurrent_intake_does_not_wait_and_compaction_keeps_the_cache_exact(en
     change log is append-only); compacting the log keeps the day cache equal to the rollup."""
     from sqlalchemy import text
 
-    from layers import city as lcity
-
     with engine.begin() as conn:
-        city = lcity.create_city(conn, slug="intake-concurrency", name="并发测试市", adcode="320695", src_crs="EPSG:4549",
-                                 boundary=box(652_000, 3_560_000, 653_000, 3_561_000), working_epsg=4549)
-        lcity.generate_grid(conn, city, size=100.0)
+        city, _ = metric_city(conn, "intake-concurrency", "并发测试市", "320695",
+                              box(652_000, 3_560_000, 653_000, 3_561_000))
     rng = np.random.default_rng(4)
     a, b = dt.date(2024, 6, 1), dt.date(2024, 6, 10)
 

@@ -156,16 +156,10 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
     import libpysal
     from shapely.geometry import Point
 
-    from layers import city as lcity
-    from layers.errors import NotFound
+    from tests.conftest import metric_city
 
     with engine.begin() as conn:
-        try:
-            city = lcity.get_city(conn, "ctest")
-        except NotFound:
-            city = lcity.create_city(conn, slug="ctest", name="圆形测试市", adcode="320697", src_crs="EPSG:4549",
-                                     boundary=Point(640_033.0, 3_550_071.0).buffer(1234, 7), working_epsg=4549)
-            lcity.generate_grid(conn, city, size=100.0)
+        city, _ = metric_city(conn, "ctest", "圆形测试市", "320697", Point(640_033.0, 3_550_071.0).buffer(1234, 7))
     with engine.connect() as conn:
         tx = conn.begin()
         rng = np.random.default_rng(9)
