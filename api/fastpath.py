@@ -1,6 +1,9 @@
 """A pure-ASGI fast path for cached public vector tiles: an anonymous request for a tile that is in
 the cache is answered before FastAPI's routing and dependency machinery (which cost more than the
-answer itself). Everything else, including every tile that is not cached, goes on to the app."""
+answer itself). Everything else, including every tile that is not cached, goes on to the app.
+
+The answer is sent as two raw ASGI messages with header lists built once (no Response object, no
+decoding of every request header): what is left per request is the regex, a dict look-up and the send."""
 
 from __future__ import annotations
 
@@ -13,6 +16,13 @@ from citygrid import settings
 from layers import tiles as ltiles
 
 TILE_PATH = re.compile(r"^/api/v1/tiles/([A-Za-z0-9_]{1,60})/(\d{1,2})/(\d{1,8})/(\d{1,8})\.mvt$")
+MEDIA = "application/vnd.mapbox-vector-tile"
+VARY = "Authorization, Accept-Encoding"
+
+# The headers every cached public tile answer has (besides its ETag, length and encoding).
+_HIT_HEADERS = [(b"cache-control", b"public, max-age=60"), (b"x-tile-cache", b"hit"), (b"vary", VARY.encode())]
+_HIT_200 = [*_HIT_HEADERS, (b"content-type", MEDIA.encode())]
+_GZIP = (b"content-encoding", b"gzip")
 
 
 class CachedTileFastPath:
@@ -23,18 +33,27 @@ class CachedTileFastPath:
         if scope["type"] == "http" and scope["method"] == "GET":
             m = TILE_PATH.match(scope["path"])
             if m is not None:
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-                if "authorization" not in headers:
-                    response = self._cached(scope, m, headers)
-                    if response is not None:
-                        await response(scope, receive, send)
+                inm = accept = None
+                for k, v in scope["headers"]:
+                    if k == b"authorization":
+                        break
+                    if k == b"if-none-match":
+                        inm = v
+                    elif k == b"accept-encoding":
+                        accept = v
+                else:
+                    answer = self._cached(scope, m, inm, accept)
+                    if answer is not None:
+                        await send(answer[0])
+                        await send(answer[1])
                         return
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _cached(scope, m, headers):
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        slug = query.get("city", [settings.api().default_city])[0]
+    def _cached(scope, m, if_none_match: bytes | None, accept_encoding: bytes | None):
+        qs = scope.get("query_string", b"")
+        slug = parse_qs(qs.decode("latin-1")).get("city", [None])[0] if qs else None
+        slug = slug or settings.api().default_city
         name, z, x, y = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
         try:
             hit = ltiles.fast_hit(scope["app"].state.engine, slug, name, z, x, y)
@@ -42,20 +61,32 @@ class CachedTileFastPath:
             return None
         if hit is None:
             return None
-        return tile_response(hit[0], hit[1], True, True, headers.get("if-none-match"),
-                              headers.get("accept-encoding"))
+        data, etag = hit
+        gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and accept_encoding is not None and b"gzip" in accept_encoding.lower()
+        tag = (etag[:-1] + '-gz"' if gzip_ok else etag).encode()
+        if if_none_match is not None and tag in [t.strip() for t in if_none_match.split(b",")]:
+            return ({"type": "http.response.start", "status": 304, "headers": [(b"etag", tag), *_HIT_HEADERS]},
+                    {"type": "http.response.body", "body": b""})
+        if gzip_ok:
+            data = ltiles.gzipped(etag, data)
+            headers = [(b"etag", tag), *_HIT_200, _GZIP, (b"content-length", str(len(data)).encode())]
+        else:
+            headers = [(b"etag", tag), *_HIT_200, (b"content-length", str(len(data)).encode())]
+        return ({"type": "http.response.start", "status": 200, "headers": headers},
+                {"type": "http.response.body", "body": data})
 
 
 def tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,
                    accept_encoding: str | None = None) -> Response:
-    """An encoded tile with its ETag (304 when it matches), cache headers, gzip when accepted."""
+    """An encoded tile with its ETag (304 when it matches), cache headers, gzip when accepted (the
+    routed answer; the fast path above sends the same headers)."""
     gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and "gzip" in (accept_encoding or "").lower()
     tag = etag[:-1] + '-gz"' if gzip_ok else etag  # a strong ETag per representation
     headers = {"ETag": tag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
-               "X-Tile-Cache": "hit" if hit else "miss", "Vary": "Authorization, Accept-Encoding"}
+               "X-Tile-Cache": "hit" if hit else "miss", "Vary": VARY}
     if if_none_match and tag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
     if gzip_ok:
         headers["Content-Encoding"] = "gzip"
         data = ltiles.gzipped(etag, data)
-    return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
+    return Response(data, media_type=MEDIA, headers=headers)

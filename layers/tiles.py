@@ -5,7 +5,11 @@
   ``grid_cell_3857``), else against the layer's own geometry with the envelope in the working CRS;
 * a process-wide LRU cache of encoded tiles, keyed on the layer's ``layer_version`` (bumped by
   triggers when the data change), so a change invalidates every cached tile of the layer at once;
-* an ETag per (layer, version, form, tile) for ``If-None-Match``.
+* an ETag per (layer, version, form, tile) for ``If-None-Match``;
+* fewer attributes at low zoom for dense layers (``LOW_ZOOM``): at z ≤ 12 a grid tile holds ~6,500 cells and
+  its size (≈ 440 KB, most of it attributes) is what a cached tile costs to send and to decode; there it
+  carries only the attributes that cannot be derived from the others (the cell code holds its community
+  and street codes; col/row/area follow from the geometry).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
+import time
+import weakref
 from collections import OrderedDict
 
 from sqlalchemy import Connection, text
 
-from layers.catalog import Layer, layer_version, select
+from layers.catalog import _REGISTRY, Field, Layer, layer_version, select
 from layers.city import CityInfo
 from layers.errors import InputError
 
@@ -25,6 +31,11 @@ EXTENT = 4096
 BUFFER = 64
 MIN_ZOOM, MAX_ZOOM = 0, 22
 CACHE_TILES = 4096
+
+#: layer → (highest zoom of the reduced form, the attributes kept there). From the next zoom up, all.
+LOW_ZOOM: dict[str, tuple[int, tuple[str, ...]]] = {
+    "grid_cells": (12, ("code", "partial", "responsible", "community", "street")),
+}
 
 
 class TileCache:
@@ -75,12 +86,22 @@ def check_tile(z: int, x: int, y: int) -> None:
         raise InputError(f"tile {z}/{x}/{y} does not exist: x and y must be in 0–{n - 1} at zoom {z}")
 
 
-def tile_sql(layer: Layer, form: str, city: CityInfo) -> tuple[str, dict]:
+def tile_fields(layer: Layer, form: str, z: int | None) -> tuple[Field, ...]:
+    """The attributes a tile of zoom ``z`` carries (all of the form's, except at low zoom, see LOW_ZOOM)."""
+    fields = layer.fields_for(form)
+    low = LOW_ZOOM.get(layer.name)
+    if low is not None and z is not None and z <= low[0]:
+        fields = tuple(f for f in fields if f.name in low[1])
+    return fields
+
+
+def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None) -> tuple[str, dict]:
     margin = BUFFER / EXTENT
+    keep = tile_fields(layer, form, z)
     if layer.tile_sql:
         # Prefilter on the cached EPSG:3857 geometry (GiST), then join the layer's attributes.
         inner, params, fields = select(layer, form, city, geom_sql="s.geom", order=False)
-        cols = ", ".join(f'a."{f.name}"' for f in fields)
+        cols = ", ".join(f'a."{f.name}"' for f in keep)
         sql = f"""
         WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS e, ST_TileEnvelope(:z, :x, :y, margin => {margin}) AS m),
         t AS (SELECT fid, geom FROM ({layer.tile_sql}) c, env WHERE c.geom && env.m)
@@ -90,7 +111,7 @@ def tile_sql(layer: Layer, form: str, city: CityInfo) -> tuple[str, dict]:
         ) q WHERE q.geom IS NOT NULL"""
     else:
         inner, params, fields = select(layer, form, city, geom_sql="s.geom", order=False)
-        cols = ", ".join(f'a."{f.name}"' for f in fields)
+        cols = ", ".join(f'a."{f.name}"' for f in keep)
         sql = f"""
         WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS e,
                             ST_Transform(ST_TileEnvelope(:z, :x, :y, margin => {margin}), :srid) AS w)
@@ -111,7 +132,7 @@ def get_tile(conn: Connection, city: CityInfo, layer: Layer, form: str, z: int, 
         hit = cache.get(key)
         if hit is not None:
             return hit[0], hit[1], True
-    sql, params = tile_sql(layer, form, city)
+    sql, params = tile_sql(layer, form, city, z)
     data = conn.execute(text(sql), {**params, "z": z, "x": x, "y": y, "name": layer.name}).scalar()
     data = bytes(data or b"")
     etag = '"' + hashlib.blake2b(repr(key).encode() + data, digest_size=12).hexdigest() + '"'
@@ -168,8 +189,22 @@ _watches: dict[str, VersionWatch] = {}
 _watch_lock = threading.Lock()
 
 
+_engine_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _key(engine) -> str:
+    """The engine's URL as a string, rendered once per engine (the fast path asks on every request)."""
+    k = _engine_keys.get(engine)
+    if k is None:
+        k = _engine_keys[engine] = engine.url.render_as_string(hide_password=False)
+    return k
+
+
 def watch_for(engine) -> VersionWatch:
-    key = engine.url.render_as_string(hide_password=False)
+    key = _key(engine)
+    w = _watches.get(key)
+    if w is not None and w.ok and w.thread.is_alive():
+        return w
     with _watch_lock:
         w = _watches.get(key)
         if w is None or not w.thread.is_alive():
@@ -184,21 +219,15 @@ CITY_TTL = 30.0
 
 
 def remember(engine, slug: str, city: CityInfo, layer: Layer) -> None:
-    import time
-
-    _cities[(str(engine.url), slug)] = (city, time.monotonic())
+    _cities[(_key(engine), slug)] = (city, time.monotonic())
     _layers[(city.id, layer.name)] = layer
 
 
 def fast_hit(engine, slug: str, name: str, z: int, x: int, y: int) -> tuple[bytes, str] | None:
     """A cached tile of a public layer for an anonymous caller, without a database round trip; None when
     the database must be asked (unknown city/layer yet, listener not healthy, not cached)."""
-    import time
-
-    from layers.catalog import _REGISTRY
-
     check_tile(z, x, y)
-    entry = _cities.get((str(engine.url), slug))
+    entry = _cities.get((_key(engine), slug))
     if entry is None or time.monotonic() - entry[1] > CITY_TTL:
         return None
     city = entry[0]

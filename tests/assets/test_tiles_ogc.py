@@ -231,3 +231,53 @@ def test_tilejson(client):
     assert tj["vector_layers"][0]["id"] == "assets" and "dept_code1" not in tj["vector_layers"][0]["fields"]
     assert 120.9 < tj["center"][0] < 121.7
     assert client.get("/api/v1/tiles/nope/tilejson.json").status_code == 404
+
+
+def test_grid_tile_low_zoom_keeps_the_cells_and_underivable_fields(client, engine, tokens):
+    """At z12 a grid tile has every cell of the tile with the attributes that cannot be derived (the code holds
+    the community and street codes), and from z13 every field; the cached answer (fast path) is the same tile."""
+    from layers import tiles
+
+    z = 12
+    x, y = _tile_of(121.17, 31.89, z)
+    url = f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt"
+    r = client.get(url)
+    assert r.status_code == 200
+    feats = mapbox_vector_tile.decode(r.content)["grid_cells"]["features"]
+    codes = {f["properties"]["code"] for f in feats}
+    assert _cells_in_tile(engine, z, x, y) <= codes
+    keys = set().union(*(f["properties"] for f in feats))
+    assert {"code", "partial", "community", "street"} <= keys <= set(tiles.LOW_ZOOM["grid_cells"][1])
+    with engine.connect() as c:
+        truth = dict(c.execute(text("""
+            SELECT gc.code, st.name FROM grid_cell gc JOIN grid g ON g.id = gc.grid_id AND g.active
+            JOIN city ON city.id = g.city_id AND city.slug = 'haimen'
+            JOIN admin_area com ON com.id = gc.area_id JOIN admin_area st ON st.id = com.parent_id
+            WHERE gc.code = ANY(:codes)"""), {"codes": sorted(codes)[:200]}).all())
+    assert truth and all(f["properties"]["street"] == truth[f["properties"]["code"]]
+                         for f in feats if f["properties"]["code"] in truth)
+    x13, y13 = _tile_of(121.17, 31.89, 13)
+    f13 = mapbox_vector_tile.decode(client.get(f"/api/v1/tiles/grid_cells/13/{x13}/{y13}.mvt").content)
+    assert {"col", "row", "area_m2", "community_code", "street_code"} <= set(f13["grid_cells"]["features"][0]["properties"])
+    # the TileJSON says so
+    tj = client.get("/api/v1/tiles/grid_cells/tilejson.json").json()
+    assert "zoom ≤ 12" in tj["vector_layers"][0]["description"]
+    # cached: the fast path's answer is the same tile, with the same headers as the routed one
+    hit = client.get(url, headers={"Accept-Encoding": "identity"})
+    assert hit.headers["x-tile-cache"] == "hit" and hit.content == r.content
+    assert hit.headers["content-type"] == "application/vnd.mapbox-vector-tile"
+    assert hit.headers["content-length"] == str(len(r.content)) and "content-encoding" not in hit.headers
+    assert hit.headers["vary"] == "Authorization, Accept-Encoding" and hit.headers["cache-control"].startswith("public")
+    with client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as gz:
+        raw = b"".join(gz.iter_raw())
+        assert gz.headers["content-encoding"] == "gzip" and int(gz.headers["content-length"]) == len(raw)
+        assert gz.headers["etag"] == hit.headers["etag"][:-1] + '-gz"'
+    import gzip
+
+    assert gzip.decompress(raw) == r.content and len(raw) < len(r.content) / 3
+    nm = client.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": f'"x", {gz.headers["etag"]}'})
+    assert nm.status_code == 304 and not nm.content and nm.headers["etag"] == gz.headers["etag"]
+    # with a token the fast path steps aside: the routed answer of the full form, private
+    priv = client.get(url, headers=auth(tokens["planner"]))
+    assert priv.status_code == 200 and priv.headers["cache-control"].startswith("private")
+    assert {f["properties"]["code"] for f in mapbox_vector_tile.decode(priv.content)["grid_cells"]["features"]} == codes
