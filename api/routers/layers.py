@@ -218,8 +218,16 @@ def tilejson(request: Request, name: str = Path(..., max_length=60), _=Depends(P
             "tiles": [f"{base}/api/v1/tiles/{layer.name}/{{z}}/{{x}}/{{y}}.mvt{q}"],
             "minzoom": ltiles.MIN_ZOOM, "maxzoom": ltiles.MAX_ZOOM, "bounds": bounds,
             "center": [(bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2, 12],
-            "vector_layers": [{"id": layer.name, "description": layer.description,
+            "vector_layers": [{"id": layer.name, "description": _tile_description(layer),
                                "fields": {f.name: f.title or f.type for f in layer.fields_for(form)}}]}
+
+
+def _tile_description(layer: lcat.Layer) -> str:
+    low = ltiles.LOW_ZOOM.get(layer.name)
+    if low is None:
+        return layer.description
+    return (f"{layer.description} (zoom ≤ {low[0]}: only {', '.join(low[1])}; "
+            f"every field from zoom {low[0] + 1})").lstrip()
 
 
 # --- OGC API – Features ---------------------------------------------------------------------------
