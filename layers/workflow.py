@@ -558,6 +558,25 @@ def _prev_state(conn: Connection, case_id: int) -> str:
 
 # -- reading ---------------------------------------------------------------------------------------
 
+def allowed_actions(conn: Connection, case_id: int, user) -> list[dict]:
+    """The actions ``user`` may apply to the case now: its role's, from the case's state, through the
+    same gate as ``transition`` (own department, inspector's area); for the pages' buttons."""
+    case = _load(conn, case_id)
+    out = []
+    for action, (_, sources, target) in ACTIONS.items():
+        if case["state"] not in sources or action not in ROLE_ACTIONS.get(getattr(user, "role", None), ()):
+            continue
+        if action == "rate" and case["rating"] is not None:
+            continue
+        try:
+            authorize(conn, case, action, user)
+        except Forbidden:
+            continue
+        out.append({"action": action, "to": target, "needs_reason": action in NEEDS_REASON
+                    or (action == "close" and case["state"] == "accepted")})
+    return out
+
+
 def clock(case: dict, at: dt.datetime | None = None) -> dict | None:
     """Time left and the overdue colour of the step a case waits for."""
     if case.get("step_deadline_at") is None or case["state"] in FINAL_STATES:

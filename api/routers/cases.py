@@ -138,7 +138,9 @@ def needs_location(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0
 @router.get("/cases/{case_id}", summary="案卷详情 One case with its events and clock")
 def case(case_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
          city: CityInfo = Depends(get_city)):
-    return forbid(wf.case_detail, conn, city, case_id, user)
+    out = forbid(wf.case_detail, conn, city, case_id, user)
+    out["actions"] = wf.allowed_actions(conn, case_id, user)  # what this user may do now (the pages' buttons)
+    return out
 
 
 @router.get("/cases/{case_id}/proposal", summary="派遣建议 The proposed department (部件先属主后属地, 事件先属地后属主)")
