@@ -19,7 +19,7 @@ from gis.crs import CRSError
 from layers.errors import Conflict, Forbidden, InputError, NotFound
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-PAGES = ("inspector", "supervisor", "planner", "public")
+PAGES = ("inspector", "supervisor", "planner", "public", "operator")
 log = logging.getLogger("citygrid")
 
 
