@@ -245,20 +245,39 @@ def _photo_urls(report_id: int, seq: int) -> dict:
     return {"public_url": base + "/public", "thumb_url": base + "/thumb"}
 
 
-def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, photos: list[Photo], key: str,
-                  req_hash: str, store: PhotoStore, staged: Staged, *, min_photos: int = 1) -> tuple[dict, bool]:
-    """Record a report and open (or merge) its case. Returns (result, created).
+@dataclass
+class Located:
+    """Where a report is and what its location says of it: the device's fix (or a photo's EXIF),
+    checked, in the working CRS, with its flags."""
 
-    The caller commits, then promotes ``staged``; on any error it discards ``staged``. A concurrent
-    request with the same key blocks on the unique (user, key) until this transaction ends, then
-    gets this result (created False).
-    """
-    cfg = config()
+    item: dict
+    lon: float | None
+    lat: float | None
+    accuracy_m: float | None
+    crs: str
+    location_source: str
+    device_pt: shapely.Point
+    exif_distance_m: float | None
+    gate: float
+    accuracy_ok: bool | None
+    now: dt.datetime
+    device_time: dt.datetime | None
+    flags: list[str]
+
+
+def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *, min_photos: int = 1,
+                  cfg: dict | None = None) -> Located:
+    """Validate a report and place it (the rules in this module's docstring). Pure: no database;
+    ``grid`` is the city's loaded grid (layers.grid.snapper). InputError (→ 422) when it is refused,
+    including a point outside the city."""
+    cfg = cfg or config()
     item = lwf.category(inp.category_code)
     if not min_photos <= len(photos) <= cfg["max_photos"]:
         raise InputError(f"{len(photos)} photos: send {min_photos} to {cfg['max_photos']} photos")
     if inp.description is not None and len(inp.description) > 5000:
         raise InputError("description is longer than 5000 characters")
+    if inp.address is not None and len(inp.address) > 500:
+        raise InputError("address is longer than 500 characters")
     flags: list[str] = list(inp.extra_flags)
     if not photos:
         flags.append("no_photos")
@@ -275,7 +294,6 @@ def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, phot
     if acc is not None and acc > cfg["accuracy_max_m"]:
         raise InputError(f"accuracy {acc:g} m is beyond {cfg['accuracy_max_m']} m: the fix says nothing about the "
                          "place; wait for a better fix or leave the location out to use the photos' EXIF")
-    device_wgs = None
     if lon is not None:
         bad = gcrs.validate_lonlat(np.array([lon]), np.array([lat]))
         if bad is not None:
@@ -302,7 +320,6 @@ def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, phot
             if location_source == "device" and gexif.mismatch_flag((*device_wgs, acc), p.exif, cfg["exif_mismatch_m"]):
                 if "exif_device_mismatch" not in flags:
                     flags.append("exif_device_mismatch")
-    exif_distance = max(dists) if dists else None
 
     gate = float(cfg["accuracy_gate_m"])
     accuracy_ok = None if acc is None else acc <= gate
@@ -318,52 +335,107 @@ def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, phot
 
     wx, wy = gcrs.transform_xy(np.array([device_wgs[0]]), np.array([device_wgs[1]]), "EPSG:4326", city.working_crs)
     device_pt = shapely.Point(float(wx[0]), float(wy[0]))
-    # Outside the city → InputError (422) before anything is written.
-    cell_id, cell_code = lwf.snap_one(conn, city, device_pt)
-    asset = snap_asset(conn, city, item["code"], device_pt, inp.asset_code, float(cfg["asset_tolerance_m"]))
-    point = device_pt
-    location_source_case = location_source
+    lwf.snap_one(None, city, device_pt, grid)  # outside the city → InputError before anything is written
+    return Located(item, lon, lat, acc, src, location_source, device_pt, max(dists) if dists else None, gate,
+                   accuracy_ok, now, device_time, flags)
+
+
+def needs_asset_lookup(inp: ReportInput) -> bool:
+    """Whether placing the report asks the asset registry (a component class, or an asset named)."""
+    return bool(inp.asset_code) or lwf.category(inp.category_code).get("kind") == "component"
+
+
+def plan_report(city: CityInfo, grid, loc: Located, inp: ReportInput, asset: dict | None, key: str,
+                req_hash: str) -> dict:
+    """The input of the database function ``cg_file_report`` (migration 0012): the report row, the
+    case it opens (layers.workflow.plan_case) and the answer without its ids. Pure."""
+    cfg = config()
+    flags = list(loc.flags)
+    point, source = loc.device_pt, loc.location_source
     if asset is not None:
-        point = shapely.Point(asset["x"], asset["y"])
-        location_source_case = "asset"
+        point, source = shapely.Point(asset["x"], asset["y"]), "asset"
         if asset["named"] and asset["distance_m"] > cfg["asset_tolerance_m"]:
             flags.append("asset_far")
-        cell_id, cell_code = lwf.snap_one(conn, city, point)
+    cell_id, cell_code = lwf.snap_one(None, city, point, grid)
+    case = lwf.plan_case(city, grid, source="inspector", channel="督查员", category_code=loc.item["code"],
+                         received_at=loc.now, location=point, description=inp.description, address=inp.address,
+                         asset_id=asset["id"] if asset else None, location_source=source,
+                         location_accuracy_m=loc.accuracy_m)
+    out_lon, out_lat = gcrs.transform_xy(np.array([point.x]), np.array([point.y]), city.working_crs, "EPSG:4326")
+    result = {
+        "idempotency_key": key, "received_at": loc.now.isoformat(), "category_code": loc.item["code"],
+        "category_name": loc.item["name"], "cell_code": cell_code,
+        "location": {"lon": round(float(out_lon[0]), 7), "lat": round(float(out_lat[0]), 7), "crs": "EPSG:4326",
+                     "source": source, "device_source": loc.location_source, "accuracy_m": loc.accuracy_m,
+                     "accuracy_gate_m": loc.gate, "accuracy_ok": loc.accuracy_ok},
+        "device_time": loc.device_time.isoformat() if loc.device_time else None,
+        "exif_distance_m": loc.exif_distance_m,
+        "asset": None if asset is None else {k: asset[k] for k in ("code", "class_code", "distance_m", "named")},
+        "flags": flags,
+        "photos": [],
+    }
+    report = {
+        "city_id": city.id, "idempotency_key": key, "request_hash": req_hash, "category_code": loc.item["code"],
+        "description": inp.description, "device_time": loc.device_time.isoformat() if loc.device_time else None,
+        "received_at": loc.now.isoformat(), "input_lon": loc.lon, "input_lat": loc.lat,
+        "input_crs": loc.crs if loc.lon is not None else None, "accuracy_m": loc.accuracy_m,
+        "accuracy_gate_m": loc.gate, "accuracy_ok": loc.accuracy_ok, "location_source": source,
+        "dx": loc.device_pt.x, "dy": loc.device_pt.y, "x": point.x, "y": point.y,
+        "exif_distance_m": loc.exif_distance_m, "cell_id": cell_id, "cell_code": cell_code,
+        "asset_id": asset["id"] if asset else None, "asset_code": asset["code"] if asset else None,
+        "asset_distance_m": asset["distance_m"] if asset else None, "flags": flags,
+    }
+    return {"report": report, "case": case.params, "result": result, "grid_id": grid.info.id,
+            "grid_version": grid.info.version}
 
-    # Claim the key: the unique (user, key) makes concurrent retries wait here for the first one.
-    rid = conn.execute(text("""
-        INSERT INTO field_report (city_id, user_id, idempotency_key, request_hash, category_code, description,
-            device_time, received_at, input_lon, input_lat, input_crs, accuracy_m, accuracy_gate_m, accuracy_ok,
-            location_source, device_location, location, exif_distance_m, cell_id, cell_code, asset_id, asset_code,
-            asset_distance_m, flags)
-        VALUES (:city, :user, :key, :hash, :cat, :descr, :dtime, :now, :lon, :lat, :crs, :acc, :gate, :ok, :lsrc,
-            ST_SetSRID(ST_MakePoint(:dx, :dy), :srid), ST_SetSRID(ST_MakePoint(:x, :y), :srid), :exd, :cell, :code,
-            :aid, :acode, :adist, :flags)
-        ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id"""),
-        dict(city=city.id, user=user.id, key=key, hash=req_hash, cat=item["code"], descr=inp.description,
-             dtime=device_time, now=now, lon=lon, lat=lat, crs=src if lon is not None else None, acc=acc, gate=gate,
-             ok=accuracy_ok, lsrc=location_source_case, dx=device_pt.x, dy=device_pt.y, x=point.x, y=point.y,
-             srid=city.srid, exd=exif_distance, cell=cell_id, code=cell_code,
-             aid=asset["id"] if asset else None, acode=asset["code"] if asset else None,
-             adist=asset["distance_m"] if asset else None, flags=flags)).scalar()
-    if rid is None:
-        first = find_existing(conn, user.id, key, req_hash)
-        if first is None:  # pragma: no cover - the row that blocked us is committed
-            raise Conflict("a report with this Idempotency-Key is being recorded: retry")
-        return first, False
 
-    opened = lwf.open_case(conn, city, source="inspector", channel="督查员", category_code=item["code"],
-                           received_at=now, location=point, description=inp.description, address=inp.address,
-                           asset_id=asset["id"] if asset else None, source_ref=f"field-report-{rid}", actor=user,
-                           location_source=location_source_case, location_accuracy_m=acc)
-    merged_no = None
-    if opened.merged_into is not None:
-        merged_no = conn.execute(text("SELECT case_no FROM case_file WHERE id = :i"),
-                                 {"i": opened.merged_into}).scalar()
+class GridChanged(Exception):
+    """The grid a report was snapped with is no longer the city's active grid: snap again."""
 
+
+def report_outcome(out: dict) -> tuple[dict, bool]:
+    """(result, created) from the answer of ``cg_file_report``; Conflict for a reused key,
+    GridChanged when the grid changed under the report."""
+    status = out["status"]
+    if status == 410:
+        raise GridChanged(out["message"])
+    if status == 409:
+        raise Conflict(out["message"])
+    return out["result"], status == 201
+
+
+def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, photos: list[Photo], key: str,
+                  req_hash: str, store: PhotoStore, staged: Staged, *, min_photos: int = 1) -> tuple[dict, bool]:
+    """Record a report and open (or merge) its case. Returns (result, created).
+
+    The caller commits, then promotes ``staged``; on any error it discards ``staged``. A concurrent
+    request with the same key blocks on the unique (user, key) until this transaction ends, then
+    gets this result (created False).
+    """
+    from layers import grid as lgrid
+
+    cfg = config()
+    for _attempt in range(3):
+        grid = lgrid.snapper(conn, city)
+        loc = locate_report(city, grid, inp, photos, min_photos=min_photos, cfg=cfg)
+        asset = snap_asset(conn, city, loc.item["code"], loc.device_pt, inp.asset_code, float(cfg["asset_tolerance_m"]))
+        params = plan_report(city, grid, loc, inp, asset, key, req_hash)
+        params.update(user_id=user.id, user_role=user.role)
+        out = conn.execute(text("SELECT cg_file_report(CAST(:p AS jsonb))"),
+                           {"p": json.dumps(params, ensure_ascii=False)}).scalar_one()
+        try:
+            result, created = report_outcome(out)
+            break
+        except GridChanged:
+            continue
+    else:  # pragma: no cover - the grid changed three times during one report
+        raise Conflict("the city's grid is being replaced: retry the report")
+    if not created or not photos:
+        return result, created
+
+    rid = result["id"]
+    store.claim(conn)
     photo_out = []
-    if photos:
-        store.claim(conn)
     for p in photos:
         conn.execute(text("""
             INSERT INTO field_photo (report_id, seq, sha256, public_sha256, thumb_sha256, media_type, size_bytes,
@@ -383,24 +455,9 @@ def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, phot
                           "exif_time": p.exif.timestamp.isoformat() if p.exif.timestamp else None,
                           "exif_direction": p.exif.direction, "exif_distance_m": p.exif_distance_m,
                           **_photo_urls(rid, p.seq)})
-    out_lon, out_lat = gcrs.transform_xy(np.array([point.x]), np.array([point.y]), city.working_crs, "EPSG:4326")
-    result = {
-        "id": rid, "idempotency_key": key, "received_at": now.isoformat(), "category_code": item["code"],
-        "category_name": item["name"],
-        "case": {"id": opened.id, "case_no": opened.case_no, "state": opened.state,
-                 "merged_into": opened.merged_into, "merged_into_no": merged_no},
-        "cell_code": cell_code,
-        "location": {"lon": round(float(out_lon[0]), 7), "lat": round(float(out_lat[0]), 7), "crs": "EPSG:4326",
-                     "source": location_source_case, "device_source": location_source, "accuracy_m": acc,
-                     "accuracy_gate_m": gate, "accuracy_ok": accuracy_ok},
-        "device_time": device_time.isoformat() if device_time else None,
-        "exif_distance_m": exif_distance,
-        "asset": None if asset is None else {k: asset[k] for k in ("code", "class_code", "distance_m", "named")},
-        "flags": flags,
-        "photos": photo_out,
-    }
-    conn.execute(text("UPDATE field_report SET case_id = :c, response = CAST(:r AS jsonb) WHERE id = :i"),
-                 {"c": opened.id, "r": json.dumps(result, ensure_ascii=False), "i": rid})
+    result = {**result, "photos": photo_out}
+    conn.execute(text("UPDATE field_report SET response = CAST(:r AS jsonb) WHERE id = :i"),
+                 {"r": json.dumps(result, ensure_ascii=False), "i": rid})
     return result, True
 
 

@@ -23,7 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import shapely
 from sqlalchemy import Connection, text
 
 from layers import calendar as lcal
@@ -222,9 +221,8 @@ def next_case_numbers(conn: Connection, city: CityInfo, day: dt.date, n: int = 1
     never waits on another transaction. Numbers only grow; a rolled-back intake leaves a gap (a
     number is never given twice). The serial wraps after 10^8 numbers, far beyond a city's day.
     """
-    serials = conn.execute(text("SELECT nextval('case_no_seq') FROM generate_series(1, :n)"),
-                           {"n": n}).scalars().all()
-    return [f"{city.adcode}{day:%Y%m%d}{(s - 1) % 100_000_000 + 1:08d}" for s in serials]
+    return list(conn.execute(text("SELECT cg_case_no(:p) FROM generate_series(1, :n)"),
+                             {"p": f"{city.adcode}{day:%Y%m%d}", "n": n}).scalars().all())
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
@@ -233,12 +231,12 @@ def _aware(t: dt.datetime) -> dt.datetime:
     return lcal.calendar().local(t) if t.tzinfo is None else t
 
 
-def snap_one(conn: Connection, city: CityInfo, location) -> tuple[int, str]:
+def snap_one(conn: Connection, city: CityInfo, location, grid: lgrid.LoadedGrid | None = None) -> tuple[int, str]:
     """(cell id, cell code) of a working-CRS point; InputError when it lies outside the city."""
     x, y = float(location.x), float(location.y)
     if not (np.isfinite(x) and np.isfinite(y)):
         raise InputError("the location is not a finite point")
-    grid = lgrid.snapper(conn, city)
+    grid = grid or lgrid.snapper(conn, city)
     j = int(grid.locate(np.array([x]), np.array([y]))[0])
     if j < 0:
         raise InputError(f"the location ({x:.1f}, {y:.1f} in {city.working_crs}) is outside the city")
@@ -256,13 +254,34 @@ def _event(conn: Connection, case_id: int, at: dt.datetime, kind: str, actor, fr
              data=json.dumps(data or {}, ensure_ascii=False, default=str))).scalar_one()
 
 
-def open_case(conn: Connection, city: CityInfo, *, source: str, channel: str, category_code: str,
+def _json_value(v):
+    """A value as the case functions read it: times as ISO 8601 text (str() of a datetime, as the
+    events have always stored them), everything else as JSON has it."""
+    return str(v) if isinstance(v, dt.datetime | dt.date) else v
+
+
+@dataclass
+class CasePlan:
+    """What opening a case writes, decided in Python: ``params`` for the database function
+    ``cg_open_case`` (migration 0012) and what the caller is told beside the ids."""
+
+    params: dict
+    cell_code: str | None
+    query_code: str
+    step_deadline_at: dt.datetime
+    close_deadline_at: dt.datetime
+
+
+def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, channel: str, category_code: str,
               received_at: dt.datetime, location=None, description: str | None = None, address: str | None = None,
               urgency: str = "normal", request_type: str | None = None, asset_id: int | None = None,
               source_ref: str | None = None, contact: dict | None = None, actor=None, title: str | None = None,
               location_source: str | None = None, location_accuracy_m: float | None = None,
-              category_name: str | None = None, location_confidence: float | None = None) -> CaseOpened:
-    """Record a new case: snap its cell, set its deadlines, log 'received', apply 并单."""
+              category_name: str | None = None, location_confidence: float | None = None,
+              conn: Connection | None = None) -> CasePlan:
+    """Validate a new case and decide all that it writes (cell, deadlines, query code, the duplicate
+    rule of its class) without touching the database, except to load the grid when ``grid`` is None
+    and a location is given (then ``conn`` is needed)."""
     if source not in SOURCES:
         raise InputError(f"unknown source '{source}': one of {', '.join(SOURCES)}")
     if channel not in CHANNELS:
@@ -283,53 +302,54 @@ def open_case(conn: Connection, city: CityInfo, *, source: str, channel: str, ca
             raise InputError(f"{name} is longer than {cap} characters")
     if source_ref is not None:
         source_ref = str(source_ref).strip()[:80] or None
-        if source_ref:
-            hit = conn.execute(text("""SELECT case_no FROM case_file
-                                       WHERE city_id = :c AND source = :s AND source_ref = :r"""),
-                               {"c": city.id, "s": source, "r": source_ref}).scalar()
-            if hit:
-                raise Conflict(f"{source} case '{source_ref}' is recorded already as {hit}")
     cell_id = cell_code = area_code = None
-    wkb = None
+    x = y = None
     if location is not None:
-        cell_id, cell_code = snap_one(conn, city, location)
+        cell_id, cell_code = snap_one(conn, city, location, grid)
         area_code = cell_code[:12]
-        wkb = shapely.to_wkb(location, hex=True)
+        x, y = float(location.x), float(location.y)
     cal = lcal.calendar()
     step = step_limit("collected", item["code"], urgency)
     step_deadline = cal.add(received_at, *step)
     close_deadline = cal.add(received_at, *close_limit(item["code"], request_type, urgency))
-    case_no = next_case_numbers(conn, city, cal.local(received_at).date())[0]
     qcode = new_query_code()
-    case_id = conn.execute(text("""
-        INSERT INTO case_file (city_id, case_no, source, channel, source_ref, received_at, category_code, category_name,
-            request_type, urgency, title, description, address, location, location_source, location_accuracy_m,
-            location_confidence, cell_id, cell_code, area_code, asset_id, state, step_deadline_at, close_deadline_at,
-            query_code_hash, updated_at)
-        VALUES (:city, :no, :source, :channel, :ref, :recv, :cat, :catname, :rt, :urg, :title, :descr, :addr,
-            CASE WHEN CAST(:wkb AS text) IS NULL THEN NULL ELSE ST_SetSRID(ST_GeomFromWKB(decode(:wkb, 'hex')), :srid) END,
-            :lsrc, :lacc, :lconf, :cell, :cellcode, :area, :asset, 'collected', :sd, :cd, :qh, :recv)
-        RETURNING id"""), dict(city=city.id, no=case_no, source=source, channel=channel, ref=source_ref,
-                               recv=received_at, cat=item["code"], catname=category_name or item["name"],
-                               rt=request_type, urg=urgency, title=title, descr=description, addr=address,
-                               wkb=wkb, srid=city.srid, lsrc=location_source if location is not None else None,
-                               lacc=location_accuracy_m, lconf=location_confidence, cell=cell_id,
-                               cellcode=cell_code, area=area_code, asset=asset_id, sd=step_deadline,
-                               cd=close_deadline, qh=hash_query_code(case_no, qcode))).scalar_one()
-    if contact and any(contact.get(k) for k in ("name", "phone", "openid")):
-        conn.execute(text("INSERT INTO case_contact (case_id, name, phone, openid) VALUES (:c, :n, :p, :o)"),
-                     {"c": case_id, "n": contact.get("name"), "p": contact.get("phone"), "o": contact.get("openid")})
-    _event(conn, case_id, received_at, "received", actor, None, "collected",
-           data={"source": source, "channel": channel, "urgency": urgency, "next_deadline": step_deadline,
-                 "next_limit": list(step), "close_deadline": close_deadline,
-                 "located": location is not None})
-    state, merged_into = "collected", None
-    original = ldup.find_duplicate(conn, city.id, item["code"], location, received_at, exclude_id=case_id)
-    if original is not None:
-        ldup.link_duplicate(conn, case_id, original, actor, at=received_at, note="并单 same class, nearby, recent")
-        state, merged_into = "merged", original
-    return CaseOpened(case_id, case_no, state, merged_into, cell_code, qcode,
-                      None if merged_into else step_deadline, close_deadline)
+    radius, window = ldup.rule_for(item["code"])
+    contact = {k: (contact or {}).get(k) or None for k in ("name", "phone", "openid")}
+    params = {
+        "city_id": city.id, "srid": city.srid, "case_no_prefix": f"{city.adcode}{cal.local(received_at):%Y%m%d}",
+        "source": source, "channel": channel, "source_ref": source_ref, "received_at": received_at.isoformat(),
+        "category_code": item["code"], "category_name": category_name or item["name"], "request_type": request_type,
+        "urgency": urgency, "title": title, "description": description, "address": address, "x": x, "y": y,
+        "location_source": location_source, "location_accuracy_m": location_accuracy_m,
+        "location_confidence": location_confidence, "cell_id": cell_id, "cell_code": cell_code,
+        "area_code": area_code, "asset_id": asset_id, "step_deadline_at": step_deadline.isoformat(),
+        "close_deadline_at": close_deadline.isoformat(), "query_code": qcode, "contact": contact,
+        "actor_id": getattr(actor, "id", None), "actor_role": getattr(actor, "role", None),
+        "event_data": {k: _json_value(v) for k, v in {
+            "source": source, "channel": channel, "urgency": urgency, "next_deadline": step_deadline,
+            "next_limit": list(step), "close_deadline": close_deadline, "located": location is not None}.items()},
+        "dup": {"radius_m": radius, "window_h": window, "open": sorted(OPEN_STATES), "final": sorted(FINAL_STATES),
+                "note": "并单 same class, nearby, recent"},
+    }
+    return CasePlan(params, cell_code, qcode, step_deadline, close_deadline)
+
+
+def case_opened(plan: CasePlan, out: dict) -> CaseOpened:
+    """The answer of ``cg_open_case`` (an error it returned raised as Conflict) as a CaseOpened."""
+    if "error" in out:
+        raise Conflict(out["message"])
+    merged = out.get("merged_into")
+    return CaseOpened(int(out["id"]), out["case_no"], out["state"], merged, plan.cell_code, plan.query_code,
+                      None if merged else plan.step_deadline_at, plan.close_deadline_at)
+
+
+def open_case(conn: Connection, city: CityInfo, **kw) -> CaseOpened:
+    """Record a new case: snap its cell, set its deadlines, log 'received', apply 并单 (see
+    :func:`plan_case` for the arguments; the writing is ``cg_open_case``, one round trip)."""
+    plan = plan_case(city, None, conn=conn, **kw)
+    out = conn.execute(text("SELECT cg_open_case(CAST(:p AS jsonb))"),
+                       {"p": json.dumps(plan.params, ensure_ascii=False)}).scalar_one()
+    return case_opened(plan, out)
 
 
 # -- the state machine ------------------------------------------------------------------------
