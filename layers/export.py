@@ -17,13 +17,14 @@ import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import shapely
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from pyogrio import raw as ogr
 from sqlalchemy import Connection, text
 
@@ -116,7 +117,8 @@ def _geom_sql(city: CityInfo, crs: str) -> str:
 
 
 def _batches(conn: Connection, city: CityInfo, layer: Layer, form: str, filters: Filters | None, crs: str, fmt: str,
-             names: list[str], extra_where: str | None = None, counter: dict | None = None) -> Iterator[pa.RecordBatch]:
+             names: list[str], extra_where: str | None = None, counter: dict | None = None,
+             on_rows: Callable[[int], None] | None = None) -> Iterator[pa.RecordBatch]:
     """The layer's rows as Arrow batches. The query is built (and bad filters refused) before returning."""
     sql, params, fields = select(layer, form, city, filters, geom_sql=_geom_sql(city, crs))
     if extra_where:
@@ -125,7 +127,7 @@ def _batches(conn: Connection, city: CityInfo, layer: Layer, form: str, filters:
     types = [schema.field(i).type for i in range(len(fields))]
     compiled = text(sql).bindparams(**params).compile(dialect=conn.dialect)
     raw = conn.connection.driver_connection  # psycopg: a named (server-side) cursor in binary format
-    return _gen(raw, compiled.string, compiled.params, fields, types, schema, crs, counter)
+    return _gen(raw, compiled.string, compiled.params, fields, types, schema, crs, counter, on_rows)
 
 
 def _rows(raw, sql: str, params: dict, out: queue.Queue) -> None:
@@ -141,7 +143,7 @@ def _rows(raw, sql: str, params: dict, out: queue.Queue) -> None:
         out.put(e)
 
 
-def _gen(raw, sql, params, fields, types, schema, crs, counter) -> Iterator[pa.RecordBatch]:
+def _gen(raw, sql, params, fields, types, schema, crs, counter, on_rows=None) -> Iterator[pa.RecordBatch]:
     q: queue.Queue = queue.Queue(maxsize=2)
     producer = threading.Thread(target=_rows, args=(raw, sql, params, q), daemon=True)
     producer.start()
@@ -161,6 +163,8 @@ def _gen(raw, sql, params, fields, types, schema, crs, counter) -> Iterator[pa.R
             arrays.append(pa.array(wkb, type=pa.binary()))
             if counter is not None:
                 counter["rows"] = counter.get("rows", 0) + len(part)
+                if on_rows is not None:
+                    on_rows(counter["rows"])
             yield pa.record_batch(arrays, schema=schema)
     finally:
         while producer.is_alive():  # drain so the producer can finish (and close its cursor)
@@ -224,9 +228,10 @@ def _write_parquet(path: Path, batches: Iterator, schema: pa.Schema, crs: str, g
 
 def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str,
                   filters: Filters | None, workdir: Path, *, bundle_name: str | None = None,
-                  progress: dict | None = None) -> tuple[Path, str, dict]:
+                  progress: dict | None = None, on_rows: Callable[[int], None] | None = None) -> tuple[Path, str, dict]:
     """Write the layers (each with its form: 'full' or 'public') into one file in ``workdir``.
-    Returns (path, download filename, {layer: rows}). ``progress["rows"]`` counts rows as they are written."""
+    Returns (path, download filename, {layer: rows}). ``progress["rows"]`` counts rows as they are written;
+    ``on_rows(rows so far)`` is called after each batch."""
     fmt, crs = check_request(fmt, crs)
     if len(layers) > 1 and fmt not in MULTI_LAYER and fmt != "shp":
         raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
@@ -255,15 +260,15 @@ def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, st
                     if n == 0 and not (base.endswith("_point") and not shp_files):
                         continue
                 p = workdir / f"{base}.shp"
-                _write_gdal(p, base, _batches(conn, city, layer, form, filters, crs, fmt, names, where, counter),
+                _write_gdal(p, base, _batches(conn, city, layer, form, filters, crs, fmt, names, where, counter, on_rows),
                             schema, fmt, crs, gt)
                 shp_files.append(p)
         elif fmt == "parquet":
-            _write_parquet(out, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter), schema,
+            _write_parquet(out, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter, on_rows), schema,
                            crs, layer.geometry_type)
         else:
             gdal_layer = layer.name if fmt != "kml" else re.sub(r"\W", "_", layer.title_en)
-            _write_gdal(out, gdal_layer, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter),
+            _write_gdal(out, gdal_layer, _batches(conn, city, layer, form, filters, crs, fmt, names, None, counter, on_rows),
                         schema, fmt, crs, layer.geometry_type, append=k > 0)
         counts[layer.name] = counter.get("rows", 0) - start_rows
     if fmt == "shp":
@@ -280,82 +285,233 @@ def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, st
 
 # --- background export jobs -----------------------------------------------------------------------
 # For very large exports: the file is written in a thread (its own connection) while the client polls the
-# job's progress (rows written / rows matched), then downloads it. Jobs live in this process's memory and
-# their files are removed after JOB_TTL seconds.
+# job's progress (rows written / rows matched), then downloads it. Jobs are rows of ``export_job`` and their
+# files lie under ``<data dir>/exports/<id>/``, so both survive a restart. The worker holds a session
+# advisory lock on its job from before the row is visible until it is finished: a 'running' job whose lock
+# is free has lost its worker (the process stopped or died) and is marked failed — at start-up
+# (``recover_jobs``) and whenever the job is read. Finished jobs and their files are removed after
+# ``CITYGRID_EXPORT_JOB_TTL_HOURS``.
 
-JOB_TTL = 3600.0
+LOCK_CLASS = 0x6A0B  # first key of the jobs' advisory locks (the second: hashtext(id))
+INTERRUPTED = ("interrupted: the service stopped while the file was being written (a restart?); "
+               "start the export again")
+PROGRESS_EVERY = 0.2  # seconds between progress writes
+
+
+class ExportSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_EXPORT_")
+
+    #: Hours a finished background export (and its file) is kept.
+    job_ttl_hours: float = 24.0
+
+
+def export_settings() -> ExportSettings:
+    return ExportSettings()
+
+
+def jobs_dir() -> Path:
+    from citygrid import settings
+
+    return settings.paths().data_dir / "exports"
 
 
 @dataclass
 class ExportJob:
     id: str
     owner: int | None
+    city_id: int
+    layers: list[str]
+    format: str
+    crs: str
+    status: str  # running, done, failed
+    rows: int
     total: int
-    progress: dict = field(default_factory=lambda: {"rows": 0})
-    status: str = "running"  # running, done, failed
-    filename: str | None = None
-    media: str = ""
-    path: Path | None = None
-    tmp: str = ""
-    error: str | None = None
-    created: float = field(default_factory=time.monotonic)
+    filename: str | None
+    media: str
+    bytes: int | None
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    ttl_hours: float = field(default_factory=lambda: export_settings().job_ttl_hours)
+
+    @property
+    def path(self) -> Path | None:
+        return jobs_dir() / self.id / self.filename if self.filename else None
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        return self.finished_at + dt.timedelta(hours=self.ttl_hours) if self.finished_at else None
 
     def describe(self) -> dict:
-        rows = self.progress.get("rows", 0)
-        return {"id": self.id, "status": self.status, "rows": rows, "total": self.total,
-                "percent": round(100.0 * rows / self.total, 1) if self.total else (100.0 if self.status == "done" else 0.0),
-                "filename": self.filename, "error": self.error}
+        rows = self.rows
+        if self.total:
+            percent = round(min(100.0, 100.0 * rows / self.total), 1)
+        else:
+            percent = 100.0 if self.status == "done" else 0.0
+        return {"id": self.id, "status": self.status, "rows": rows, "total": self.total, "percent": percent,
+                "layers": self.layers, "format": self.format, "crs": self.crs,
+                "filename": self.filename, "bytes": self.bytes, "error": self.error,
+                "created_at": self.created_at.isoformat(),
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+                "expires_at": self.expires_at.isoformat() if self.expires_at else None}
 
 
-_jobs: dict[str, ExportJob] = {}
-_jobs_lock = threading.Lock()
+_COLS = ("id, owner_id, city_id, layers, format, crs, status, rows, total, filename, media, bytes, error, "
+         "created_at, finished_at")
+_LIVE = f"pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(id))"  # true: nobody holds the job's lock
 
 
-def _expire() -> None:
-    now = time.monotonic()
-    with _jobs_lock:
-        old = [j for j in _jobs.values() if now - j.created > JOB_TTL and j.status != "running"]
-        for j in old:
-            _jobs.pop(j.id, None)
-    for j in old:
-        shutil.rmtree(j.tmp, ignore_errors=True)
+def _fail_orphans(engine, job_id: str | None = None) -> list[str]:
+    """Mark failed (committed) the running jobs whose worker is gone: their advisory lock is free."""
+    where = "status = 'running'" + (" AND id = :id" if job_id is not None else "")
+    with engine.begin() as conn:
+        failed = conn.execute(text(f"""
+            UPDATE export_job SET status = 'failed', error = :msg, finished_at = now(), updated_at = now()
+            WHERE {where} AND {_LIVE} RETURNING id"""), {"msg": INTERRUPTED, "id": job_id}).scalars().all()
+    for jid in failed:  # the half-written file
+        _remove_files(jid)
+    return failed
+
+
+def expire_jobs(engine, ttl_hours: float | None = None) -> int:
+    """Remove finished jobs older than the TTL (committed), then their files."""
+    ttl = export_settings().job_ttl_hours if ttl_hours is None else ttl_hours
+    with engine.begin() as conn:
+        gone = conn.execute(text("""
+            DELETE FROM export_job WHERE status <> 'running' AND finished_at < now() - make_interval(secs => :s)
+            RETURNING id"""), {"s": ttl * 3600.0}).scalars().all()
+    for job_id in gone:
+        _remove_files(job_id)
+    return len(gone)
+
+
+def _remove_files(job_id: str) -> None:
+    root = jobs_dir()
+    for d in (root / job_id, root / f"{job_id}.part"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def recover_jobs(engine) -> dict:
+    """At start-up: jobs whose worker died are marked failed (and their partial files removed); expired
+    jobs are removed."""
+    return {"failed": len(_fail_orphans(engine)), "expired": expire_jobs(engine)}
+
+
+def _row_to_job(r) -> ExportJob:
+    return ExportJob(id=r[0], owner=r[1], city_id=r[2], layers=list(r[3]), format=r[4], crs=r[5], status=r[6],
+                     rows=int(r[7]), total=int(r[8]), filename=r[9], media=r[10], bytes=r[11], error=r[12],
+                     created_at=r[13], finished_at=r[14])
 
 
 def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str, filters: Filters | None,
-              *, owner: int | None, bundle_name: str | None = None) -> ExportJob:
-    """Validate the request now (4xx before anything starts), count the rows, and export in a thread."""
+              *, owner: int | None, bundle_name: str | None = None, request: dict | None = None) -> ExportJob:
+    """Validate the request now (4xx before anything starts), count the rows, record the job and export in
+    a thread on a connection of its own (which holds the job's advisory lock until the job is finished)."""
     import secrets
-    import tempfile
 
-    _expire()
     fmt, crs = check_request(fmt, crs)
+    if len(layers) > 1 and fmt not in MULTI_LAYER and fmt != "shp":
+        raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
     total = 0
-    with engine.connect() as conn:
+    expire_jobs(engine)
+    with engine.begin() as conn:
         for layer, form in layers:
             sql, params, _ = select(layer, form, city, filters, order=False)
             total += conn.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
-    job = ExportJob(id=secrets.token_urlsafe(16), owner=owner, total=total, media=FORMATS[fmt]["media"],
-                    tmp=tempfile.mkdtemp(prefix="citygrid-job-"))
-
-    def run() -> None:
-        try:
-            with engine.begin() as conn:
-                path, filename, _ = export_layers(conn, city, layers, fmt, crs, filters, Path(job.tmp),
-                                                  bundle_name=bundle_name, progress=job.progress)
-            job.path, job.filename, job.status = path, filename, "done"
-        except Exception as e:  # reported to the client by the job's status
-            job.status, job.error = "failed", f"{type(e).__name__}: {str(e)[:300]}"
-
-    with _jobs_lock:
-        _jobs[job.id] = job
-    threading.Thread(target=run, name=f"citygrid-export-{job.id[:6]}", daemon=True).start()
+    job_id = secrets.token_urlsafe(16)
+    conn = engine.connect()
+    try:
+        conn.execute(text("SELECT pg_advisory_lock(:c, hashtext(:id))"), {"c": LOCK_CLASS, "id": job_id})
+        row = conn.execute(text(f"""
+            INSERT INTO export_job (id, owner_id, city_id, layers, format, crs, request, total, media)
+            VALUES (:id, :owner, :city, :layers, :fmt, :crs, CAST(:req AS jsonb), :total, :media)
+            RETURNING {_COLS}"""), {"id": job_id, "owner": owner, "city": city.id, "layers": [la.name for la, _ in layers],
+                                    "fmt": fmt, "crs": crs, "req": json.dumps(request or {}, default=str),
+                                    "total": total, "media": FORMATS[fmt]["media"]}).one()
+        conn.commit()
+        job = _row_to_job(row)
+        threading.Thread(target=_run_job, args=(engine, conn, job, city, layers, fmt, crs, filters, bundle_name),
+                         name=f"citygrid-export-{job_id[:6]}", daemon=True).start()
+    except BaseException:
+        _release(conn, job_id)
+        raise
     return job
 
 
-def get_job(job_id: str, owner: int | None) -> ExportJob:
+def _release(conn: Connection, job_id: str) -> None:
+    try:
+        conn.rollback()
+        conn.execute(text("SELECT pg_advisory_unlock(:c, hashtext(:id))"), {"c": LOCK_CLASS, "id": job_id})
+        conn.commit()
+    except Exception:  # the connection is broken: closing it releases the lock anyway
+        conn.invalidate()
+    finally:
+        conn.close()
+
+
+def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, fmt, crs, filters, bundle_name) -> None:
+    part = jobs_dir() / f"{job.id}.part"
+    last = [0.0]
+
+    def on_rows(rows: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            with engine.begin() as c:
+                c.execute(text("UPDATE export_job SET rows = :r, updated_at = now() WHERE id = :id"),
+                          {"r": rows, "id": job.id})
+
+    try:
+        part.mkdir(parents=True, exist_ok=True)
+        progress: dict = {"rows": 0}
+        with conn.begin():
+            path, filename, _ = export_layers(conn, city, layers, fmt, crs, filters, part, bundle_name=bundle_name,
+                                              progress=progress, on_rows=on_rows)
+        final = jobs_dir() / job.id
+        final.mkdir(parents=True, exist_ok=True)
+        path.replace(final / filename)  # the finished file only, moved in one step
+        shutil.rmtree(part, ignore_errors=True)
+        size = (final / filename).stat().st_size
+        conn.execute(text("""
+            UPDATE export_job SET status = 'done', rows = :r, filename = :f, bytes = :b, finished_at = now(),
+                   updated_at = now() WHERE id = :id"""), {"r": progress["rows"], "f": filename, "b": size, "id": job.id})
+        conn.commit()
+    except Exception as e:  # reported to the client by the job's status
+        try:
+            conn.rollback()
+            conn.execute(text("""
+                UPDATE export_job SET status = 'failed', error = :e, finished_at = now(), updated_at = now()
+                WHERE id = :id AND status = 'running'"""), {"e": f"{type(e).__name__}: {str(e)[:300]}", "id": job.id})
+            conn.commit()
+        except Exception:  # the database is gone: the lock goes with the connection, start-up marks it failed
+            pass
+        _remove_files(job.id)
+    finally:
+        _release(conn, job.id)
+
+
+def get_job(conn: Connection, job_id: str, owner: int | None) -> ExportJob:
+    """The job as the caller may see it (someone else's is not found); a running job whose worker is gone
+    is marked failed first; an expired one is removed."""
     from layers.errors import NotFound
 
-    job = _jobs.get(str(job_id))
-    if job is None or (job.owner is not None and job.owner != owner):
-        raise NotFound(f"no export job '{str(job_id)[:40]}' (jobs are kept for {JOB_TTL / 3600:g} h)")
+    job_id = str(job_id)
+    ttl = export_settings().job_ttl_hours
+    missing = NotFound(f"no export job '{job_id[:40]}' (finished jobs are kept for {ttl:g} h)")
+    r = conn.execute(text(f"SELECT {_COLS} FROM export_job WHERE id = :id"), {"id": job_id}).first()
+    if r is None:
+        raise missing
+    job = _row_to_job(r)
+    if job.owner is not None and job.owner != owner:
+        raise missing
+    # changes are committed on their own (the request's transaction is rolled back when it answers 4xx)
+    if job.status == "running" and _fail_orphans(conn.engine, job_id):
+        job = _row_to_job(conn.execute(text(f"SELECT {_COLS} FROM export_job WHERE id = :id"), {"id": job_id}).one())
+    if job.status != "running" and job.expires_at is not None and job.expires_at <= _now(conn):
+        expire_jobs(conn.engine, ttl)
+        raise missing
     return job
+
+
+def _now(conn: Connection) -> dt.datetime:
+    return conn.execute(text("SELECT now()")).scalar_one()

@@ -7,8 +7,10 @@ only the layer's public form (no personal data).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
@@ -28,7 +30,23 @@ from layers import users as lusers
 from layers.city import CityInfo
 from layers.errors import InputError, NotFound
 
-router = APIRouter(prefix="/api/v1", tags=["layers 图层 / OGC API"])
+log = logging.getLogger("citygrid")
+
+
+@asynccontextmanager
+async def _lifespan(app):
+    """At start-up: background exports whose worker died with the previous process are marked failed, and
+    expired ones removed (runs inside the app's lifespan, which made the engine)."""
+    try:
+        done = await run_in_threadpool(lexp.recover_jobs, app.state.engine)
+        if done["failed"] or done["expired"]:
+            log.info("export jobs: %(failed)d interrupted marked failed, %(expired)d expired removed", done)
+    except Exception as e:  # the database may be down at start-up: jobs are checked again when read
+        log.warning("export jobs not recovered at start-up: %s", e)
+    yield
+
+
+router = APIRouter(prefix="/api/v1", tags=["layers 图层 / OGC API"], lifespan=_lifespan)
 
 CRS_HELP = "EPSG:4326, EPSG:4490, the working CRS (e.g. EPSG:4549), GCJ-02 or BD-09"
 
@@ -140,25 +158,35 @@ def start_export_job(request: Request, name: str = Path(..., max_length=60),
     form = _form(layer, user)
     filters = lcat.build_filters(city, bbox=bbox, bbox_crs=bbox_crs, since=since, until=until,
                                  class_code=class_code, area=area)
+    asked = {"bbox": bbox, "bbox_crs": bbox_crs, "since": since, "until": until, "class": class_code, "area": area}
     job = lexp.start_job(request.app.state.engine, city, [(layer, form)], format, crs, filters,
-                         owner=user.id if user else None)
+                         owner=user.id if user else None, request={k: v for k, v in asked.items() if v is not None})
+    return _job_doc(job)
+
+
+def _job_doc(job: lexp.ExportJob) -> dict:
     return {**job.describe(), "status_url": f"/api/v1/export-jobs/{job.id}",
             "file_url": f"/api/v1/export-jobs/{job.id}/file"}
 
 
 @router.get("/export-jobs/{job_id}", summary="后台导出进度 A background export's progress")
-def export_job(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), user=Depends(caller)):
-    return lexp.get_job(job_id, user.id if user else None).describe()
+def export_job(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), user=Depends(caller),
+               conn: Connection = Depends(get_conn, scope="function")):
+    return _job_doc(lexp.get_job(conn, job_id, user.id if user else None))
 
 
 @router.get("/export-jobs/{job_id}/file", summary="下载后台导出 Download a finished background export",
             response_class=FileResponse)
-def export_job_file(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), user=Depends(caller)):
-    job = lexp.get_job(job_id, user.id if user else None)
+def export_job_file(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), user=Depends(caller),
+                    conn: Connection = Depends(get_conn, scope="function")):
+    job = lexp.get_job(conn, job_id, user.id if user else None)
     if job.status != "done":
         raise HTTPException(409, f"export job {job.id} is {job.status}"
                                  + (f": {job.error}" if job.error else f" ({job.describe()['percent']} %)"))
-    return FileResponse(job.path, media_type=job.media, filename=job.filename)
+    if job.path is None or not job.path.is_file():
+        raise HTTPException(410, f"export job {job.id}: its file is no longer on this server; "
+                                 "start the export again")
+    return FileResponse(job.path, media_type=job.media, filename=job.filename, headers={"Cache-Control": "no-store"})
 
 
 class _PublicNoConn(Allow):
