@@ -52,13 +52,18 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from api.deps import close_apool
         from citygrid.dbcluster import database_url as resolve_url
         from layers.db import make_engine
+        from layers.intake import PlaceCache
 
-        app.state.engine = make_engine(database_url or resolve_url())
+        app.state.database_url = database_url or resolve_url()
+        app.state.engine = make_engine(app.state.database_url)
+        app.state.places = PlaceCache(app.state.engine)
         try:
             yield
         finally:
+            await close_apool(app)
             app.state.engine.dispose()
 
     app = FastAPI(

@@ -7,6 +7,7 @@ matrix test reads these declarations from the routes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from fastapi import Depends, Header, HTTPException, Query, Request
 from sqlalchemy import Connection
@@ -51,6 +52,11 @@ class Allow:
                  authorization: str | None = Header(None, include_in_schema=False)) -> lusers.User | None:
         if self.public:
             return None
+        return self.admit(lusers.user_for_token(conn, self.bearer(authorization)))
+
+    @staticmethod
+    def bearer(authorization: str | None) -> str:
+        """The token of an ``Authorization: Bearer …`` header; 401 without one."""
         if not authorization:
             raise HTTPException(401, "未登录 authentication required: send 'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -58,15 +64,82 @@ class Allow:
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "the Authorization header must be 'Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        user = lusers.user_for_token(conn, token.strip())
+        return token.strip()
+
+    def admit(self, user: lusers.User | None) -> lusers.User:
+        """``user`` (of a token), or 401 when there is none, 403 when its role is not allowed."""
         if user is None:
-            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        if user.role not in self.roles:
-            raise HTTPException(403, f"无权限 role '{user.role}' may not do this; allowed: "
-                                     f"{', '.join(sorted(self.roles))}")
+            raise self.unknown_token()
+        self.check_role(user.role)
         return user
+
+    @staticmethod
+    def unknown_token() -> HTTPException:
+        return HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+
+    def check_role(self, role: str) -> None:
+        if role not in self.roles:
+            raise HTTPException(403, f"无权限 role '{role}' may not do this; allowed: {', '.join(sorted(self.roles))}")
+
+
+@dataclass(frozen=True)
+class TokenClaim:
+    """A bearer token not yet checked, and the gate it must pass (see :class:`DeferredAllow`)."""
+
+    gate: Allow
+    token: str
+
+    @property
+    def token_hash(self) -> str:
+        return lusers.hash_token(self.token)
+
+    async def verify(self, pool) -> None:
+        """Check the token now, in a query of its own (asyncpg ``pool``): 401 / 403 as :class:`Allow`."""
+        row = await pool.fetchrow("SELECT role FROM app_user WHERE token_hash = $1 AND active", self.token_hash)
+        if row is None:
+            raise self.gate.unknown_token()
+        self.gate.check_role(row["role"])
+
+
+class DeferredAllow(Allow):
+    """The same gate for an endpoint that checks the token in its own single database round trip
+    (the fast intake): here only the header is read (401 without a bearer token); the endpoint gets
+    a :class:`TokenClaim` and must verify it — in its write, or with :meth:`TokenClaim.verify` before
+    it answers anything else (a bad request from an unknown token is still a 401)."""
+
+    def __call__(self, authorization: str | None = Header(None, include_in_schema=False)) -> TokenClaim:
+        return TokenClaim(self, self.bearer(authorization))
 
 
 PUBLIC = Allow(public=True)
 STAFF = Allow(*ROLES)
 ADMIN = Allow("admin")
+
+
+async def get_apool(request: Request):
+    """The asyncpg pool of this event loop (made on first use: a server whose database is down still
+    starts, and an app served by two loops — a test client beside a live server — gets one each)."""
+    import asyncio
+
+    from layers.db import create_async_pool
+
+    state = request.app.state
+    loop = asyncio.get_running_loop()
+    if not hasattr(state, "apools"):
+        state.apools, state.apool_locks = {}, {}
+    pool = state.apools.get(loop)
+    if pool is None:
+        async with state.apool_locks.setdefault(loop, asyncio.Lock()):
+            pool = state.apools.get(loop)
+            if pool is None:
+                pool = state.apools[loop] = await create_async_pool(state.database_url)
+    return pool
+
+
+async def close_apool(app) -> None:
+    """Close the pool of the running loop, if one was made (the app's lifespan ends)."""
+    import asyncio
+
+    pool = getattr(app.state, "apools", {}).pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()

@@ -49,6 +49,9 @@ class DatabaseSettings(BaseSettings):
     pool_size: int = 10
     max_overflow: int = 35
     statement_timeout_ms: int = 120_000
+    #: Connections of the asynchronous pool (asyncpg) behind the fast intake of reports.
+    async_pool_min: int = 2
+    async_pool_max: int = 10
 
 
 class ApiSettings(BaseSettings):

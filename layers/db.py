@@ -31,6 +31,40 @@ def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
     return engine
 
 
+def asyncpg_dsn(url: str) -> str:
+    """The libpq-style DSN asyncpg wants, from a SQLAlchemy URL (``postgresql+psycopg://…``, with a
+    socket directory in ``?host=`` for the own cluster)."""
+    from urllib.parse import quote
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    host = u.query.get("host") or u.host or "localhost"
+    port = u.query.get("port") or u.port or 5432
+    auth = quote(u.username or "", safe="") + (":" + quote(u.password, safe="") if u.password else "")
+    return f"postgresql://{auth}@/{quote(u.database or '', safe='')}?host={quote(str(host), safe='/')}&port={port}"
+
+
+async def create_async_pool(url: str):
+    """An asyncpg pool for the paths that must not wait for a thread (the intake of reports): JSON and
+    JSONB come and go as Python objects; the session settings are those of :func:`make_engine`."""
+    import json
+
+    import asyncpg
+
+    cfg = settings.database()
+
+    async def init(conn):
+        for typ in ("json", "jsonb"):
+            await conn.set_type_codec(typ, encoder=lambda v: json.dumps(v, ensure_ascii=False), decoder=json.loads,
+                                      schema="pg_catalog")
+
+    return await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=cfg.async_pool_min, max_size=cfg.async_pool_max, init=init,
+        server_settings={"application_name": "citygrid", "TimeZone": "UTC",
+                         "statement_timeout": str(cfg.statement_timeout_ms)})
+
+
 def alembic_config(url: str | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
