@@ -1,5 +1,6 @@
 // The inspector's page: photos + browser location + category → POST /api/v1/reports, through an
-// IndexedDB outbox so that a report made offline is resent later with the same Idempotency-Key.
+// IndexedDB outbox so that a report made offline is resent later with the same Idempotency-Key;
+// the worklist on a map, and the 核查 panel of a case waiting for the on-site check (online only).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,6 +17,7 @@ function applyLang() {
   $("lang").textContent = state.lang === "zh" ? "EN" : "中文";
   fillCategories();
   showFix();
+  renderVerify();
 }
 $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("citygrid_lang", state.lang); applyLang(); };
 
@@ -53,7 +55,11 @@ function showFix() {
 function watchLocation() {
   if (!navigator.geolocation) { $("loc").textContent = t("浏览器不支持定位", "no geolocation"); return; }
   navigator.geolocation.watchPosition(
-    (p) => { state.fix = { lon: p.coords.longitude, lat: p.coords.latitude, accuracy: p.coords.accuracy, at: p.timestamp }; showFix(); },
+    (p) => {
+      state.fix = { lon: p.coords.longitude, lat: p.coords.latitude, accuracy: p.coords.accuracy, at: p.timestamp };
+      showFix();
+      if (vstate.id && vstate.task) { showDistance(); verifyMap(); }
+    },
     (e) => { $("loc").textContent = t("无法定位", "no location") + ` (${e.message}); ` + t("将使用照片 EXIF", "photo EXIF will be used"); },
     { enableHighAccuracy: true, maximumAge: 10000, timeout: 30000 });
 }
@@ -247,11 +253,286 @@ async function loadWorklist() {
     }
     const li = document.createElement("li");
     if (c.overdue) li.className = "overdue";
-    li.textContent = `${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}`;
+    li.dataset.case = c.id;
+    if (c.state === "verifying") {  // 核查: the department reports it fixed; check it on site
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "verify-btn";
+      b.dataset.case = c.id;
+      b.textContent = t("核查", "Check");
+      b.onclick = () => openVerify(c.id);
+      li.appendChild(b);
+    }
+    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}`));
     $("cases").appendChild(li);
   }
   if (bounds.length) map.fitBounds(bounds.reduce((a, b) => a.extend(b)), { maxZoom: 16 });
 }
+
+// ---- 核查: the on-site check of a case the department reports fixed ------------------------------
+// POST /api/v1/cases/{id}/verify (multipart, Idempotency-Key). A check needs a connection: it is not
+// put in the outbox (the case may have moved on meanwhile); a request whose answer was lost is sent
+// again with the same key and gets the first answer.
+const vstate = { id: null, task: null, result: null, photos: [], keys: {}, sending: false, error: null, map: null, layer: null };
+const FAR_M_DEFAULT = 100;
+const FLAGS = {
+  far_from_case: ["离案件过远", "far from the case"], exif_far_from_case: ["照片 EXIF 位置远离案件", "photo EXIF far from the case"],
+  no_position: ["无定位", "no position"], accuracy_unknown: ["精度未知", "accuracy unknown"],
+  accuracy_over_gate: ["定位精度不足", "accuracy above the gate"], case_not_located: ["案件无位置", "the case has no location"],
+};
+function flagText(f) { return FLAGS[f] ? t(FLAGS[f][0], FLAGS[f][1]) + ` (${f})` : f; }
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+function distanceM(lon1, lat1, lon2, lat2) {
+  const r = Math.PI / 180, a = Math.sin((lat2 - lat1) * r / 2) ** 2 +
+    Math.cos(lat1 * r) * Math.cos(lat2 * r) * Math.sin((lon2 - lon1) * r / 2) ** 2;
+  return 2 * 6371008.8 * Math.asin(Math.sqrt(Math.min(1, a)));
+}
+function newVerifyKeys() { vstate.keys = { ok: newKey(), fail: newKey() }; }
+function apiDetail(j, status) {
+  if (j && typeof j.detail === "string") return j.detail;
+  if (j && j.detail) return JSON.stringify(j.detail);
+  return `HTTP ${status}`;
+}
+async function authImage(url, alt) {  // photos need the bearer token: fetched, shown as a blob
+  const img = el("img");
+  img.alt = alt || "";
+  try {
+    const r = await fetch(url, { headers: authHeaders() });
+    if (r.ok) img.src = URL.createObjectURL(await r.blob());
+  } catch (e) { /* offline: no picture */ }
+  return img;
+}
+
+async function openVerify(id) {
+  Object.assign(vstate, { id, task: null, result: null, photos: [], error: null });
+  newVerifyKeys();
+  $("vphotos").value = ""; $("vpreviews").innerHTML = ""; $("vnote").value = "";
+  $("worklist").hidden = true;
+  $("verify").hidden = false;
+  renderVerify();
+  try {
+    const r = await fetch(`/api/v1/cases/${id}/verify`, { headers: authHeaders() });
+    const j = await r.json().catch(() => null);
+    if (!r.ok) vstate.error = apiDetail(j, r.status);
+    else vstate.task = j;
+  } catch (e) {
+    vstate.error = t("离线: 无法读取案件, 核查需联网", "Offline: cannot load the case; a check needs a connection");
+  }
+  renderVerify();
+}
+function closeVerify() {
+  $("verify").hidden = true;
+  $("worklist").hidden = false;
+  vstate.id = null;
+  loadWorklist();
+}
+$("vback").onclick = closeVerify;
+
+let pageConfig = null;
+async function verifyBase(task) {  // the base map (when configured) and the case's unit cell
+  try {
+    if (!pageConfig) pageConfig = await (await fetch("/api/v1/config")).json();
+    if (pageConfig.basemap_url && !vstate.base) {
+      vstate.base = L.tileLayer(pageConfig.basemap_url, { attribution: pageConfig.basemap_attribution }).addTo(vstate.map);
+    }
+  } catch (e) { /* no base map */ }
+  if (vstate.cell) { vstate.cell.remove(); vstate.cell = null; }
+  if (!task.case.cell_code) return;
+  try {
+    const r = await fetch(`/api/v1/cells/${task.case.cell_code}`, { headers: authHeaders() });
+    if (r.ok && vstate.task === task) {
+      vstate.cell = L.geoJSON(await r.json(), { style: { color: "#d35400", weight: 2, fillOpacity: 0.05 } })
+        .bindTooltip(t("单元网格", "unit cell") + ` ${task.case.cell_code}`).addTo(vstate.map);
+    }
+  } catch (e) { /* offline */ }
+}
+function verifyMap() {
+  const task = vstate.task;
+  if (!task || task.case.lat == null) return;
+  if (!vstate.map) {
+    vstate.map = L.map("vmap", { attributionControl: false }).setView([task.case.lat, task.case.lon], 17);
+    vstate.layer = L.layerGroup().addTo(vstate.map);
+  }
+  setTimeout(() => vstate.map.invalidateSize(), 50);
+  if (vstate.based !== task) { vstate.based = task; verifyBase(task); }
+  vstate.layer.clearLayers();
+  const c = [task.case.lat, task.case.lon];
+  L.circleMarker(c, { radius: 9, color: "#c0392b", weight: 3, fillOpacity: 0.5 })
+    .bindTooltip(t("案件位置", "the case"), { permanent: false }).addTo(vstate.layer);
+  const pts = [c];
+  const f = state.fix;
+  if (f) {
+    const me = [f.lat, f.lon];
+    L.circle(me, { radius: f.accuracy, color: "#0d5c8c", weight: 1, fillOpacity: 0.1 }).addTo(vstate.layer);
+    L.circleMarker(me, { radius: 6, color: "#0d5c8c", fillOpacity: 0.9 }).bindTooltip(t("我的位置", "you")).addTo(vstate.layer);
+    L.polyline([c, me], { color: "#6b7885", dashArray: "4 4", weight: 2 }).addTo(vstate.layer);
+    pts.push(me);
+  }
+  vstate.map.fitBounds(L.latLngBounds(pts), { maxZoom: 18, padding: [24, 24] });
+}
+
+function showDistance() {
+  const task = vstate.task, f = state.fix, box = $("vdist");
+  if (!task) { box.textContent = ""; return; }
+  if (task.case.lat == null) { box.className = "warn"; box.textContent = t("案件无位置", "the case has no location"); return; }
+  if (!f) { box.className = "warn"; box.textContent = t("无定位: 提交时将标记 no_position", "no fix: the check will be flagged no_position"); return; }
+  const d = Math.round(distanceM(f.lon, f.lat, task.case.lon, task.case.lat));
+  const far = d > (task.far_m || FAR_M_DEFAULT) + (f.accuracy || 0);
+  box.className = far ? "warn" : "ok";
+  box.textContent = (state.lang === "zh" ? `距案件 ${d} m (精度 ±${Math.round(f.accuracy)} m)` : `${d} m from the case (±${Math.round(f.accuracy)} m)`) +
+    (far ? t(` · 超过 ${task.far_m || FAR_M_DEFAULT} m, 将标记 far_from_case`, ` · beyond ${task.far_m || FAR_M_DEFAULT} m: flagged far_from_case`) : " ✓");
+}
+
+function showOnline() {
+  const online = navigator.onLine;
+  $("voffline").hidden = online;
+  const done = !!vstate.result;
+  const can = vstate.task ? vstate.task.can_verify : { ok: false, fail: false };
+  $("vok").disabled = !online || done || vstate.sending || !can.ok;
+  $("vfail").disabled = !online || done || vstate.sending || !can.fail;
+}
+
+function renderVerify() {
+  if (!vstate.id) return;
+  const task = vstate.task;
+  const dl = $("vcase");
+  dl.innerHTML = "";
+  $("vcaseno").textContent = task ? task.case.case_no : "";
+  if (vstate.error && !task) { dl.appendChild(el("dd", vstate.error, "bad")); showOnline(); return; }
+  if (!task) { dl.appendChild(el("dd", t("加载中…", "Loading…"), "muted")); showOnline(); return; }
+  const c = task.case, fb = task.feedback;
+  const rows = [
+    ["category", t("类别", "Category"), `${c.category_name || ""} (${c.category_code})`],
+    ["address", t("地址", "Address"), c.address || "—"],
+    ["description", t("描述", "Description"), c.description || "—"],
+    ["department", t("处置部门", "Department"), c.department_name || c.department_code || "—"],
+    ["feedback", t("部门反馈", "Department's feedback"), fb ? `${fb.note || "—"} · ${new Date(fb.at).toLocaleString()}` : "—"],
+    ["cell", t("网格", "Cell"), c.cell_code || "—"],
+    ["state", t("状态", "State"), c.state_label + (c.rework_count ? t(` · 已返工 ${c.rework_count} 次`, ` · reworked ${c.rework_count}×`) : "")],
+  ];
+  const LEVELS = { green: ["正常", "on time"], yellow: ["临期", "due soon"], red: ["超期", "overdue"] };
+  if (c.clock) {
+    const lv = LEVELS[c.clock.level] || [c.clock.level || "", c.clock.level || ""];
+    rows.push(["deadline", t("时限", "Deadline"), `${t(lv[0], lv[1])} · ${new Date(c.step_deadline_at).toLocaleString()}`]);
+  }
+  for (const [name, k, v] of rows) {
+    dl.appendChild(el("dt", k));
+    const dd = el("dd", v);
+    dd.dataset.field = name;
+    dl.appendChild(dd);
+  }
+  if (fb && fb.photos && fb.photos.length) {
+    dl.appendChild(el("dt", t("反馈照片", "Feedback photos")));
+    dl.appendChild(el("dd", fb.photos.join(", ")));
+  }
+  showDistance();
+  verifyMap();
+  showOnline();
+  renderResult();
+  renderHistory();
+}
+
+function resultText(r) {
+  const zh = r.result === "ok" ? "核查通过" : "核查不通过, 已返工";
+  const en = r.result === "ok" ? "Check passed" : "Check failed: sent back for rework";
+  return t(zh, en) + ` · ${r.case_no} → ${r.state_label}` +
+    (r.rework ? t(` (第 ${r.rework} 次返工)`, ` (rework ${r.rework})`) : "");
+}
+async function renderResult() {
+  const box = $("vresult");
+  box.innerHTML = "";
+  const r = vstate.result;
+  if (!r) return;
+  const card = el("div", null, "card");
+  card.appendChild(el("div", resultText(r), r.result === "ok" ? "ok" : "warn"));
+  if (r.distance_m != null) {
+    card.appendChild(el("div", state.lang === "zh" ? `距案件 ${r.distance_m} m from the case` : `${r.distance_m} m from the case`, "muted"));
+  }
+  if (r.flags && r.flags.length) card.appendChild(el("div", t("标记", "Flags") + ": " + r.flags.map(flagText).join("; "), "warn"));
+  if (r.note) card.appendChild(el("div", t("备注/原因", "Note") + ": " + r.note, "muted"));
+  card.appendChild(el("div", t("时间", "At") + ": " + new Date(r.verified_at).toLocaleString(), "muted"));
+  const pics = el("div", null, "previews");
+  card.appendChild(pics);
+  box.appendChild(card);
+  for (const p of r.photos) pics.appendChild(await authImage(p.thumb_url, `photo ${p.seq}`));
+}
+function renderHistory() {
+  const box = $("vhistory");
+  box.innerHTML = "";
+  const list = (vstate.task && vstate.task.verifications) || [];
+  if (!list.length) return;
+  box.appendChild(el("h2", t("以往核查", "Earlier checks")));
+  for (const v of list) {
+    box.appendChild(el("div", `${new Date(v.verified_at).toLocaleString()} · ${v.result === "ok" ? t("通过", "passed") : t("不通过", "failed")}` +
+      (v.note ? ` · ${v.note}` : ""), "card muted"));
+  }
+}
+
+$("vphotos").onchange = (e) => {
+  vstate.photos = Array.from(e.target.files).slice(0, 9);
+  newVerifyKeys();  // a different request: a new key
+  $("vpreviews").innerHTML = "";
+  for (const f of vstate.photos) {
+    const img = el("img");
+    img.src = URL.createObjectURL(f);
+    img.alt = f.name;
+    $("vpreviews").appendChild(img);
+  }
+};
+$("vnote").oninput = newVerifyKeys;
+
+function vshow(cls, msg) { $("vstatus").className = cls; $("vstatus").textContent = msg; }
+
+async function sendVerify(result) {
+  if (vstate.sending || !vstate.id) return;
+  if (!navigator.onLine) { vshow("warn", t("离线: 核查需联网, 联网后再提交", "Offline: a check needs a connection; submit when online")); return; }
+  if (!vstate.photos.length) { vshow("bad", t("请至少拍一张现场照片", "take at least one photo of the site")); return; }
+  const note = $("vnote").value.trim();
+  if (result === "fail" && !note) { vshow("bad", t("不通过 (返工) 必须填写原因", "a failed check needs a reason")); $("vnote").focus(); return; }
+  const fd = new FormData();
+  fd.append("result", result);
+  if (note) fd.append("note", note);
+  const f = state.fix;
+  if (f) { fd.append("lon", f.lon); fd.append("lat", f.lat); fd.append("accuracy", f.accuracy); fd.append("crs", "EPSG:4326"); }
+  vstate.photos.forEach((p, i) => fd.append("photos", p, p.name || `photo${i}.jpg`));
+  vstate.sending = true;
+  showOnline();
+  vshow("muted", t("提交中…", "Sending…"));
+  try {
+    let r;
+    try {
+      r = await fetch(`/api/v1/cases/${vstate.id}/verify`, { method: "POST", body: fd,
+        headers: { ...authHeaders(), "Idempotency-Key": vstate.keys[result] } });
+    } catch (e) {
+      vshow("warn", t("网络不可用, 未确认提交: 联网后再点一次 (同一幂等键, 不会重复)",
+                      "No network, not confirmed: press again when online (same Idempotency-Key: never twice)"));
+      return;
+    }
+    const j = await r.json().catch(() => null);
+    if (r.status === 200 || r.status === 201) {
+      vstate.result = j;
+      if (vstate.task) Object.assign(vstate.task.case, { state: j.state, state_label: j.state_label });
+      vshow(j.result === "ok" ? "ok" : "warn", t("已提交", "Submitted") + ` · ${j.case_no}` +
+        (r.status === 200 ? t(" (重发: 首次结果)", " (resent: the first result)") : ""));
+      renderVerify();
+    } else {
+      vshow("bad", t("被拒绝", "Refused") + ` (HTTP ${r.status}): ${apiDetail(j, r.status)}`);
+    }
+  } finally {
+    vstate.sending = false;
+    showOnline();
+  }
+}
+$("vok").onclick = () => sendVerify("ok");
+$("vfail").onclick = () => sendVerify("fail");
+window.addEventListener("online", showOnline);
+window.addEventListener("offline", showOnline);
 
 // ---- start ----------------------------------------------------------------------------------
 function init() {
