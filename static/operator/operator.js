@@ -470,7 +470,9 @@
     const canRecord = has(INTAKE);
     document.querySelector('#tabs [data-tab="record"]').hidden = !canRecord;
     document.querySelector('#tabs [data-tab="queue"]').hidden = !has(DISPATCHERS);
-    loadMapBase().catch((e) => showError("地图 map: " + e.message));
+    // The map is placed before the page says it is ready: a click made after would otherwise land
+    // on a map that jumps to the city when its outline arrives.
+    await loadMapBase().catch((e) => showError("地图 map: " + e.message));
     if (has(DISPATCHERS)) loadQueue().catch(() => {});
     showTab(canRecord ? "record" : "list");
     const open = +(qs.get("case") || 0);
