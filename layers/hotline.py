@@ -16,10 +16,13 @@ is then matched against the gazetteer, and what stays unlocated waits in the "ne
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import io
 import json
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +85,7 @@ class ImportReport:
     skipped_refs: list = field(default_factory=list)
     seconds: float = 0.0
     stages: dict = field(default_factory=dict)  # seconds per stage
+    pipeline: dict = field(default_factory=dict)  # the write: rounds, build and COPY seconds (overlapped)
     dry_run: bool = False
 
     def as_dict(self) -> dict:
@@ -203,17 +207,38 @@ def resolve_columns(df: pd.DataFrame, mapping: dict) -> dict[str, str]:
     return cols
 
 
-def parse_times(values: pd.Series, tz: str) -> pd.Series:
-    """Many formats (ISO, 'YYYY/MM/DD HH:MM', US 'MM/DD/YYYY hh:mm:ss AM', 2020年1月1日 8时) → UTC."""
-    s = values.astype(str).str.strip()
+def _parse_any_times(s: pd.Series) -> pd.Series:
     s = s.str.replace(r"(\d+)年(\d+)月(\d+)日", r"\1-\2-\3 ", regex=True)
     s = s.str.replace(r"(\d+)时(\d+)分(?:(\d+)秒)?", lambda m: f"{m[1]}:{m[2]}:{m[3] or '00'}", regex=True)
     s = s.str.replace(r"(\d+)时$", r"\1:00", regex=True)
     s = s.where(s != "", None)
-    out = pd.to_datetime(s, errors="coerce", format="mixed")
+    return pd.to_datetime(s, errors="coerce", format="mixed")
+
+
+def _utc(out: pd.Series, tz: str) -> pd.Series:
     if out.dt.tz is None:
         out = out.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     return out.dt.tz_convert("UTC")
+
+
+def parse_times(values: pd.Series, tz: str) -> pd.Series:
+    """Many formats (ISO, 'YYYY/MM/DD HH:MM', US 'MM/DD/YYYY hh:mm:ss AM', 2020年1月1日 8时) → UTC.
+
+    The common 'YYYY-MM-DD HH:MM:SS' is read in one pass; only the values it does not read go
+    through the slow reader of every format (a value is read the same by both)."""
+    s = values.astype(str).str.strip()
+    fast = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    rest = (fast.isna() & (s != "")).to_numpy()
+    if not rest.any():
+        return _utc(fast, tz)
+    if not rest.all():
+        other = _parse_any_times(s[rest])
+        if other.dt.tz is None:
+            out = fast.astype("datetime64[us]")
+            out[rest] = other.astype("datetime64[us]").to_numpy()
+            return _utc(out, tz)
+    # Zoned values (or nothing the fast reader knows): the whole column through the slow reader.
+    return _utc(_parse_any_times(s), tz)
 
 
 def sentinel_points(x: np.ndarray, y: np.ndarray, addresses: np.ndarray, *, min_rows: int = 5,
@@ -243,14 +268,28 @@ def sentinel_points(x: np.ndarray, y: np.ndarray, addresses: np.ndarray, *, min_
 
 # -- the import ----------------------------------------------------------------------------------
 
-def _map_values(raw: pd.Series, table: dict, default=None) -> pd.Series:
+def _per_value(values, fn) -> np.ndarray:
+    """``fn`` applied once per distinct value of a column (an object array as long as the column):
+    columns have 10^5 rows but a handful of distinct classes, channels or states."""
+    codes, uniq = pd.factorize(pd.Series(np.asarray(values, dtype=object), dtype=object), use_na_sentinel=False)
+    out = np.empty(len(uniq), dtype=object)
+    for i, v in enumerate(uniq):
+        out[i] = fn(v)
+    return out[codes]
+
+
+def _isin(values, allowed) -> np.ndarray:
+    return pd.Series(np.asarray(values, dtype=object), dtype=object).isin(list(allowed)).to_numpy()
+
+
+def _map_values(raw: pd.Series, table: dict, default=None) -> np.ndarray:
     """Map a column's values through a table (exact, then case-insensitive); unmapped keep their value."""
     lower = {str(k).strip().lower(): v for k, v in table.items()}
-    s = raw.astype(str).str.strip()
+    s = raw.astype(str).str.strip().to_numpy(dtype=object)
     fallback = table.get("*")
-    out = s.map(lambda v: table.get(v, lower.get(v.lower(), fallback if fallback is not None and v else v)))
+    out = _per_value(s, lambda v: table.get(v, lower.get(v.lower(), fallback if fallback is not None and v else v)))
     if default is not None:
-        out = out.where(s != "", default)
+        out = np.where(s != "", out, default).astype(object)
     return out
 
 
@@ -259,31 +298,102 @@ def _ts(seconds: np.ndarray) -> np.ndarray:
     seconds = np.asarray(seconds, dtype=np.float64)
     ok = np.isfinite(seconds)
     us = np.where(ok, np.round(seconds * 1e6), 0).astype("int64").astype("datetime64[us]")
-    return np.where(ok, np.char.add(np.datetime_as_string(us, unit="us"), "Z"), "")
+    return np.where(ok, np.char.add(np.datetime_as_string(us, unit="us"), "Z"), "").astype(object)
 
 
-COPY_CHUNK = 5_000
+def _nullable(values, present: np.ndarray) -> np.ndarray:
+    """Python objects (int, float, str) where ``present``, None (NULL) elsewhere."""
+    out = np.asarray(values).astype(object)
+    out[~np.asarray(present, dtype=bool)] = None
+    return out
 
 
-def _copy_frame(conn: Connection, table: str, frame: pd.DataFrame) -> None:
-    """COPY a frame (CSV format: empty unquoted fields are NULL)."""
-    if len(frame) == 0:
-        return
-    raw = conn.connection.driver_connection
-    t0 = time.perf_counter()
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)") as cp:
-        # Stream in chunks: the server parses and inserts one chunk while the next is formatted here.
-        for start in range(0, len(frame), COPY_CHUNK):
-            buf = io.StringIO()
-            frame.iloc[start:start + COPY_CHUNK].to_csv(buf, header=False, index=False, na_rep="")
-            cp.write(buf.getvalue())
-    if TIMING:
-        print(f"COPY {table}: {len(frame)} rows in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+def _csv(columns: list) -> bytes:
+    """Rows given as columns, in PostgreSQL's CSV form: None and '' (unquoted) are NULL, and every
+    field holding a comma, a quote, CR or LF is quoted (CRLF ends a row, so both are quoted)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerows(zip(*columns, strict=True))
+    return buf.getvalue().encode()
+
+
+#: Cases per round of the write: the rounds are pipelined (see :class:`_Pipeline`), so a round should
+#: be small enough that the first one starts the server early, large enough that its COPY statements
+#: (and the rollup trigger, once per statement) cost little each.
+COPY_CHUNK = 10_000
+CASE_COLUMNS = ("id", "city_id", "case_no", "source", "channel", "source_ref", "received_at", "category_code",
+                "category_name", "request_type", "urgency", "title", "description", "address", "location",
+                "location_source", "location_confidence", "cell_id", "cell_code", "area_code", "state",
+                "step_deadline_at", "close_deadline_at", "closed_at", "updated_at")
+EVENT_COLUMNS = ("case_id", "at", "kind", "actor_id", "actor_role", "from_state", "to_state", "data")
+CONTACT_COLUMNS = ("case_id", "name", "phone")
+
+
+class _Pipeline:
+    """The COPY rounds, written by a thread of their own on the caller's connection (so in the caller's
+    transaction): while the server inserts round k, the caller's thread builds round k+1. psycopg
+    releases the GIL while it waits on the server, so the two overlap on two cores.
+
+    The caller's thread must not use the connection between the first :meth:`put` and :meth:`close`.
+    An error of the writer (a constraint the server enforces) is raised in the caller's thread, at the
+    next :meth:`put` or at :meth:`close`; the transaction is then aborted, so nothing of the file stays.
+    """
+
+    def __init__(self, conn: Connection):
+        self._raw = conn.connection.driver_connection
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self.seconds: dict[str, float] = {}
+        self.rows: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._run, name="citygrid-import-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (job := self._queue.get()) is not None:
+                for table, columns, rows, payload in job:
+                    t0 = time.perf_counter()
+                    self._copy(table, columns, payload)
+                    self.seconds[table] = self.seconds.get(table, 0.0) + time.perf_counter() - t0
+                    self.rows[table] = self.rows.get(table, 0) + rows
+        except BaseException as e:  # noqa: BLE001 - handed over to the caller's thread
+            self._error = e
+            while self._queue.get() is not None:  # keep put() from blocking on a full queue
+                pass
+
+    def _copy(self, table: str, columns, payload: bytes) -> None:
+        import psycopg
+
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+        try:
+            with self._raw.cursor() as cur, cur.copy(sql) as cp:
+                cp.write(payload)
+        except psycopg.Error as e:
+            if table != "case_contact":
+                raise
+            # The server's message quotes the failing line: names and phones stay out of errors and logs.
+            diag = e.diag
+            raise RuntimeError(f"writing the contacts failed: {diag.sqlstate or ''} {diag.message_primary or ''} "
+                               f"{diag.message_detail or ''}".strip()) from None
+
+    def put(self, job: list) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(job)
+
+    def close(self) -> None:
+        """Wait until every round is written; raise what the writer met."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=None, dry_run: bool = False,
-                 progress: bool = True, source: str | None = None, max_errors: int = 100_000) -> ImportReport:
-    """Import a file of cases into ``city``; returns the report (every row accounted for)."""
+                 progress: bool = True, source: str | None = None, max_errors: int = 100_000,
+                 chunk: int | None = None) -> ImportReport:
+    """Import a file of cases into ``city``; returns the report (every row accounted for).
+
+    ``chunk``: cases per pipelined write round (default :data:`COPY_CHUNK`)."""
     t0 = time.perf_counter()
     m = load_mapping(mapping)
     src_kind = source or m.get("source", "hotline")
@@ -293,7 +403,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=4 if dry_run else 7, desc="import", unit="step", file=sys.stderr)
+        bar = tqdm(total=4 if dry_run else 5, desc="import", unit="step", file=sys.stderr)
 
     last = [time.perf_counter()]
 
@@ -314,27 +424,37 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     cols = resolve_columns(df, m)
     defaults = m.get("defaults") or {}
     values = m.get("values") or {}
+    columns: dict[str, pd.Series] = {}
 
     def col(f: str) -> pd.Series:
-        if f in cols:
-            s = df[cols[f]].astype(str).str.strip()
-            if f in defaults:
-                s = s.where(s != "", str(defaults[f]))
-            return s
-        return pd.Series([str(defaults.get(f, ""))] * n, index=df.index)
+        if f not in columns:
+            if f in cols:
+                s = df[cols[f]].astype(str).str.strip()
+                if f in defaults:
+                    s = s.where(s != "", str(defaults[f]))
+            else:
+                s = pd.Series([str(defaults.get(f, ""))] * n, index=df.index)
+            columns[f] = s
+        return columns[f]
+
+    def colv(f: str) -> np.ndarray:
+        return col(f).to_numpy(dtype=object)
 
     reasons = np.full(n, None, dtype=object)
 
-    def reject(mask, why):
+    def reject(mask, why, of=None):
+        """The rows of ``mask`` without a reason yet get ``why``: a text, or a function of the row's
+        value in ``of`` (called for those rows only)."""
         mask = np.asarray(mask, dtype=bool) & (reasons == None)  # noqa: E711 - object array
-        if isinstance(why, str):
+        if of is None:
             reasons[mask] = why
         else:
-            reasons[mask] = np.asarray(why, dtype=object)[mask]
+            for i in np.flatnonzero(mask):
+                reasons[i] = why(of[i])
 
     tick("read")
     # Source case numbers: idempotency within the file and against the database.
-    refs = col("source_ref").to_numpy(dtype=object)
+    refs = colv("source_ref")
     has_ref = refs != ""
     dup_in_file = pd.Series(refs).where(has_ref).duplicated(keep="first").to_numpy() & has_ref
     reject(dup_in_file, "duplicate source case number in the file")
@@ -343,51 +463,45 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         existing = {r[0] for r in conn.execute(text(
             "SELECT source_ref FROM case_file WHERE city_id = :c AND source = :s AND source_ref = ANY(:refs)"),
             {"c": city.id, "s": src_kind, "refs": list({str(r)[:80] for r in refs[has_ref]})})}
-    skipped = np.array([r in existing for r in refs], dtype=bool) & (reasons == None)  # noqa: E711
-    too_long = np.array([len(str(r)) > 80 for r in refs])
+    skipped = (_isin(refs, existing) if existing else np.zeros(n, dtype=bool)) & (reasons == None)  # noqa: E711
+    too_long = col("source_ref").str.len().to_numpy() > 80
     reject(too_long, "source case number longer than 80 characters")
 
     # Times.
     tz = m.get("timezone") or lcal.calendar().timezone
-    raw_t = col("received_at")
-    recv = parse_times(raw_t, tz)
+    raw_t = colv("received_at")
+    recv = parse_times(col("received_at"), tz)
     bad_t = recv.isna().to_numpy()
-    reject(bad_t & (raw_t == "").to_numpy(), "no received time")
-    reject(bad_t, np.array([f"impossible or unreadable received time '{v[:40]}'" for v in raw_t], dtype=object))
+    reject(bad_t & (raw_t == ""), "no received time")
+    reject(bad_t, lambda v: f"impossible or unreadable received time '{v[:40]}'", raw_t)
     now = lcal.now()
     future = (recv > pd.Timestamp(now) + pd.Timedelta(days=1)).fillna(False).to_numpy()
     reject(future, "received time is in the future")
 
     # Classes, channels, request types, urgency, status.
-    cat_table = values.get("category", {})
-    cats = _map_values(col("category"), cat_table)
+    cats = _map_values(col("category"), values.get("category", {}))
     catalog = wf.catalog()
-    known = cats.isin(list(catalog)).to_numpy()
-    reject(~known, np.array([f"unknown category '{v[:60]}'" for v in cats], dtype=object))
+    reject(~_isin(cats, catalog), lambda v: f"unknown category '{v[:60]}'", cats)
     chan = _map_values(col("channel"), values.get("channel", {}), default=defaults.get("channel", "其他"))
-    bad_chan = ~chan.isin(list(CHANNELS)).to_numpy()
-    reject(bad_chan, np.array([f"unknown channel '{v[:40]}' (one of {', '.join(CHANNELS)})" for v in chan],
-                              dtype=object))
+    reject(~_isin(chan, CHANNELS), lambda v: f"unknown channel '{v[:40]}' (one of {', '.join(CHANNELS)})", chan)
     rtype = _map_values(col("request_type"), values.get("request_type", {}))
-    bad_rt = (rtype != "").to_numpy() & ~rtype.isin(list(REQUEST_TYPES)).to_numpy()
-    reject(bad_rt, np.array([f"unknown request type '{v[:20]}'" for v in rtype], dtype=object))
+    reject((rtype != "") & ~_isin(rtype, REQUEST_TYPES), lambda v: f"unknown request type '{v[:20]}'", rtype)
     urg = _map_values(col("urgency"), {**URGENCY_VALUES, **values.get("urgency", {})}, default="normal")
-    bad_urg = ~urg.isin(list(wf.URGENCIES)).to_numpy()
-    reject(bad_urg, np.array([f"unknown urgency '{v[:20]}'" for v in urg], dtype=object))
+    reject(~_isin(urg, wf.URGENCIES), lambda v: f"unknown urgency '{v[:20]}'", urg)
     # A class urgent by nature raises the urgency.
-    cls_urg = cats.map(lambda c: catalog.get(c, {}).get("urgency") or "normal")
+    cls_urg = _per_value(cats, lambda c: catalog.get(c, {}).get("urgency") or "normal")
     rank = {u: i for i, u in enumerate(wf.URGENCIES)}
-    urg = pd.Series(np.where(cls_urg.map(lambda u: rank.get(u, 0)).to_numpy() > urg.map(lambda u: rank.get(u, 0)).to_numpy(),
-                             cls_urg, urg), index=df.index)
+    raise_urg = (_per_value(cls_urg, lambda u: rank.get(u, 0)).astype(np.int64)
+                 > _per_value(urg, lambda u: rank.get(u, 0)).astype(np.int64))
+    urg = np.where(raise_urg, cls_urg, urg).astype(object)
     state = _map_values(col("status"), {**STATUS_VALUES, **values.get("status", {})}, default="collected")
-    bad_state = ~state.isin(["collected", "closed", "void"]).to_numpy()
-    reject(bad_state, np.array([f"unknown status '{v[:30]}'" for v in col("status")], dtype=object))
-    closed_raw = col("closed_at")
-    closed = parse_times(closed_raw, tz) if "closed_at" in cols else pd.Series(pd.NaT, index=df.index,
-                                                                              dtype="datetime64[ns, UTC]")
-    is_closed = (state == "closed").to_numpy()
-    bad_closed = is_closed & closed.isna().to_numpy() & (closed_raw != "").to_numpy()
-    reject(bad_closed, np.array([f"impossible or unreadable closed time '{v[:40]}'" for v in closed_raw], dtype=object))
+    reject(~_isin(state, ["collected", "closed", "void"]), lambda v: f"unknown status '{v[:30]}'", colv("status"))
+    closed_raw = colv("closed_at")
+    closed = parse_times(col("closed_at"), tz) if "closed_at" in cols else pd.Series(pd.NaT, index=df.index,
+                                                                                    dtype="datetime64[ns, UTC]")
+    is_closed = state == "closed"
+    bad_closed = is_closed & closed.isna().to_numpy() & (closed_raw != "")
+    reject(bad_closed, lambda v: f"impossible or unreadable closed time '{v[:40]}'", closed_raw)
     before = is_closed & (closed < recv).fillna(False).to_numpy()
     reject(before, "closed before it was received")
     tick("validate")
@@ -395,13 +509,13 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     # Locations: parse, drop sentinel points, transform, snap; else the gazetteer; else the queue.
     lon = pd.to_numeric(col("lon"), errors="coerce").to_numpy(dtype=np.float64, copy=True)
     lat = pd.to_numeric(col("lat"), errors="coerce").to_numpy(dtype=np.float64, copy=True)
-    given = (col("lon") != "").to_numpy() | (col("lat") != "").to_numpy()
+    given = (colv("lon") != "") | (colv("lat") != "")
     unreadable = given & ~(np.isfinite(lon) & np.isfinite(lat))
     reject(unreadable, "coordinates are not numbers")
     zero = (lon == 0) & (lat == 0)
     lon[zero | unreadable] = np.nan
     lat[zero | unreadable] = np.nan
-    addr = col("address").to_numpy(dtype=object)
+    addr = colv("address")
     sp = sentinel_points(lon, lat, addr.astype(str), known=[(p[1], p[0]) for p in m.get("sentinel_points", [])])
     if sp:
         hit = np.zeros(n, dtype=bool)
@@ -421,7 +535,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
             bad = gcrs.validate_lonlat(lon, lat)
             if bad is not None:
                 badm = has_pt & (bad != None)  # noqa: E711
-                reject(badm, np.array([f"invalid lon/lat: {b}" for b in bad], dtype=object))
+                reject(badm, lambda b: f"invalid lon/lat: {b}", bad)
                 has_pt &= ~badm
         wx[has_pt], wy[has_pt] = gcrs.transform_xy(lon[has_pt], lat[has_pt], srccrs, city.working_crs)
     grid = lgrid.snapper(conn, city)
@@ -467,24 +581,10 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    # Deadlines, vectorised by class limit; case numbers per local day; ids from the sequence.
+    # Case numbers per local day and ids from the sequence: the last use of the connection before the
+    # write, which the pipeline's thread then has to itself.
     cal = lcal.calendar()
     recv_s = (recv.to_numpy(dtype="datetime64[ns]")[sel].astype(np.int64) / 1e9)
-    st = state.to_numpy(dtype=object)[sel]
-    cat_s = cats.to_numpy(dtype=object)[sel]
-    urg_s = urg.to_numpy(dtype=object)[sel]
-    rt_s = rtype.to_numpy(dtype=object)[sel]
-    step_dl = np.full(len(sel), np.nan)
-    close_dl = np.full(len(sel), np.nan)
-    for u in wf.URGENCIES:
-        mk = (urg_s == u) & (st == "collected")
-        if mk.any():
-            step_dl[mk] = lcal.add_many(cal, recv_s[mk], *wf.step_limit("collected", "", u))
-    keys = pd.Series([f"{c}|{r}|{u}" for c, r, u in zip(cat_s, rt_s, urg_s, strict=True)])
-    for k, grp in keys.groupby(keys).groups.items():
-        c, r, u = k.split("|")
-        ii = np.asarray(grp)
-        close_dl[ii] = lcal.add_many(cal, recv_s[ii], *wf.close_limit(c, r or None, u))
     local_day = lcal._local_ordinals(recv_s, cal.tz)
     case_no = np.empty(len(sel), dtype=object)
     for d in np.unique(local_day):
@@ -494,61 +594,108 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
                                 {"n": len(sel)}).scalars().all(), dtype=np.int64)
     tick("number")
 
-    closed_s = closed.to_numpy(dtype="datetime64[ns]")[sel]
-    closed_s = np.where(np.isnat(closed_s), np.nan, closed_s.astype(np.int64) / 1e9)
-    found = idx[sel] >= 0
-    pts = shapely.points(wx[sel], wy[sel])
-    wkb = np.where(found, shapely.to_wkb(shapely.set_srid(pts, city.srid), hex=True, include_srid=True), "")
-    codes = pd.Series(np.where(found, grid.codes[np.maximum(idx[sel], 0)], ""))
-    is_coll = st == "collected"
-    is_clo = st == "closed"
-    recv_txt = _ts(recv_s)
-    close_txt = _ts(close_dl)
-    step_txt = np.where(is_coll, _ts(step_dl), "")
-    closed_txt = np.where(is_clo, _ts(closed_s), "")
-    cases = pd.DataFrame({
-        "id": ids, "city_id": city.id, "case_no": case_no, "source": src_kind,
-        "channel": chan.to_numpy(dtype=object)[sel], "source_ref": refs[sel], "received_at": recv_txt,
-        "category_code": cat_s, "category_name": pd.Series(cat_s).map(lambda c: catalog[c]["name"]).to_numpy(),
-        "request_type": rt_s, "urgency": urg_s, "title": col("title").str.slice(0, 200).to_numpy(dtype=object)[sel],
-        "description": col("description").str.slice(0, 5000).to_numpy(dtype=object)[sel],
-        "address": pd.Series(addr[sel]).str.slice(0, 500).to_numpy(dtype=object), "location": wkb,
-        "location_source": np.where(found, loc_src[sel], ""),
-        "location_confidence": np.where(found, conf[sel], np.nan),
-        "cell_id": pd.array(np.where(found, grid.ids[np.maximum(idx[sel], 0)], 0), dtype="Int64"),
-        "cell_code": codes.to_numpy(), "area_code": codes.str.slice(0, 12).to_numpy(), "state": st,
-        "step_deadline_at": step_txt, "close_deadline_at": close_txt, "closed_at": closed_txt,
-        "updated_at": np.where(closed_txt != "", closed_txt, recv_txt)})
-    cases.loc[~found, "cell_id"] = pd.NA
-    aid = "" if actor is None else str(actor.id)
-    arole = "" if actor is None else actor.role
-    ev = [pd.DataFrame({"case_id": ids, "at": recv_txt, "kind": "received", "actor_id": aid, "actor_role": arole,
-                        "from_state": "", "to_state": "collected",
-                        "data": '{"imported": true, "next_deadline": ' +
-                                pd.Series(np.where(is_coll, '"' + step_txt + '"', "null")) +
-                                ', "close_deadline": "' + pd.Series(close_txt) + '"}'})]
-    if is_clo.any():
-        met = np.where(np.isfinite(closed_s), np.where(closed_s <= close_dl, "true", "false"), "null")
-        at_txt = np.where(closed_txt != "", closed_txt, recv_txt)
-        ev.append(pd.DataFrame({"case_id": ids, "at": at_txt, "kind": "closed", "actor_id": aid, "actor_role": arole,
-                                "from_state": "collected", "to_state": "closed",
-                                "data": '{"imported": true, "close_deadline": "' + pd.Series(close_txt) +
-                                        '", "close_met": ' + pd.Series(met) + "}"})[is_clo])
-    is_void = st == "void"
-    if is_void.any():
-        ev.append(pd.DataFrame({"case_id": ids, "at": recv_txt, "kind": "voided", "actor_id": aid,
-                                "actor_role": arole, "from_state": "collected", "to_state": "void",
-                                "data": '{"imported": true}'})[is_void])
-    tick("build")
-    _copy_frame(conn, "case_file", cases)
-    tick("cases")
-    _copy_frame(conn, "case_event", pd.concat(ev, ignore_index=True))
+    # Everything the rounds need, per imported case (positions in ``sel``).
+    st = state[sel]
+    cat_s = cats[sel]
+    urg_s = urg[sel]
+    rt_s = rtype[sel]
+    chan_s = chan[sel]
+    refs_s = refs[sel]
+    cat_name = _per_value(cat_s, lambda c: catalog[c]["name"])
+    title = col("title").str.slice(0, 200).to_numpy(dtype=object)[sel]
+    descr = col("description").str.slice(0, 5000).to_numpy(dtype=object)[sel]
+    addr_s = pd.Series(addr[sel], dtype=object).str.slice(0, 500).to_numpy(dtype=object)
     names = col("name").str.slice(0, 200).to_numpy(dtype=object)[sel]
     phones = col("phone").str.slice(0, 40).to_numpy(dtype=object)[sel]
-    has_c = (names != "") | (phones != "")
-    if has_c.any():
-        _copy_frame(conn, "case_contact", pd.DataFrame({"case_id": ids, "name": names, "phone": phones})[has_c])
-    tick("events")
+    idx_s, wx_s, wy_s, loc_src_s, conf_s = idx[sel], wx[sel], wy[sel], loc_src[sel], conf[sel]
+    closed_s = closed.to_numpy(dtype="datetime64[ns]")[sel]
+    closed_s = np.where(np.isnat(closed_s), np.nan, closed_s.astype(np.int64) / 1e9)
+    aid = None if actor is None else str(actor.id)
+    arole = None if actor is None else actor.role
+
+    def deadlines(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(step deadline, close deadline) in UNIX seconds, vectorised per class limit."""
+        step_dl = np.full(len(p), np.nan)
+        close_dl = np.full(len(p), np.nan)
+        rs, u_p, s_p = recv_s[p], urg_s[p], st[p]
+        for u in wf.URGENCIES:
+            mk = (u_p == u) & (s_p == "collected")
+            if mk.any():
+                step_dl[mk] = lcal.add_many(cal, rs[mk], *wf.step_limit("collected", "", u))
+        keys = pd.Series([f"{c}|{r}|{u}" for c, r, u in zip(cat_s[p], rt_s[p], u_p, strict=True)])
+        for k, grp in keys.groupby(keys).groups.items():
+            c, r, u = k.split("|")
+            ii = np.asarray(grp)
+            close_dl[ii] = lcal.add_many(cal, rs[ii], *wf.close_limit(c, r or None, u))
+        return step_dl, close_dl
+
+    def build(p: np.ndarray) -> list:
+        """The COPY payloads of one round: the cases ``p`` (positions in ``sel``), their events, contacts."""
+        k = len(p)
+        step_dl, close_dl = deadlines(p)
+        s_p = st[p]
+        found = idx_s[p] >= 0
+        cell = np.maximum(idx_s[p], 0)
+        pts = shapely.set_srid(shapely.points(wx_s[p], wy_s[p]), city.srid)
+        wkb = _nullable(shapely.to_wkb(pts, hex=True, include_srid=True), found)
+        codes = _nullable(grid.codes[cell], found)
+        is_coll = s_p == "collected"
+        is_clo = s_p == "closed"
+        recv_txt = _ts(recv_s[p])
+        close_txt = _ts(close_dl)
+        step_txt = np.where(is_coll, _ts(step_dl), "").astype(object)
+        closed_txt = np.where(is_clo, _ts(closed_s[p]), "").astype(object)
+        case_cols = [
+            ids[p].tolist(), [city.id] * k, case_no[p], [src_kind] * k, chan_s[p], refs_s[p], recv_txt, cat_s[p],
+            cat_name[p], rt_s[p], urg_s[p], title[p], descr[p], addr_s[p], wkb, _nullable(loc_src_s[p], found),
+            _nullable(conf_s[p], found & np.isfinite(conf_s[p])), _nullable(grid.ids[cell], found), codes,
+            [c[:12] if c is not None else None for c in codes], s_p, step_txt, close_txt, closed_txt,
+            np.where(closed_txt != "", closed_txt, recv_txt)]
+        case_id = ids[p].tolist()
+        received = ('{"imported": true, "next_deadline": ' + np.where(is_coll, '"' + step_txt + '"', "null").astype(object)
+                    + ', "close_deadline": "' + close_txt + '"}')
+        ev = [case_id, recv_txt, ["received"] * k, [aid] * k, [arole] * k, [None] * k, ["collected"] * k, received]
+        ev_parts = [ev]
+        if is_clo.any():
+            met = np.where(np.isfinite(closed_s[p]), np.where(closed_s[p] <= close_dl, "true", "false"), "null")
+            data = ('{"imported": true, "close_deadline": "' + close_txt + '", "close_met": ' + met.astype(object) + "}")
+            at_txt = np.where(closed_txt != "", closed_txt, recv_txt)
+            c = np.flatnonzero(is_clo)
+            ev_parts.append([ids[p][c].tolist(), at_txt[c], ["closed"] * len(c), [aid] * len(c), [arole] * len(c),
+                             ["collected"] * len(c), ["closed"] * len(c), data[c]])
+        is_void = s_p == "void"
+        if is_void.any():
+            c = np.flatnonzero(is_void)
+            ev_parts.append([ids[p][c].tolist(), recv_txt[c], ["voided"] * len(c), [aid] * len(c), [arole] * len(c),
+                             ["collected"] * len(c), ["void"] * len(c), ['{"imported": true}'] * len(c)])
+        events = [np.concatenate([np.asarray(part[j], dtype=object) for part in ev_parts]) for j in range(8)]
+        job = [("case_file", CASE_COLUMNS, k, _csv(case_cols)),
+               ("case_event", EVENT_COLUMNS, len(events[0]), _csv(events))]
+        has_c = (names[p] != "") | (phones[p] != "")
+        if has_c.any():
+            c = np.flatnonzero(has_c)
+            job.append(("case_contact", CONTACT_COLUMNS, len(c),
+                        _csv([ids[p][c].tolist(), names[p][c], phones[p][c]])))
+        return job
+
+    # The write, pipelined: rounds of cases + events + contacts built here while the thread COPYs the
+    # previous one. One transaction (the caller's): a failure anywhere leaves nothing of the file.
+    size = max(1, int(chunk or COPY_CHUNK))
+    build_s = 0.0
+    pipe = _Pipeline(conn)
+    try:
+        for start in range(0, len(sel), size):
+            tb = time.perf_counter()
+            job = build(np.arange(start, min(start + size, len(sel))))
+            build_s += time.perf_counter() - tb
+            pipe.put(job)
+    finally:
+        pipe.close()
+    tick("write")
+    rep.pipeline = {"rounds": -(-len(sel) // size), "build_seconds": round(build_s, 3),
+                    "copy_seconds": {t: round(s, 3) for t, s in pipe.seconds.items()}, "rows": dict(pipe.rows)}
+    if TIMING:
+        print(f"write: {rep.pipeline}", file=sys.stderr)
     if bar is not None:
         bar.close()
     rep.seconds = time.perf_counter() - t0

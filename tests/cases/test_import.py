@@ -180,3 +180,138 @@ def test_cli(engine, haimen, tmp_path, monkeypatch, capsys, db_url):
     with engine.connect() as conn:  # written to the database DATABASE_URL names
         assert conn.execute(text("SELECT count(*) FROM case_file WHERE source_ref = :r"), {"r": ref}).scalar_one() == 1
     settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
+
+
+def _rows_of(conn, refs):
+    """What an import wrote for these source case numbers: cases, events, contacts (by source_ref)."""
+    cases = conn.execute(text("""
+        SELECT source_ref, channel, received_at, category_code, urgency, request_type, description, address,
+               ST_AsEWKB(location), location_source, cell_id, cell_code, area_code, state, step_deadline_at,
+               close_deadline_at, closed_at FROM case_file WHERE source_ref = ANY(:r) ORDER BY source_ref"""),
+        {"r": refs}).all()
+    events = conn.execute(text("""
+        SELECT c.source_ref, e.kind, e.at, e.from_state, e.to_state, e.data FROM case_event e
+        JOIN case_file c ON c.id = e.case_id WHERE c.source_ref = ANY(:r) ORDER BY 1, 2"""), {"r": refs}).all()
+    contacts = conn.execute(text("""
+        SELECT c.source_ref, k.name, k.phone FROM case_contact k JOIN case_file c ON c.id = k.case_id
+        WHERE c.source_ref = ANY(:r) ORDER BY 1"""), {"r": refs}).all()
+    return cases, events, contacts
+
+
+def _rollup_equals_cases(conn, city):
+    a = conn.execute(text("""SELECT cell_id, day, category_code, channel, n FROM case_rollup WHERE city_id = :c
+                             ORDER BY 1, 2, 3, 4"""), {"c": city.id}).all()
+    b = conn.execute(text("""SELECT COALESCE(cell_id, 0), (received_at AT TIME ZONE 'Asia/Shanghai')::date,
+                                    category_code, channel, count(*)::int FROM case_file
+                             WHERE city_id = :c AND merged_into IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""),
+                     {"c": city.id}).all()
+    assert [tuple(r) for r in a] == [tuple(r) for r in b]
+
+
+def _mixed_file(path, ref: str, n: int = 23) -> list[str]:
+    """n rows: located, address-only, closed (in time and late), void; awkward CSV text in some."""
+    lines = ["工单编号,受理时间,类别,渠道,诉求类型,诉求内容,地址,经度,纬度,来电人,联系电话,状态,办结时间"]
+    refs = []
+    for i in range(n):
+        r = f"{ref}-{i}"
+        refs.append(r)
+        state, closed = ["", ""], ""
+        if i % 5 == 1:
+            state, closed = ["办结", "2026-03-05 10:00:00"], ""
+        elif i % 5 == 3:
+            state = ["作废", ""]
+        lon, lat = (f"{121.15 + 0.003 * i:.4f}", f"{31.88 + 0.001 * i:.4f}") if i % 4 else ("", "")
+        text_ = f'"问题 {i}, 含逗号 ""引号""\r\n和换行"' if i % 3 == 0 else f"问题 {i}"
+        who = ("王五", f"1380000{i:04d}") if i % 2 else ("", "")
+        lines.append(f"{r},2026-03-0{1 + i % 4} 0{i % 10}:1{i % 6}:00,{['E10101', '010102', 'E10301'][i % 3]},"
+                     f"{['电话', '微信'][i % 2]},{['投诉', '求助'][i % 2]},{text_},海门街道某路{i}号,{lon},{lat},"
+                     f"{who[0]},{who[1]},{state[0]},{state[1] or closed}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return refs
+
+
+def test_rounds_write_what_one_round_writes(engine, haimen, tmp_path):
+    """The write is pipelined in rounds (a thread COPYs round k while round k+1 is built): any round
+    size writes the same cases, events, contacts and rollup; quotes, commas and line breaks survive."""
+    got = []
+    for chunk in (1_000, 4, 1):
+        ref = uuid.uuid4().hex[:8]
+        refs = _mixed_file(tmp_path / f"m{chunk}.csv", ref)
+        with engine.begin() as conn:
+            rep = hotline.import_cases(conn, haimen, tmp_path / f"m{chunk}.csv", progress=False, chunk=chunk)
+        assert rep.as_dict()["accounted"] and (rep.imported, rep.rejected) == (23, 0), rep.errors
+        assert rep.pipeline["rounds"] == -(-23 // chunk)
+        assert rep.pipeline["rows"] == {"case_file": 23, "case_event": 23 + 5 + 4, "case_contact": 11}
+        with engine.connect() as conn:
+            cases, events, contacts = _rows_of(conn, refs)
+            _rollup_equals_cases(conn, haimen)
+        strip = lambda rows: [(r[0].split("-", 1)[1], *r[1:]) for r in rows]  # noqa: E731
+        got.append((strip(cases), strip(events), strip(contacts)))
+        assert len(cases) == 23 and len(events) == 32 and len(contacts) == 11
+        d0 = {r[0]: r for r in cases}[f"{ref}-0"]
+        assert d0[6] == '问题 0, 含逗号 "引号"\r\n和换行' and d0[8] is None and d0[9] is None  # address only
+        assert {r[0]: r[13] for r in cases}[f"{ref}-1"] == "closed"
+        assert {r[0]: r[13] for r in cases}[f"{ref}-3"] == "void"
+    assert got[0] == got[1] == got[2]
+
+
+def test_failed_round_leaves_nothing(engine, haimen, tmp_path, monkeypatch):
+    """A COPY the server refuses in a later round: the error reaches the caller, and the transaction
+    holds nothing of the file (not even the rounds written before)."""
+    ref = uuid.uuid4().hex[:8]
+    refs = _mixed_file(tmp_path / "f.csv", ref)
+    real = hotline._Pipeline._copy
+    seen = []
+
+    def copy(self, table, columns, payload):
+        seen.append(table)
+        if table == "case_file" and seen.count("case_file") == 3:
+            payload = b"x" + payload[payload.index(b","):]  # an id the server cannot read
+        return real(self, table, columns, payload)
+
+    monkeypatch.setattr(hotline._Pipeline, "_copy", copy)
+    import psycopg
+
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        with engine.begin() as conn:
+            hotline.import_cases(conn, haimen, tmp_path / "f.csv", progress=False, chunk=5)
+    assert seen.count("case_file") == 3  # rounds 1 and 2 were written, round 3 failed, the rest never sent
+    with engine.connect() as conn:
+        assert _rows_of(conn, refs) == ([], [], [])
+        _rollup_equals_cases(conn, haimen)
+    # The same file imports whole afterwards.
+    monkeypatch.setattr(hotline._Pipeline, "_copy", real)
+    with engine.begin() as conn:
+        assert hotline.import_cases(conn, haimen, tmp_path / "f.csv", progress=False, chunk=5).imported == 23
+
+
+def test_contact_error_does_not_quote_the_phone(engine, haimen, tmp_path, monkeypatch):
+    ref = uuid.uuid4().hex[:8]
+    _mixed_file(tmp_path / "c.csv", ref)
+    real = hotline._Pipeline._copy
+
+    def copy(self, table, columns, payload):
+        if table == "case_contact":
+            payload = payload.replace(b",13800000001", b",13800000001" + b"9" * 40)  # too long for varchar(40)
+        return real(self, table, columns, payload)
+
+    monkeypatch.setattr(hotline._Pipeline, "_copy", copy)
+    with pytest.raises(RuntimeError, match="writing the contacts failed") as e:
+        with engine.begin() as conn:
+            hotline.import_cases(conn, haimen, tmp_path / "c.csv", progress=False)
+    assert "1380000" not in str(e.value) and "王五" not in str(e.value) and e.value.__cause__ is None
+
+
+def test_time_formats_fast_and_slow_agree():
+    import pandas as pd
+
+    vals = pd.Series(["2026-03-02 09:15:00", "2026-03-02 09:15", "2026年3月2日 10时05分", "2026-02-30 09:00:00", "",
+                      "03/02/2026 09:15:00 AM", "2026-03-08 02:30:00"])
+    got = hotline.parse_times(vals, "Asia/Shanghai")
+    one_by_one = [hotline.parse_times(pd.Series([v]), "Asia/Shanghai").iloc[0] for v in vals]
+    assert [str(x) for x in got] == [str(x) for x in one_by_one]
+    assert str(got[0]) == "2026-03-02 01:15:00+00:00" and str(got[2]) == "2026-03-02 02:05:00+00:00"
+    assert pd.isna(got[3]) and pd.isna(got[4])
+    # Zoned values beside plain ones go through the reader of every format, as a whole column.
+    zoned = hotline.parse_times(pd.Series(["2026-03-03T08:00:00+08:00", "2026-03-03T09:00:00+08:00"]), "UTC")
+    assert [str(x) for x in zoned] == ["2026-03-03 00:00:00+00:00", "2026-03-03 01:00:00+00:00"]
