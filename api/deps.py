@@ -107,7 +107,8 @@ class DeferredAllow(Allow):
     a :class:`TokenClaim` and must verify it — in its write, or with :meth:`TokenClaim.verify` before
     it answers anything else (a bad request from an unknown token is still a 401)."""
 
-    def __call__(self, authorization: str | None = Header(None, include_in_schema=False)) -> TokenClaim:
+    async def __call__(self, authorization: str | None = Header(None, include_in_schema=False)) -> TokenClaim:
+        # async: FastAPI would run a plain function in a worker thread, a thread hop per request
         return TokenClaim(self, self.bearer(authorization))
 
 

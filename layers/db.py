@@ -48,15 +48,14 @@ def asyncpg_dsn(url: str) -> str:
 async def create_async_pool(url: str):
     """An asyncpg pool for the paths that must not wait for a thread (the intake of reports): JSON and
     JSONB come and go as Python objects; the session settings are those of :func:`make_engine`."""
-    import json
-
     import asyncpg
+    import orjson
 
     cfg = settings.database()
 
     async def init(conn):
         for typ in ("json", "jsonb"):
-            await conn.set_type_codec(typ, encoder=lambda v: json.dumps(v, ensure_ascii=False), decoder=json.loads,
+            await conn.set_type_codec(typ, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
                                       schema="pg_catalog")
 
     return await asyncpg.create_pool(

@@ -263,6 +263,7 @@ class Located:
     now: dt.datetime
     device_time: dt.datetime | None
     flags: list[str]
+    device_cell: tuple[int, str]  # (cell id, code) of device_pt
 
 
 def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *, min_photos: int = 1,
@@ -335,9 +336,9 @@ def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *
 
     wx, wy = gcrs.transform_xy(np.array([device_wgs[0]]), np.array([device_wgs[1]]), "EPSG:4326", city.working_crs)
     device_pt = shapely.Point(float(wx[0]), float(wy[0]))
-    lwf.snap_one(None, city, device_pt, grid)  # outside the city → InputError before anything is written
+    cell = lwf.snap_one(None, city, device_pt, grid)  # outside the city → InputError before anything is written
     return Located(item, lon, lat, acc, src, location_source, device_pt, max(dists) if dists else None, gate,
-                   accuracy_ok, now, device_time, flags)
+                   accuracy_ok, now, device_time, flags, cell)
 
 
 def needs_asset_lookup(inp: ReportInput) -> bool:
@@ -356,11 +357,11 @@ def plan_report(city: CityInfo, grid, loc: Located, inp: ReportInput, asset: dic
         point, source = shapely.Point(asset["x"], asset["y"]), "asset"
         if asset["named"] and asset["distance_m"] > cfg["asset_tolerance_m"]:
             flags.append("asset_far")
-    cell_id, cell_code = lwf.snap_one(None, city, point, grid)
+    cell_id, cell_code = loc.device_cell if asset is None else lwf.snap_one(None, city, point, grid)
     case = lwf.plan_case(city, grid, source="inspector", channel="督查员", category_code=loc.item["code"],
                          received_at=loc.now, location=point, description=inp.description, address=inp.address,
                          asset_id=asset["id"] if asset else None, location_source=source,
-                         location_accuracy_m=loc.accuracy_m)
+                         location_accuracy_m=loc.accuracy_m, cell=(cell_id, cell_code))
     out_lon, out_lat = gcrs.transform_xy(np.array([point.x]), np.array([point.y]), city.working_crs, "EPSG:4326")
     result = {
         "idempotency_key": key, "received_at": loc.now.isoformat(), "category_code": loc.item["code"],

@@ -278,10 +278,11 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
               source_ref: str | None = None, contact: dict | None = None, actor=None, title: str | None = None,
               location_source: str | None = None, location_accuracy_m: float | None = None,
               category_name: str | None = None, location_confidence: float | None = None,
-              conn: Connection | None = None) -> CasePlan:
+              conn: Connection | None = None, cell: tuple[int, str] | None = None) -> CasePlan:
     """Validate a new case and decide all that it writes (cell, deadlines, query code, the duplicate
     rule of its class) without touching the database, except to load the grid when ``grid`` is None
-    and a location is given (then ``conn`` is needed)."""
+    and a location is given (then ``conn`` is needed). ``cell``: the (id, code) the caller snapped
+    ``location`` to already with ``grid``."""
     if source not in SOURCES:
         raise InputError(f"unknown source '{source}': one of {', '.join(SOURCES)}")
     if channel not in CHANNELS:
@@ -305,7 +306,7 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
     cell_id = cell_code = area_code = None
     x = y = None
     if location is not None:
-        cell_id, cell_code = snap_one(conn, city, location, grid)
+        cell_id, cell_code = cell or snap_one(conn, city, location, grid)
         area_code = cell_code[:12]
         x, y = float(location.x), float(location.y)
     cal = lcal.calendar()
@@ -328,7 +329,7 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
         "event_data": {k: _json_value(v) for k, v in {
             "source": source, "channel": channel, "urgency": urgency, "next_deadline": step_deadline,
             "next_limit": list(step), "close_deadline": close_deadline, "located": location is not None}.items()},
-        "dup": {"radius_m": radius, "window_h": window, "open": sorted(OPEN_STATES), "final": sorted(FINAL_STATES),
+        "dup": {"radius_m": radius, "window_h": window, "open": sorted(OPEN_STATES),
                 "note": "并单 same class, nearby, recent"},
     }
     return CasePlan(params, cell_code, qcode, step_deadline, close_deadline)
