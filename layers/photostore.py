@@ -159,16 +159,17 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
     return out
 
 
-def recover(conn: Connection, store: PhotoStore) -> dict[str, int]:
+def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | None = None) -> dict[str, int]:
     """Bring the files in line with the committed rows (run at start, before serving uploads).
 
     Staged files a committed row refers to are promoted; other staged files and stored files no row
     refers to are deleted. Returns counts: promoted, deleted_staged, deleted_orphans. A store that belongs
-    to another database (or to none: nothing was ever written) is left alone (``skipped``).
+    to another database (or to none: nothing was ever written) is left alone (``skipped``). ``refs``
+    (kind -> digests) are the rows of the store's table: by default the reports' (``field_photo``).
     """
     if store.owner() != database_identity(conn):
         return {"skipped": 1}
-    refs = referenced(conn)
+    refs = referenced(conn) if refs is None else refs
     counts = {"promoted": 0, "deleted_staged": 0, "deleted_orphans": 0}
     for tmp in store.staged_files():
         parts = tmp.name.split(".")

@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -368,29 +367,7 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
 
 def recover(conn: Connection, store: PhotoStore) -> dict[str, int]:
     """Bring this store's files in line with the committed rows (at start), by the rule of
-    ``layers.photostore.recover``: staged files a row refers to are promoted, other staged files and
-    stored files no row refers to are deleted; a store of another database is left alone."""
-    from layers.photostore import database_identity
+    ``layers.photostore.recover`` applied to ``case_verification_photo``."""
+    from layers.photostore import recover as recover_store
 
-    if store.owner() != database_identity(conn):
-        return {"skipped": 1}
-    refs = referenced(conn)
-    counts = {"promoted": 0, "deleted_staged": 0, "deleted_orphans": 0}
-    for tmp in store.staged_files():
-        parts = tmp.name.split(".")
-        kind, sha = (parts[0], parts[1]) if len(parts) == 3 else (None, None)
-        if kind in KINDS and sha in refs[kind]:
-            final = store.path(kind, sha)
-            if not final.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
-                counts["promoted"] += 1
-                continue
-        else:
-            counts["deleted_staged"] += 1
-        tmp.unlink(missing_ok=True)
-    for kind, sha, path in store.stored_files():
-        if sha not in refs[kind]:
-            path.unlink(missing_ok=True)
-            counts["deleted_orphans"] += 1
-    return counts
+    return recover_store(conn, store, referenced(conn))
