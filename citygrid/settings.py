@@ -81,6 +81,13 @@ class GridSettings(BaseSettings):
     working_epsg: int | None = None
 
 
+class ExportSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_EXPORT_")
+
+    #: Hours a finished background export (and its file under ``<data_dir>/exports``) is kept.
+    job_ttl_hours: float = 24.0
+
+
 @lru_cache
 def paths() -> PathSettings:
     return PathSettings()
@@ -99,3 +106,8 @@ def api() -> ApiSettings:
 @lru_cache
 def grid() -> GridSettings:
     return GridSettings()
+
+
+def export() -> ExportSettings:
+    """Read each time (not cached): the clean-up of old export jobs follows a changed setting."""
+    return ExportSettings()

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import shapely
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from pyogrio import raw as ogr
 from sqlalchemy import Connection, text
 
+from citygrid import settings
 from gis import crs as gcrs
 from layers.catalog import Field, Filters, Layer, select
 from layers.city import CityInfo
@@ -298,20 +298,7 @@ INTERRUPTED = ("interrupted: the service stopped while the file was being writte
 PROGRESS_EVERY = 0.2  # seconds between progress writes
 
 
-class ExportSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CITYGRID_EXPORT_")
-
-    #: Hours a finished background export (and its file) is kept.
-    job_ttl_hours: float = 24.0
-
-
-def export_settings() -> ExportSettings:
-    return ExportSettings()
-
-
 def jobs_dir() -> Path:
-    from citygrid import settings
-
     return settings.paths().data_dir / "exports"
 
 
@@ -332,7 +319,7 @@ class ExportJob:
     error: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
-    ttl_hours: float = field(default_factory=lambda: export_settings().job_ttl_hours)
+    ttl_hours: float = field(default_factory=lambda: settings.export().job_ttl_hours)
 
     @property
     def path(self) -> Path | None:
@@ -375,7 +362,7 @@ def _fail_orphans(engine, job_id: str | None = None) -> list[str]:
 
 def expire_jobs(engine, ttl_hours: float | None = None) -> int:
     """Remove finished jobs older than the TTL (committed), then their files."""
-    ttl = export_settings().job_ttl_hours if ttl_hours is None else ttl_hours
+    ttl = settings.export().job_ttl_hours if ttl_hours is None else ttl_hours
     with engine.begin() as conn:
         gone = conn.execute(text("""
             DELETE FROM export_job WHERE status <> 'running' AND finished_at < now() - make_interval(secs => :s)
@@ -496,7 +483,7 @@ def get_job(conn: Connection, job_id: str, owner: int | None) -> ExportJob:
     from layers.errors import NotFound
 
     job_id = str(job_id)
-    ttl = export_settings().job_ttl_hours
+    ttl = settings.export().job_ttl_hours
     missing = NotFound(f"no export job '{job_id[:40]}' (finished jobs are kept for {ttl:g} h)")
     r = conn.execute(text(f"SELECT {_COLS} FROM export_job WHERE id = :id"), {"id": job_id}).first()
     if r is None:
