@@ -315,3 +315,15 @@ def test_time_formats_fast_and_slow_agree():
     # Zoned values beside plain ones go through the reader of every format, as a whole column.
     zoned = hotline.parse_times(pd.Series(["2026-03-03T08:00:00+08:00", "2026-03-03T09:00:00+08:00"]), "UTC")
     assert [str(x) for x in zoned] == ["2026-03-03 00:00:00+00:00", "2026-03-03 01:00:00+00:00"]
+
+
+def test_department_index_skips_cases_without_a_department(engine, haimen):
+    """Migration 0010: imported (undispatched) cases add no entry to the department worklist index,
+    and a query by department still uses it."""
+    with engine.connect() as conn:
+        ddl = conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'case_department_idx'")).scalar_one()
+        assert ddl.endswith("WHERE (department_id IS NOT NULL)"), ddl
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(r[0] for r in conn.execute(text(
+            "EXPLAIN SELECT id FROM case_file WHERE department_id = 1 AND state = 'dispatched'")))
+    assert "case_department_idx" in plan, plan
