@@ -320,6 +320,7 @@ def _csv(columns: list) -> bytes:
 #: be small enough that the first one starts the server early, large enough that its COPY statements
 #: (and the rollup trigger, once per statement) cost little each.
 COPY_CHUNK = 10_000
+FIRST_ROUND = 2_000
 CASE_COLUMNS = ("id", "city_id", "case_no", "source", "channel", "source_ref", "received_at", "category_code",
                 "category_name", "request_type", "urgency", "title", "description", "address", "location",
                 "location_source", "location_confidence", "cell_id", "cell_code", "area_code", "state",
@@ -613,20 +614,24 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     aid = None if actor is None else str(actor.id)
     arole = None if actor is None else actor.role
 
+    # The limits once (limits() reads its file at each call), the deadlines per round.
+    step_lims = {u: wf.step_limit("collected", "", u) for u in wf.URGENCIES}
+    key_codes, key_uniq = pd.factorize(pd.Series([f"{c}|{r}|{u}" for c, r, u in zip(cat_s, rt_s, urg_s, strict=True)]))
+    close_lims = [wf.close_limit(c, r or None, u) for c, r, u in (k.split("|") for k in key_uniq)]
+
     def deadlines(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(step deadline, close deadline) in UNIX seconds, vectorised per class limit."""
         step_dl = np.full(len(p), np.nan)
         close_dl = np.full(len(p), np.nan)
-        rs, u_p, s_p = recv_s[p], urg_s[p], st[p]
+        rs, u_p, s_p, k_p = recv_s[p], urg_s[p], st[p], key_codes[p]
         for u in wf.URGENCIES:
             mk = (u_p == u) & (s_p == "collected")
             if mk.any():
-                step_dl[mk] = lcal.add_many(cal, rs[mk], *wf.step_limit("collected", "", u))
-        keys = pd.Series([f"{c}|{r}|{u}" for c, r, u in zip(cat_s[p], rt_s[p], u_p, strict=True)])
-        for k, grp in keys.groupby(keys).groups.items():
-            c, r, u = k.split("|")
-            ii = np.asarray(grp)
-            close_dl[ii] = lcal.add_many(cal, rs[ii], *wf.close_limit(c, r or None, u))
+                step_dl[mk] = lcal.add_many(cal, rs[mk], *step_lims[u])
+        order = np.argsort(k_p, kind="stable")
+        ks, starts = np.unique(k_p[order], return_index=True)
+        for j, ii in zip(ks, np.split(order, starts[1:]), strict=True):
+            close_dl[ii] = lcal.add_many(cal, rs[ii], *close_lims[j])
         return step_dl, close_dl
 
     def build(p: np.ndarray) -> list:
@@ -681,18 +686,20 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     # The write, pipelined: rounds of cases + events + contacts built here while the thread COPYs the
     # previous one. One transaction (the caller's): a failure anywhere leaves nothing of the file.
     size = max(1, int(chunk or COPY_CHUNK))
+    # A small first round: the server starts as soon as possible.
+    bounds = [0, *range(min(size, FIRST_ROUND), len(sel), size), len(sel)]
     build_s = 0.0
     pipe = _Pipeline(conn)
     try:
-        for start in range(0, len(sel), size):
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             tb = time.perf_counter()
-            job = build(np.arange(start, min(start + size, len(sel))))
+            job = build(np.arange(start, end))
             build_s += time.perf_counter() - tb
             pipe.put(job)
     finally:
         pipe.close()
     tick("write")
-    rep.pipeline = {"rounds": -(-len(sel) // size), "build_seconds": round(build_s, 3),
+    rep.pipeline = {"rounds": len(bounds) - 1, "build_seconds": round(build_s, 3),
                     "copy_seconds": {t: round(s, 3) for t, s in pipe.seconds.items()}, "rows": dict(pipe.rows)}
     if TIMING:
         print(f"write: {rep.pipeline}", file=sys.stderr)
