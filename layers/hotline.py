@@ -343,6 +343,7 @@ class _Pipeline:
         self._raw = conn.connection.driver_connection
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._stop = False
         self.seconds: dict[str, float] = {}
         self.rows: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="citygrid-import-copy", daemon=True)
@@ -351,6 +352,8 @@ class _Pipeline:
     def _run(self) -> None:
         try:
             while (job := self._queue.get()) is not None:
+                if self._stop:
+                    continue
                 for table, columns, rows, payload in job:
                     t0 = time.perf_counter()
                     self._copy(table, columns, payload)
@@ -387,6 +390,13 @@ class _Pipeline:
         self._thread.join()
         if self._error is not None:
             raise self._error
+
+    def abort(self) -> None:
+        """The caller failed: send no further round, wait for the thread to end (the caller's error
+        is the one to raise, the transaction is to be rolled back anyway)."""
+        self._stop = True
+        self._queue.put(None)
+        self._thread.join()
 
 
 def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=None, dry_run: bool = False,
@@ -696,8 +706,10 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
             job = build(np.arange(start, end))
             build_s += time.perf_counter() - tb
             pipe.put(job)
-    finally:
-        pipe.close()
+    except BaseException:
+        pipe.abort()
+        raise
+    pipe.close()
     tick("write")
     rep.pipeline = {"rounds": len(bounds) - 1, "build_seconds": round(build_s, 3),
                     "copy_seconds": {t: round(s, 3) for t, s in pipe.seconds.items()}, "rows": dict(pipe.rows)}

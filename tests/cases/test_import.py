@@ -327,3 +327,27 @@ def test_department_index_skips_cases_without_a_department(engine, haimen):
         plan = "\n".join(r[0] for r in conn.execute(text(
             "EXPLAIN SELECT id FROM case_file WHERE department_id = 1 AND state = 'dispatched'")))
     assert "case_department_idx" in plan, plan
+
+
+def test_failed_build_stops_the_writer(engine, haimen, tmp_path, monkeypatch):
+    """An error while a round is built (here: round 3) reaches the caller as it is; the writer thread
+    stops and the transaction holds nothing of the file."""
+    import threading
+
+    ref = uuid.uuid4().hex[:8]
+    refs = _mixed_file(tmp_path / "b.csv", ref)
+    real, calls = hotline._csv, []
+
+    def csv_(columns):
+        calls.append(1)
+        if len(calls) == 7:  # rounds 1 and 2 made 3 payloads each
+            raise MemoryError("no memory for round 3")
+        return real(columns)
+
+    monkeypatch.setattr(hotline, "_csv", csv_)
+    with pytest.raises(MemoryError, match="round 3"):
+        with engine.begin() as conn:
+            hotline.import_cases(conn, haimen, tmp_path / "b.csv", progress=False, chunk=5)
+    assert not [t for t in threading.enumerate() if t.name == "citygrid-import-copy"]
+    with engine.connect() as conn:
+        assert _rows_of(conn, refs) == ([], [], [])
