@@ -4,9 +4,13 @@ column-mapping file, a progress bar, a row-level error report, idempotent on the
 Set-based end to end: the file is parsed into columns (pandas), times, classes and channels are
 mapped as whole columns, points are transformed and snapped with the in-process grid index, deadlines
 come from the vectorised calendar, and cases, their 'received' events and contacts are written with
-COPY — never one INSERT per row. Each row is either written whole (case + events + contact) or
-rejected with its reason before anything is written; rows already imported (same source case
-number) are skipped. Personal data (names, phones) is never put into the report or the log.
+COPY — never one INSERT per row. Every row is checked before anything is written; the write then
+runs in rounds of 10,000 cases, pipelined: a thread COPYs round k (cases, events, contacts; the
+rollup trigger fires once per statement) while round k+1 is built, all in the caller's transaction.
+Each row is either written whole (case + events + contact) or rejected with its reason; a failure
+while writing fails the import, and the caller's rollback leaves nothing of the file. Rows already
+imported (same source case number) are skipped. Personal data (names, phones) is never put into the
+report, the log or an error message.
 
 Default or sentinel points (one exact point shared by many rows that name different addresses, like
 Boston's "City Hall" 42.3594, -71.0587) are detected and treated as unknown locations; the address
