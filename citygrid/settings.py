@@ -71,6 +71,10 @@ class ApiSettings(BaseSettings):
     #: Tiles must be in WGS-84 Web Mercator (OSM-like); GCJ-02 tiles (AMap, Tencent) would misplace data.
     basemap_url: str | None = None
     basemap_attribution: str = ""
+    #: Reverse proxies in front of the service that append the client's address to X-Forwarded-For
+    #: (0: none, the socket's address is the client's; 1: the last address of the header, …). Set it
+    #: only when the service cannot be reached except through them: the header is the client's to forge.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
 
 
 class GridSettings(BaseSettings):

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import ipaddress
+import json
+import math
 import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,21 +105,163 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
             "status": PUBLIC_STATE[opened.state], "state": opened.state}
 
 
+# -- limits on wrong query codes ------------------------------------------------------------------
+# A 6-digit query code falls to 10^6 guesses: wrong attempts are counted in the database (table
+# lookup_failure, migration 0015) per case number as typed and per client address, and a number or an
+# address with too many of them in a window is refused (429) for a while, even with the right code.
+# The counting happens inside the request's transaction under advisory locks (case number first,
+# then address: one order, no deadlock), so concurrent guesses on several workers are counted exactly.
+
+LIMITS_FILE = Path(__file__).resolve().parent / "citizen_data" / "lookup_limits.json"
+#: First keys of the advisory locks (the second: hashtext of the key); apart from the export jobs'.
+_LOCK_CASE, _LOCK_ADDR = 0x6C6B01, 0x6C6B02
+
+
+@dataclass(frozen=True)
+class Limit:
+    max_failures: int
+    window: dt.timedelta
+    lock: dt.timedelta
+
+
+@lru_cache
+def lookup_limits() -> dict[str, Limit]:
+    """``{"per_case": Limit, "per_address": Limit}`` from ``citizen_data/lookup_limits.json``."""
+    cfg = json.loads(LIMITS_FILE.read_text(encoding="utf-8"))
+    out = {}
+    for scope in ("per_case", "per_address"):
+        c = cfg[scope]
+        lim = Limit(int(c["max_failures"]), dt.timedelta(minutes=float(c["window_minutes"])),
+                    dt.timedelta(minutes=float(c["lock_minutes"])))
+        if lim.max_failures < 1 or lim.window <= dt.timedelta(0) or lim.lock <= dt.timedelta(0):
+            raise ValueError(f"{LIMITS_FILE}: {scope} needs max_failures >= 1 and positive minutes")
+        out[scope] = lim
+    return out
+
+
+class TooManyAttempts(Exception):
+    """Look-ups refused until ``retry_at`` (→ 429 with Retry-After)."""
+
+    status = 429
+
+    def __init__(self, scope: str, retry_at: dt.datetime, now: dt.datetime):
+        self.scope, self.retry_at = scope, retry_at
+        self.retry_after = max(1, math.ceil((retry_at - now).total_seconds()))
+        shown = retry_at.astimezone(lcal.calendar().tz)
+        if shown.second or shown.microsecond:  # say a minute at which it is really over
+            shown = shown.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        minutes = max(1, math.ceil(self.retry_after / 60))
+        at = shown.strftime("%H:%M") if shown.date() == now.astimezone(shown.tzinfo).date() else shown.strftime("%Y-%m-%d %H:%M")
+        what_zh, what_en = (("此案卷编号的查询", "this case number") if scope == "case"
+                            else ("来自您网络地址的查询", "look-ups from your network address"))
+        super().__init__(f"查询码错误次数过多，{what_zh}已暂停，请于 {at}（约 {minutes} 分钟后）再试。"
+                         f"Too many wrong query codes for {what_en}: try again after {at} "
+                         f"(in about {minutes} minute{'s' if minutes != 1 else ''}).")
+
+
+class WrongCode(NotFound):
+    """No case with this number and code (the same for an unknown number); the failure is written in
+    the caller's transaction, which must be committed although the answer is a 404."""
+
+
+def address_source(address: str | None) -> str:
+    """What is counted for a client address: the address itself, an IPv6 address by its /64 (one
+    subscriber holds a whole /64), an IPv4-mapped IPv6 address as IPv4."""
+    a = (address or "").strip()
+    try:
+        ip = ipaddress.ip_address(a)
+    except ValueError:
+        return a[:100] or "unknown"
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def _addr_key(conn: Connection, address: str | None) -> bytes:
+    return conn.execute(text("""SELECT substring(sha256(secret || convert_to(:a, 'UTF8')) FROM 1 FOR 16)
+                                FROM lookup_secret"""), {"a": address_source(address)}).scalar_one()
+
+
+_STATE = """
+    WITH f AS (
+        SELECT at, count(*) OVER (ORDER BY at RANGE BETWEEN CAST(:win AS interval) PRECEDING AND CURRENT ROW) AS n
+        FROM lookup_failure WHERE {where} AND at > :since AND at <= :now)
+    SELECT max(at) FILTER (WHERE n >= :max) + CAST(:lock AS interval), count(*) FILTER (WHERE at > :now - CAST(:win AS interval))
+    FROM f"""
+
+
+def _state(conn: Connection, where: str, params: dict, lim: Limit, now: dt.datetime) -> tuple[dt.datetime | None, int]:
+    """(locked until — None or past when not locked, failures in the window now)."""
+    return tuple(conn.execute(text(_STATE.format(where=where)), {
+        **params, "win": lim.window, "lock": lim.lock, "max": lim.max_failures, "now": now,
+        "since": now - lim.window - lim.lock}).one())
+
+
+def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: str, client: str | None,
+                  endpoint: str) -> dict:
+    """The case of ``case_no`` + ``query_code``, under the limits: TooManyAttempts while the number or
+    the address is locked (whatever the code), WrongCode (a failure counted) when they do not match."""
+    limits = lookup_limits()
+    now = lcal.now()
+    case_key = (case_no or "").strip()[:40]
+    conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"), {"c": _LOCK_CASE, "k": f"{city.id}:{case_key}"})
+    addr = _addr_key(conn, client)
+    conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(encode(:k, 'hex')))"), {"c": _LOCK_ADDR, "k": addr})
+    by_case = ("city_id = :city AND case_key = :case", {"city": city.id, "case": case_key})
+    by_addr = ("addr_key = :addr", {"addr": addr})
+    locks = []
+    for scope, (where, params), lim in (("case", by_case, limits["per_case"]), ("address", by_addr, limits["per_address"])):
+        until, _ = _state(conn, where, params, lim, now)
+        if until is not None and until > now:
+            locks.append((until, scope))
+    if locks:
+        until, scope = max(locks)
+        raise TooManyAttempts(scope, until, now)
+    try:
+        return _find(conn, city, case_key, query_code)
+    except NotFound:
+        pass
+    conn.execute(text("""INSERT INTO lookup_failure (at, city_id, case_key, addr_key, endpoint)
+                         VALUES (:now, :city, :case, :addr, :ep)"""),
+                 {"now": now, "city": city.id, "case": case_key, "addr": addr, "ep": endpoint})
+    keep = max(lim.window + lim.lock for lim in limits.values())
+    # Clean-up on write: a few old rows at a time, skipping rows another transaction is deleting.
+    conn.execute(text("""DELETE FROM lookup_failure WHERE id IN (
+                             SELECT id FROM lookup_failure WHERE at < :cut ORDER BY at LIMIT 500 FOR UPDATE SKIP LOCKED)"""),
+                 {"cut": now - keep})
+    left = min(lim.max_failures - _state(conn, where, params, lim, now)[1]
+               for (where, params), lim in ((by_case, limits["per_case"]), (by_addr, limits["per_address"])))
+    if left > 0:
+        hint = f"（还可再试 {left} 次 {left} more tr{'y' if left == 1 else 'ies'} before look-ups are paused）"
+    else:
+        hint = "（查询已暂停 look-ups are now paused for a while）"
+    raise WrongCode(f"案卷编号或查询码不正确 no case with this case number and query code {hint}")
+
+
 def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
     row = conn.execute(text("""
         SELECT id, case_no, state, received_at, closed_at, category_code, category_name, rating, query_code_hash,
                close_deadline_at, merged_into
         FROM case_file WHERE city_id = :c AND case_no = :n"""), {"c": city.id, "n": (case_no or "").strip()}).mappings().first()
-    # The same answer for an unknown number and a wrong code: nothing to learn by guessing.
-    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(
-            row["query_code_hash"], wf.hash_query_code(row["case_no"], (query_code or "").strip())):
+    # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a hash is
+    # computed either way).
+    given = wf.hash_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip())
+    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"], given):
         raise NotFound("no case with this case number and query code")
     return dict(row)
 
 
-def status(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
-    """What the citizen may see: state, dates, public steps. No names, phones, notes or staff."""
-    row = _find(conn, city, case_no, query_code)
+def status(conn: Connection, city: CityInfo, case_no: str, query_code: str, *, client: str | None = None) -> dict:
+    """What the citizen may see: state, dates, public steps. No names, phones, notes or staff.
+
+    ``client`` is the client's address, for the limits on wrong codes (:class:`TooManyAttempts`,
+    :class:`WrongCode`, whose failure must be committed)."""
+    return _public_status(conn, _guarded_find(conn, city, case_no, query_code, client, "status"))
+
+
+def _public_status(conn: Connection, row: dict) -> dict:
     evs = conn.execute(text("""SELECT at, kind, to_state FROM case_event WHERE case_id = :c ORDER BY at, id"""),
                        {"c": row["id"]}).all()
     steps = [{"at": wf._iso(at), "step": EVENTS.get(kind, kind), "status": PUBLIC_STATE.get(to, to)}
@@ -129,8 +277,10 @@ def status(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> d
             "merged_into": merged_no, "steps": steps}
 
 
-def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating: str, comment: str | None = None) -> dict:
-    row = _find(conn, city, case_no, query_code)
+def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating: str, comment: str | None = None,
+         *, client: str | None = None) -> dict:
+    """Rate a closed case; the same limits on wrong codes as :func:`status`."""
+    row = _guarded_find(conn, city, case_no, query_code, client, "rate")
     if rating not in RATINGS:
         raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})")
     if row["state"] != "closed":
@@ -141,7 +291,7 @@ def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating
                  {"r": rating, "i": row["id"], "at": lcal.now()})
     wf._event(conn, row["id"], lcal.now(), "rated", CITIZEN, "closed", "closed",
               note=(comment or "").strip()[:1000] or None, data={"rating": rating, "by": "citizen"})
-    return status(conn, city, case_no, query_code)
+    return _public_status(conn, _find(conn, city, row["case_no"], query_code))
 
 
 def add_notice(conn: Connection, city: CityInfo, title: str, body: str, author, *,
@@ -171,4 +321,4 @@ def public_categories() -> list[dict]:
             for c in wf.catalog().values() if c["level"] == 3]
 
 
-__all__ = ["submit", "status", "rate", "add_notice", "notices", "public_categories", "STATES"]
+__all__ = ["submit", "status", "rate", "TooManyAttempts", "WrongCode", "lookup_limits", "add_notice", "notices", "public_categories", "STATES"]

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from api.deps import PUBLIC, get_city, get_conn
+from citygrid import settings
 from layers import citizen
 from layers.city import CityInfo
 from layers.errors import InputError
@@ -48,9 +50,39 @@ class Lookup(BaseModel):
     query_code: str = Field(..., min_length=1, max_length=20)
 
 
-@router.post("/status", summary="进度查询 Status of a request by case number + query code")
-def status(body: Lookup, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    return citizen.status(conn, city, body.case_no, body.query_code)
+def client_address(request: Request) -> str:
+    """The client's address: the socket's, or — when ``CITYGRID_API_TRUSTED_PROXY_HOPS`` says that n
+    proxies stand in front — the n-th address from the end of X-Forwarded-For (the one the outermost
+    trusted proxy saw; what the client wrote before it is not believed)."""
+    peer = request.client.host if request.client else ""
+    hops = settings.api().trusted_proxy_hops
+    if hops > 0:
+        chain = [a.strip() for h in request.headers.getlist("x-forwarded-for") for a in h.split(",") if a.strip()]
+        if chain:
+            return chain[-hops] if len(chain) >= hops else chain[0]
+    return peer
+
+
+LIMITED = {429: {"description": "查询码错误次数过多 too many wrong query codes: retry after Retry-After seconds"},
+           404: {"description": "no case with this case number and query code (an unknown number answers the same)"}}
+
+
+def _limited(call):
+    """The answer of a look-up under the limits on wrong codes. A wrong code is answered (404) rather
+    than raised, so that the request's transaction commits the failure it counted."""
+    try:
+        return call()
+    except citizen.TooManyAttempts as e:
+        return JSONResponse({"detail": str(e), "retry_after": e.retry_after, "retry_at": e.retry_at.isoformat(),
+                             "limit": e.scope}, status_code=429, headers={"Retry-After": str(e.retry_after)})
+    except citizen.WrongCode as e:
+        return JSONResponse({"detail": str(e)}, status_code=404)
+
+
+@router.post("/status", summary="进度查询 Status of a request by case number + query code", responses=LIMITED)
+def status(body: Lookup, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"),
+           city: CityInfo = Depends(get_city)):
+    return _limited(lambda: citizen.status(conn, city, body.case_no, body.query_code, client=client_address(request)))
 
 
 class Rating(Lookup):
@@ -58,12 +90,13 @@ class Rating(Lookup):
     comment: str | None = Field(None, max_length=1000)
 
 
-@router.post("/rate", summary="评价 Rate a closed request")
-def rate(body: Rating, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+@router.post("/rate", summary="评价 Rate a closed request", responses=LIMITED)
+def rate(body: Rating, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"),
+         city: CityInfo = Depends(get_city)):
     if not body.rating:
         raise InputError("rating is empty")
-    out = citizen.rate(conn, city, body.case_no, body.query_code, body.rating, body.comment)
-    return out
+    return _limited(lambda: citizen.rate(conn, city, body.case_no, body.query_code, body.rating, body.comment,
+                                         client=client_address(request)))
 
 
 @router.get("/notices", summary="便民公告 Public notices")
