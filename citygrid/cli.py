@@ -161,7 +161,10 @@ def cmd_serve(args) -> int:
 
     api = settings.api()
     uvicorn.run(create_app(), host=args.host or api.host, port=args.port or api.port,
-                workers=1, log_level="info", access_log=False)
+                workers=1, log_level="info", access_log=False,
+                # the client's address is the socket's unless CITYGRID_API_TRUSTED_PROXY_HOPS says otherwise
+                # (uvicorn's own default believes X-Forwarded-For from 127.0.0.1)
+                proxy_headers=False)
     return 0
 
 
