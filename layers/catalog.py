@@ -28,6 +28,8 @@ Rules of an entry:
   (a code column whose prefix is an admin code: cell codes, 6/9/12-digit area codes) enable the export
   filters. ``version_key`` names a ``layer_version`` row bumped by a trigger when the data change; the
   tile cache uses it (without one, tiles are not cached).
+* ``refresh`` (optional, for content computed in Python): ``refresh(conn, city)`` is called by
+  :func:`get_layer` before the layer is read and brings the table its ``sql`` selects up to date.
 * ``tile_sql`` (optional): a SELECT of ``fid`` and ``geom`` in EPSG:3857 (a cached copy with a GiST
   index) used by the vector tiles for the bounding-box prefilter; it may use ``:city_id``.
 """
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
@@ -80,6 +83,8 @@ class Layer:
     tile_sql: str | None = None
     description: str = ""
     params: dict = field(default_factory=dict)  # extra fixed parameters of ``sql`` (dynamic layers)
+    refresh: Callable[[Connection, CityInfo], None] | None = None  # computed layers: brings the table
+    # that ``sql`` reads up to date; called by :func:`get_layer` before every read
 
     def fields_for(self, form: str) -> tuple[Field, ...]:
         return self.fields if form == "full" else tuple(f for f in self.fields if f.public)
@@ -217,7 +222,10 @@ def get_layer(conn: Connection, city: CityInfo, name: str) -> Layer:
     discover()
     name = str(name or "")
     if name in _REGISTRY:
-        return _REGISTRY[name]
+        layer = _REGISTRY[name]
+        if layer.refresh is not None and conn is not None:
+            layer.refresh(conn, city)
+        return layer
     m = re.fullmatch(r"asset_([0-9]{4})", name)
     if m:
         return _asset_class_layer(conn, city, m.group(1))

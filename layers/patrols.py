@@ -188,6 +188,76 @@ def inspector_stats(conn: Connection, city: CityInfo, start: dt.date, end: dt.da
              "reports_over_accuracy_gate": r[12]} for r in rows]
 
 
+# -- coverage as a catalog layer ------------------------------------------------------------------
+# The catalog's layers are SQL selects; the coverage arithmetic is the Python above. The layer
+# ``zone_coverage`` (layers/field_layers.py) reads the table ``zone_coverage`` (migration 0014), which
+# this refresh fills with :func:`coverage` for the current period. The catalog calls the refresh before
+# every read of the layer (export, export job, OGC API, tiles); it recomputes only when the period, the
+# buffer, the zones or the period's tracks changed (a stamp of them is kept in zone_coverage_state).
+
+COVERAGE_LOCK = 0x43_47_5A_43  # advisory lock class of the coverage refresh ('CGZC')
+
+
+def coverage_layer_period(today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The layer's current period: this ISO week so far (Monday … today, Asia/Shanghai), the period
+    the worklist counts weekly rules in; daily rules are checked on every day of it."""
+    today = today or dt.datetime.now(TZ).date()
+    return today - dt.timedelta(days=today.weekday()), today
+
+
+def _coverage_stamp(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, buffer_m: float) -> str:
+    """What the coverage of the period was computed from: the period, the settings, every key zone
+    of the city (id and row version) and every track started in the period."""
+    t0, t1, _ = _period(start, end)
+    return conn.execute(text("""
+        SELECT md5(concat_ws('|', CAST(:s AS text), CAST(:e AS text), CAST(:b AS text), CAST(:g AS text),
+            (SELECT string_agg(id || ':' || xmin::text, ',' ORDER BY id) FROM key_zone WHERE city_id = :c),
+            (SELECT string_agg(id || ':' || xmin::text, ',' ORDER BY id) FROM patrol_track
+             WHERE city_id = :c AND started_at >= :t0 AND started_at < :t1)))"""),
+        {"c": city.id, "s": start.isoformat(), "e": end.isoformat(), "b": repr(buffer_m),
+         "g": repr(float(config()["visit_gap_s"])), "t0": t0, "t1": t1}).scalar_one()
+
+
+def refresh_coverage_layer(conn: Connection, city: CityInfo, *, today: dt.date | None = None,
+                           force: bool = False) -> bool:
+    """Bring the city's ``zone_coverage`` rows up to date for the current period; True when they were
+    recomputed. The check runs on ``conn``; a recomputation runs and commits in a transaction of its own
+    (under an advisory lock, so concurrent readers compute once), so that readers on other connections
+    (export jobs) see it too."""
+    start, end = coverage_layer_period(today)
+    buffer_m = float(config()["coverage_buffer_m"])
+    if not force:
+        stamp = _coverage_stamp(conn, city, start, end, buffer_m)
+        known = conn.execute(text("SELECT stamp FROM zone_coverage_state WHERE city_id = :c"), {"c": city.id}).scalar()
+        if known == stamp:
+            return False
+    with conn.engine.begin() as own:
+        own.execute(text("SELECT pg_advisory_xact_lock(:k, :c)"), {"k": COVERAGE_LOCK, "c": city.id})
+        stamp = _coverage_stamp(own, city, start, end, buffer_m)
+        known = own.execute(text("SELECT stamp FROM zone_coverage_state WHERE city_id = :c"), {"c": city.id}).scalar()
+        if known == stamp and not force:
+            return False  # another reader computed it while this one waited
+        rows = coverage(own, city, start, end, buffer_m=buffer_m)
+        own.execute(text("DELETE FROM zone_coverage WHERE city_id = :c"), {"c": city.id})
+        if rows:
+            own.execute(text("""
+                INSERT INTO zone_coverage (city_id, zone_id, period_start, period_end, buffer_m, kind, share, covered,
+                                           total, visits, tracks, required, per, frequency_met, short_periods)
+                VALUES (:c, :z, :s, :e, :b, :kind, :share, :covered, :total, :visits, :tracks, :required, :per,
+                        :met, :short)"""),
+                [{"c": city.id, "z": r["id"], "s": start, "e": end, "b": buffer_m, "kind": r["kind"],
+                  "share": r["share"], "covered": r["covered"], "total": r["total"], "visits": r["visits"],
+                  "tracks": r["tracks"], "required": r["required"], "per": r["per"], "met": r["frequency_met"],
+                  "short": len(r["shortfalls"])} for r in rows])
+        own.execute(text("""
+            INSERT INTO zone_coverage_state (city_id, period_start, period_end, buffer_m, stamp, zones, computed_at)
+            VALUES (:c, :s, :e, :b, :st, :n, now())
+            ON CONFLICT (city_id) DO UPDATE SET period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+                buffer_m = EXCLUDED.buffer_m, stamp = EXCLUDED.stamp, zones = EXCLUDED.zones, computed_at = now()"""),
+            {"c": city.id, "s": start, "e": end, "b": buffer_m, "st": stamp, "n": len(rows)})
+    return True
+
+
 # -- worklist -------------------------------------------------------------------------------------
 
 def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = None,
