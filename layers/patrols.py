@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
+from pydantic import Field as PydField
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
@@ -258,11 +263,107 @@ def refresh_coverage_layer(conn: Connection, city: CityInfo, *, today: dt.date |
     return True
 
 
+# -- hot-spot weight of the worklist --------------------------------------------------------------
+
+class WorklistSettings(BaseSettings):
+    """The worklist's hot-spot weight (env prefix ``CITYGRID_WORKLIST_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_WORKLIST_")
+
+    #: Days of cases (ending today) whose Gi* z weights the worklist's cases.
+    hotspot_days: int = PydField(30, ge=1, le=366)
+    #: New cases make the cached weights stale; they are recomputed at most once per this many minutes
+    #: (0: on every change). A new day, a new grid or a rollup rebuild recompute at once.
+    hotspot_refresh_minutes: float = PydField(10.0, ge=0)
+
+
+def worklist_settings() -> WorklistSettings:
+    return WorklistSettings()
+
+
+@dataclass
+class HotspotWeights:
+    """Gi* z and confidence bin of every cell of the active grid over a window of days."""
+
+    key: tuple  # (grid id, grid version, window start, window end)
+    fingerprint: tuple  # of the rollup's change log (layers.analytics.DayCache): epoch, count, sum, max
+    index_of: dict  # cell id -> position
+    cell_ids: np.ndarray  # position -> cell id
+    z: np.ndarray
+    bins: np.ndarray
+    computed_at: dt.datetime
+    computed_mono: float
+    stale: bool = False
+
+    def of(self, cell_id) -> tuple[float | None, int]:
+        pos = self.index_of.get(int(cell_id)) if cell_id is not None else None
+        if pos is None:
+            return None, 0
+        return float(self.z[pos]), int(self.bins[pos])
+
+
+_hot_cache: dict[int, HotspotWeights] = {}
+_hot_locks: dict[int, threading.Lock] = {}
+_hot_guard = threading.Lock()
+_clock = time.monotonic  # tests move it
+
+
+def _rollup_fingerprint(conn: Connection, city: CityInfo) -> tuple:
+    """The fingerprint the heat cache (layers.analytics.DayCache) keeps of the rollup's change log:
+    every statement that adds, moves or merges cases appends to the log, a rebuild bumps the epoch."""
+    row = conn.execute(text("""
+        SELECT COALESCE((SELECT epoch FROM analytics_city WHERE city_id = :c), 0),
+               count(*), COALESCE(sum(version), 0), COALESCE(max(version), 0)
+        FROM case_rollup_change WHERE city_id = :c"""), {"c": city.id}).one()
+    return tuple(int(v) for v in row)
+
+
+def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
+    """Gi* z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
+    supervisors' hot-spot analysis (layers.analytics.hotspots: queen contiguity, all cells, BH-FDR) and
+    cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
+    it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since
+    they were computed. A new window (day), grid or epoch (rollup rebuild) recomputes at once."""
+    from layers import analytics as la
+
+    cfg = worklist_settings()
+    start = today - dt.timedelta(days=cfg.hotspot_days - 1)
+    arr = la.grid_arrays(conn, city)
+    key = (arr.grid.info.id, arr.grid.info.version, start, today)
+    fp = _rollup_fingerprint(conn, city)
+    # A transaction that has written may see its own uncommitted cases: it must not fill the cache.
+    clean = conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar()
+    with _hot_guard:
+        lock = _hot_locks.setdefault(city.id, threading.Lock())
+    with lock:
+        hit = _hot_cache.get(city.id)
+        if hit is not None and hit.key == key and hit.fingerprint[0] == fp[0]:
+            if hit.fingerprint == fp:
+                hit.stale = False
+                return hit
+            if _clock() - hit.computed_mono < cfg.hotspot_refresh_minutes * 60:
+                hit.stale = True
+                return hit
+        h = la.hotspots(conn, city, start, today)
+        w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"], dt.datetime.now(dt.UTC), _clock())
+        if clean:
+            _hot_cache[city.id] = w
+        return w
+
+
+def _weight_doc(z: float | None, b: int) -> dict:
+    from layers.analytics import HOT_LABELS
+
+    return {"z": None if z is None else round(z, 3), "bin": b, "label": HOT_LABELS.get(b),
+            "weight": round(z, 3) if (z is not None and b > 0) else 0.0}
+
+
 # -- worklist -------------------------------------------------------------------------------------
 
 def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = None,
              now: dt.datetime | None = None) -> dict:
-    """Zones due today in the inspector's area and cases waiting for them on site, overdue first."""
+    """Zones due today in the inspector's area and cases waiting for them on site: overdue first, then
+    by the hot-spot weight of their cell (:func:`hotspot_weights`), then by deadline."""
     from layers import calendar as lcal
 
     now = now or lcal.now()
@@ -281,18 +382,35 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
                                 "geometry": shapely.geometry.mapping(
                                     gcrs.transform_geometry(r["geom"], city.working_crs, "EPSG:4326"))})
     zones_due.sort(key=lambda z: (-z["remaining"], z["code"]))
+    # Cases: overdue first, then by the hot-spot weight of their cell (the Gi* z of significant hot
+    # spots; cells that are not, cold spots and cases without a cell weigh 0), then by deadline.
+    hot = hotspot_weights(conn, city, today)
+    sig = np.flatnonzero(hot.bins > 0)
+    cell_ids = hot.cell_ids[sig]
     rows = conn.execute(text("""
-        SELECT id, case_no, state, category_code, category_name, description, cell_code, step_deadline_at,
-               received_at, ST_X(ST_Transform(location, 4326)), ST_Y(ST_Transform(location, 4326))
-        FROM case_file
-        WHERE city_id = :c AND state IN ('collected', 'verifying') AND merged_into IS NULL AND location IS NOT NULL
-          AND (CAST(:a AS text) IS NULL OR coalesce(cell_code, area_code, '') LIKE :a || '%')
-        ORDER BY coalesce(step_deadline_at < :now, false) DESC, step_deadline_at NULLS LAST, id
-        LIMIT 200"""), {"c": city.id, "a": area, "now": now}).all()
+        SELECT f.id, f.case_no, f.state, f.category_code, f.category_name, f.description, f.cell_code,
+               f.step_deadline_at, f.received_at, ST_X(ST_Transform(f.location, 4326)),
+               ST_Y(ST_Transform(f.location, 4326)), f.cell_id
+        FROM case_file f
+        LEFT JOIN unnest(CAST(:hid AS bigint[]), CAST(:hz AS double precision[])) AS h(cell_id, z)
+               ON h.cell_id = f.cell_id
+        WHERE f.city_id = :c AND f.state IN ('collected', 'verifying') AND f.merged_into IS NULL
+          AND f.location IS NOT NULL
+          AND (CAST(:a AS text) IS NULL OR coalesce(f.cell_code, f.area_code, '') LIKE :a || '%')
+        ORDER BY coalesce(f.step_deadline_at < :now, false) DESC, coalesce(h.z, 0) DESC,
+                 f.step_deadline_at NULLS LAST, f.id
+        LIMIT 200"""), {"c": city.id, "a": area, "now": now, "hid": [int(v) for v in cell_ids],
+                        "hz": [float(v) for v in hot.z[sig]]}).all()
     cases = [{"id": r[0], "case_no": r[1], "state": r[2], "state_label": STATES.get(r[2], r[2]),
               "task": "核实 verify the report" if r[2] == "collected" else "核查 check the fix",
               "category_code": r[3], "category_name": r[4], "description": r[5], "cell_code": r[6],
               "deadline": r[7].isoformat() if r[7] else None, "overdue": bool(r[7] and r[7] < now),
-              "received_at": r[8].isoformat(), "lon": r[9], "lat": r[10]} for r in rows]
+              "received_at": r[8].isoformat(), "lon": r[9], "lat": r[10], "hotspot": _weight_doc(*hot.of(r[11]))}
+             for r in rows]
+    start, end = hot.key[2], hot.key[3]
     return {"date": today.isoformat(), "area_code": area, "zones_due": zones_due, "cases": cases,
-            "ordering": "cases: overdue first, then by deadline (hotspot weight: not available yet)"}
+            "hotspots": {"start": start.isoformat(), "end": end.isoformat(), "computed_at": hot.computed_at.isoformat(),
+                         "stale": hot.stale, "significant_cells": int(sig.size),
+                         "refresh_minutes": worklist_settings().hotspot_refresh_minutes},
+            "ordering": "cases: overdue first, then by hot-spot weight (Getis-Ord Gi* z of the case's cell over the "
+                        "last days of cases, significant hot spots only: other cells weigh 0), then by deadline"}
