@@ -186,7 +186,8 @@ def _addr_key(conn: Connection, address: str | None) -> bytes:
 
 _STATE = """
     WITH f AS (
-        SELECT at, count(*) OVER (ORDER BY at RANGE BETWEEN CAST(:win AS interval) PRECEDING AND CURRENT ROW) AS n
+        SELECT at, count(*) OVER (ORDER BY at RANGE BETWEEN CAST(:win AS interval) - interval '1 microsecond'
+                                  PRECEDING AND CURRENT ROW) AS n  -- the failures in (at - window, at]
         FROM lookup_failure WHERE {where} AND at > :since AND at <= :now)
     SELECT max(at) FILTER (WHERE n >= :max) + CAST(:lock AS interval), count(*) FILTER (WHERE at > :now - CAST(:win AS interval))
     FROM f"""
