@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import math
+import time
 import uuid
 
 import numpy as np
@@ -145,6 +146,27 @@ def test_coverage_layer_exports_what_the_coverage_endpoint_says(client, engine, 
     listed = {d["name"]: d for d in client.get("/api/v1/layers", headers=auth(tokens["planner"])).json()["layers"]}
     assert listed["zone_coverage"]["public"] is False and listed["zone_coverage"]["theme"] == "field"
     assert "zone_coverage" not in {d["name"] for d in client.get("/api/v1/layers").json()["layers"]}
+
+    # A background export job (its own connection) sees the refreshed table too.
+    r = client.post("/api/v1/layers/zone_coverage/export-jobs", headers=sup, params={"format": "gpkg"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    for _ in range(200):
+        st = client.get(job["status_url"], headers=sup).json()
+        if st["status"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    assert st["status"] == "done", st
+    p = tmp_path / "job.gpkg"
+    p.write_bytes(client.get(job["file_url"], headers=sup).content)
+    _same(pyogrio.read_dataframe(p), api2, codes)
+    # Vector tiles of the layer (not cached: it has no layer version).
+    z = 14
+    lon, lat = gcrs.transform_xy(np.array([x0 + 50.0]), np.array([y0 + 50.0]), haimen.working_crs, "EPSG:4326")
+    tx = int((lon[0] + 180) / 360 * 2**z)
+    ty = int((1 - math.asinh(math.tan(math.radians(lat[0]))) / math.pi) / 2 * 2**z)
+    r = client.get(f"/api/v1/tiles/zone_coverage/{z}/{tx}/{ty}.mvt", headers=sup)
+    assert r.status_code == 200 and len(r.content) > 0
 
     # OGC API – Features: listed among the collections, items with the same values.
     cols = client.get("/api/v1/ogc/collections", headers=sup).json()["collections"]
