@@ -263,7 +263,9 @@ async function loadWorklist() {
       b.onclick = () => openVerify(c.id);
       li.appendChild(b);
     }
-    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}`));
+    const hs = c.hotspot && c.hotspot.bin > 0  // a significant Gi* hot spot: the worklist's weight
+      ? ` · ${t("热点", "hot spot")} ${[0, 90, 95, 99][c.hotspot.bin]}% (z ${c.hotspot.z.toFixed(1)})` : "";
+    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}${hs}`));
     $("cases").appendChild(li);
   }
   if (bounds.length) map.fitBounds(bounds.reduce((a, b) => a.extend(b)), { maxZoom: 16 });
