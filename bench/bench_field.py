@@ -48,7 +48,8 @@ ANCHOR_APP = textwrap.dedent("""
 
     @asynccontextmanager
     async def lifespan(app):
-        app.state.pool = await asyncpg.create_pool(DSN, min_size=8, max_size=16)
+        app.state.pool = await asyncpg.create_pool(DSN, min_size=16, max_size=16,
+                                                   server_settings={"application_name": "bench_field_anchor"})
         yield
         await app.state.pool.close()
 
@@ -135,10 +136,44 @@ def wrk(url: str, script: str, *, seconds: int, conns: int, threads: int = 2, ex
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "non2xx": int(non2xx.group(1)) if non2xx else 0,
+    return {"rps": rps, "requests": requests, "p50": ms("50"), "p99": ms("99"), "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "errors": errors.group(1) if errors else "", "raw": out}
+
+
+def cpu_ms(pids) -> float:
+    """CPU time (user + system) used so far by the processes ``pids``, in milliseconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total * 1000.0 / tick
+
+
+def backends(engine, app_name: str, since) -> list[int]:
+    """The PostgreSQL backends a server opened (by application name, started after ``since``)."""
+    from sqlalchemy import text
+
+    with engine.connect() as c:
+        return list(c.execute(text("SELECT pid FROM pg_stat_activity WHERE application_name = :a "
+                                   "AND backend_start >= :t AND pid <> pg_backend_pid()"),
+                              {"a": app_name, "t": since}).scalars())
+
+
+def measured(fn, server_pid: int, db_pids: list[int]):
+    """fn()'s result with the CPU its server and its database backends spent per request."""
+    a, b = cpu_ms([server_pid]), cpu_ms(db_pids)
+    out = fn()
+    n = max(1, out["requests"])
+    out["server_cpu"] = (cpu_ms([server_pid]) - a) / n
+    out["db_cpu"] = (cpu_ms(db_pids) - b) / n
+    return out
 
 
 def main() -> int:
@@ -181,12 +216,17 @@ def main() -> int:
     t = Table(f"field intake, {args.conns} concurrent clients, {args.seconds} s each (wrk), one uvicorn worker each")
     procs = []
     try:
+        import datetime as dt
+
+        with engine.connect() as c:
+            started = c.execute(text("SELECT now()")).scalar_one() - dt.timedelta(seconds=1)
         ap_port, our_port = free_port(), free_port()
         procs.append(start(["-c", ANCHOR_APP, dsn, str(ap_port)], ap_port, env, "/docs"))
         # The connection pool must be at least as large as the server's thread pool (40): with fewer
         # connections, threads waiting for a connection can hold every worker thread while requests
         # that hold connections wait for a thread — a deadlock until the pool timeout.
-        our_env = {**env, "CITYGRID_DB_POOL_SIZE": "40", "CITYGRID_DB_MAX_OVERFLOW": "10"}
+        our_env = {**env, "CITYGRID_DB_POOL_SIZE": "40", "CITYGRID_DB_MAX_OVERFLOW": "10",
+                   "CITYGRID_DB_ASYNC_POOL_MIN": os.environ.get("CITYGRID_DB_ASYNC_POOL_MAX", "10")}
         procs.append(start(["-c", OUR_APP, url, str(our_port)], our_port, our_env, "/api/v1/health"))
         base = f"http://127.0.0.1:{our_port}"
         hdr = {"Authorization": f"Bearer {tok}"}
@@ -212,10 +252,13 @@ def main() -> int:
         seq_row = ("JSON reports, 1 client in sequence", f"p50 {seq[100]:.1f} ms, p99 {seq[197]:.1f} ms "
                    f"({1000 / seq[100]:.0f} req/s)")
 
-        anchor = wrk(f"http://127.0.0.1:{ap_port}", ANCHOR_LUA, seconds=args.seconds, conns=args.conns)
+        anchor = measured(lambda: wrk(f"http://127.0.0.1:{ap_port}", ANCHOR_LUA, seconds=args.seconds,
+                                      conns=args.conns),
+                          procs[0].pid, backends(engine, "bench_field_anchor", started))
         run = uuid.uuid4().hex[:8]
         lua = REPORT_LUA.replace("TOKEN", tok).replace("PATH", '"/api/v1/reports/json"')
-        ours = wrk(base, lua, seconds=args.seconds, conns=args.conns, extra=[run])
+        ours = measured(lambda: wrk(base, lua, seconds=args.seconds, conns=args.conns, extra=[run]),
+                        procs[1].pid, backends(engine, "citygrid", started))
         with engine.connect() as c:
             made = c.execute(text("SELECT count(*) FROM field_report WHERE idempotency_key LIKE :k"),
                              {"k": run + "-%"}).scalar_one()
@@ -224,6 +267,8 @@ def main() -> int:
         t.add("JSON reports (full path)", f"{ours['rps']:.0f} req/s, p99 {ours['p99']:.1f} ms, p50 {ours['p50']:.1f} ms",
               f"{anchor['rps']:.0f} req/s", f"≥ 40 %: {ratio * 100:.0f} % {'PASS' if ratio >= 0.4 else 'MISS'}; "
               f"p99 < 100 ms: {'PASS' if ours['p99'] < 100 else 'MISS'}")
+        t.add("  CPU per request: server / PostgreSQL", f"{ours['server_cpu']:.2f} / {ours['db_cpu']:.2f} ms",
+              f"{anchor['server_cpu']:.2f} / {anchor['db_cpu']:.2f} ms")
         t.add(*seq_row)
         t.add("  reports stored / non-2xx / socket errors", f"{made} / {ours['non2xx']} / {ours['errors'] or 'none'}")
 

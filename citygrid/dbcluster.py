@@ -211,6 +211,11 @@ def init(cluster: Cluster, log=print) -> None:
                 "work_mem = 32MB\n"
                 "maintenance_work_mem = 256MB\n"
                 "max_connections = 200\n"
+                # Bulk imports write GBs of WAL: checkpoints every 1 GB (the default) made the
+                # backends write their own buffers and full-page images in the middle of a COPY.
+                "max_wal_size = 4GB\n"
+                "checkpoint_timeout = 15min\n"
+                "wal_compression = on\n"
                 "jit = off\n")
 
 
