@@ -92,6 +92,18 @@ class ExportSettings(BaseSettings):
     job_ttl_hours: float = 24.0
 
 
+class WorklistSettings(BaseSettings):
+    """The inspector worklist's hot-spot weight."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_WORKLIST_")
+
+    #: Days of cases (ending today) whose Gi* z weights the worklist's cases.
+    hotspot_days: int = Field(30, ge=1, le=366)
+    #: New cases make the cached weights stale; they are recomputed at most once per this many minutes
+    #: (0: on every change). A new day, a new grid or a rollup rebuild recompute at once.
+    hotspot_refresh_minutes: float = Field(10.0, ge=0)
+
+
 @lru_cache
 def paths() -> PathSettings:
     return PathSettings()
@@ -115,3 +127,8 @@ def grid() -> GridSettings:
 def export() -> ExportSettings:
     """Read each time (not cached): the clean-up of old export jobs follows a changed setting."""
     return ExportSettings()
+
+
+def worklist() -> WorklistSettings:
+    """Read each time (not cached), as the export settings."""
+    return WorklistSettings()

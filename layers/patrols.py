@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from pydantic import Field as PydField
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
@@ -265,20 +263,10 @@ def refresh_coverage_layer(conn: Connection, city: CityInfo, *, today: dt.date |
 
 # -- hot-spot weight of the worklist --------------------------------------------------------------
 
-class WorklistSettings(BaseSettings):
-    """The worklist's hot-spot weight (env prefix ``CITYGRID_WORKLIST_``)."""
+def worklist_settings():
+    from citygrid import settings
 
-    model_config = SettingsConfigDict(env_prefix="CITYGRID_WORKLIST_")
-
-    #: Days of cases (ending today) whose Gi* z weights the worklist's cases.
-    hotspot_days: int = PydField(30, ge=1, le=366)
-    #: New cases make the cached weights stale; they are recomputed at most once per this many minutes
-    #: (0: on every change). A new day, a new grid or a rollup rebuild recompute at once.
-    hotspot_refresh_minutes: float = PydField(10.0, ge=0)
-
-
-def worklist_settings() -> WorklistSettings:
-    return WorklistSettings()
+    return settings.worklist()
 
 
 @dataclass
