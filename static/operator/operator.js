@@ -120,7 +120,7 @@
     const cfg = await api("/api/v1/config");
     if (cfg.basemap_url) L.tileLayer(cfg.basemap_url, { attribution: cfg.basemap_attribution }).addTo(map);
     const c = cfg.cities.find((x) => x.slug === (city || cfg.default_city)) || cfg.cities[0];
-    if (c) map.fitBounds([[c.bbox[1], c.bbox[0]], [c.bbox[3], c.bbox[2]]]);
+    if (c) map.fitBounds([[c.bbox[1], c.bbox[0]], [c.bbox[3], c.bbox[2]]], { animate: false });
     // District and street outlines for orientation (the OGC API collection of admin areas).
     try {
       const fc = await api("/api/v1/ogc/collections/admin_areas/items", { params: { limit: 100 } });
