@@ -82,7 +82,13 @@ def parse_crs(s: str | int) -> str:
     """
     if isinstance(s, bool) or not isinstance(s, (str, int, np.integer)):
         raise CRSError(f"unknown CRS {s!r}: use EPSG:<code>, GCJ-02 or BD-09")
-    key = str(s).strip().upper()
+    return _parse_crs(str(s))
+
+
+@lru_cache(maxsize=1024)
+def _parse_crs(s: str) -> str:
+    """parse_crs of a string, remembered (a request names its CRS several times over)."""
+    key = s.strip().upper()
     if key in _ALIASES:
         return _ALIASES[key]
     for form in _EPSG_FORMS:
@@ -319,6 +325,8 @@ def validate_lonlat(lon, lat) -> np.ndarray | None:
     "longitude out of range [-180, 180]", "latitude out of range [-90, 90]" or
     "latitude out of range [-90, 90] (lon/lat swapped?)" when swapping the pair would fit.
     """
+    if isinstance(lon, float) and isinstance(lat, float) and abs(lon) <= 180.0 and abs(lat) <= 90.0:
+        return None  # one valid point (the common case of a single report), without numpy
     lon, lat = np.broadcast_arrays(_as_float(lon), _as_float(lat))
     finite = np.isfinite(lon) & np.isfinite(lat)
     with np.errstate(invalid="ignore"):

@@ -296,9 +296,9 @@ def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *
         raise InputError(f"accuracy {acc:g} m is beyond {cfg['accuracy_max_m']} m: the fix says nothing about the "
                          "place; wait for a better fix or leave the location out to use the photos' EXIF")
     if lon is not None:
-        bad = gcrs.validate_lonlat(np.array([lon]), np.array([lat]))
+        bad = gcrs.validate_lonlat(lon, lat)
         if bad is not None:
-            raise InputError(f"location ({lon}, {lat}) is not a valid lon/lat: {bad[0]}")
+            raise InputError(f"location ({lon}, {lat}) is not a valid lon/lat: {bad.reshape(-1)[0]}")
         wx, wy = gcrs.transform_xy(np.array([lon]), np.array([lat]), src, "EPSG:4326")
         device_wgs = (float(wx[0]), float(wy[0]))
         location_source = "device"
