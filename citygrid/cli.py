@@ -57,6 +57,7 @@ def _print_demo(tokens: dict) -> None:
     print("\n页面 Pages:")
     print(f"  首页 Home        {base}/")
     print(f"  市民 Citizens    {base}/public")
+    print(f"  受理 Operators   {base}/operator")
     print(f"  采集 Inspectors  {base}/inspector")
     print(f"  监督 Supervisors {base}/supervisor")
     print(f"  规划 Planners    {base}/planner    (OGC API: {base}/api/v1/ogc)")
