@@ -190,3 +190,21 @@ def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | Non
             path.unlink(missing_ok=True)
             counts["deleted_orphans"] += 1
     return counts
+
+
+def recover_at_start(engine, table: str, store: PhotoStore, refs=None, log=None) -> dict | None:
+    """:func:`recover` for a store whose table exists, in a transaction of its own; ``refs(conn)``
+    gives the digests its table refers to (default: the reports'). Never raises: a server whose
+    database is down still starts, and says why nothing was recovered."""
+    try:
+        with engine.begin() as conn:
+            if not conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one():
+                return None
+            counts = recover(conn, store, refs(conn) if refs else None)
+    except Exception as e:  # noqa: BLE001 - a server without its database still starts
+        if log:
+            log.warning("%s: photo recovery skipped: %s", table, e)
+        return None
+    if log:
+        log.info("%s: photo store recovered: %s", table, counts)
+    return counts

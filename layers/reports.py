@@ -151,13 +151,14 @@ def request_hash(inp: ReportInput, photo_bytes: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def _finite(name: str, v) -> float | None:
-    if v is None:
+def finite_number(name: str, v) -> float | None:
+    """A form or JSON value as a finite float (None when absent or blank); InputError naming it."""
+    if v is None or (isinstance(v, str) and not v.strip()):
         return None
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise InputError(f"{name} '{v}' is not a number") from None
+        raise InputError(f"{name} '{str(v)[:40]}' is not a number") from None
     if not math.isfinite(f):
         raise InputError(f"{name} is not a finite number")
     return f
@@ -284,7 +285,8 @@ def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *
         flags.append("no_photos")
 
     # Where: the device, else EXIF.
-    lon, lat, acc = (_finite("lon", inp.lon), _finite("lat", inp.lat), _finite("accuracy_m", inp.accuracy_m))
+    num = finite_number
+    lon, lat, acc = num("lon", inp.lon), num("lat", inp.lat), num("accuracy_m", inp.accuracy_m)
     src = gcrs.parse_crs(inp.crs or "EPSG:4326")
     if not (gcrs.is_geographic(src) or src in (gcrs.GCJ02, gcrs.BD09)):
         raise InputError(f"crs {src}: the device location must be lon/lat in WGS-84, CGCS2000, GCJ-02 or BD-09")

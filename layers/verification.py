@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,18 +85,6 @@ class Position:
     xy: tuple[float, float]
 
 
-def _number(name: str, v) -> float | None:
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} '{str(v)[:40]}' is not a number") from None
-    if not math.isfinite(f):
-        raise InputError(f"{name} is not a finite number")
-    return f
-
-
 def check_input(city: CityInfo, inp: VerifyInput, n_photos: int, cfg: dict | None = None) -> tuple[str, str | None,
                                                                                               Position | None]:
     """(workflow action, note, position) of a verification, or InputError saying what is wrong."""
@@ -112,7 +99,8 @@ def check_input(city: CityInfo, inp: VerifyInput, n_photos: int, cfg: dict | Non
         raise InputError("不通过 (返工) needs a reason: say what is still wrong in note")
     if not 1 <= n_photos <= cfg["max_photos"]:
         raise InputError(f"{n_photos} photos: the on-site check (核查) needs 1 to {cfg['max_photos']} photos")
-    lon, lat, acc = _number("lon", inp.lon), _number("lat", inp.lat), _number("accuracy", inp.accuracy_m)
+    num = lreports.finite_number
+    lon, lat, acc = num("lon", inp.lon), num("lat", inp.lat), num("accuracy", inp.accuracy_m)
     if (lon is None) != (lat is None):
         raise InputError("send both lon and lat of your position, or neither")
     if lon is None:
@@ -371,3 +359,9 @@ def recover(conn: Connection, store: PhotoStore) -> dict[str, int]:
     from layers.photostore import recover as recover_store
 
     return recover_store(conn, store, referenced(conn))
+
+
+def recover_at_start(engine, log=None) -> dict | None:
+    from layers.photostore import recover_at_start as recover_store_at_start
+
+    return recover_store_at_start(engine, "case_verification_photo", photo_store(), referenced, log)

@@ -28,25 +28,23 @@ log = logging.getLogger("citygrid.field")
 
 @asynccontextmanager
 async def _lifespan(app):
-    """At start: bring staged and stored photo files in line with the committed rows."""
+    """At start: bring staged and stored photo files in line with the committed rows, and load the
+    default city's grid index once now, rather than in every worker thread of the first burst of
+    uploads at the same time."""
     engine = getattr(app.state, "engine", None)
     if engine is not None:
+        lstore.recover_at_start(engine, "field_photo", lstore.PhotoStore.default(), log=log)
         try:
-            with engine.begin() as conn:
-                if conn.execute(text("SELECT to_regclass('field_photo') IS NOT NULL")).scalar_one():
-                    counts = lstore.recover(conn, lstore.PhotoStore.default())
-                    log.info("photo store recovered: %s", counts)
-                # Load the default city's grid index once now, rather than in every worker thread of
-                # the first burst of uploads at the same time.
-                from citygrid import settings
-                from layers import city as lcity
-                from layers import grid as lgrid
+            from citygrid import settings
+            from layers import city as lcity
+            from layers import grid as lgrid
 
+            with engine.connect() as conn:
                 slug = settings.api().default_city
                 if conn.execute(text("SELECT 1 FROM city WHERE slug = :s"), {"s": slug}).first():
                     lgrid.snapper(conn, lcity.get_city(conn, slug))
         except Exception as e:  # noqa: BLE001 - a server without its database still starts
-            log.warning("photo store recovery skipped: %s", e)
+            log.warning("grid preload skipped: %s", e)
     yield
 
 

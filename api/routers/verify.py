@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
 from layers import reports as lreports
@@ -23,12 +23,7 @@ async def _lifespan(app):
     """At start: bring the verification photo files in line with the committed rows."""
     engine = getattr(app.state, "engine", None)
     if engine is not None:
-        try:
-            with engine.begin() as conn:
-                if conn.execute(text("SELECT to_regclass('case_verification_photo') IS NOT NULL")).scalar_one():
-                    log.info("verification photos recovered: %s", lver.recover(conn, lver.photo_store()))
-        except Exception as e:  # noqa: BLE001 - a server without its database still starts
-            log.warning("verification photo recovery skipped: %s", e)
+        lver.recover_at_start(engine, log)
     yield
 
 
