@@ -180,6 +180,7 @@
       `<option value="${esc(i.code)}">${esc((i.path || [i.name]).join(" / "))} · ${esc(i.name_en || "")} (${esc(i.code)})</option>`).join("");
     $("f-state").innerHTML = `<option value="">全部 All</option><option value="open">未办结 Open</option>` +
       Object.entries(cat.states).map(([k, v]) => `<option value="${esc(k)}">${esc(v)}</option>`).join("");
+    $("f-state").value = "open";  // the work still to do first; 全部 All is one click away
   }
 
   async function recordPick(latlng) {

@@ -194,7 +194,12 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
         ("verify_ok", "verifying", "feedback", "inspector", street),
         ("closed", "feedback", "closed", "operator", street),
         ("rated", "closed", "closed", "citizen", None)]
-    # The operator's page shows the whole timeline.
+    # The operator's page shows the whole timeline. The list shows open cases first: a closed one is
+    # under 全部 All.
+    assert op.input_value("#f-state") == "open"
+    op.select_option("#f-state", "")
+    op.click("#f-apply")
+    op.wait_for_selector(f"#case-list li[data-id='{case_id}']", timeout=10000)
     op.click(f"#case-list li[data-id='{case_id}']")
     op.wait_for_function("document.querySelectorAll('#d-events li').length === 8", timeout=10000)
     for p in (op, dep, pub):
