@@ -22,6 +22,15 @@ function applyLang() {
 $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("citygrid_lang", state.lang); applyLang(); };
 
 // ---- auth -----------------------------------------------------------------------------------
+// A link with #token=… (as `make run` prints for the demo users) signs in once; the token is kept
+// and taken out of the address bar.
+{
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromLink) {
+    localStorage.setItem("citygrid_token", fromLink);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
 function token() { return localStorage.getItem("citygrid_token") || ""; }
 function authHeaders() { return { Authorization: "Bearer " + token() }; }
 $("save-token").onclick = () => {
