@@ -17,6 +17,8 @@ named) take the synchronous path: that lookup is a query of its own anyway.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -57,7 +59,105 @@ class PlaceCache:
             if hit is None or hit is stale:
                 hit = await run_in_threadpool(self._load, slug)
                 self._places[slug] = hit
+                # The loaded grid is a million long-lived objects: out of the cyclic collector's
+                # sight, a full collection no longer stalls every request in flight for ~0.1 s.
+                gc.freeze()
             return hit
+
+
+SINGLE = "SELECT cg_file_report_as($1, $2, $3::jsonb)"
+BATCH = "SELECT cg_file_reports_as($1::jsonb)"
+
+
+class ReportWriter:
+    """Group commit for the intake: reports that arrive while the database is busy are written
+    together, in one call and one transaction (``cg_file_reports_as``, each report by the same
+    ``cg_file_report_as`` as alone), so that a burst pays one commit and one round trip per batch
+    instead of per report. Nothing waits for a batch to fill: a report that finds a lane free is
+    written at once, alone. At most ``lanes`` batches are in the database at a time.
+
+    Each report is still acknowledged only after the transaction that holds it has committed. A
+    batch that fails as a whole (a deadlock, a lost connection) wrote nothing; its reports are then
+    written one by one, so one report's error stays its own. Within a batch, reports are written in
+    cell order: two lanes then take the rollup rows they share in the same order.
+    """
+
+    def __init__(self, lanes: int = 2, max_batch: int = 64):
+        self.lanes, self.max_batch = lanes, max_batch
+        self._waiting: list[tuple] = []
+        self._running = 0
+        self._tasks: set = set()  # the lanes' tasks, held (the loop keeps only weak references)
+        self.batches = 0  # calls made, for the tests and the bench
+        self.reports = 0
+
+    async def write(self, pool, token_hash: str, roles, params: dict) -> dict:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting.append((token_hash, sorted(roles), params, fut))
+        if self._running < self.lanes:
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._lane(pool))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
+
+    async def _lane(self, pool) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+                try:
+                    await self._write(pool, batch)
+                except BaseException as e:  # no request is left waiting for an answer
+                    for item in batch:
+                        _settle(item[3], error=e if isinstance(e, Exception) else RuntimeError("intake stopped"))
+                    if not isinstance(e, Exception):
+                        raise
+        finally:
+            self._running -= 1
+
+    async def _write(self, pool, batch: list[tuple]) -> None:
+        batch.sort(key=lambda b: (b[2]["report"]["cell_id"] or 0))
+        self.batches += 1
+        self.reports += len(batch)
+        try:
+            if len(batch) == 1:
+                outs = [await pool.fetchval(SINGLE, *batch[0][:3])]
+            else:
+                outs = await pool.fetchval(BATCH, [{"token_hash": t, "roles": r, "p": p} for t, r, p, _ in batch])
+        except Exception as e:  # noqa: BLE001 - the batch wrote nothing: each report on its own
+            if len(batch) == 1:
+                _settle(batch[0][3], error=e)
+                return
+            for t, r, p, fut in batch:
+                try:
+                    _settle(fut, await pool.fetchval(SINGLE, t, r, p))
+                except Exception as e1:  # noqa: BLE001 - this report's own error, to its request
+                    _settle(fut, error=e1)
+            return
+        for item, out in zip(batch, outs, strict=True):
+            _settle(item[3], out)
+
+
+def _settle(fut, out=None, error=None) -> None:
+    if fut.done():  # the request went away (client gone); its report is written all the same
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(out)
+
+
+_writers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def writer() -> ReportWriter:
+    """The report writer of the running event loop."""
+    from citygrid import settings
+
+    loop = asyncio.get_running_loop()
+    w = _writers.get(loop)
+    if w is None:
+        w = _writers[loop] = ReportWriter(lanes=settings.database().intake_lanes)
+    return w
 
 
 async def file_report(pool, places: PlaceCache, slug: str, token_hash: str, roles, inp: lreports.ReportInput,
@@ -73,7 +173,7 @@ async def file_report(pool, places: PlaceCache, slug: str, token_hash: str, role
     for _attempt in range(3):
         loc = lreports.locate_report(place.city, place.grid, inp, [], min_photos=0)
         params = lreports.plan_report(place.city, place.grid, loc, inp, None, key, req_hash)
-        out = await pool.fetchval("SELECT cg_file_report_as($1, $2, $3::jsonb)", token_hash, sorted(roles), params)
+        out = await writer().write(pool, token_hash, roles, params)
         if out["status"] in (401, 403):
             return out
         try:

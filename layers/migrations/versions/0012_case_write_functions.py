@@ -260,7 +260,20 @@ BEGIN
     RETURN cg_file_report(p || jsonb_build_object('user_id', u.id, 'user_role', u.role));
 END $$"""
 
-FUNCTIONS = (CASE_NO, FIND_DUPLICATE, LINK_DUPLICATE, OPEN_CASE, FILE_REPORT, FILE_REPORT_AS)
+FILE_REPORTS_AS = """
+CREATE OR REPLACE FUNCTION cg_file_reports_as(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+-- Several reports in one transaction (the intake's group commit): p is an array of
+-- {token_hash, roles, p}; the answer is the array of cg_file_report_as's answers, in order.
+DECLARE e jsonb; answers jsonb := '[]'::jsonb;
+BEGIN
+    FOR e IN SELECT value FROM jsonb_array_elements(p) WITH ORDINALITY ORDER BY ordinality LOOP
+        answers := answers || jsonb_build_array(cg_file_report_as(e->>'token_hash',
+            ARRAY(SELECT jsonb_array_elements_text(e->'roles')), e->'p'));
+    END LOOP;
+    RETURN answers;
+END $$"""
+
+FUNCTIONS = (CASE_NO, FIND_DUPLICATE, LINK_DUPLICATE, OPEN_CASE, FILE_REPORT, FILE_REPORT_AS, FILE_REPORTS_AS)
 
 
 def upgrade() -> None:
@@ -273,7 +286,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("ALTER TABLE field_report ALTER CONSTRAINT field_report_case_id_fkey NOT DEFERRABLE")
-    for name in ("cg_file_report_as(text, text[], jsonb)", "cg_file_report(jsonb)", "cg_open_case(jsonb)",
+    for name in ("cg_file_reports_as(jsonb)", "cg_file_report_as(text, text[], jsonb)", "cg_file_report(jsonb)", "cg_open_case(jsonb)",
                  "cg_link_duplicate(bigint, bigint, integer, text, timestamptz, text, text[], text[])",
                  "cg_find_duplicate(integer, text, geometry, timestamptz, double precision, double precision, "
                  "text[], bigint)", "cg_case_no(text)"):
