@@ -387,6 +387,12 @@ ROLE_ACTIONS: dict[str, frozenset] = {
 }
 NEEDS_REASON = frozenset({"reject", "return", "defer", "suspend", "void", "verify_fail", "extend", "reopen"})
 
+
+def needs_reason(action: str, state: str) -> bool:
+    """Whether ``action`` from ``state`` must say why: the actions of NEEDS_REASON, and closing a case
+    that was never dispatched (直接办结: the note says how it was answered)."""
+    return action in NEEDS_REASON or (action == "close" and state == "accepted")
+
 _CASE_COLS = ("id, city_id, case_no, state, department_id, category_code, request_type, urgency, cell_code, "
               "area_code, step_deadline_at, close_deadline_at, updated_at, rework_count, merged_into, rating, source")
 
@@ -449,6 +455,8 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
     note = note.strip() if isinstance(note, str) else None
     if action in NEEDS_REASON and not note:
         raise InputError(f"'{action}' needs a reason")
+    if needs_reason(action, state) and not note:  # closing without dispatch
+        raise InputError("closing a case without dispatch (直接办结) needs a note saying how it was answered")
     photos = kw.get("photos") or None
     if photos is not None and (not isinstance(photos, list) or not all(isinstance(p, str) for p in photos)):
         raise InputError("photos must be a list of photo references")
@@ -499,8 +507,6 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         sets["rework_count"] = case["rework_count"] + 1
         data["rework"] = case["rework_count"] + 1
     elif action == "close":
-        if state == "accepted" and not note:
-            raise InputError("closing a case without dispatch (直接办结) needs a note saying how it was answered")
         sets["closed_at"] = at
         if case["close_deadline_at"] is not None:
             data["close_deadline"] = _iso(case["close_deadline_at"])
@@ -583,18 +589,17 @@ def allowed_actions(conn: Connection, case_id: int, user) -> list[dict]:
     """The actions ``user`` may apply to the case now: its role's, from the case's state, through the
     same gate as ``transition`` (own department, inspector's area); for the pages' buttons."""
     case = _load(conn, case_id)
-    out = []
-    for action, (_, sources, target) in ACTIONS.items():
-        if case["state"] not in sources or action not in ROLE_ACTIONS.get(getattr(user, "role", None), ()):
-            continue
-        if action == "rate" and case["rating"] is not None:
-            continue
+    role_actions = ROLE_ACTIONS.get(getattr(user, "role", None), frozenset())
+    out = [{"action": action, "to": target, "needs_reason": needs_reason(action, case["state"])}
+           for action, (_, sources, target) in ACTIONS.items()
+           if case["state"] in sources and action in role_actions
+           and not (action == "rate" and case["rating"] is not None)]
+    # Beyond the role, the gate (own department, inspector's area) is the same for every action.
+    if out:
         try:
-            authorize(conn, case, action, user)
+            authorize(conn, case, out[0]["action"], user)
         except Forbidden:
-            continue
-        out.append({"action": action, "to": target, "needs_reason": action in NEEDS_REASON
-                    or (action == "close" and case["state"] == "accepted")})
+            return []
     return out
 
 

@@ -79,6 +79,13 @@ def click_map(page, lon, lat, zoom=17):
     page.mouse.click(box["x"] + x, box["y"] + y)
 
 
+def pick_cell(page, target):
+    """Click the centre of ``target`` (cell_at) on the map and wait until the page shows its cell."""
+    click_map(page, target["lon"], target["lat"])
+    page.wait_for_function("(code) => document.getElementById('record-loc').textContent.includes(code)",
+                           arg=target["code"], timeout=10000)
+
+
 def act(page, action, state):
     """Press an action button of the case detail and wait for the case to be in ``state``."""
     page.click(f"#d-buttons button[data-action='{action}']")
@@ -102,9 +109,7 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
     op.fill("#address", "海门街道某小区门口")
     op.fill("#caller-name", "张三")
     op.fill("#caller-phone", "13800000000")
-    click_map(op, target["lon"], target["lat"])
-    op.wait_for_function("(code) => document.getElementById('record-loc').textContent.includes(code)",
-                         arg=target["code"], timeout=10000)
+    pick_cell(op, target)
     op.click("#record-submit")
     op.wait_for_selector("#new-query-code", timeout=10000)
     case_no = op.inner_text("#new-case-no").strip()
@@ -265,9 +270,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     page.click("#record-loc-clear")
     lon, lat = spot()
     target = cell_at(engine, haimen, lon, lat)
-    click_map(page, target["lon"], target["lat"])
-    page.wait_for_function("(code) => document.getElementById('record-loc').textContent.includes(code)",
-                           arg=target["code"], timeout=10000)
+    pick_cell(page, target)
     page.click("#record-submit")
     page.wait_for_selector("#new-case-no", timeout=10000)
     case_no = page.inner_text("#new-case-no").strip()

@@ -170,6 +170,16 @@ def test_component_reports_take_the_synchronous_path_with_the_same_answer(client
     lon, lat = spot()
     r = _post(client, h, {"category_code": "010101", "lon": lon, "lat": lat, "accuracy": 5})
     assert r.status_code == 201, r.text
+    slow = r.json()
     fast = _post(client, h, {"category_code": "E10301", "lon": lon, "lat": lat, "accuracy": 5}).json()
-    assert set(r.json()) == set(fast)
-    assert set(r.json()["case"]) == set(fast["case"]) and set(r.json()["location"]) == set(fast["location"])
+    assert set(slow) == set(fast)
+    assert set(slow["case"]) == set(fast["case"]) and set(slow["location"]) == set(fast["location"])
+    with engine.connect() as c:
+        row = c.execute(text("""SELECT r.response, c.category_code, c.source, c.cell_code, c.asset_id
+                                FROM field_report r JOIN case_file c ON c.id = r.case_id WHERE r.id = :i"""),
+                        {"i": slow["id"]}).one()
+    assert row[0] == slow and (row[1], row[2], row[3]) == ("010101", "inspector", slow["cell_code"])
+    if slow["asset"] is None:  # no water cover within 15 m: the device point decides the cell
+        assert slow["cell_code"] == _cell_by_postgis(engine, haimen.id, lon, lat) and row[4] is None
+    else:
+        assert slow["location"]["source"] == "asset" and row[4] is not None

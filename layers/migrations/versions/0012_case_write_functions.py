@@ -55,6 +55,20 @@ BEGIN
             LIMIT 1);
 END $$"""
 
+ORIGINAL_FOR = """
+CREATE OR REPLACE FUNCTION cg_original_for(p_city integer, p_category text, p_loc geometry, p_at timestamptz,
+                                           p_radius double precision, p_window_h double precision, p_open text[],
+                                           OUT id bigint, OUT state text, OUT case_no text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The original a new case is merged into (cg_find_duplicate), share-locked and checked again:
+    -- until commit it can be neither closed nor merged, and other duplicates of it do not wait.
+    SELECT c.id, c.state, c.case_no INTO id, state, case_no FROM case_file c
+    WHERE c.id = cg_find_duplicate(p_city, p_category, p_loc, p_at, p_radius, p_window_h, p_open, NULL)
+      AND c.merged_into IS NULL AND c.state = ANY(p_open)
+    FOR SHARE;
+END $$"""
+
 LINK_DUPLICATE = """
 CREATE OR REPLACE FUNCTION cg_link_duplicate(p_case bigint, p_original bigint, p_actor integer, p_role text,
                                              p_at timestamptz, p_note text, p_final text[], p_open text[])
@@ -96,7 +110,8 @@ CREATE OR REPLACE FUNCTION cg_open_case(p jsonb) RETURNS jsonb LANGUAGE plpgsql 
 --    location_source, location_accuracy_m, location_confidence, cell_id, cell_code, area_code, asset_id,
 --    step_deadline_at, close_deadline_at, query_code (hashed here), contact {name, phone, openid},
 --    actor_id, actor_role, event_data, dup {radius_m, window_h, open[], note};
---    and, when the caller took them already (cg_file_report): id, case_no, original (null: none).
+--    and, when the caller took them already (cg_file_report): id, case_no, original (null: none)
+--    with original_state and original_no.
 -- A duplicate (并单) is written merged from the start: it never enters the rollup, and the original
 -- is only share-locked, so that many duplicates of one original do not wait for each other.
 DECLARE
@@ -109,7 +124,6 @@ DECLARE
     v_hit text;
     v_orig bigint;
     v_orig_state text;
-    v_orig_merged bigint;
     v_orig_no text;
 BEGIN
     IF p->>'source_ref' IS NOT NULL THEN
@@ -123,19 +137,14 @@ BEGIN
     IF p->>'x' IS NOT NULL THEN
         v_loc := ST_SetSRID(ST_MakePoint((p->>'x')::float8, (p->>'y')::float8), (p->>'srid')::integer);
     END IF;
-    IF p ? 'original' THEN
+    IF p ? 'original' THEN  -- found and share-locked by the caller (cg_file_report)
         v_orig := (p->>'original')::bigint;
+        v_orig_state := p->>'original_state';
+        v_orig_no := p->>'original_no';
     ELSIF v_loc IS NOT NULL THEN
-        v_orig := cg_find_duplicate(v_city, p->>'category_code', v_loc, v_at, (p->'dup'->>'radius_m')::float8,
-                                    (p->'dup'->>'window_h')::float8, v_open, NULL);
-    END IF;
-    IF v_orig IS NOT NULL THEN
-        SELECT state, merged_into, case_no INTO v_orig_state, v_orig_merged, v_orig_no
-        FROM case_file WHERE id = v_orig FOR SHARE;
-        IF NOT FOUND OR NOT (v_orig_state = ANY(v_open)) OR v_orig_merged IS NOT NULL THEN
-            v_orig := NULL;  -- the original closed or merged meanwhile: this case stands on its own
-            v_orig_no := NULL;
-        END IF;
+        SELECT * INTO v_orig, v_orig_state, v_orig_no
+        FROM cg_original_for(v_city, p->>'category_code', v_loc, v_at, (p->'dup'->>'radius_m')::float8,
+                             (p->'dup'->>'window_h')::float8, v_open);
     END IF;
     v_id := coalesce((p->>'id')::bigint, nextval('case_file_id_seq'));
     v_no := coalesce(p->>'case_no', cg_case_no(p->>'case_no_prefix'));
@@ -177,9 +186,9 @@ CREATE OR REPLACE FUNCTION cg_file_report(p jsonb) RETURNS jsonb LANGUAGE plpgsq
 -- Returns {"status": 201|200|409|410, "result": ..., "message": ...}:
 --   201 recorded; 200 a retry of the same key (the first result); 409 the key was used for a
 --   different report; 410 the grid changed since it was loaded (snap again and retry).
--- The ids, the case number and the original (并单) are taken before the key is claimed, so that the
--- report row is written once, complete with its answer (a claim that loses leaves gaps in the
--- sequences, as a rolled-back intake does).
+-- The ids, the case number and the original (并单, share-locked) are taken before the key is
+-- claimed, so that the report row is written once, complete with its answer (a claim that loses
+-- leaves gaps in the sequences, as a rolled-back intake does).
 DECLARE
     r jsonb := p->'report';
     c jsonb := p->'case';
@@ -190,22 +199,20 @@ DECLARE
     v_case_id bigint := nextval('case_file_id_seq');
     v_no text := cg_case_no(c->>'case_no_prefix');
     v_orig bigint;
+    v_orig_state text;
     v_orig_no text;
     v_prev record;
     v_claimed bigint;
-    v_case jsonb;
     v_result jsonb;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM grid WHERE id = (p->>'grid_id')::integer AND city_id = (r->>'city_id')::integer
                    AND active AND created_at::text = p->>'grid_version') THEN
         RETURN jsonb_build_object('status', 410, 'message', 'the city''s grid changed: snap again');
     END IF;
-    v_orig := cg_find_duplicate((c->>'city_id')::integer, c->>'category_code', v_loc, (c->>'received_at')::timestamptz,
-                                (c->'dup'->>'radius_m')::float8, (c->'dup'->>'window_h')::float8,
-                                ARRAY(SELECT jsonb_array_elements_text(c->'dup'->'open')), NULL);
-    IF v_orig IS NOT NULL THEN
-        SELECT case_no INTO v_orig_no FROM case_file WHERE id = v_orig;
-    END IF;
+    SELECT * INTO v_orig, v_orig_state, v_orig_no
+    FROM cg_original_for((c->>'city_id')::integer, c->>'category_code', v_loc, (c->>'received_at')::timestamptz,
+                         (c->'dup'->>'radius_m')::float8, (c->'dup'->>'window_h')::float8,
+                         ARRAY(SELECT jsonb_array_elements_text(c->'dup'->'open')));
     v_result := (p->'result') || jsonb_build_object('id', v_id,
         'case', jsonb_build_object('id', v_case_id, 'case_no', v_no,
                                    'state', CASE WHEN v_orig IS NULL THEN 'collected' ELSE 'merged' END,
@@ -236,14 +243,10 @@ BEGIN
         END IF;
         RETURN jsonb_build_object('status', 200, 'result', v_prev.response);
     END IF;
-    v_case := cg_open_case(c || jsonb_build_object('id', v_case_id, 'case_no', v_no, 'original', v_orig,
-                                                   'source_ref', 'field-report-' || v_id,
-                                                   'actor_id', v_user, 'actor_role', p->>'user_role'));
-    IF (v_case->>'merged_into')::bigint IS DISTINCT FROM v_orig THEN  -- the original closed meanwhile
-        v_result := jsonb_set(v_result, '{case}', v_result->'case' || jsonb_build_object(
-            'state', v_case->'state', 'merged_into', v_case->'merged_into', 'merged_into_no', v_case->'merged_into_no'));
-        UPDATE field_report SET response = v_result WHERE id = v_id;
-    END IF;
+    PERFORM cg_open_case(c || jsonb_build_object('id', v_case_id, 'case_no', v_no, 'original', v_orig,
+                                                 'original_state', v_orig_state, 'original_no', v_orig_no,
+                                                 'source_ref', 'field-report-' || v_id,
+                                                 'actor_id', v_user, 'actor_role', p->>'user_role'));
     RETURN jsonb_build_object('status', 201, 'result', v_result);
 END $$"""
 
@@ -273,7 +276,7 @@ BEGIN
     RETURN answers;
 END $$"""
 
-FUNCTIONS = (CASE_NO, FIND_DUPLICATE, LINK_DUPLICATE, OPEN_CASE, FILE_REPORT, FILE_REPORT_AS, FILE_REPORTS_AS)
+FUNCTIONS = (CASE_NO, FIND_DUPLICATE, ORIGINAL_FOR, LINK_DUPLICATE, OPEN_CASE, FILE_REPORT, FILE_REPORT_AS, FILE_REPORTS_AS)
 
 
 def upgrade() -> None:
@@ -288,6 +291,7 @@ def downgrade() -> None:
     op.execute("ALTER TABLE field_report ALTER CONSTRAINT field_report_case_id_fkey NOT DEFERRABLE")
     for name in ("cg_file_reports_as(jsonb)", "cg_file_report_as(text, text[], jsonb)", "cg_file_report(jsonb)", "cg_open_case(jsonb)",
                  "cg_link_duplicate(bigint, bigint, integer, text, timestamptz, text, text[], text[])",
+                 "cg_original_for(integer, text, geometry, timestamptz, double precision, double precision, text[])",
                  "cg_find_duplicate(integer, text, geometry, timestamptz, double precision, double precision, "
                  "text[], bigint)", "cg_case_no(text)"):
         op.execute(f"DROP FUNCTION IF EXISTS {name}")
