@@ -146,6 +146,17 @@ def compact_change_log(conn: Connection, city: CityInfo) -> int:
         WHERE c.city_id = :c AND c.day = m.day AND c.version < m.newest"""), {"c": city.id}).rowcount
 
 
+def rollup_fingerprint(conn: Connection, city: CityInfo) -> tuple[int, int, int, int]:
+    """(epoch, count, sum, max) of the city's rollup change log: every statement that adds, moves or
+    merges cases appends to the log, a full rebuild bumps the epoch. :class:`DayCache` and the
+    worklist's hot-spot weights (layers.patrols.hotspot_weights) compare it to know when to reload."""
+    row = conn.execute(text("""
+        SELECT COALESCE((SELECT epoch FROM analytics_city WHERE city_id = :c), 0),
+               count(*), COALESCE(sum(version), 0), COALESCE(max(version), 0)
+        FROM case_rollup_change WHERE city_id = :c"""), {"c": city.id}).one()
+    return tuple(int(v) for v in row)
+
+
 class DayCache:
     """Per-cell totals of every day of a city's rollup, in memory (grid positions, counts per day).
 
@@ -169,12 +180,8 @@ class DayCache:
     def refresh(self, conn: Connection, city: CityInfo, arr: GridArrays) -> None:
         import time
 
-        row = conn.execute(text("""
-            SELECT COALESCE((SELECT epoch FROM analytics_city WHERE city_id = :c), 0),
-                   count(*), COALESCE(sum(version), 0), COALESCE(max(version), 0)
-            FROM case_rollup_change WHERE city_id = :c"""), {"c": city.id}).one()
-        epoch = int(row[0])
-        fingerprint = tuple(int(v) for v in row)
+        fingerprint = rollup_fingerprint(conn, city)
+        epoch = fingerprint[0]
         if fingerprint == self.fingerprint:
             return
         if fingerprint[1] > CHANGE_LOG_COMPACT_AT:

@@ -212,11 +212,12 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
     conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(encode(:k, 'hex')))"), {"c": _LOCK_ADDR, "k": addr})
     by_case = ("city_id = :city AND case_key = :case", {"city": city.id, "case": case_key})
     by_addr = ("addr_key = :addr", {"addr": addr})
-    locks = []
+    locks, left = [], []
     for scope, (where, params), lim in (("case", by_case, limits["per_case"]), ("address", by_addr, limits["per_address"])):
-        until, _ = _state(conn, where, params, lim, now)
+        until, n = _state(conn, where, params, lim, now)
         if until is not None and until > now:
             locks.append((until, scope))
+        left.append(lim.max_failures - n - 1)  # tries left after one more failure (at ``now``, in the window)
     if locks:
         until, scope = max(locks)
         raise TooManyAttempts(scope, until, now)
@@ -232,8 +233,7 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
     conn.execute(text("""DELETE FROM lookup_failure WHERE id IN (
                              SELECT id FROM lookup_failure WHERE at < :cut ORDER BY at LIMIT 500 FOR UPDATE SKIP LOCKED)"""),
                  {"cut": now - keep})
-    left = min(lim.max_failures - _state(conn, where, params, lim, now)[1]
-               for (where, params), lim in ((by_case, limits["per_case"]), (by_addr, limits["per_address"])))
+    left = min(left)
     if left > 0:
         hint = f"（还可再试 {left} 次 {left} more tr{'y' if left == 1 else 'ies'} before look-ups are paused）"
     else:
@@ -288,11 +288,12 @@ def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating
         raise Conflict(f"case {row['case_no']} is not closed yet ({PUBLIC_STATE.get(row['state'])}): rate it when it is")
     if row["rating"] is not None:
         raise Conflict(f"case {row['case_no']} is rated already")
+    at = lcal.now()
     conn.execute(text("UPDATE case_file SET rating = :r, updated_at = :at WHERE id = :i"),
-                 {"r": rating, "i": row["id"], "at": lcal.now()})
-    wf._event(conn, row["id"], lcal.now(), "rated", CITIZEN, "closed", "closed",
+                 {"r": rating, "i": row["id"], "at": at})
+    wf._event(conn, row["id"], at, "rated", CITIZEN, "closed", "closed",
               note=(comment or "").strip()[:1000] or None, data={"rating": rating, "by": "citizen"})
-    return _public_status(conn, _find(conn, city, row["case_no"], query_code))
+    return _public_status(conn, {**row, "rating": rating})  # the row as it is now: no second look-up
 
 
 def add_notice(conn: Connection, city: CityInfo, title: str, body: str, author, *,

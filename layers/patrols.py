@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -204,21 +204,27 @@ COVERAGE_LOCK = 0x43_47_5A_43  # advisory lock class of the coverage refresh ('C
 def coverage_layer_period(today: dt.date | None = None) -> tuple[dt.date, dt.date]:
     """The layer's current period: this ISO week so far (Monday … today, Asia/Shanghai), the period
     the worklist counts weekly rules in; daily rules are checked on every day of it."""
-    today = today or dt.datetime.now(TZ).date()
+    if today is None:
+        from layers import calendar as lcal
+
+        today = lcal.now().astimezone(TZ).date()  # the workflow's clock, as the worklist's today
     return today - dt.timedelta(days=today.weekday()), today
 
 
-def _coverage_stamp(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, buffer_m: float) -> str:
-    """What the coverage of the period was computed from: the period, the settings, every key zone
-    of the city (id and row version) and every track started in the period."""
+def _coverage_stamp(conn: Connection, city: CityInfo, start: dt.date, end: dt.date,
+                    buffer_m: float) -> tuple[str, str | None]:
+    """(stamp now, stamp the table was computed from — None before the first computation). The stamp
+    says what the coverage of the period is computed from: the period, the settings, every key zone of
+    the city (id and row version) and every track started in the period."""
     t0, t1, _ = _period(start, end)
-    return conn.execute(text("""
+    return tuple(conn.execute(text("""
         SELECT md5(concat_ws('|', CAST(:s AS text), CAST(:e AS text), CAST(:b AS text), CAST(:g AS text),
             (SELECT string_agg(id || ':' || xmin::text, ',' ORDER BY id) FROM key_zone WHERE city_id = :c),
             (SELECT string_agg(id || ':' || xmin::text, ',' ORDER BY id) FROM patrol_track
-             WHERE city_id = :c AND started_at >= :t0 AND started_at < :t1)))"""),
+             WHERE city_id = :c AND started_at >= :t0 AND started_at < :t1))),
+            (SELECT stamp FROM zone_coverage_state WHERE city_id = :c)"""),
         {"c": city.id, "s": start.isoformat(), "e": end.isoformat(), "b": repr(buffer_m),
-         "g": repr(float(config()["visit_gap_s"])), "t0": t0, "t1": t1}).scalar_one()
+         "g": repr(float(config()["visit_gap_s"])), "t0": t0, "t1": t1}).one())
 
 
 def refresh_coverage_layer(conn: Connection, city: CityInfo, *, today: dt.date | None = None,
@@ -230,14 +236,12 @@ def refresh_coverage_layer(conn: Connection, city: CityInfo, *, today: dt.date |
     start, end = coverage_layer_period(today)
     buffer_m = float(config()["coverage_buffer_m"])
     if not force:
-        stamp = _coverage_stamp(conn, city, start, end, buffer_m)
-        known = conn.execute(text("SELECT stamp FROM zone_coverage_state WHERE city_id = :c"), {"c": city.id}).scalar()
+        stamp, known = _coverage_stamp(conn, city, start, end, buffer_m)
         if known == stamp:
             return False
     with conn.engine.begin() as own:
         own.execute(text("SELECT pg_advisory_xact_lock(:k, :c)"), {"k": COVERAGE_LOCK, "c": city.id})
-        stamp = _coverage_stamp(own, city, start, end, buffer_m)
-        known = own.execute(text("SELECT stamp FROM zone_coverage_state WHERE city_id = :c"), {"c": city.id}).scalar()
+        stamp, known = _coverage_stamp(own, city, start, end, buffer_m)
         if known == stamp and not force:
             return False  # another reader computed it while this one waited
         rows = coverage(own, city, start, end, buffer_m=buffer_m)
@@ -296,16 +300,6 @@ _hot_guard = threading.Lock()
 _clock = time.monotonic  # tests move it
 
 
-def _rollup_fingerprint(conn: Connection, city: CityInfo) -> tuple:
-    """The fingerprint the heat cache (layers.analytics.DayCache) keeps of the rollup's change log:
-    every statement that adds, moves or merges cases appends to the log, a rebuild bumps the epoch."""
-    row = conn.execute(text("""
-        SELECT COALESCE((SELECT epoch FROM analytics_city WHERE city_id = :c), 0),
-               count(*), COALESCE(sum(version), 0), COALESCE(max(version), 0)
-        FROM case_rollup_change WHERE city_id = :c"""), {"c": city.id}).one()
-    return tuple(int(v) for v in row)
-
-
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
     """Gi* z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
     supervisors' hot-spot analysis (layers.analytics.hotspots: queen contiguity, all cells, BH-FDR) and
@@ -318,23 +312,21 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
     start = today - dt.timedelta(days=cfg.hotspot_days - 1)
     arr = la.grid_arrays(conn, city)
     key = (arr.grid.info.id, arr.grid.info.version, start, today)
-    fp = _rollup_fingerprint(conn, city)
-    # A transaction that has written may see its own uncommitted cases: it must not fill the cache.
-    clean = conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar()
+    fp = la.rollup_fingerprint(conn, city)
     with _hot_guard:
         lock = _hot_locks.setdefault(city.id, threading.Lock())
     with lock:
         hit = _hot_cache.get(city.id)
         if hit is not None and hit.key == key and hit.fingerprint[0] == fp[0]:
             if hit.fingerprint == fp:
-                hit.stale = False
                 return hit
             if _clock() - hit.computed_mono < cfg.hotspot_refresh_minutes * 60:
-                hit.stale = True
-                return hit
+                return replace(hit, stale=True)  # the cached object is shared: never marked
         h = la.hotspots(conn, city, start, today)
-        w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"], dt.datetime.now(dt.UTC), _clock())
-        if clean:
+        w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"],
+                           dt.datetime.now(dt.UTC), _clock())
+        # A transaction that has written may see its own uncommitted cases: it must not fill the cache.
+        if conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar():
             _hot_cache[city.id] = w
         return w
 

@@ -114,7 +114,8 @@ def test_address_limit_across_case_numbers(from_address, engine, clock, spot):
         assert r.status_code == 404
     assert "还可再试 1 次" in r.json()["detail"]
     # A right code (the guesser's own case, say) does not reset the address's count.
-    assert guesser.post(STATUS, json={"case_no": no, "query_code": code}).status_code == 200
+    r = guesser.post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 200 and r.json()["case_no"] == no
     clock.advance(minutes=10)
     r = guesser.post(RATE, json={"case_no": unknown_number(), "query_code": "000000", "rating": "satisfied"})
     assert r.status_code == 404 and "查询已暂停" in r.json()["detail"]
@@ -122,9 +123,11 @@ def test_address_limit_across_case_numbers(from_address, engine, clock, spot):
     assert r.status_code == 429 and r.json()["limit"] == "address"
     # Locked for 60 minutes after the 30th failure; the number itself is not locked for others.
     assert r.headers["Retry-After"] == "3600" and "来自您网络地址的查询" in r.json()["detail"]
-    assert owner.post(STATUS, json={"case_no": no, "query_code": code}).status_code == 200
+    r = owner.post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 200 and r.json()["case_no"] == no
     clock.advance(minutes=60)
-    assert guesser.post(STATUS, json={"case_no": no, "query_code": code}).status_code == 200
+    r = guesser.post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 200 and r.json()["case_no"] == no
 
 
 def test_rating_limited_and_sharing_the_count_with_lookups(from_address, engine, tokens, clock, spot):
@@ -147,7 +150,8 @@ def test_rating_limited_and_sharing_the_count_with_lookups(from_address, engine,
     assert rating is None and rated == 0 and endpoints == [("rate", 2), ("status", 3)]
     clock.advance(minutes=15)
     r = c.post(RATE, json={"case_no": no, "query_code": code, "rating": "satisfied"})
-    assert r.status_code == 200 and r.json()["rating"] == "满意"
+    assert r.status_code == 200 and r.json()["rating"] == "满意" and r.json()["can_rate"] is False
+    assert r.json()["case_no"] == no and r.json()["state"] == "closed"
 
 
 @pytest.fixture

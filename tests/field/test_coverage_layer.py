@@ -167,6 +167,11 @@ def test_coverage_layer_exports_what_the_coverage_endpoint_says(client, engine, 
     ty = int((1 - math.asinh(math.tan(math.radians(lat[0]))) / math.pi) / 2 * 2**z)
     r = client.get(f"/api/v1/tiles/zone_coverage/{z}/{tx}/{ty}.mvt", headers=sup)
     assert r.status_code == 200 and len(r.content) > 0
+    import mapbox_vector_tile
+
+    tiled = {f["properties"]["code"]: f["properties"]
+             for f in mapbox_vector_tile.decode(r.content)["zone_coverage"]["features"]}
+    assert tiled[cov_zones["square"]]["share"] == pytest.approx(api2[cov_zones["square"]]["properties"]["share"])
 
     # OGC API – Features: listed among the collections, items with the same values.
     cols = client.get("/api/v1/ogc/collections", headers=sup).json()["collections"]

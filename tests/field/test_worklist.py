@@ -150,8 +150,9 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
     assert moved and all(c["hotspot"]["bin"] == 3 for c in moved)
     # With an interval of 0, one new case recomputes at the next request.
     monkeypatch.setenv("CITYGRID_WORKLIST_HOTSPOT_REFRESH_MINUTES", "0")
-    client.get("/api/v1/worklist", headers=h)
+    same = client.get("/api/v1/worklist", headers=h).json()
     assert len(counting) == 2  # nothing changed: still cached
+    assert same["hotspots"]["stale"] is False and same["hotspots"]["computed_at"] == w3["hotspots"]["computed_at"]
     _inject(engine, haimen, away, 1, now)
     w4 = client.get("/api/v1/worklist", headers=h).json()
     assert len(counting) == 3 and w4["hotspots"]["stale"] is False
