@@ -40,6 +40,8 @@ from layers.case_vocab import STATES
 from layers.city import CityInfo
 from layers.errors import Conflict, Forbidden, InputError, NotFound
 from layers.photostore import KINDS, PhotoStore, Staged
+from layers.photostore import recover as recover_store
+from layers.photostore import recover_at_start as recover_store_at_start
 
 #: metres (plus the fix's accuracy) beyond which the inspector was not at the case
 FAR_M = 100.0
@@ -98,7 +100,8 @@ def check_input(city: CityInfo, inp: VerifyInput, n_photos: int, cfg: dict | Non
     if action in lwf.NEEDS_REASON and not note:
         raise InputError("不通过 (返工) needs a reason: say what is still wrong in note")
     if not 1 <= n_photos <= cfg["max_photos"]:
-        raise InputError(f"{n_photos} photos: the on-site check (核查) needs 1 to {cfg['max_photos']} photos")
+        raise InputError(f"{n_photos} photos: the on-site check (核查) needs at least 1 photo and at most "
+                         f"{cfg['max_photos']} per check")
     num = lreports.finite_number
     lon, lat, acc = num("lon", inp.lon), num("lat", inp.lat), num("accuracy", inp.accuracy_m)
     if (lon is None) != (lat is None):
@@ -148,8 +151,7 @@ def find_existing(conn: Connection, user_id: int, key: str, req_hash: str) -> di
 def _case(conn: Connection, city: CityInfo, case_id: int) -> dict:
     row = conn.execute(text("""
         SELECT id, city_id, case_no, state, department_id, category_code, cell_code, area_code, merged_into,
-               CASE WHEN location IS NULL THEN NULL ELSE ST_X(ST_Transform(location, 4326)) END AS lon,
-               CASE WHEN location IS NULL THEN NULL ELSE ST_Y(ST_Transform(location, 4326)) END AS lat
+               ST_X(ST_Transform(location, 4326)) AS lon, ST_Y(ST_Transform(location, 4326)) AS lat
         FROM case_file WHERE id = :i"""), {"i": case_id}).mappings().first()
     if row is None or row["city_id"] != city.id:
         raise NotFound(f"no case {case_id} in {city.slug}")
@@ -173,16 +175,20 @@ def photo_url(verification_id: int, seq: int, variant: str) -> str:
 
 def verify_case(conn: Connection, city: CityInfo, case_id: int, user, inp: VerifyInput,
                 photos: list[lreports.Photo], key: str, req_hash: str, store: PhotoStore,
-                staged: Staged) -> tuple[dict, bool]:
+                staged: Staged, *, case: dict | None = None) -> tuple[dict, bool]:
     """Record an on-site check with its photos and apply verify_ok / verify_fail. (result, created).
 
+    ``case`` is what :func:`precheck` returned for this request, when the caller ran it already
+    (``transition`` checks role, area and state again under its row lock).
     The caller commits, then promotes ``staged``; on any error it discards ``staged``. A concurrent
     request with the same key waits on the unique (user, key) until the first one ends, then gets
     its answer (created False).
     """
     cfg = lreports.config()
     action, note, pos = check_input(city, inp, len(photos), cfg)
-    case = precheck(conn, city, case_id, action, user)
+    result_code = inp.result.strip().lower()
+    if case is None:
+        case = precheck(conn, city, case_id, action, user)
     flags: list[str] = []
     distance = None
     if pos is None:
@@ -212,7 +218,7 @@ def verify_case(conn: Connection, city: CityInfo, case_id: int, user, inp: Verif
                 CASE WHEN CAST(:x AS float8) IS NULL THEN NULL
                      ELSE ST_SetSRID(ST_MakePoint(:x, :y), :srid) END, :dist, :flags)
         ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id"""),
-        dict(city=city.id, case=case_id, u=user.id, k=key, h=req_hash, res=inp.result.strip().lower(), note=note,
+        dict(city=city.id, case=case_id, u=user.id, k=key, h=req_hash, res=result_code, note=note,
              at=verified_at,
              lon=pos.lon if pos else None, lat=pos.lat if pos else None, crs=pos.crs if pos else None,
              acc=pos.accuracy_m if pos else None, x=pos.xy[0] if pos else None, y=pos.xy[1] if pos else None,
@@ -246,7 +252,7 @@ def verify_case(conn: Connection, city: CityInfo, case_id: int, user, inp: Verif
                            at=verified_at)
     result = {
         "id": vid, "idempotency_key": key, "case_id": case_id, "case_no": case["case_no"],
-        "result": inp.result.strip().lower(), "action": action, "note": note, "event_id": moved["event_id"],
+        "result": result_code, "action": action, "note": note, "event_id": moved["event_id"],
         "from_state": moved["from_state"], "state": moved["state"],
         "state_label": STATES.get(moved["state"], moved["state"]), "rework": moved["data"].get("rework"),
         "step_deadline_at": moved["step_deadline_at"], "verified_at": verified_at.astimezone(dt.UTC).isoformat(),
@@ -356,12 +362,8 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
 def recover(conn: Connection, store: PhotoStore) -> dict[str, int]:
     """Bring this store's files in line with the committed rows (at start), by the rule of
     ``layers.photostore.recover`` applied to ``case_verification_photo``."""
-    from layers.photostore import recover as recover_store
-
     return recover_store(conn, store, referenced(conn))
 
 
 def recover_at_start(engine, log=None) -> dict | None:
-    from layers.photostore import recover_at_start as recover_store_at_start
-
     return recover_store_at_start(engine, "case_verification_photo", photo_store(), referenced, log)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Path, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, UploadFile
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
+from api.routers.inspector import _read_upload
 from layers import reports as lreports
 from layers import verification as lver
 from layers.city import CityInfo
@@ -33,13 +34,6 @@ VERIFIERS = Allow("inspector", "supervisor", "admin")
 READERS = Allow("inspector", "operator", "department", "supervisor", "admin")
 
 
-def _read_upload(i: int, f: UploadFile, cap: int) -> bytes:
-    data = f.file.read(cap + 1)
-    if len(data) > cap:
-        raise HTTPException(413, f"{lreports.photo_label(i, f.filename)} is larger than {cap:,} bytes")
-    return data
-
-
 @router.post("/cases/{case_id}/verify", summary="核查 On-site check of a case with 1–9 photos (multipart)",
              status_code=201,
              responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
@@ -59,8 +53,6 @@ def verify(
 ):
     cfg = lreports.config()
     key = lreports.check_key(idempotency_key)
-    if len(photos) > cfg["max_photos"]:
-        raise HTTPException(422, f"{len(photos)} photos: at most {cfg['max_photos']} per check")
     inp = lver.VerifyInput(result=result, note=reason or note, lon=lon or None, lat=lat or None,
                            accuracy_m=accuracy or None, crs=crs)
     action, _, _ = lver.check_input(city, inp, len(photos), cfg)
@@ -69,12 +61,13 @@ def verify(
     first = lver.find_existing(conn, user.id, key, req_hash)  # a retry: no decoding, no writing
     if first is not None:
         return JSONResponse(first, status_code=200, headers={"Idempotent-Replayed": "true"})
-    lver.precheck(conn, city, case_id, action, user)  # 404 / 403 / 409 before the photos are decoded
+    case = lver.precheck(conn, city, case_id, action, user)  # 404 / 403 / 409 before the photos are decoded
     prepared = [lreports.prepare_photo(i, f.filename, b) for i, (f, b) in enumerate(zip(photos, raw, strict=True))]
     store = lver.photo_store()
     staged = store.new_stage()
     try:
-        out, created = lver.verify_case(conn, city, case_id, user, inp, prepared, key, req_hash, store, staged)
+        out, created = lver.verify_case(conn, city, case_id, user, inp, prepared, key, req_hash, store, staged,
+                                        case=case)
         conn.commit()
     except BaseException:
         staged.discard()

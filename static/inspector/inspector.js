@@ -100,15 +100,18 @@ function fillCategories() {
 }
 
 // ---- photos ---------------------------------------------------------------------------------
-$("photos").onchange = (e) => {
-  state.photos = Array.from(e.target.files).slice(0, 9);
-  $("previews").innerHTML = "";
-  for (const f of state.photos) {
+function showPreviews(box, files) {  // the chosen photos as small pictures (report and 核查)
+  box.innerHTML = "";
+  for (const f of files) {
     const img = document.createElement("img");
     img.src = URL.createObjectURL(f);
     img.alt = f.name;
-    $("previews").appendChild(img);
+    box.appendChild(img);
   }
+}
+$("photos").onchange = (e) => {
+  state.photos = Array.from(e.target.files).slice(0, 9);
+  showPreviews($("previews"), state.photos);
 };
 
 // ---- outbox (IndexedDB) ---------------------------------------------------------------------
@@ -284,7 +287,8 @@ async function loadWorklist() {
 // POST /api/v1/cases/{id}/verify (multipart, Idempotency-Key). A check needs a connection: it is not
 // put in the outbox (the case may have moved on meanwhile); a request whose answer was lost is sent
 // again with the same key and gets the first answer.
-const vstate = { id: null, task: null, result: null, photos: [], keys: {}, sending: false, error: null, map: null, layer: null };
+const vstate = { id: null, task: null, result: null, photos: [], keys: {}, sending: false, error: null, map: null, layer: null,
+                 base: null, cell: null, based: null };  // base map, the case's cell, the task they were drawn for
 const FAR_M_DEFAULT = 100;
 const FLAGS = {
   far_from_case: ["离案件过远", "far from the case"], exif_far_from_case: ["照片 EXIF 位置远离案件", "photo EXIF far from the case"],
@@ -394,10 +398,11 @@ function showDistance() {
   if (task.case.lat == null) { box.className = "warn"; box.textContent = t("案件无位置", "the case has no location"); return; }
   if (!f) { box.className = "warn"; box.textContent = t("无定位: 提交时将标记 no_position", "no fix: the check will be flagged no_position"); return; }
   const d = Math.round(distanceM(f.lon, f.lat, task.case.lon, task.case.lat));
-  const far = d > (task.far_m || FAR_M_DEFAULT) + (f.accuracy || 0);
+  const farM = task.far_m || FAR_M_DEFAULT;
+  const far = d > farM + (f.accuracy || 0);
   box.className = far ? "warn" : "ok";
   box.textContent = (state.lang === "zh" ? `距案件 ${d} m (精度 ±${Math.round(f.accuracy)} m)` : `${d} m from the case (±${Math.round(f.accuracy)} m)`) +
-    (far ? t(` · 超过 ${task.far_m || FAR_M_DEFAULT} m, 将标记 far_from_case`, ` · beyond ${task.far_m || FAR_M_DEFAULT} m: flagged far_from_case`) : " ✓");
+    (far ? t(` · 超过 ${farM} m, 将标记 far_from_case`, ` · beyond ${farM} m: flagged far_from_case`) : " ✓");
 }
 
 function showOnline() {
@@ -488,13 +493,7 @@ function renderHistory() {
 $("vphotos").onchange = (e) => {
   vstate.photos = Array.from(e.target.files).slice(0, 9);
   newVerifyKeys();  // a different request: a new key
-  $("vpreviews").innerHTML = "";
-  for (const f of vstate.photos) {
-    const img = el("img");
-    img.src = URL.createObjectURL(f);
-    img.alt = f.name;
-    $("vpreviews").appendChild(img);
-  }
+  showPreviews($("vpreviews"), vstate.photos);
 };
 $("vnote").oninput = newVerifyKeys;
 

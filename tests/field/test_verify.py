@@ -140,7 +140,9 @@ def test_verify_ok_with_a_real_photo(client, engine, verifying, tokens):
         g = client.get(url, headers=h)
         assert g.status_code == 200 and g.headers["content-type"] == "image/jpeg"
         assert hashlib.sha256(g.content).hexdigest() == photos[0][2] and b"Exif" not in g.content[:200]
-    assert client.get(out["photos"][0]["thumb_url"], headers=v["h"]).status_code == 200
+    g = client.get(out["photos"][0]["thumb_url"], headers=v["h"])
+    assert g.status_code == 200 and g.headers["content-type"] == "image/jpeg"
+    assert hashlib.sha256(g.content).hexdigest() == photos[0][3]
     orig = url.replace("/public", "/original")
     assert client.get(orig, headers=v["h"]).content == real
     assert client.get(orig, headers=auth(tokens["supervisor"])).status_code == 200
@@ -204,7 +206,8 @@ def test_verify_fail_needs_a_reason_and_sends_it_back(client, engine, verifying)
     assert task["case"]["state"] == "processing" and task["case"]["rework_count"] == 1
     assert [x["note"] for x in task["verifications"]] == ["垃圾仍在 still there"]
     assert task["can_verify"] == {"ok": False, "fail": False}
-    assert client.get(out["photos"][0]["public_url"], headers=v["dept"]).status_code == 200
+    g = client.get(out["photos"][0]["public_url"], headers=v["dept"])
+    assert g.status_code == 200 and g.headers["content-type"] == "image/jpeg" and g.content[:2] == b"\xff\xd8"
 
 
 def test_verify_task_for_the_inspector(client, verifying):
@@ -235,7 +238,7 @@ def test_wrong_inspector_and_wrong_state_are_refused(client, engine, verifying, 
     r = _post(client, v["id"], v["dept"], pic, result="ok")  # a department may not check its own work
     assert r.status_code == 403 and "department" in r.json()["detail"]
     r = _post(client, 999_999_999, v["h"], pic, result="ok")
-    assert r.status_code == 404
+    assert r.status_code == 404 and "no case 999999999" in r.json()["detail"]
     assert _rows(engine, v["id"]) == 0 and _state(engine, v["id"]) == ("verifying", 0) and _files() == files_before
     # A 督办 notice keeps the case waiting for the check; once checked, it waits no more: 409.
     from layers import workflow as lwf
@@ -244,7 +247,8 @@ def test_wrong_inspector_and_wrong_state_are_refused(client, engine, verifying, 
     with engine.begin() as conn:
         lwf.transition(conn, v["id"], "supervise", user_for_token(conn, tokens["supervisor"]), note="督办 hurry")
     r = _post(client, v["id"], v["h"], pic, result="ok")
-    assert r.status_code == 201  # 督办 keeps the state: still verifying
+    assert r.status_code == 201 and r.json()["from_state"] == "verifying"  # 督办 keeps the state
+    assert r.json()["state"] == "feedback"
     r = _post(client, v["id"], v["h"], pic, result="fail", note="again")
     assert r.status_code == 409 and "反馈 Handled" in r.json()["detail"]
 
@@ -321,18 +325,19 @@ def test_concurrent_retry_gets_the_first_answer(engine, haimen, verifying):
     assert not store.staged_files()
 
 
-def test_recover_keeps_committed_and_drops_orphans(engine, tmp_path):
+def test_recover_keeps_committed_and_drops_orphans(client, engine, verifying, tmp_path):
     """A crash between commit and promotion: the committed photo is promoted at start; a staged file of
     a transaction that never committed, and a stored file no row refers to, are deleted."""
     from layers import verification as lver
     from layers.photostore import PhotoStore
 
+    v = verifying
+    r = _post(client, v["id"], v["h"], [("DSCN0012.jpg", photo("DSCN0012.jpg"))], result="ok")
+    assert r.status_code == 201, r.text
+    sha = r.json()["photos"][0]["sha256"]  # committed: a row refers to it
     store = PhotoStore(tmp_path / "vp")
     with engine.connect() as conn:
         store.claim(conn)
-        sha = conn.execute(text("SELECT sha256 FROM case_verification_photo LIMIT 1")).scalar()
-        if sha is None:
-            pytest.skip("no verification photo committed in this session")
         kept, dropped = store.new_stage(), store.new_stage()
         store.stage(kept, "original", sha, b"committed bytes")
         orphan = hashlib.sha256(b"orphan").hexdigest()
