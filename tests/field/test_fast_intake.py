@@ -168,9 +168,12 @@ def test_component_reports_take_the_synchronous_path_with_the_same_answer(client
     """A component class asks the asset registry: the answer has the same form."""
     _, h = make_inspector()
     lon, lat = spot()
-    r = _post(client, h, {"category_code": "010101", "lon": lon, "lat": lat, "accuracy": 5})
+    key = uuid.uuid4().hex
+    r = _post(client, h, {"category_code": "010101", "lon": lon, "lat": lat, "accuracy": 5}, key)
     assert r.status_code == 201, r.text
     slow = r.json()
+    again = _post(client, h, {"category_code": "010101", "lon": lon, "lat": lat, "accuracy": 5}, key)
+    assert again.status_code == 200 and again.json() == slow  # the retry: the first answer, nothing new
     fast = _post(client, h, {"category_code": "E10301", "lon": lon, "lat": lat, "accuracy": 5}).json()
     assert set(slow) == set(fast)
     assert set(slow["case"]) == set(fast["case"]) and set(slow["location"]) == set(fast["location"])
