@@ -80,6 +80,11 @@ class Photo:
     exif_distance_m: float | None = None
 
 
+#: sniffed image type -> media type of the original file (public copies and thumbnails are JPEG)
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heic": "image/heic",
+               "heif": "image/heif", "avif": "image/avif"}
+
+
 def photo_label(i: int, name: str | None) -> str:
     safe = re.sub(r"[^\w.\- ]", "_", (name or ""))[:60]
     return f"photos[{i}]" + (f" ({safe})" if safe else "")
@@ -143,12 +148,17 @@ def check_key(key: str | None) -> str:
     return key
 
 
-def request_hash(inp: ReportInput, photo_bytes: list[bytes]) -> str:
-    """What a retry must repeat: the fields and the photos' digests (cheap: no decoding)."""
-    h = hashlib.sha256(json.dumps(inp.canonical(), sort_keys=True, ensure_ascii=False).encode())
+def digest_request(fields: dict, photo_bytes: list[bytes]) -> str:
+    """What a retry with the same Idempotency-Key must repeat: the fields and the photos' digests
+    (cheap: no decoding). Shared by reports and on-site verifications."""
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str).encode())
     for b in photo_bytes:
         h.update(hashlib.sha256(b).digest())
     return h.hexdigest()
+
+
+def request_hash(inp: ReportInput, photo_bytes: list[bytes]) -> str:
+    return digest_request(inp.canonical(), photo_bytes)
 
 
 def finite_number(name: str, v) -> float | None:
@@ -183,15 +193,20 @@ def parse_device_time(s: str | None) -> dt.datetime | None:
 
 # -- lookups ----------------------------------------------------------------------------------
 
-def find_existing(conn: Connection, user_id: int, key: str, req_hash: str) -> dict | None:
-    """The first result of an upload with this key, or None. Conflict when the key was used for a
+#: the tables that keep a first answer per (user, Idempotency-Key), and what their rows are called
+IDEMPOTENT = {"field_report": "report", "case_verification": "verification"}
+
+
+def find_existing(conn: Connection, user_id: int, key: str, req_hash: str, table: str = "field_report") -> dict | None:
+    """The first answer of an upload with this key, or None. Conflict when the key was used for a
     different request."""
-    row = conn.execute(text("SELECT request_hash, response FROM field_report WHERE user_id = :u AND idempotency_key = :k"),
+    what = IDEMPOTENT[table]
+    row = conn.execute(text(f"SELECT request_hash, response FROM {table} WHERE user_id = :u AND idempotency_key = :k"),
                        {"u": user_id, "k": key}).first()
-    if row is None:
+    if row is None or row[1] is None:
         return None
     if row[0] != req_hash:
-        raise Conflict(f"Idempotency-Key '{key}' was used already for a different report: use a new key")
+        raise Conflict(f"Idempotency-Key '{key}' was used already for a different {what}: use a new key")
     return row[1]
 
 
@@ -517,6 +532,4 @@ def photo_file(conn: Connection, city: CityInfo, report_id: int, seq: int, varia
         data = store.read(kind, sha)
     except FileNotFoundError:
         raise NotFound(f"the {variant} file of photo {seq} of report {report_id} is missing") from None
-    media = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heic": "image/heic",
-             "heif": "image/heif", "avif": "image/avif"}.get(row[3], "application/octet-stream")
-    return data, (media if variant == "original" else "image/jpeg")
+    return data, (MEDIA_TYPES.get(row[3], "application/octet-stream") if variant == "original" else "image/jpeg")

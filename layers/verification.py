@@ -24,7 +24,6 @@ store would lose these. :func:`recover` does the same clean-up for this store an
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -49,8 +48,6 @@ RESULTS = {"ok": "verify_ok", "fail": "verify_fail"}
 #: roles that see every verification of their city (inspectors: their own and their area's;
 #: a department: its own cases'); the original photos only their inspector, supervisors and admins
 ALL_SEEING = frozenset({"operator", "supervisor", "admin"})
-MEDIA = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "heic": "image/heic",
-         "heif": "image/heif", "avif": "image/avif"}
 
 
 def photo_store() -> PhotoStore:
@@ -128,22 +125,12 @@ def check_input(city: CityInfo, inp: VerifyInput, n_photos: int, cfg: dict | Non
 
 def request_hash(case_id: int, inp: VerifyInput, photo_bytes: list[bytes]) -> str:
     """What a retry must repeat: the case, the fields and the photos' digests (no decoding)."""
-    h = hashlib.sha256(json.dumps({"case_id": case_id, **inp.canonical()}, sort_keys=True, ensure_ascii=False,
-                                  default=str).encode())
-    for b in photo_bytes:
-        h.update(hashlib.sha256(b).digest())
-    return h.hexdigest()
+    return lreports.digest_request({"case_id": case_id, **inp.canonical()}, photo_bytes)
 
 
 def find_existing(conn: Connection, user_id: int, key: str, req_hash: str) -> dict | None:
     """The first answer of a verification with this key, or None; Conflict for a key used for another."""
-    row = conn.execute(text("""SELECT request_hash, response FROM case_verification
-                               WHERE user_id = :u AND idempotency_key = :k"""), {"u": user_id, "k": key}).first()
-    if row is None or row[1] is None:
-        return None
-    if row[0] != req_hash:
-        raise Conflict(f"Idempotency-Key '{key}' was used already for a different verification: use a new key")
-    return row[1]
+    return lreports.find_existing(conn, user_id, key, req_hash, table="case_verification")
 
 
 # -- the check ---------------------------------------------------------------------------------
@@ -348,7 +335,7 @@ def photo_file(conn: Connection, city: CityInfo, verification_id: int, seq: int,
         data = store.read(variant, sha)
     except FileNotFoundError:
         raise NotFound(f"the {variant} file of photo {seq} of verification {verification_id} is missing") from None
-    return data, (MEDIA.get(p[3], "application/octet-stream") if variant == "original" else "image/jpeg")
+    return data, (lreports.MEDIA_TYPES.get(p[3], "application/octet-stream") if variant == "original" else "image/jpeg")
 
 
 # -- recovery -------------------------------------------------------------------------------------
