@@ -73,9 +73,12 @@ def export_filename(city: CityInfo, name: str, fmt: str, crs: str, today: dt.dat
     return f"{city.slug}_{name}_{today:%Y%m%d}_{crs_tag(crs)}.{FORMATS[fmt]['ext']}"
 
 
-def check_request(fmt: str, crs: str) -> tuple[str, str]:
+def check_request(fmt: str, crs: str, n_layers: int = 1) -> tuple[str, str]:
+    """The format and CRS of an export of ``n_layers`` layers, checked (InputError); the CRS normalised."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format '{str(fmt)[:20]}': one of {', '.join(FORMATS)}")
+    if n_layers > 1 and fmt not in MULTI_LAYER and fmt != "shp":
+        raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
     crs = gcrs.parse_crs(crs)
     if fmt == "kml" and crs != "EPSG:4326":
         raise InputError("KML is always WGS-84: use crs=EPSG:4326 with format=kml")
@@ -232,9 +235,7 @@ def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, st
     """Write the layers (each with its form: 'full' or 'public') into one file in ``workdir``.
     Returns (path, download filename, {layer: rows}). ``progress["rows"]`` counts rows as they are written;
     ``on_rows(rows so far)`` is called after each batch."""
-    fmt, crs = check_request(fmt, crs)
-    if len(layers) > 1 and fmt not in MULTI_LAYER and fmt != "shp":
-        raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
+    fmt, crs = check_request(fmt, crs, len(layers))
     name = bundle_name or layers[0][0].name
     filename = export_filename(city, name, fmt, crs)
     workdir = Path(workdir)
@@ -396,9 +397,7 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
     a thread on a connection of its own (which holds the job's advisory lock until the job is finished)."""
     import secrets
 
-    fmt, crs = check_request(fmt, crs)
-    if len(layers) > 1 and fmt not in MULTI_LAYER and fmt != "shp":
-        raise InputError(f"several layers go out together only as {', '.join(MULTI_LAYER)} or a shp zip, not {fmt}")
+    fmt, crs = check_request(fmt, crs, len(layers))
     total = 0
     expire_jobs(engine)
     with engine.begin() as conn:
@@ -485,20 +484,16 @@ def get_job(conn: Connection, job_id: str, owner: int | None) -> ExportJob:
     job_id = str(job_id)
     ttl = settings.export().job_ttl_hours
     missing = NotFound(f"no export job '{job_id[:40]}' (finished jobs are kept for {ttl:g} h)")
-    r = conn.execute(text(f"SELECT {_COLS} FROM export_job WHERE id = :id"), {"id": job_id}).first()
+    r = conn.execute(text(f"SELECT {_COLS}, now() FROM export_job WHERE id = :id"), {"id": job_id}).first()
     if r is None:
         raise missing
-    job = _row_to_job(r)
+    job, now = _row_to_job(r), r[-1]  # now(): the transaction's time, fetched with the row
     if job.owner is not None and job.owner != owner:
         raise missing
     # changes are committed on their own (the request's transaction is rolled back when it answers 4xx)
     if job.status == "running" and _fail_orphans(conn.engine, job_id):
         job = _row_to_job(conn.execute(text(f"SELECT {_COLS} FROM export_job WHERE id = :id"), {"id": job_id}).one())
-    if job.status != "running" and job.expires_at is not None and job.expires_at <= _now(conn):
+    if job.status != "running" and job.expires_at is not None and job.expires_at <= now:
         expire_jobs(conn.engine, ttl)
         raise missing
     return job
-
-
-def _now(conn: Connection) -> dt.datetime:
-    return conn.execute(text("SELECT now()")).scalar_one()

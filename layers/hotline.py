@@ -231,18 +231,15 @@ def parse_times(values: pd.Series, tz: str) -> pd.Series:
     The common 'YYYY-MM-DD HH:MM:SS' is read in one pass; only the values it does not read go
     through the slow reader of every format (a value is read the same by both)."""
     s = values.astype(str).str.strip()
-    fast = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S", errors="coerce")
-    rest = (fast.isna() & (s != "")).to_numpy()
-    if not rest.any():
-        return _utc(fast, tz)
-    if not rest.all():
+    out = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S", errors="coerce")
+    rest = (out.isna() & (s != "")).to_numpy()
+    if rest.any():
         other = _parse_any_times(s[rest])
-        if other.dt.tz is None:
-            out = fast.astype("datetime64[us]")
-            out[rest] = other.astype("datetime64[us]").to_numpy()
-            return _utc(out, tz)
-    # Zoned values (or nothing the fast reader knows): the whole column through the slow reader.
-    return _utc(_parse_any_times(s), tz)
+        if other.dt.tz is not None:  # zoned values: the whole column through the slow reader
+            return _utc(_parse_any_times(s), tz)
+        out = out.astype("datetime64[us]")
+        out[rest] = other.astype("datetime64[us]").to_numpy()
+    return _utc(out, tz)
 
 
 def sentinel_points(x: np.ndarray, y: np.ndarray, addresses: np.ndarray, *, min_rows: int = 5,
@@ -664,29 +661,33 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         close_txt = _ts(close_dl)
         step_txt = np.where(is_coll, _ts(step_dl), "").astype(object)
         closed_txt = np.where(is_clo, _ts(closed_s[p]), "").astype(object)
+        case_id = ids[p].astype(object)  # Python ints
         case_cols = [
-            ids[p].tolist(), [city.id] * k, case_no[p], [src_kind] * k, chan_s[p], refs_s[p], recv_txt, cat_s[p],
+            case_id, [city.id] * k, case_no[p], [src_kind] * k, chan_s[p], refs_s[p], recv_txt, cat_s[p],
             cat_name[p], rt_s[p], urg_s[p], title[p], descr[p], addr_s[p], wkb, _nullable(loc_src_s[p], found),
             _nullable(conf_s[p], found & np.isfinite(conf_s[p])), _nullable(grid.ids[cell], found), codes,
             [c[:12] if c is not None else None for c in codes], s_p, step_txt, close_txt, closed_txt,
             np.where(closed_txt != "", closed_txt, recv_txt)]
-        case_id = ids[p].tolist()
+
+        def events_of(c: np.ndarray, at: np.ndarray, kind: str, from_state, to_state: str, data) -> list:
+            """The event columns (EVENT_COLUMNS) of the cases ``c`` (positions in the round); ``data``: one
+            text per case of the round, or one for all."""
+            m = len(c)
+            return [case_id[c], at[c], [kind] * m, [aid] * m, [arole] * m, [from_state] * m, [to_state] * m,
+                    data[c] if isinstance(data, np.ndarray) else [data] * m]
+
         received = ('{"imported": true, "next_deadline": ' + np.where(is_coll, '"' + step_txt + '"', "null").astype(object)
                     + ', "close_deadline": "' + close_txt + '"}')
-        ev = [case_id, recv_txt, ["received"] * k, [aid] * k, [arole] * k, [None] * k, ["collected"] * k, received]
-        ev_parts = [ev]
+        ev_parts = [events_of(np.arange(k), recv_txt, "received", None, "collected", received)]
         if is_clo.any():
             met = np.where(np.isfinite(closed_s[p]), np.where(closed_s[p] <= close_dl, "true", "false"), "null")
             data = ('{"imported": true, "close_deadline": "' + close_txt + '", "close_met": ' + met.astype(object) + "}")
             at_txt = np.where(closed_txt != "", closed_txt, recv_txt)
-            c = np.flatnonzero(is_clo)
-            ev_parts.append([ids[p][c].tolist(), at_txt[c], ["closed"] * len(c), [aid] * len(c), [arole] * len(c),
-                             ["collected"] * len(c), ["closed"] * len(c), data[c]])
+            ev_parts.append(events_of(np.flatnonzero(is_clo), at_txt, "closed", "collected", "closed", data))
         is_void = s_p == "void"
         if is_void.any():
-            c = np.flatnonzero(is_void)
-            ev_parts.append([ids[p][c].tolist(), recv_txt[c], ["voided"] * len(c), [aid] * len(c), [arole] * len(c),
-                             ["collected"] * len(c), ["void"] * len(c), ['{"imported": true}'] * len(c)])
+            ev_parts.append(events_of(np.flatnonzero(is_void), recv_txt, "voided", "collected", "void",
+                                      '{"imported": true}'))
         events = [np.concatenate([np.asarray(part[j], dtype=object) for part in ev_parts]) for j in range(8)]
         job = [("case_file", CASE_COLUMNS, k, _csv(case_cols)),
                ("case_event", EVENT_COLUMNS, len(events[0]), _csv(events))]
@@ -694,7 +695,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         if has_c.any():
             c = np.flatnonzero(has_c)
             job.append(("case_contact", CONTACT_COLUMNS, len(c),
-                        _csv([ids[p][c].tolist(), names[p][c], phones[p][c]])))
+                        _csv([case_id[c], names[p][c], phones[p][c]])))
         return job
 
     # The write, pipelined: rounds of cases + events + contacts built here while the thread COPYs the

@@ -97,11 +97,10 @@ def tile_fields(layer: Layer, form: str, z: int | None) -> tuple[Field, ...]:
 
 def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None) -> tuple[str, dict]:
     margin = BUFFER / EXTENT
-    keep = tile_fields(layer, form, z)
+    inner, params, _ = select(layer, form, city, geom_sql="s.geom", order=False)
+    cols = ", ".join(f'a."{f.name}"' for f in tile_fields(layer, form, z))
     if layer.tile_sql:
         # Prefilter on the cached EPSG:3857 geometry (GiST), then join the layer's attributes.
-        inner, params, fields = select(layer, form, city, geom_sql="s.geom", order=False)
-        cols = ", ".join(f'a."{f.name}"' for f in keep)
         sql = f"""
         WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS e, ST_TileEnvelope(:z, :x, :y, margin => {margin}) AS m),
         t AS (SELECT fid, geom FROM ({layer.tile_sql}) c, env WHERE c.geom && env.m)
@@ -110,8 +109,6 @@ def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None) -> t
             FROM t JOIN ({inner}) a ON a.fid = t.fid, env
         ) q WHERE q.geom IS NOT NULL"""
     else:
-        inner, params, fields = select(layer, form, city, geom_sql="s.geom", order=False)
-        cols = ", ".join(f'a."{f.name}"' for f in keep)
         sql = f"""
         WITH env AS (SELECT ST_TileEnvelope(:z, :x, :y) AS e,
                             ST_Transform(ST_TileEnvelope(:z, :x, :y, margin => {margin}), :srid) AS w)

@@ -257,3 +257,22 @@ def test_kml_is_wgs84_only(client, engine, planner_h, tmp_path):
     got = shapely.unary_union(df.geometry.values).bounds
     want = shapely.unary_union([g for g, _, _ in truth.values()]).bounds
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_several_layers_only_as_a_multi_layer_format(client, engine, haimen, planner_h):
+    """One check (export.check_request) for the direct export and the background job: several layers in a
+    single-layer format are refused with a message, before any job is recorded."""
+    from layers import catalog as lcat
+    from layers import export as lexp
+    from layers.errors import InputError
+
+    with engine.connect() as c:
+        before = c.execute(text("SELECT count(*) FROM export_job")).scalar_one()
+        pair = [(lcat.get_layer(c, haimen, "grid_cells"), "full")] * 2
+    with pytest.raises(InputError, match="several layers go out together only as gpkg or a shp zip, not csv"):
+        lexp.start_job(engine, haimen, pair, "csv", "EPSG:4326", None, owner=None)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM export_job")).scalar_one() == before
+    r = client.get("/api/v1/themes/base/export", params={"format": "csv", "crs": "EPSG:4326", "bbox": BOX},
+                   headers=planner_h)
+    assert r.status_code == 422 and "several layers go out together" in r.json()["detail"], r.text[:200]
