@@ -28,8 +28,9 @@ Rules of an entry:
   (a code column whose prefix is an admin code: cell codes, 6/9/12-digit area codes) enable the export
   filters. ``version_key`` names a ``layer_version`` row bumped by a trigger when the data change; the
   tile cache uses it (without one, tiles are not cached).
-* ``refresh`` (optional, for content computed in Python): ``refresh(conn, city)`` is called by
-  :func:`get_layer` before the layer is read and brings the table its ``sql`` selects up to date.
+* ``refresh`` (optional, for content computed in Python): ``refresh(conn, city)`` brings the table
+  its ``sql`` selects up to date; :func:`ready` calls it, and whoever reads rows calls ``ready``
+  after its role check (metadata and refused callers never pay for it).
 * ``tile_sql`` (optional): a SELECT of ``fid`` and ``geom`` in EPSG:3857 (a cached copy with a GiST
   index) used by the vector tiles for the bounding-box prefilter; it may use ``:city_id``.
 """
@@ -218,14 +219,19 @@ def discover() -> None:
                 logging.getLogger("citygrid").exception("cannot load published layers of layers.%s", info.name)
 
 
+def ready(conn: Connection, city: CityInfo, layer: Layer) -> Layer:
+    """The layer with its rows up to date, for a caller about to read them (after its role check):
+    a computed layer's ``refresh`` runs here, never for metadata or a refused caller."""
+    if layer.refresh is not None:
+        layer.refresh(conn, city)
+    return layer
+
+
 def get_layer(conn: Connection, city: CityInfo, name: str) -> Layer:
     discover()
     name = str(name or "")
     if name in _REGISTRY:
-        layer = _REGISTRY[name]
-        if layer.refresh is not None and conn is not None:
-            layer.refresh(conn, city)
-        return layer
+        return _REGISTRY[name]
     m = re.fullmatch(r"asset_([0-9]{4})", name)
     if m:
         return _asset_class_layer(conn, city, m.group(1))

@@ -118,6 +118,7 @@ def export_layer(name: str = Path(..., max_length=60),
                  city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
+    lcat.ready(conn, city, layer)
     return _export(conn, city, [(layer, form)], format, crs, bbox, bbox_crs, since, until, class_code, area)
 
 
@@ -137,7 +138,7 @@ def export_theme(theme: str = Path(..., max_length=40), format: str = Query("gpk
         layer = lcat.get_layer(conn, city, n)
         form = layer.access(user.role if user else None)
         if form:
-            pairs.append((layer, form))
+            pairs.append((lcat.ready(conn, city, layer), form))
     if not pairs:
         raise HTTPException(401 if user is None else 403, f"no layer of theme '{theme}' is readable for you",
                             headers={"WWW-Authenticate": "Bearer"} if user is None else None)
@@ -156,6 +157,7 @@ def start_export_job(request: Request, name: str = Path(..., max_length=60),
                      city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
+    lcat.ready(conn, city, layer)  # the job reads in its own transaction: the rows are brought up to date now
     filters = lcat.build_filters(city, bbox=bbox, bbox_crs=bbox_crs, since=since, until=until,
                                  class_code=class_code, area=area)
     asked = {"bbox": bbox, "bbox_crs": bbox_crs, "since": since, "until": until, "class": class_code, "area": area}
@@ -210,7 +212,7 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
         city = lcity.get_city(conn, slug)
         layer = lcat.get_layer(conn, city, name)
         form = _form(layer, user)
-        data, etag, hit = ltiles.get_tile(conn, city, layer, form, z, x, y)
+        data, etag, hit = ltiles.get_tile(conn, city, lcat.ready(conn, city, layer), form, z, x, y)
     ltiles.watch_for(engine)  # start listening for layer changes (the fast path needs it)
     ltiles.remember(engine, slug, city, layer)
     return data, etag, hit, form == "public" and user is None
@@ -347,7 +349,7 @@ def ogc_items(request: Request, name: str = Path(..., max_length=60), f: str | N
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
     base = str(request.base_url).rstrip("/") + OGC
-    doc, content_crs = logc.items(conn, city, layer, form, base=base, q=_q(request), bbox=bbox, bbox_crs=bbox_crs,
+    doc, content_crs = logc.items(conn, city, lcat.ready(conn, city, layer), form, base=base, q=_q(request), bbox=bbox, bbox_crs=bbox_crs,
                                   datetime_=datetime, limit=limit, offset=offset, crs=crs)
     return _respond(request, f, layer.title, doc, "application/geo+json", {"Content-Crs": f"<{content_crs}>"})
 
@@ -359,5 +361,5 @@ def ogc_item(request: Request, name: str = Path(..., max_length=60), fid: str = 
              city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
-    doc, content_crs = logc.item(conn, city, layer, form, fid, crs)
+    doc, content_crs = logc.item(conn, city, lcat.ready(conn, city, layer), form, fid, crs)
     return _respond(request, f, layer.title, doc, "application/geo+json", {"Content-Crs": f"<{content_crs}>"})

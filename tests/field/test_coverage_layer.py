@@ -183,6 +183,19 @@ def test_coverage_layer_exports_what_the_coverage_endpoint_says(client, engine, 
         assert items[code]["share"] == pytest.approx(api2[code]["properties"]["share"])
         assert items[code]["visits"] == api2[code]["properties"]["visits"]
 
+    # A refused caller and the metadata routes do not refresh the table: after a new track, the next
+    # refresh still finds work to do.
+    r = client.post("/api/v1/tracks", headers=ih,
+                    files={"file": ("d.gpx", _gpx(haimen, xs3, np.full(xs3.size, y0 + 290.0),
+                                                  t0 + dt.timedelta(minutes=25)), "x")})
+    assert r.status_code == 201, r.text
+    assert client.get("/api/v1/layers/zone_coverage/export", headers=ih).status_code == 403
+    assert client.get("/api/v1/layers/zone_coverage/export").status_code == 401
+    assert client.get("/api/v1/ogc/collections/zone_coverage", headers=sup).status_code == 200
+    assert "zone_coverage" in {c["id"] for c in client.get("/api/v1/ogc/collections", headers=sup).json()["collections"]}
+    with engine.begin() as c:
+        assert lpat.refresh_coverage_layer(c, haimen) is True
+
 
 def test_coverage_layer_csv_and_area_filter(client, tokens, cov_zones):
     """Other export formats and the catalog's area filter apply (area = the zone's owning area)."""
