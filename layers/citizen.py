@@ -142,8 +142,6 @@ def lookup_limits() -> dict[str, Limit]:
 class TooManyAttempts(Exception):
     """Look-ups refused until ``retry_at`` (→ 429 with Retry-After)."""
 
-    status = 429
-
     def __init__(self, scope: str, retry_at: dt.datetime, now: dt.datetime):
         self.scope, self.retry_at = scope, retry_at
         self.retry_after = max(1, math.ceil((retry_at - now).total_seconds()))
