@@ -60,12 +60,16 @@ CREATE OR REPLACE FUNCTION cg_original_for(p_city integer, p_category text, p_lo
                                            p_radius double precision, p_window_h double precision, p_open text[],
                                            OUT id bigint, OUT state text, OUT case_no text)
 LANGUAGE plpgsql AS $$
+DECLARE v_id bigint := cg_find_duplicate(p_city, p_category, p_loc, p_at, p_radius, p_window_h, p_open, NULL);
 BEGIN
     -- The original a new case is merged into (cg_find_duplicate), share-locked and checked again:
     -- until commit it can be neither closed nor merged, and other duplicates of it do not wait.
+    -- (The id is found first: as a condition of this query the function would be called per row.)
+    IF v_id IS NULL THEN
+        RETURN;
+    END IF;
     SELECT c.id, c.state, c.case_no INTO id, state, case_no FROM case_file c
-    WHERE c.id = cg_find_duplicate(p_city, p_category, p_loc, p_at, p_radius, p_window_h, p_open, NULL)
-      AND c.merged_into IS NULL AND c.state = ANY(p_open)
+    WHERE c.id = v_id AND c.merged_into IS NULL AND c.state = ANY(p_open)
     FOR SHARE;
 END $$"""
 
