@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import api.routers
-from api.fastpath import CachedTileFastPath
+from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from gis.crs import CRSError
 from layers.errors import Conflict, Forbidden, InputError, NotFound
 
@@ -91,15 +91,10 @@ def create_app(database_url: str | None = None) -> FastAPI:
             {"loc": err.get("loc"), "msg": err.get("msg"), "type": err.get("type")} for err in e.errors()[:10]
         ]}, status_code=422)
 
-    hot_paths: set[str] = set()
     for router in routers():
         app.include_router(router)
-        hot_paths.update(getattr(router, "hot_paths", ()))
-    # The busiest endpoints are matched first: the app has a hundred routes, and matching them in
-    # order costs more than the intake of a report itself. (Moved, not copied: each route once.)
-    hot = [r for r in app.router.routes if getattr(r, "path", None) in hot_paths]
-    app.router.routes[:] = hot + [r for r in app.router.routes if getattr(r, "path", None) not in hot_paths]
     app.add_middleware(CachedTileFastPath)
+    app.add_middleware(ReportIntakeFastPath)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -120,11 +120,16 @@ ADMIN = Allow("admin")
 async def get_apool(request: Request):
     """The asyncpg pool of this event loop (made on first use: a server whose database is down still
     starts, and an app served by two loops — a test client beside a live server — gets one each)."""
+    return await apool_of(request.app)
+
+
+async def apool_of(app):
+    """:func:`get_apool` for code that has the app, not a request (a pure-ASGI fast path)."""
     import asyncio
 
     from layers.db import create_async_pool
 
-    state = request.app.state
+    state = app.state
     loop = asyncio.get_running_loop()
     if not hasattr(state, "apools"):
         state.apools, state.apool_locks = {}, {}

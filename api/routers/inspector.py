@@ -49,7 +49,6 @@ async def _lifespan(app):
 
 
 router = APIRouter(prefix="/api/v1", tags=["inspector 信息采集"], lifespan=_lifespan)
-router.hot_paths = ("/api/v1/reports/json",)  # matched ahead of every other route (api/app.py)
 
 INSPECTOR = Allow("inspector", "supervisor", "admin")
 READERS = Allow("inspector", "operator", "supervisor", "admin")
@@ -166,27 +165,13 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     """The fast intake (layers/intake.py): validated and snapped here, written by one database call
     that also checks the token. Any refusal is preceded by the token check, so a bad request from
     an unknown token is a 401 as everywhere else. (The header and the query parameter are read from
-    the request, not declared: FastAPI's parameter machinery costs more than snapping the point.)"""
-    from citygrid import settings
-
-    idempotency_key = request.headers.get("idempotency-key")
-    city = request.query_params.get("city")
+    the request, not declared: FastAPI's parameter machinery costs more than snapping the point.)
+    The common case — a report recorded, or a retry — is answered before this route by
+    :class:`api.fastpath.ReportIntakeFastPath`, with :func:`file_json_report` as here."""
     pool = await get_apool(request)
     try:
-        try:
-            body = ReportJson.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
-        if city is not None and len(city) > 40:
-            raise InputError("city: at most 40 characters")
-        slug = city or settings.api().default_city
-        inp = _report_input(body)
-        key = lreports.check_key(idempotency_key)
-        if lreports.needs_asset_lookup(inp):
-            out = await run_in_threadpool(_file_with_asset, request.app.state.engine, claim, slug, inp, key)
-        else:
-            out = await lintake.file_report(pool, request.app.state.places, slug, claim.token_hash, claim.gate.roles,
-                                            inp, key)
+        out = await file_json_report(request.app, pool, claim, await request.body(),
+                                     request.headers.get("idempotency-key"), request.query_params.get("city"))
     except (RequestValidationError, InputError, CRSError, NotFound, Conflict):
         await claim.verify(pool)
         raise
@@ -198,6 +183,28 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     if out["status"] == 200:
         return Response(body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"})
     return Response(body, status_code=201, media_type="application/json")
+
+
+async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency_key: str | None,
+                           city: str | None) -> dict:
+    """A JSON report, validated, snapped and written (layers.intake.file_report); the answer is
+    ``{"status": 201|200, "result": ...}`` or ``{"status": 401}`` / ``{"status": 403, "role": ...}``
+    for the token. Raises RequestValidationError / InputError / CRSError / NotFound / Conflict for a
+    refused report (nothing written). Shared by the route and its fast path."""
+    from citygrid import settings
+
+    try:
+        body = ReportJson.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+    if city is not None and len(city) > 40:
+        raise InputError("city: at most 40 characters")
+    slug = city or settings.api().default_city
+    inp = _report_input(body)
+    key = lreports.check_key(idempotency_key)
+    if lreports.needs_asset_lookup(inp):
+        return await run_in_threadpool(_file_with_asset, app.state.engine, claim, slug, inp, key)
+    return await lintake.file_report(pool, app.state.places, slug, claim.token_hash, claim.gate.roles, inp, key)
 
 
 @router.get("/reports", summary="上报列表 Reports (an inspector sees their own)")

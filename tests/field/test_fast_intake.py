@@ -186,3 +186,36 @@ def test_component_reports_take_the_synchronous_path_with_the_same_answer(client
         assert slow["cell_code"] == _cell_by_postgis(engine, haimen.id, lon, lat) and row[4] is None
     else:
         assert slow["location"]["source"] == "asset" and row[4] is not None
+
+
+def test_the_common_case_is_answered_before_routing_and_the_rest_by_the_route(client, make_inspector):
+    """api.fastpath.ReportIntakeFastPath answers a recorded report and a retry itself; a refusal, a
+    missing or unknown token are handed on to the route with the body, which answers as always."""
+    _, h = make_inspector()
+    counts = lambda: dict(getattr(client.app.state, "intake_fast_path", {"answered": 0, "handed_on": 0}))  # noqa: E731
+    lon, lat = spot()
+    body = {"category_code": "E10301", "lon": lon, "lat": lat, "accuracy": 5}
+    key = uuid.uuid4().hex
+    before = counts()
+    first = _post(client, h, body, key)
+    again = _post(client, h, body, key)
+    mid = counts()
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
+    assert first.headers["content-type"] == "application/json" and int(first.headers["content-length"]) == len(first.content)
+    assert mid["answered"] - before["answered"] == 2 and mid["handed_on"] == before["handed_on"]
+
+    refused = [
+        (_post(client, h, {**body, "lon": "east"}), 422, "lon"),
+        (_post(client, h, {**body, "lon": 2.35, "lat": 48.85}), 422, "outside"),
+        (_post(client, h, {**body, "category_code": "NOPE"}), 422, "NOPE"),
+        (_post(client, h, body, "bad key with spaces"), 422, "Idempotency-Key"),
+        (_post(client, {}, body), 401, "authentication required"),
+        (_post(client, auth("cg_not_a_token"), body), 401, "unknown or revoked token"),
+        (_post(client, h, {**body, "lon": lon + 0.01}, key), 409, "different report"),
+    ]
+    for r, status, words in refused:
+        assert r.status_code == status, r.text
+        assert words in r.text, r.text
+    after = counts()
+    assert after["handed_on"] - mid["handed_on"] == len(refused) and after["answered"] == mid["answered"]
