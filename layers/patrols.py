@@ -342,14 +342,20 @@ def _weight_doc(z: float | None, b: int) -> dict:
 
 def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = None,
              now: dt.datetime | None = None) -> dict:
-    """Zones due today in the inspector's area and cases waiting for them on site: overdue first, then
-    by the hot-spot weight of their cell (:func:`hotspot_weights`), then by deadline."""
+    """Zones due today in the inspector's area and cases waiting for them on site. Cases: overdue
+    first, then by the hot-spot weight of their cell (:func:`hotspot_weights`), then by deadline.
+    Zones: most visits to go first, then by the weight of the heaviest hot-spot cell they touch."""
     from layers import calendar as lcal
 
     now = now or lcal.now()
     today = today or now.astimezone(TZ).date()
     area = getattr(user, "area_code", None)
-    # Zones: visits today (daily rules) or this ISO week (weekly rules) against the frequency.
+    # Hot-spot weights of the cells (the Gi* z of significant hot spots; other cells weigh 0).
+    hot = hotspot_weights(conn, city, today)
+    sig = np.flatnonzero(hot.bins > 0)
+    cell_ids = hot.cell_ids[sig]
+    # Zones: visits today (daily rules) or this ISO week (weekly rules) against the frequency; most
+    # visits to go first, then by the heaviest hot-spot cell the zone (with its buffer) touches.
     monday = today - dt.timedelta(days=today.weekday())
     cov = {r["code"]: r for r in coverage(conn, city, monday, today, area_code=area)}
     zones_due = []
@@ -361,12 +367,21 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
                              | {"done": done, "remaining": n - done,
                                 "geometry": shapely.geometry.mapping(
                                     gcrs.transform_geometry(r["geom"], city.working_crs, "EPSG:4326"))})
-    zones_due.sort(key=lambda z: (-z["remaining"], z["code"]))
-    # Cases: overdue first, then by the hot-spot weight of their cell (the Gi* z of significant hot
-    # spots; cells that are not, cold spots and cases without a cell weigh 0), then by deadline.
-    hot = hotspot_weights(conn, city, today)
-    sig = np.flatnonzero(hot.bins > 0)
-    cell_ids = hot.cell_ids[sig]
+    touched: dict[str, list[int]] = {}
+    if zones_due and len(cell_ids):
+        for code, cell_id in conn.execute(text("""
+                SELECT z.code, gc.id FROM key_zone z
+                JOIN grid_cell gc ON gc.id = ANY(CAST(:hid AS bigint[])) AND ST_DWithin(gc.geom, z.geom, z.buffer_m)
+                WHERE z.city_id = :c AND z.code = ANY(:codes)"""),
+                {"c": city.id, "codes": [z["code"] for z in zones_due], "hid": [int(v) for v in cell_ids]}):
+            touched.setdefault(code, []).append(int(cell_id))
+    for z in zones_due:
+        weights = [(*hot.of(cid), cid) for cid in touched.get(z["code"], [])]
+        zw, zb, _ = max(weights, default=(None, 0, None), key=lambda w: w[0])
+        z["hotspot"] = _weight_doc(zw, zb) | {"cells": len(weights)}
+    zones_due.sort(key=lambda z: (-z["remaining"], -z["hotspot"]["weight"], z["code"]))
+    # Cases: overdue first, then by the hot-spot weight of their cell (cases without a cell weigh 0),
+    # then by deadline.
     rows = conn.execute(text("""
         SELECT f.id, f.case_no, f.state, f.category_code, f.category_name, f.description, f.cell_code,
                f.step_deadline_at, f.received_at, ST_X(ST_Transform(f.location, 4326)),
@@ -393,4 +408,6 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
                          "stale": hot.stale, "significant_cells": int(sig.size),
                          "refresh_minutes": worklist_settings().hotspot_refresh_minutes},
             "ordering": "cases: overdue first, then by hot-spot weight (Getis-Ord Gi* z of the case's cell over the "
-                        "last days of cases, significant hot spots only: other cells weigh 0), then by deadline"}
+                        "last days of cases, significant hot spots only: other cells weigh 0), then by deadline; "
+                        "zones: most visits to go first, then by the weight of the heaviest hot-spot cell the zone "
+                        "touches"}

@@ -253,7 +253,7 @@ async function loadWorklist() {
     bounds.push(g.getBounds());
     const li = document.createElement("li");
     li.textContent = `${z.name} · ${z.type} · ` + t(`还需 ${z.remaining} 次`, `${z.remaining} visit(s) to go`) +
-      ` · ${Math.round(z.share * 100)}%`;
+      ` · ${Math.round(z.share * 100)}%` + hotBadge(z.hotspot);
     $("zones").appendChild(li);
   }
   $("cases").innerHTML = "";
@@ -275,12 +275,16 @@ async function loadWorklist() {
       b.onclick = () => openVerify(c.id);
       li.appendChild(b);
     }
-    const hs = c.hotspot && c.hotspot.bin > 0  // a significant Gi* hot spot: the worklist's weight
-      ? ` · ${t("热点", "hot spot")} ${[0, 90, 95, 99][c.hotspot.bin]}% (z ${c.hotspot.z.toFixed(1)})` : "";
-    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}${hs}`));
+    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}` +
+      hotBadge(c.hotspot)));
     $("cases").appendChild(li);
   }
   if (bounds.length) map.fitBounds(bounds.reduce((a, b) => a.extend(b)), { maxZoom: 16 });
+}
+
+// A significant Gi* hot spot (the worklist's weight), as " · 热点 hot spot 99% (z 12.3)"; else nothing.
+function hotBadge(h) {
+  return h && h.bin > 0 ? ` · ${t("热点", "hot spot")} ${[0, 90, 95, 99][h.bin]}% (z ${h.z.toFixed(1)})` : "";
 }
 
 // ---- 核查: the on-site check of a case the department reports fixed ------------------------------

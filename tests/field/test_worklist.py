@@ -80,8 +80,12 @@ def counting(monkeypatch):
     return calls
 
 
-def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, counting, monkeypatch):
+def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, counting, monkeypatch, browser,
+                                    live_server):
+    import uuid
+
     from layers import calendar as lcal
+    from layers import zones as lzones
     from layers import patrols as lpat
     from layers import workflow as lwf
     from tests.conftest import auth
@@ -104,6 +108,13 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
         dl = dict(conn.execute(text("SELECT id, step_deadline_at FROM case_file WHERE id = ANY(:i)"),
                                {"i": [in_hot.id, elsewhere.id, late.id]}).all())
     assert dl[in_hot.id] == dl[elsewhere.id] > now > dl[late.id]
+    # Two zones due today (daily, not patrolled), one inside the hot cell, one inside the cell away.
+    tag = uuid.uuid4().hex[:6]
+    with engine.begin() as conn:
+        lzones.upsert_zones(conn, haimen, [
+            {"geometry": shapely.Point(c[2], c[3]).buffer(25), "code": f"WL-{name}-{tag}", "name": f"测试{name}",
+             "type": "广场", "frequency": "daily"} for name, c in (("away", away), ("hot", hot))],
+            haimen.working_crs, source="test")
     lpat._hot_cache.pop(haimen.id, None)
 
     r = client.get("/api/v1/worklist", headers=h)
@@ -130,6 +141,36 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
     rest = [(c["hotspot"]["weight"], c["deadline"]) for c in w["cases"] if not c["overdue"]]
     assert [x[0] for x in rest] == sorted((x[0] for x in rest), reverse=True)
     assert all(c["cell_code"].startswith(street) for c in w["cases"])
+    # Zones: equally due (one visit to go); the one in the hot cell first, weighted by that cell's z.
+    zones = {z["code"]: z for z in w["zones_due"]}
+    zh, za = zones[f"WL-hot-{tag}"], zones[f"WL-away-{tag}"]
+    assert zh["remaining"] == za["remaining"] == 1
+    assert zh["hotspot"]["bin"] == 3 and zh["hotspot"]["cells"] == 1 and zh["hotspot"]["z"] == pytest.approx(hw["z"])
+    assert za["hotspot"] == {"z": None, "bin": 0, "label": None, "weight": 0.0, "cells": 0}
+    codes = [z["code"] for z in w["zones_due"]]
+    assert codes.index(zh["code"]) < codes.index(za["code"])
+    order = [(-z["remaining"], -z["hotspot"]["weight"]) for z in w["zones_due"]]
+    assert order == sorted(order)
+
+    # The inspector's page shows the hot-spot badges on the worklist (from the same cached weights).
+    token = h["Authorization"].split(" ", 1)[1]
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    ctx.add_init_script(f"localStorage.setItem('citygrid_token', {token!r});")
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{live_server}/inspector")
+    page.click("#tabs button[data-tab=work]")
+    page.wait_for_function("document.querySelectorAll('#cases li').length > 0", timeout=20_000)
+    case_items = page.locator("#cases li").all_inner_texts()
+    zone_items = page.locator("#zones li").all_inner_texts()
+    badge = f"热点 hot spot 99% (z {hw['z']:.1f})"
+    assert any(in_hot.case_no in t and badge in t for t in case_items), case_items
+    assert not any(elsewhere.case_no in t and "热点" in t for t in case_items), case_items
+    assert any("测试hot" in t and badge in t for t in zone_items), zone_items
+    assert any("测试away" in t and "热点" not in t for t in zone_items), zone_items
+    assert not errors, errors
+    ctx.close()
     # Served from the cache while nothing changed.
     again = client.get("/api/v1/worklist", headers=h).json()
     assert len(counting) == 1 and again["hotspots"]["computed_at"] == w["hotspots"]["computed_at"]
