@@ -85,9 +85,9 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
     import uuid
 
     from layers import calendar as lcal
-    from layers import zones as lzones
     from layers import patrols as lpat
     from layers import workflow as lwf
+    from layers import zones as lzones
     from tests.conftest import auth
 
     monkeypatch.setenv("CITYGRID_WORKLIST_HOTSPOT_REFRESH_MINUTES", "10")
