@@ -103,11 +103,14 @@ class ReportIntakeFastPath:
     it is the common case: a bearer token, and a report recorded (201) or a retry (200). That
     machinery costs as much server time as the intake's own work (validation, snapping, the plan).
 
-    The work is the route's own (:func:`api.routers.inspector.file_json_report`). Anything else — no
-    or a malformed token, a body or field that is refused, 401/403 from the database — is handed on to
-    the route with the body replayed, which answers and explains it as always: a refused report
-    wrote nothing, so it costs only the time of asking twice. ``app.state.intake_fast_path`` counts
-    both, for the tests."""
+    The work is the route's own (:func:`api.routers.inspector.file_json_report`), and the request is
+    read as the route reads it (the first Authorization and Idempotency-Key header, the last city
+    parameter). A request without a bearer token goes to the route unread (401 there); a body over
+    ``inspector.MAX_JSON_REPORT_BYTES`` is a 413 here as there. A refusal — a body or field refused,
+    401/403 from the database — is handed on to the route with the body replayed, which answers and
+    explains it as always: a refused report wrote nothing, so it costs only the time of asking twice.
+    Any other error is not retried: it propagates, as from the route. ``app.state.intake_fast_path``
+    counts both outcomes, for the tests."""
 
     def __init__(self, app):
         self.app = app
@@ -116,16 +119,40 @@ class ReportIntakeFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != REPORT_PATH:
             await self.app(scope, receive, send)
             return
-        chunks, more = [], True
+        from api.routers import inspector
+
+        auth = key = length = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v if auth is None else auth
+            elif k == b"idempotency-key":
+                key = v if key is None else key
+            elif k == b"content-length":
+                length = v
+        counts = _counts(scope["app"])
+        token = _bearer(auth)
+        if token is None:  # the route says what is wrong with the header, without reading the body
+            counts["handed_on"] += 1
+            await self.app(scope, receive, send)
+            return
+        cap = inspector.MAX_JSON_REPORT_BYTES
+        if length is not None and length.isdigit() and int(length) > cap:
+            await _too_large(send, cap)
+            return
+        chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                await _too_large(send, cap)
+                return
+            chunks.append(chunk)
             more = message.get("more_body", False)
         raw = b"".join(chunks)
-        answer = await self._answer(scope, raw)
-        counts = _counts(scope["app"])
+        answer = await self._answer(scope, token, None if key is None else key.decode("latin-1"), raw)
         if answer is not None:
             counts["answered"] += 1
             await send(answer[0])
@@ -144,31 +171,24 @@ class ReportIntakeFastPath:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _answer(scope, raw: bytes):
+    async def _answer(scope, token: str, key: str | None, raw: bytes):
+        from fastapi import HTTPException
+        from fastapi.exceptions import RequestValidationError
+
         from api.deps import TokenClaim, apool_of
         from api.routers import inspector
+        from gis.crs import CRSError
+        from layers.errors import Conflict, InputError, NotFound
 
-        auth = key = None
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                auth = v
-            elif k == b"idempotency-key":
-                key = v
-        if auth is None:
-            return None
-        scheme, _, token = auth.decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None
         qs = scope.get("query_string", b"")
-        city = parse_qs(qs.decode("latin-1")).get("city", [None])[0] if qs else None
+        city = parse_qs(qs.decode("latin-1")).get("city", [None])[-1] if qs else None
         app = scope["app"]
+        pool = await apool_of(app)
         try:
-            pool = await apool_of(app)
-            out = await inspector.file_json_report(app, pool, TokenClaim(inspector.FAST_INSPECTOR, token), raw,
-                                                   None if key is None else key.decode("latin-1"), city)
-        except Exception:  # a refusal (nothing written) or anything unusual: the route answers it
-            return None
+            out = await inspector.file_json_report(app, pool, TokenClaim(inspector.FAST_INSPECTOR, token), raw, key,
+                                                   city)
+        except (RequestValidationError, InputError, CRSError, NotFound, Conflict, HTTPException):
+            return None  # refused, nothing written: the route answers it
         status = out["status"]
         if status not in (200, 201):
             return None
@@ -178,6 +198,21 @@ class ReportIntakeFastPath:
             headers.append(_REPLAYED)
         return ({"type": "http.response.start", "status": status, "headers": headers},
                 {"type": "http.response.body", "body": body})
+
+
+def _bearer(auth: bytes | None) -> str | None:
+    if auth is None:
+        return None
+    scheme, _, token = auth.decode("latin-1").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _too_large(send, cap: int) -> None:
+    body = orjson.dumps({"detail": f"the report is larger than {cap:,} bytes"})
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _counts(app) -> dict:

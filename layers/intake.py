@@ -78,8 +78,8 @@ class ReportWriter:
 
     Each report is still acknowledged only after the transaction that holds it has committed. A
     batch that fails as a whole (a deadlock, a lost connection) wrote nothing; its reports are then
-    written one by one, so one report's error stays its own. Within a batch, reports are written in
-    cell order: two lanes then take the rollup rows they share in the same order.
+    written one by one, so one report's error stays its own. A batch is written in arrival order,
+    so that the duplicate rule (并单) sees the reports as if they had come one by one.
     """
 
     def __init__(self, lanes: int = 2, max_batch: int = 64):
@@ -115,7 +115,6 @@ class ReportWriter:
             self._running -= 1
 
     async def _write(self, pool, batch: list[tuple]) -> None:
-        batch.sort(key=lambda b: (b[2]["report"]["cell_id"] or 0))
         self.batches += 1
         self.reports += len(batch)
         try:

@@ -169,8 +169,9 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     The common case — a report recorded, or a retry — is answered before this route by
     :class:`api.fastpath.ReportIntakeFastPath`, with :func:`file_json_report` as here."""
     pool = await get_apool(request)
+    raw = await _read_capped(request, MAX_JSON_REPORT_BYTES)
     try:
-        out = await file_json_report(request.app, pool, claim, await request.body(),
+        out = await file_json_report(request.app, pool, claim, raw,
                                      request.headers.get("idempotency-key"), request.query_params.get("city"))
     except (RequestValidationError, InputError, CRSError, NotFound, Conflict):
         await claim.verify(pool)
@@ -183,6 +184,23 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     if out["status"] == 200:
         return Response(body, status_code=200, media_type="application/json", headers={"Idempotent-Replayed": "true"})
     return Response(body, status_code=201, media_type="application/json")
+
+
+MAX_JSON_REPORT_BYTES = 64 * 1024  # the longest fields allowed (5,000 characters of description …) take < 25 KB
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The request body, or 413 as soon as it is larger than ``cap`` bytes (never read whole)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise HTTPException(413, f"the report is larger than {cap:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"the report is larger than {cap:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency_key: str | None,

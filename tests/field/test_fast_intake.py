@@ -219,3 +219,47 @@ def test_the_common_case_is_answered_before_routing_and_the_rest_by_the_route(cl
         assert words in r.text, r.text
     after = counts()
     assert after["handed_on"] - mid["handed_on"] == len(refused) and after["answered"] == mid["answered"]
+
+
+def test_an_oversized_report_is_refused_unread(client, make_inspector):
+    """A body over the cap is a 413, by the fast path as by the route; without a token it is a 401
+    before the body is read."""
+    from api.routers.inspector import MAX_JSON_REPORT_BYTES
+
+    _, h = make_inspector()
+    big = b'{"category_code": "E10301", "description": "' + b"x" * MAX_JSON_REPORT_BYTES + b'"}'
+    r = client.post("/api/v1/reports/json", content=big, headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 413 and f"{MAX_JSON_REPORT_BYTES:,} bytes" in r.json()["detail"]
+    r = client.post("/api/v1/reports/json", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
+    # The route's own reader (behind the fast path) stops at the cap too, in chunks or by the header.
+    import asyncio
+
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from api.routers.inspector import _read_capped
+
+    def request(chunks, length=None):
+        msgs = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        headers = [] if length is None else [(b"content-length", str(length).encode())]
+
+        async def receive():
+            return msgs.pop(0)
+
+        return Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(req):  # in a thread of its own: the browser tests' Playwright keeps an event loop in this one
+        with ThreadPoolExecutor(1) as ex:
+            return ex.submit(asyncio.run, _read_capped(req, 4)).result()
+
+    assert read(request([b"ab", b"cd"])) == b"abcd"
+    for req in (request([b"ab", b"cd", b"e"]), request([b"a"], length=5)):
+        try:
+            read(req)
+        except HTTPException as e:
+            assert e.status_code == 413 and "4 bytes" in e.detail
+        else:
+            raise AssertionError("not refused")

@@ -6,6 +6,7 @@ report."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 from sqlalchemy import text
@@ -233,49 +234,157 @@ def test_the_nearest_original_wins_between_open_cases_and_the_batch(db_url, engi
         assert kinds == (["received", "merged"] if x["merged_into"] is not None or x is cases[1] else ["received"])
 
 
-def test_a_claim_lost_to_a_concurrent_writer_falls_back_to_one_by_one(db_url, engine, haimen, tokens):
-    """Another transaction files report K (not yet committed) while a batch holds K and a report at
-    the same place: the batch, which took the other for a duplicate of its own K, is refused whole
-    (40001) and written report by report: K is a retry of the first, the other merged into its case."""
-    import json
+def _offset(lon, lat, north_m, east_m):
+    import math
+
+    return lon + east_m / (111_195.0 * math.cos(math.radians(lat))), lat + north_m / 111_195.0
+
+
+def test_a_batch_answers_what_writing_one_by_one_answers(db_url, engine, haimen, tokens):
+    """The same layout of reports around an open case O, written once as one batch and once report
+    by report (far apart): every report gets the same status, state and original (by label)."""
+    th = _token_hash(tokens)
+    # label: (north m, east m); "f" is a retry of "b" (same key, same body).
+    layout = [("a", (40, 0)), ("b", (0, 60)), ("c", (0, 40)), ("d", (0, 20)), ("e", (0, 105)), ("f", None),
+              ("g", (-100, 0))]
+    # Expected, one by one: a → O (40 m); b its own (60 m from O); c → b (20 m; O is 40 m); d → O (20 m;
+    # b is 40 m); e → b (45 m); f a retry of b; g its own.
+    worlds = []
+    for mode in ("batch", "single"):
+        lon, lat = spot()
+        o = _batch(db_url, th, [_plan_at(haimen, engine, lon, lat, category="E20101")[1]])[0]["result"]["case"]
+        plans, keys = [], {}
+        for label, where in layout:
+            if where is None:
+                plans.append(plans[1])
+                continue
+            key, plan = _plan_at(haimen, engine, *_offset(lon, lat, *where), category="E20101")
+            keys[label] = key
+            plans.append(plan)
+        outs = _batch(db_url, th, plans) if mode == "batch" else [_batch(db_url, th, [pl])[0] for pl in plans]
+        names = {o["id"]: "O"}
+        for (label, _), out in zip(layout, outs, strict=True):
+            if out["status"] == 201:
+                names[out["result"]["case"]["id"]] = label
+        worlds.append([(label, out["status"], out["result"]["case"]["state"],
+                        names.get(out["result"]["case"]["merged_into"]))
+                       for (label, _), out in zip(layout, outs, strict=True)])
+    batch, single = worlds
+    assert batch == single
+    assert single == [("a", 201, "merged", "O"), ("b", 201, "collected", None), ("c", 201, "merged", "b"),
+                      ("d", 201, "merged", "O"), ("e", 201, "merged", "b"), ("f", 200, "collected", None),
+                      ("g", 201, "collected", None)]
+
+
+class _Concurrent:
+    """Another transaction that files a report and holds it uncommitted until ``commit``."""
+
+    def __init__(self, engine, token_hash, plan):
+        import psycopg
+
+        u = engine.url
+        self.conn = psycopg.connect(host=u.query["host"], port=u.query["port"], user=u.username, dbname=u.database)
+        self.first = self.conn.execute("SELECT cg_file_report_as(%s, %s, %s::jsonb)",
+                                       (token_hash, ["inspector"], json.dumps(plan, default=str))).fetchone()[0]
+        assert self.first["status"] == 201
+
+    def commit_when_waited_for(self, engine, timeout=20.0):
+        """Commit once some batch waits for this transaction's key claim; True if one was seen."""
+        import time
+
+        deadline, seen = time.monotonic() + timeout, False
+        with engine.connect() as c:
+            while time.monotonic() < deadline and not seen:
+                seen = bool(c.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%cg_file_reports_as%' AND pid <> pg_backend_pid()")).scalar())
+                c.rollback()  # pg_stat_activity is read once per transaction
+                time.sleep(0.02)
+        self.conn.commit()
+        self.conn.close()
+        return seen
+
+
+def _in_thread(fn):
     import threading
-    import time
 
-    import psycopg
+    box = {}
 
+    def run():
+        try:
+            box["value"] = fn()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
+def test_a_claim_lost_that_the_batch_depends_on_refuses_the_batch(db_url, engine, haimen, tokens):
+    """Another transaction files report K (not yet committed) while a batch holds K and a report at
+    the same place, which the batch took for a duplicate of its own K: the batch is refused whole
+    with SQLSTATE 40001 (and wrote nothing)."""
+    import asyncpg
+
+    th = _token_hash(tokens)
+    lon, lat = spot()
+    key, k_plan = _plan_at(haimen, engine, lon, lat)
+    near_key, near = _plan_at(haimen, engine, lon, lat, description="the same problem, another inspector's eye")
+    other = _Concurrent(engine, th, k_plan)
+    t, box = _in_thread(lambda: _batch(db_url, th, [k_plan, near]))
+    assert other.commit_when_waited_for(engine)
+    t.join(30)
+    assert isinstance(box.get("error"), asyncpg.exceptions.SerializationError), box
+    assert "claimed concurrently" in str(box["error"])
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM field_report WHERE idempotency_key = :k"),
+                         {"k": near_key}).scalar() == 0
+
+
+def test_a_claim_lost_alone_is_answered_as_a_retry(db_url, engine, haimen, tokens):
+    """The same race, where no other report of the batch depends on K: K and its retry in the batch
+    are answered with the other transaction's result (200); the rest of the batch is written."""
+    th = _token_hash(tokens)
+    lon, lat = spot()
+    key, k_plan = _plan_at(haimen, engine, lon, lat)
+    _, far = _plan_at(haimen, engine, *spot())
+    other = _Concurrent(engine, th, k_plan)
+    t, box = _in_thread(lambda: _batch(db_url, th, [k_plan, k_plan, far]))
+    assert other.commit_when_waited_for(engine)
+    t.join(30)
+    outs = box["value"]
+    assert [o["status"] for o in outs] == [200, 200, 201]
+    assert outs[0]["result"] == outs[1]["result"] == other.first["result"]
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM field_report WHERE idempotency_key = :k"), {"k": key}).scalar() == 1
+        assert c.execute(text("SELECT count(*) FROM field_report WHERE id = :i"),
+                         {"i": outs[2]["result"]["id"]}).scalar() == 1
+
+
+def test_a_refused_batch_is_written_one_by_one_by_the_writer(db_url, engine, haimen, tokens):
+    """ReportWriter after that refusal: the two reports written alone, K a retry of the first and the
+    other merged into its case."""
     from layers import intake
 
     th = _token_hash(tokens)
     lon, lat = spot()
     key, k_plan = _plan_at(haimen, engine, lon, lat)
-    # The same spot, hence the same cell: the batch keeps K first (it is sorted by cell).
     _, near = _plan_at(haimen, engine, lon, lat, description="the same problem, another inspector's eye")
-    u = engine.url
-    other = psycopg.connect(host=u.query["host"], port=u.query["port"], user=u.username, dbname=u.database)
-    first = other.execute("SELECT cg_file_report_as(%s, %s, %s::jsonb)",
-                          (th, ["inspector"], json.dumps(k_plan, default=str))).fetchone()[0]
+    other = _Concurrent(engine, th, k_plan)
     writer = intake.ReportWriter(lanes=1)
-    outs = []
 
     async def go(pool):
         return await asyncio.gather(writer.write(pool, th, ["inspector"], k_plan),
                                     writer.write(pool, th, ["inspector"], near))
 
-    t = threading.Thread(target=lambda: outs.extend(_run(db_url, go)))
-    t.start()
-    deadline = time.monotonic() + 20
-    with engine.connect() as c:  # until the batch waits for the other transaction's claim of K
-        while time.monotonic() < deadline and not c.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%cg_file_reports_as%'"
-                )).scalar():
-            time.sleep(0.05)
-    other.commit()
-    other.close()
+    t, box = _in_thread(lambda: _run(db_url, go))
+    assert other.commit_when_waited_for(engine)
     t.join(30)
-    assert first["status"] == 201
+    outs = box["value"]
     assert [o["status"] for o in outs] == [200, 201]
-    assert outs[0]["result"] == first["result"]
-    assert outs[1]["result"]["case"]["merged_into"] == first["result"]["case"]["id"]
+    assert outs[0]["result"] == other.first["result"]
+    assert outs[1]["result"]["case"]["merged_into"] == other.first["result"]["case"]["id"]
     assert writer.batches == 1  # one batch, refused whole, then the two written alone
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM field_report WHERE idempotency_key = :k"), {"k": key}).scalar() == 1

@@ -7,8 +7,8 @@ and the case table's statement trigger (the rollup) once per report. Here ``cg_f
 the whole batch: one statement checks every token, grid and earlier key; a loop in memory decides,
 report by report and in order, the ids, the case numbers and the original of each duplicate (并单),
 among the open cases (the same rule, cg_nearest_open) and the batch's own earlier reports; then
-field_report, case_file and case_event get one INSERT each. What a report is answered is what the
-one-by-one writing gave: the tests run both.
+field_report, case_file and case_event get one INSERT each. A report is answered what writing the
+reports one by one, in the batch's order, gave (tests/field/test_report_writer.py compares the two).
 
 cg_file_report (the synchronous path) and cg_file_report_as (a report alone) are now this function
 on a batch of one: there is one implementation of filing a report.
@@ -68,7 +68,12 @@ BEGIN
 END $$"""
 
 FILE_REPORTS = r"""
-CREATE OR REPLACE FUNCTION cg_file_reports(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION cg_file_reports(p jsonb) RETURNS jsonb LANGUAGE plpgsql
+-- The case table's rollup trigger upserts one row per (cell, day, class, channel) of the batch:
+-- sorted grouping (not hashed) makes it take them in key order, so that two batches written at the
+-- same time never take two shared rows in opposite orders (a deadlock).
+SET enable_hashagg = off
+AS $$
 -- p: an array of {"p": <a report: report, case, result, grid_id, grid_version (layers.reports.plan_report)>}
 -- with either "token_hash" and "roles" (the bearer's token, checked here) or "user_id" and
 -- "user_role" (a caller that checked them). The answer: an array, in p's order, of
@@ -194,6 +199,8 @@ BEGIN
             IF FOUND THEN
                 v_orig[i] := v_eid; v_ostate[i] := v_lock.state; v_ono[i] := v_lock.case_no;
             END IF;
+            -- Closed or merged since it was found: no original, as when written alone (cg_original_for).
+            v_best := NULL;
         END IF;
         IF v_orig[i] IS NULL AND v_best IS NOT NULL THEN
             v_orig[i] := v_cid[v_best]; v_ostate[i] := 'collected'; v_ono[i] := v_no[v_best]; v_oin[i] := v_best;
