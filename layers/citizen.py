@@ -203,11 +203,13 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
     """The case of ``case_no`` + ``query_code``, under the limits: TooManyAttempts while the number or
     the address is locked (whatever the code), WrongCode (a failure counted) when they do not match."""
     limits = lookup_limits()
-    now = lcal.now()
     case_key = (case_no or "").strip()[:40]
     conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"), {"c": _LOCK_CASE, "k": f"{city.id}:{case_key}"})
     addr = _addr_key(conn, client)
     conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(encode(:k, 'hex')))"), {"c": _LOCK_ADDR, "k": addr})
+    # The time is read under the locks: read before, a guess that waited would count the failures up
+    # to a moment before those written by the guesses it waited for, and miss them.
+    now = lcal.now()
     by_case = ("city_id = :city AND case_key = :case", {"city": city.id, "case": case_key})
     by_addr = ("addr_key = :addr", {"addr": addr})
     locks, left = [], []

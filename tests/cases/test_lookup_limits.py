@@ -278,3 +278,47 @@ def test_public_page_shows_the_429_message(live_server, browser):
         assert "Look-ups paused" in page.inner_text("#status") and page.is_hidden("#rate-form")
     finally:
         page.close()
+
+
+def test_a_guess_that_waited_counts_the_failures_written_meanwhile(engine, haimen, clock):
+    """A guess that waits for the case number's lock while another transaction writes 4 failures of
+    that number counts them all: its own is the 5th, and the number is now paused. (The time is read
+    under the lock: read before, the guess counted only the failures up to the moment it arrived.)"""
+    import threading
+    import time
+
+    from layers import citizen
+
+    ghost = unknown_number()
+    holder = engine.connect()
+    tx = holder.begin()
+    holder.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"),
+                   {"c": citizen._LOCK_CASE, "k": f"{haimen.id}:{ghost}"})
+    box = {}
+
+    def guess():
+        with engine.begin() as conn:
+            try:
+                citizen.status(conn, haimen, ghost, "123456", client=new_address())
+            except citizen.WrongCode as e:
+                box["message"] = str(e)
+
+    t = threading.Thread(target=guess)
+    t.start()
+    deadline = time.monotonic() + 20
+    with engine.connect() as c:  # until the guess waits for the lock
+        while time.monotonic() < deadline and not c.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'")).scalar():
+            c.rollback()  # pg_stat_activity is read once per transaction
+            time.sleep(0.02)
+    clock.advance(seconds=1)
+    for _ in range(4):
+        holder.execute(text("""INSERT INTO lookup_failure (at, city_id, case_key, addr_key, endpoint)
+                               VALUES (:at, :c, :k, :a, 'status')"""),
+                       {"at": clock(), "c": haimen.id, "k": ghost, "a": uuid.uuid4().bytes})
+    clock.advance(seconds=1)
+    tx.commit()
+    holder.close()
+    t.join(30)
+    assert failures(engine, ghost) == 5
+    assert "查询已暂停" in box["message"], box
