@@ -11,8 +11,12 @@ import re
 from urllib.parse import parse_qs
 
 import orjson
-from fastapi.responses import Response
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
 
+from api.deps import Allow, TokenClaim, apool_of
+from api.routers import inspector
 from citygrid import settings
 from layers import tiles as ltiles
 
@@ -119,40 +123,27 @@ class ReportIntakeFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != REPORT_PATH:
             await self.app(scope, receive, send)
             return
-        from api.routers import inspector
-
-        auth = key = length = None
+        auth = key = None
         for k, v in scope["headers"]:
-            if k == b"authorization":
-                auth = v if auth is None else auth
-            elif k == b"idempotency-key":
-                key = v if key is None else key
-            elif k == b"content-length":
-                length = v
+            if k == b"authorization" and auth is None:
+                auth = v.decode("latin-1")
+            elif k == b"idempotency-key" and key is None:
+                key = v.decode("latin-1")
         counts = _counts(scope["app"])
-        token = _bearer(auth)
-        if token is None:  # the route says what is wrong with the header, without reading the body
+        try:
+            token = Allow.bearer(auth)
+        except HTTPException:  # the route says what is wrong with the header, without reading the body
             counts["handed_on"] += 1
             await self.app(scope, receive, send)
             return
-        cap = inspector.MAX_JSON_REPORT_BYTES
-        if length is not None and length.isdigit() and int(length) > cap:
-            await _too_large(send, cap)
+        try:
+            raw = await inspector.read_capped(Request(scope, receive), inspector.MAX_JSON_REPORT_BYTES)
+        except HTTPException as e:  # 413
+            await JSONResponse({"detail": e.detail}, status_code=e.status_code)(scope, receive, send)
             return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                await _too_large(send, cap)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        answer = await self._answer(scope, token, None if key is None else key.decode("latin-1"), raw)
+        except ClientDisconnect:
+            return
+        answer = await self._answer(scope, token, key, raw)
         if answer is not None:
             counts["answered"] += 1
             await send(answer[0])
@@ -172,14 +163,6 @@ class ReportIntakeFastPath:
 
     @staticmethod
     async def _answer(scope, token: str, key: str | None, raw: bytes):
-        from fastapi import HTTPException
-        from fastapi.exceptions import RequestValidationError
-
-        from api.deps import TokenClaim, apool_of
-        from api.routers import inspector
-        from gis.crs import CRSError
-        from layers.errors import Conflict, InputError, NotFound
-
         qs = scope.get("query_string", b"")
         city = parse_qs(qs.decode("latin-1")).get("city", [None])[-1] if qs else None
         app = scope["app"]
@@ -187,7 +170,7 @@ class ReportIntakeFastPath:
         try:
             out = await inspector.file_json_report(app, pool, TokenClaim(inspector.FAST_INSPECTOR, token), raw, key,
                                                    city)
-        except (RequestValidationError, InputError, CRSError, NotFound, Conflict, HTTPException):
+        except (*inspector.REFUSALS, HTTPException):
             return None  # refused, nothing written: the route answers it
         status = out["status"]
         if status not in (200, 201):
@@ -198,21 +181,6 @@ class ReportIntakeFastPath:
             headers.append(_REPLAYED)
         return ({"type": "http.response.start", "status": status, "headers": headers},
                 {"type": "http.response.body", "body": body})
-
-
-def _bearer(auth: bytes | None) -> str | None:
-    if auth is None:
-        return None
-    scheme, _, token = auth.decode("latin-1").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
-
-
-async def _too_large(send, cap: int) -> None:
-    body = orjson.dumps({"detail": f"the report is larger than {cap:,} bytes"})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _counts(app) -> dict:

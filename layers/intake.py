@@ -1,10 +1,11 @@
-"""The fast intake of inspector reports without photos: one asyncpg round trip per report.
+"""The fast intake of inspector reports without photos: one asyncpg round trip per batch.
 
 The JSON report is the busiest write of the field channel (an inspector's app files one per problem
 found, and re-sends the whole outbox when the network comes back). The synchronous path costs a
-thread and eleven queries; this one runs on the event loop and costs one call of the database
-function ``cg_file_report_as`` (migration 0012), which checks the bearer token, claims the
-Idempotency-Key, opens (or merges) the case and stores the answer in the same statement.
+worker thread and a query each for the token, the city and the write; this one runs on the event
+loop, and the reports that arrive together cost one call of the database function
+``cg_file_reports_as`` (migration 0012), which checks the bearer tokens, claims the
+Idempotency-Keys, opens (or merges) the cases and stores the answers.
 
 Everything that is decided in Python is shared with the synchronous path (layers.reports:
 ``locate_report``, ``plan_report``, ``report_outcome``): the two paths cannot drift apart. What this

@@ -376,9 +376,8 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
                 {"c": city.id, "codes": [z["code"] for z in zones_due], "hid": [int(v) for v in cell_ids]}):
             touched.setdefault(code, []).append(int(cell_id))
     for z in zones_due:
-        weights = [(*hot.of(cid), cid) for cid in touched.get(z["code"], [])]
-        zw, zb, _ = max(weights, default=(None, 0, None), key=lambda w: w[0])
-        z["hotspot"] = _weight_doc(zw, zb) | {"cells": len(weights)}
+        weights = [hot.of(cid) for cid in touched.get(z["code"], [])]  # (z, bin) of significant cells
+        z["hotspot"] = _weight_doc(*max(weights, default=(None, 0))) | {"cells": len(weights)}
     zones_due.sort(key=lambda z: (-z["remaining"], -z["hotspot"]["weight"], z["code"]))
     # Cases: overdue first, then by the hot-spot weight of their cell (cases without a cell weigh 0),
     # then by deadline.

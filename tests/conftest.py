@@ -96,6 +96,32 @@ def conn(engine):
         tx.rollback()
 
 
+def rollup_equals_cases(conn, city) -> int:
+    """Assert that the city's case rollup equals a count of its cases (duplicates left out), computed
+    here from case_file; the number of rollup rows."""
+    a = conn.execute(text("""SELECT cell_id, day, category_code, channel, n FROM case_rollup WHERE city_id = :c
+                             ORDER BY 1, 2, 3, 4"""), {"c": city.id}).all()
+    b = conn.execute(text("""SELECT COALESCE(cell_id, 0), (received_at AT TIME ZONE 'Asia/Shanghai')::date,
+                                    category_code, channel, count(*)::int FROM case_file
+                             WHERE city_id = :c AND merged_into IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""),
+                     {"c": city.id}).all()
+    assert [tuple(r) for r in a] == [tuple(r) for r in b]
+    return len(a)
+
+
+def concurrently(n: int, fn) -> list:
+    """fn() called in n threads at once; their results (in completion order)."""
+    import threading
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(fn())) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def count(engine, sql: str, **params) -> int:
     with engine.connect() as c:
         return c.execute(text(sql), params).scalar_one()

@@ -165,15 +165,15 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     """The fast intake (layers/intake.py): validated and snapped here, written by one database call
     that also checks the token. Any refusal is preceded by the token check, so a bad request from
     an unknown token is a 401 as everywhere else. (The header and the query parameter are read from
-    the request, not declared: FastAPI's parameter machinery costs more than snapping the point.)
+    the request, not declared, as the fast path reads them; the OpenAPI entry declares them.)
     The common case — a report recorded, or a retry — is answered before this route by
     :class:`api.fastpath.ReportIntakeFastPath`, with :func:`file_json_report` as here."""
     pool = await get_apool(request)
-    raw = await _read_capped(request, MAX_JSON_REPORT_BYTES)
+    raw = await read_capped(request, MAX_JSON_REPORT_BYTES)
     try:
         out = await file_json_report(request.app, pool, claim, raw,
                                      request.headers.get("idempotency-key"), request.query_params.get("city"))
-    except (RequestValidationError, InputError, CRSError, NotFound, Conflict):
+    except REFUSALS:
         await claim.verify(pool)
         raise
     if out["status"] == 401:
@@ -186,10 +186,12 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
     return Response(body, status_code=201, media_type="application/json")
 
 
+#: What file_json_report raises for a report it refuses (nothing written).
+REFUSALS = (RequestValidationError, InputError, CRSError, NotFound, Conflict)
 MAX_JSON_REPORT_BYTES = 64 * 1024  # the longest fields allowed (5,000 characters of description …) take < 25 KB
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def read_capped(request: Request, cap: int) -> bytes:
     """The request body, or 413 as soon as it is larger than ``cap`` bytes (never read whole)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cap:

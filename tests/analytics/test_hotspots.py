@@ -11,6 +11,7 @@ from layers import analytics as la
 from layers import grid as lgrid
 from layers import rollups
 from tests.analytics.helpers import at, insert
+from tests.conftest import rollup_equals_cases
 
 
 def _random_cases(conn, city, rng, n, day0=dt.date(2020, 1, 1), days=10, cats=("A1", "B2")):
@@ -29,21 +30,10 @@ def _random_cases(conn, city, rng, n, day0=dt.date(2020, 1, 1), days=10, cats=("
     return insert(conn, city, xs, ys, times, cats_, chans), xs, ys, times, cats_, chans
 
 
-def _rollup_equals_cases(conn, city):
-    a = conn.execute(text("""SELECT cell_id, day, category_code, channel, n FROM case_rollup WHERE city_id = :c
-                             ORDER BY 1, 2, 3, 4"""), {"c": city.id}).all()
-    b = conn.execute(text("""SELECT COALESCE(cell_id, 0), (received_at AT TIME ZONE 'Asia/Shanghai')::date,
-                                    category_code, channel, count(*)::int FROM case_file
-                             WHERE city_id = :c AND merged_into IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""),
-                     {"c": city.id}).all()
-    assert [tuple(r) for r in a] == [tuple(r) for r in b]
-    return len(a)
-
-
 def test_rollup_kept_current_by_trigger(conn, acity):
     rng = np.random.default_rng(1)
     ids, *_ = _random_cases(conn, acity, rng, 500)
-    assert _rollup_equals_cases(conn, acity) > 50
+    assert rollup_equals_cases(conn, acity) > 50
     # the local day: 23:30 UTC+8 of 1 Jan is 1 Jan, 00:30 of 2 Jan is 2 Jan
     # an update of class / cell / merge moves the counts; a delete removes them
     conn.execute(text("UPDATE case_file SET category_code = 'C3' WHERE id = ANY(:ids)"), {"ids": ids[:40].tolist()})
@@ -52,11 +42,11 @@ def test_rollup_kept_current_by_trigger(conn, acity):
                  {"m": int(ids[0]), "ids": ids[60:70].tolist()})
     conn.execute(text("UPDATE case_file SET title = 'x' WHERE id = ANY(:ids)"), {"ids": ids[70:90].tolist()})
     conn.execute(text("DELETE FROM case_file WHERE id = ANY(:ids)"), {"ids": ids[90:120].tolist()})
-    _rollup_equals_cases(conn, acity)
+    rollup_equals_cases(conn, acity)
     total = conn.execute(text("SELECT sum(n) FROM case_rollup WHERE city_id = :c"), {"c": acity.id}).scalar()
     assert total == 500 - 10 - 30
     assert rollups.rebuild(conn, acity) > 0
-    _rollup_equals_cases(conn, acity)
+    rollup_equals_cases(conn, acity)
 
 
 def test_heat_from_rollup_equals_direct_kde(conn, acity):

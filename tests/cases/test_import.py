@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from layers import hotline
 from layers.errors import InputError
-from tests.conftest import SHARED, auth
+from tests.conftest import SHARED, auth, rollup_equals_cases
 
 LA = SHARED / "311" / "la_311_2020-01-01_03.csv"
 
@@ -198,16 +198,6 @@ def _rows_of(conn, refs):
     return cases, events, contacts
 
 
-def _rollup_equals_cases(conn, city):
-    a = conn.execute(text("""SELECT cell_id, day, category_code, channel, n FROM case_rollup WHERE city_id = :c
-                             ORDER BY 1, 2, 3, 4"""), {"c": city.id}).all()
-    b = conn.execute(text("""SELECT COALESCE(cell_id, 0), (received_at AT TIME ZONE 'Asia/Shanghai')::date,
-                                    category_code, channel, count(*)::int FROM case_file
-                             WHERE city_id = :c AND merged_into IS NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""),
-                     {"c": city.id}).all()
-    assert [tuple(r) for r in a] == [tuple(r) for r in b]
-
-
 def _mixed_file(path, ref: str, n: int = 23) -> list[str]:
     """n rows: located, address-only, closed (in time and late), void; awkward CSV text in some."""
     lines = ["工单编号,受理时间,类别,渠道,诉求类型,诉求内容,地址,经度,纬度,来电人,联系电话,状态,办结时间"]
@@ -244,7 +234,7 @@ def test_rounds_write_what_one_round_writes(engine, haimen, tmp_path):
         assert rep.pipeline["rows"] == {"case_file": 23, "case_event": 23 + 5 + 4, "case_contact": 11}
         with engine.connect() as conn:
             cases, events, contacts = _rows_of(conn, refs)
-            _rollup_equals_cases(conn, haimen)
+            rollup_equals_cases(conn, haimen)
         strip = lambda rows: [(r[0].split("-", 1)[1], *r[1:]) for r in rows]  # noqa: E731
         got.append((strip(cases), strip(events), strip(contacts)))
         assert len(cases) == 23 and len(events) == 32 and len(contacts) == 11
@@ -278,7 +268,7 @@ def test_failed_round_leaves_nothing(engine, haimen, tmp_path, monkeypatch):
     assert seen.count("case_file") == 3  # rounds 1 and 2 were written, round 3 failed, the rest never sent
     with engine.connect() as conn:
         assert _rows_of(conn, refs) == ([], [], [])
-        _rollup_equals_cases(conn, haimen)
+        rollup_equals_cases(conn, haimen)
     # The same file imports whole afterwards.
     monkeypatch.setattr(hotline._Pipeline, "_copy", real)
     with engine.begin() as conn:

@@ -58,3 +58,22 @@ def jpeg(seed: int = 0, size=(64, 48)) -> bytes:
 
 def photo(name: str) -> bytes:
     return (PHOTOS / name).read_bytes()
+
+
+def inspector_context(browser, headers, *, geolocation=None, height=844, lang=None):
+    """(context, page, errors): a phone-sized zh-CN Chromium page signed in with the bearer token of
+    ``headers``, optionally at ``geolocation``; ``errors`` collects the exceptions its scripts raise.
+    The caller goes to the page and closes the context."""
+    token = headers["Authorization"].split(" ", 1)[1]
+    kw = {"locale": "zh-CN", "viewport": {"width": 390, "height": height}, "is_mobile": True, "has_touch": True}
+    if geolocation is not None:
+        kw |= {"geolocation": geolocation, "permissions": ["geolocation"]}
+    ctx = browser.new_context(**kw)
+    script = f"localStorage.setItem('citygrid_token', {token!r});"
+    if lang is not None:
+        script += f" localStorage.setItem('citygrid_lang', {lang!r});"
+    ctx.add_init_script(script)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return ctx, page, errors

@@ -4,7 +4,6 @@ channels (并单), and snapping an asset problem to its asset."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
 from fractions import Fraction
 
@@ -15,7 +14,7 @@ import shapely
 from PIL import Image
 from sqlalchemy import text
 
-from tests.conftest import count
+from tests.conftest import concurrently, count
 from tests.field.conftest import jpeg, photo
 from tests.field.test_reports import post, spot
 
@@ -104,20 +103,15 @@ def test_concurrent_retries_make_one_report(live_server, make_inspector, engine)
     key = f"c-{uuid.uuid4().hex}"
     lon, lat = spot()
     data = jpeg(13, size=(640, 480))
-    results = []
 
     def send():
         with httpx.Client(timeout=60) as c:
             r = c.post(f"{live_server}/api/v1/reports", headers={**h, "Idempotency-Key": key},
                        data={"category_code": "E10301", "lon": lon, "lat": lat, "accuracy": 5},
                        files=[("photos", ("a.jpg", data, "image/jpeg"))])
-            results.append((r.status_code, r.json()))
+            return r.status_code, r.json()
 
-    threads = [threading.Thread(target=send) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = concurrently(8, send)
     statuses = sorted(s for s, _ in results)
     assert statuses.count(201) == 1 and statuses.count(200) == 7, statuses
     assert len({b["id"] for _, b in results}) == 1

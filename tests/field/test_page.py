@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.field.conftest import jpeg
+from tests.field.conftest import inspector_context, jpeg
 
 pytestmark = pytest.mark.browser
 
@@ -20,14 +20,8 @@ def _reports(engine, user_id):
 
 def test_inspector_page_submit_offline_and_back(browser, live_server, engine, tmp_path, make_inspector):
     user, h = make_inspector()
-    token = h["Authorization"].split(" ", 1)[1]
-    ctx = browser.new_context(locale="zh-CN", geolocation={"latitude": 31.8905, "longitude": 121.1712, "accuracy": 12},
-                              permissions=["geolocation"], viewport={"width": 390, "height": 844}, is_mobile=True,
-                              has_touch=True)
-    ctx.add_init_script(f"localStorage.setItem('citygrid_token', {token!r});")
-    page = ctx.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    ctx, page, errors = inspector_context(browser, h, geolocation={"latitude": 31.8905, "longitude": 121.1712,
+                                                                   "accuracy": 12})
     page.goto(live_server + "/inspector")
     page.wait_for_function("document.getElementById('acc').textContent.includes('±12 m')")
     assert "精度" in page.inner_text("#acc")

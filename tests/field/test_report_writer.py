@@ -14,23 +14,22 @@ from sqlalchemy import text
 from tests.field.test_reports import spot
 
 
-def _plans(haimen, engine, n, *, same_place=False):
+def _plan_at(haimen, engine, lon, lat, *, key=None, description="batch", category="E10301"):
+    """(key, the input of cg_file_report) for an inspector's report at (lon, lat)."""
     from layers import grid as lgrid
     from layers import reports as lreports
 
     with engine.connect() as c:
         grid = lgrid.snapper(c, haimen)
-    lon, lat = spot()
-    out = []
-    for i in range(n):
-        if not same_place:
-            lon, lat = spot()
-        inp = lreports.ReportInput(category_code="E10301", lon=lon, lat=lat, accuracy_m=5.0,
-                                   description=f"writer {i}")
-        loc = lreports.locate_report(haimen, grid, inp, [], min_photos=0)
-        key = uuid.uuid4().hex
-        out.append((key, lreports.plan_report(haimen, grid, loc, inp, None, key, lreports.request_hash(inp, []))))
-    return out
+    inp = lreports.ReportInput(category_code=category, lon=lon, lat=lat, accuracy_m=5.0, description=description)
+    loc = lreports.locate_report(haimen, grid, inp, [], min_photos=0)
+    key = key or uuid.uuid4().hex
+    return key, lreports.plan_report(haimen, grid, loc, inp, None, key, lreports.request_hash(inp, []))
+
+
+def _plans(haimen, engine, n, *, same_place=False):
+    here = spot()
+    return [_plan_at(haimen, engine, *(here if same_place else spot()), description=f"writer {i}") for i in range(n)]
 
 
 def _run(db_url, coro_fn):
@@ -133,19 +132,7 @@ def test_an_unknown_token_in_a_batch_is_refused_alone(db_url, engine, haimen, to
                          {"k": plans[1][0]}).scalar_one() == 0
 
 
-# --- The set-based batch (migration 0016): what writing one by one gave, report for report ---------
-
-
-def _plan_at(haimen, engine, lon, lat, *, key=None, description="batch", category="E10301"):
-    from layers import grid as lgrid
-    from layers import reports as lreports
-
-    with engine.connect() as c:
-        grid = lgrid.snapper(c, haimen)
-    inp = lreports.ReportInput(category_code=category, lon=lon, lat=lat, accuracy_m=5.0, description=description)
-    loc = lreports.locate_report(haimen, grid, inp, [], min_photos=0)
-    key = key or uuid.uuid4().hex
-    return key, lreports.plan_report(haimen, grid, loc, inp, None, key, lreports.request_hash(inp, []))
+# --- The set-based batch (cg_file_reports): what writing one by one gave, report for report ---------
 
 
 def _batch(db_url, token_hash, plans):
@@ -157,8 +144,10 @@ def _batch(db_url, token_hash, plans):
     return _run(db_url, go)
 
 
-def _north(lon, lat, metres):
-    return lon, lat + metres / 111_195.0
+def _offset(lon, lat, north_m, east_m):
+    import math
+
+    return lon + east_m / (111_195.0 * math.cos(math.radians(lat))), lat + north_m / 111_195.0
 
 
 def test_a_key_twice_in_one_batch_is_one_report(db_url, engine, haimen, tokens):
@@ -204,10 +193,10 @@ def test_the_nearest_original_wins_between_open_cases_and_the_batch(db_url, engi
     th = _token_hash(tokens)
     lon, lat = spot()
     opened = _batch(db_url, th, [_plan_at(haimen, engine, lon, lat)[1]])[0]["result"]["case"]
-    a = _plan_at(haimen, engine, *_north(lon, lat, 40))[1]  # 40 m from the open case: merged into it
-    b = _plan_at(haimen, engine, *_north(lon, lat, 110))[1]  # 70 m from a, 110 m from O: its own case
-    c_ = _plan_at(haimen, engine, *_north(lon, lat, 120))[1]  # 10 m from b, 80 m from a
-    d = _plan_at(haimen, engine, *_north(lon, lat, -15))[1]  # 15 m from O, 55 m from a (merged anyway)
+    a = _plan_at(haimen, engine, *_offset(lon, lat, 40, 0))[1]  # 40 m from the open case: merged into it
+    b = _plan_at(haimen, engine, *_offset(lon, lat, 110, 0))[1]  # 70 m from a, 110 m from O: its own case
+    c_ = _plan_at(haimen, engine, *_offset(lon, lat, 120, 0))[1]  # 10 m from b, 80 m from a
+    d = _plan_at(haimen, engine, *_offset(lon, lat, -15, 0))[1]  # 15 m from O, 55 m from a (merged anyway)
     outs = _batch(db_url, th, [a, b, c_, d])
     cases = [o["result"]["case"] for o in outs]
     assert [o["status"] for o in outs] == [201] * 4
@@ -232,12 +221,6 @@ def test_the_nearest_original_wins_between_open_cases_and_the_batch(db_url, engi
     for x in cases:  # each: received first; then a duplicate's merge, or the original's (b)
         kinds = [e[1] for e in events if e[0] == x["id"]]
         assert kinds == (["received", "merged"] if x["merged_into"] is not None or x is cases[1] else ["received"])
-
-
-def _offset(lon, lat, north_m, east_m):
-    import math
-
-    return lon + east_m / (111_195.0 * math.cos(math.radians(lat))), lat + north_m / 111_195.0
 
 
 def test_a_batch_answers_what_writing_one_by_one_answers(db_url, engine, haimen, tokens):

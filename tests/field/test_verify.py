@@ -14,7 +14,7 @@ import shapely
 from sqlalchemy import text
 
 from tests.conftest import auth
-from tests.field.conftest import PHOTOS, jpeg, photo
+from tests.field.conftest import PHOTOS, inspector_context, jpeg, photo
 
 # Haimen, east of the town centre, clear of the other field tests' points; each case ~400 m apart
 # so that no two are merged as duplicates (并单: same class within 50 m).
@@ -353,14 +353,8 @@ def test_recover_keeps_committed_and_drops_orphans(client, engine, verifying, tm
 @pytest.mark.browser
 def test_inspector_page_verifies_a_case(browser, live_server, engine, verifying, tmp_path):
     v = verifying
-    token = v["h"]["Authorization"].split(" ", 1)[1]
-    ctx = browser.new_context(locale="zh-CN", permissions=["geolocation"], viewport={"width": 390, "height": 1200},
-                              geolocation={"latitude": v["lat"] + 0.0001, "longitude": v["lon"], "accuracy": 9},
-                              is_mobile=True, has_touch=True)
-    ctx.add_init_script(f"localStorage.setItem('citygrid_token', {token!r}); localStorage.setItem('citygrid_lang', 'zh');")
-    page = ctx.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    ctx, page, errors = inspector_context(browser, v["h"], height=1200, lang="zh",
+                                          geolocation={"latitude": v["lat"] + 0.0001, "longitude": v["lon"], "accuracy": 9})
     page.goto(live_server + "/inspector")
     page.click("#tabs button[data-tab=work]")
     btn = f"#cases button.verify-btn[data-case='{v['id']}']"

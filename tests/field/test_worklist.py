@@ -11,6 +11,8 @@ import pytest
 import shapely
 from sqlalchemy import text
 
+from tests.field.conftest import inspector_context
+
 #: Event and hotline small classes: cycled so that no two injected cases of one class fall within the
 #: duplicate rule's window (并单 would merge them out of the rollup).
 LEAVES = ["E10101", "E10102", "E10201", "E10301", "E20101", "E20102", "E30101", "E40101", "E40201", "E50101",
@@ -153,12 +155,7 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
     assert order == sorted(order)
 
     # The inspector's page shows the hot-spot badges on the worklist (from the same cached weights).
-    token = h["Authorization"].split(" ", 1)[1]
-    ctx = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
-    ctx.add_init_script(f"localStorage.setItem('citygrid_token', {token!r});")
-    page = ctx.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    ctx, page, errors = inspector_context(browser, h)
     page.goto(f"{live_server}/inspector")
     page.click("#tabs button[data-tab=work]")
     page.wait_for_function("document.querySelectorAll('#cases li').length > 0", timeout=20_000)
