@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 import api.routers
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from gis.crs import CRSError
-from layers.errors import Conflict, Forbidden, InputError, NotFound
+from layers.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGES = ("inspector", "supervisor", "planner", "public", "operator")
@@ -60,6 +60,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)
         app.state.places = PlaceCache(app.state.engine)
+        from layers import calendar as lcal
+
+        lcal.bind(app.state.engine)  # calendar years loaded by any process are seen by this one
         try:
             yield
         finally:
@@ -77,6 +80,8 @@ def create_app(database_url: str | None = None) -> FastAPI:
     # Errors of bad input raised below the routers become 4xx answers that say what is wrong.
     for exc, status in ((InputError, 422), (CRSError, 422), (NotFound, 404), (Conflict, 409), (Forbidden, 403)):
         app.add_exception_handler(exc, _handler(status))
+    # A deadline that needs a calendar year nobody loaded: the operator is told to load it.
+    app.add_exception_handler(CalendarMissing, _handler(503))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):

@@ -12,9 +12,12 @@ from citygrid import settings
 
 def _engine():
     from citygrid.dbcluster import database_url
+    from layers import calendar as lcal
     from layers.db import make_engine
 
-    return make_engine(database_url(), pool_size=2)
+    engine = make_engine(database_url(), pool_size=2)
+    lcal.bind(engine)  # calendar years loaded into the database count in every command
+    return engine
 
 
 def cmd_db(args) -> int:
@@ -121,6 +124,39 @@ def cmd_users(args) -> int:
         else:
             for u in lusers.list_users(conn):
                 print(f"{u.id:>4} {u.name:<20} {u.role:<11} {u.department or ''} {u.area_code or ''}")
+    return 0
+
+
+def cmd_calendar(args) -> int:
+    """``citygrid calendar import FILE`` (a year: the State Council notice's holidays and make-up
+    workdays, format of layers/workflow_data/calendar_years/2026.json) and ``citygrid calendar list``."""
+    from layers import calendar as lcal
+
+    engine = _engine()
+    with engine.begin() as conn:
+        if args.action == "import":
+            try:
+                doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                print(f"citygrid: no file {args.file}", file=sys.stderr)
+                return 2
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                print(f"citygrid: {args.file} is not a JSON file: {e}", file=sys.stderr)
+                return 2
+            out = lcal.import_year(conn, doc, loaded_by="cli")
+            f = out["deadlines_filled"]
+            print(f"calendar year {out['year']} loaded: {out['holidays']} holidays, {out['workdays']} make-up workdays "
+                  f"(source: {out['source'].get('title')}); configured years {out['configured_years']}, deadlines "
+                  f"computable up to {out['last_year']}-12-31; deadlines filled in: {f['step']} step, {f['close']} close"
+                  f"{', still unknown: ' + str(f['still_unknown']) if f['still_unknown'] else ''}")
+        else:
+            cal = lcal.build(lcal.database_years(conn))
+            for y in sorted(cal.years):
+                src = cal.sources.get(y) or {}
+                print(f"{y}  {src.get('title', '?')}  {src.get('document_no', '')}  {src.get('date', '')}  "
+                      f"[{src.get('loaded_from', '')}]")
+            for y, why in lcal.base_config().get("not_configured", {}).items():
+                print(f"{y}  not configured: {why[:120]}…")
     return 0
 
 
@@ -234,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--area", help="admin code or cell code of the user's area")
     usub.add_parser("list")
     users.set_defaults(func=cmd_users)
+
+    cal = sub.add_parser("calendar", help="working-time calendar: load a year's holidays (citygrid calendar import FILE)")
+    csub = cal.add_subparsers(dest="action", required=True)
+    cimp = csub.add_parser("import", help="load a year (the State Council notice) for every process")
+    cimp.add_argument("file")
+    csub.add_parser("list", help="configured years and their sources")
+    cal.set_defaults(func=cmd_calendar)
 
     imp_all = sub.add_parser("import", help="batch imports: assets or cases (see `citygrid import X --help`)", add_help=False)
     imp_all.add_argument("what", choices=sorted(IMPORTERS))

@@ -23,3 +23,14 @@ class Forbidden(PermissionError):
     """The user's role may act, but not on this object, e.g. another department's case (→ 403)."""
 
     status = 403
+
+
+class CalendarMissing(RuntimeError):
+    """A deadline would run into a year whose holiday schedule (the State Council notice) is not
+    configured: refused rather than guessed (→ 503, for an operator to load the year)."""
+
+    status = 503
+
+    def __init__(self, message: str, *, year: int | None = None):
+        super().__init__(message)
+        self.year = year

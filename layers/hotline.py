@@ -69,6 +69,11 @@ ALIASES = {
     "status": ["状态", "status", "case_status"],
     "closed_at": ["办结时间", "结案时间", "closed_at", "closeddate", "closed_dt", "closed_date"],
 }
+#: Around a cell only this is removed: ASCII spaces, tabs and line ends. A full-width indent (　,
+#: U+3000) opening a paragraph is part of the text and kept, as is everything inside a cell.
+CELL_SPACE = " \t\r\n\f\v"
+#: The longest text the API accepts (api/routers/cases.py); a longer cell is a row error, never cut.
+TEXT_LIMITS = {"title": 200, "description": 5000, "address": 500, "name": 80, "phone": 40}
 STATUS_VALUES = {"closed": "closed", "办结": "closed", "已办结": "closed", "结案": "closed", "void": "void",
                  "作废": "void", "open": "collected", "受理": "collected", "collected": "collected"}
 URGENCY_VALUES = {"normal": "normal", "一般": "normal", "普通": "normal", "urgent": "urgent", "紧急": "urgent",
@@ -87,6 +92,10 @@ class ImportReport:
     sentinel_points: list = field(default_factory=list)
     errors: list = field(default_factory=list)  # {"row", "source_ref", "reason"}; no personal data
     skipped_refs: list = field(default_factory=list)
+    trimmed_cells: int = 0  # cells whose surrounding whitespace was removed (nothing else is changed)
+    closed_before_received: int = 0  # kept, their closure dropped (not believed)
+    deadline_unknown: int = 0  # kept, deadline flagged unknown: the calendar lacks a year it needs
+    approximate_deadlines: int = 0  # before the first configured calendar year: weekends only
     seconds: float = 0.0
     stages: dict = field(default_factory=dict)  # seconds per stage
     pipeline: dict = field(default_factory=dict)  # the write: rounds, build and COPY seconds (overlapped)
@@ -159,7 +168,7 @@ def read_table(path: Path) -> pd.DataFrame:
             if len(df) else df.astype(str)
     txt = decode(data)
     try:
-        return pd.read_csv(io.StringIO(txt), dtype=str, keep_default_na=False, skipinitialspace=True)
+        return pd.read_csv(io.StringIO(txt), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InputError(f"the CSV file is malformed: {str(e).strip()}") from None
 
@@ -230,7 +239,7 @@ def parse_times(values: pd.Series, tz: str) -> pd.Series:
 
     The common 'YYYY-MM-DD HH:MM:SS' is read in one pass; only the values it does not read go
     through the slow reader of every format (a value is read the same by both)."""
-    s = values.astype(str).str.strip()
+    s = values.astype(str).str.strip()  # a time is not text: any space around it goes
     out = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S", errors="coerce")
     rest = (out.isna() & (s != "")).to_numpy()
     if rest.any():
@@ -286,7 +295,7 @@ def _isin(values, allowed) -> np.ndarray:
 def _map_values(raw: pd.Series, table: dict, default=None) -> np.ndarray:
     """Map a column's values through a table (exact, then case-insensitive); unmapped keep their value."""
     lower = {str(k).strip().lower(): v for k, v in table.items()}
-    s = raw.astype(str).str.strip().to_numpy(dtype=object)
+    s = raw.astype(str).str.strip(CELL_SPACE).to_numpy(dtype=object)
     fallback = table.get("*")
     out = _per_value(s, lambda v: table.get(v, lower.get(v.lower(), fallback if fallback is not None and v else v)))
     if default is not None:
@@ -325,7 +334,7 @@ FIRST_ROUND = 2_000
 CASE_COLUMNS = ("id", "city_id", "case_no", "source", "channel", "source_ref", "received_at", "category_code",
                 "category_name", "request_type", "urgency", "title", "description", "address", "location",
                 "location_source", "location_confidence", "cell_id", "cell_code", "area_code", "state",
-                "step_deadline_at", "close_deadline_at", "closed_at", "updated_at")
+                "step_deadline_at", "close_deadline_at", "closed_at", "updated_at", "source_data")
 EVENT_COLUMNS = ("case_id", "at", "kind", "actor_id", "actor_role", "from_state", "to_state", "data")
 CONTACT_COLUMNS = ("case_id", "name", "phone")
 
@@ -441,7 +450,9 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     def col(f: str) -> pd.Series:
         if f not in columns:
             if f in cols:
-                s = df[cols[f]].astype(str).str.strip()
+                raw = df[cols[f]].astype(str)
+                s = raw.str.strip(CELL_SPACE)
+                rep.trimmed_cells += int((s.str.len() != raw.str.len()).sum())
                 if f in defaults:
                     s = s.where(s != "", str(defaults[f]))
             else:
@@ -515,7 +526,17 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     bad_closed = is_closed & closed.isna().to_numpy() & (closed_raw != "")
     reject(bad_closed, lambda v: f"impossible or unreadable closed time '{v[:40]}'", closed_raw)
     before = is_closed & (closed < recv).fillna(False).to_numpy()
-    reject(before, "closed before it was received")
+    for f, cap in TEXT_LIMITS.items():
+        if f in cols:
+            reject(col(f).str.len().to_numpy() > cap, f"{f} is longer than {cap} characters (the API's limit)")
+    # Closed before it was received: the case is kept, the closure is not believed (one rule with
+    # `citygrid la311`); the source's status and the dropped closure stay in source_data.
+    rep.closed_before_received = int((before & (reasons == None)).sum())  # noqa: E711
+    state = np.where(before, "collected", state).astype(object)
+    is_closed = state == "closed"
+    # The source's own words: its category label and raw status, as given.
+    src_cat = colv("category") if "category" in cols else None
+    src_status = colv("status") if "status" in cols else None
     tick("validate")
 
     # Locations: parse, drop sentinel points, transform, snap; else the gazetteer; else the queue.
@@ -614,11 +635,13 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     chan_s = chan[sel]
     refs_s = refs[sel]
     cat_name = _per_value(cat_s, lambda c: catalog[c]["name"])
-    title = col("title").str.slice(0, 200).to_numpy(dtype=object)[sel]
-    descr = col("description").str.slice(0, 5000).to_numpy(dtype=object)[sel]
-    addr_s = pd.Series(addr[sel], dtype=object).str.slice(0, 500).to_numpy(dtype=object)
-    names = col("name").str.slice(0, 200).to_numpy(dtype=object)[sel]
-    phones = col("phone").str.slice(0, 40).to_numpy(dtype=object)[sel]
+    title = colv("title")[sel]
+    descr = colv("description")[sel]
+    addr_s = addr[sel]
+    names = colv("name")[sel]
+    phones = colv("phone")[sel]
+    source_data = _source_data(None if src_cat is None else src_cat[sel], None if src_status is None else src_status[sel],
+                               before[sel], closed_raw[sel])
     idx_s, wx_s, wy_s, loc_src_s, conf_s = idx[sel], wx[sel], wy[sel], loc_src[sel], conf[sel]
     closed_s = closed.to_numpy(dtype="datetime64[ns]")[sel]
     closed_s = np.where(np.isnat(closed_s), np.nan, closed_s.astype(np.int64) / 1e9)
@@ -627,11 +650,31 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
 
     # The limits once (limits() reads its file at each call), the deadlines per round.
     step_lims = {u: wf.step_limit("collected", "", u) for u in wf.URGENCIES}
+    first_configured = (dt.datetime(cal.first_year, 1, 1, tzinfo=cal.tz).timestamp() if cal.first_year
+                        else float("inf"))
+
+    def _pending_json(p: np.ndarray, unknown_step: np.ndarray, unknown_close: np.ndarray) -> np.ndarray:
+        """', "deadline_pending": {…}' for the cases whose deadline is unknown ('' for the others): what
+        layers.calendar.fill_pending_deadlines computes it from when the year is loaded."""
+        out = np.full(len(p), "", dtype=object)
+        for r in np.flatnonzero(unknown_step | unknown_close):
+            q = p[r]
+            at = str(_ts(recv_s[q:q + 1])[0])
+            pend: dict = {"reason": "calendar year not configured"}
+            if unknown_step[r]:
+                amount, unit = step_lims[urg_s[q]]
+                pend["step"] = {"from": at, "amount": amount, "unit": unit, "state": "collected"}
+            if unknown_close[r]:
+                amount, unit = close_lims[key_codes[q]]
+                pend["close"] = {"from": at, "amount": amount, "unit": unit}
+            out[r] = ', "deadline_pending": ' + json.dumps(pend)
+        return out
     key_codes, key_uniq = pd.factorize(pd.Series([f"{c}|{r}|{u}" for c, r, u in zip(cat_s, rt_s, urg_s, strict=True)]))
     close_lims = [wf.close_limit(c, r or None, u) for c, r, u in (k.split("|") for k in key_uniq)]
 
     def deadlines(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(step deadline, close deadline) in UNIX seconds, vectorised per class limit."""
+        """(step deadline, close deadline) in UNIX seconds, vectorised per class limit; NaN where the
+        calendar lacks a year the deadline needs (the case is kept, its deadline flagged unknown)."""
         step_dl = np.full(len(p), np.nan)
         close_dl = np.full(len(p), np.nan)
         rs, u_p, s_p, k_p = recv_s[p], urg_s[p], st[p], key_codes[p]
@@ -650,6 +693,11 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         k = len(p)
         step_dl, close_dl = deadlines(p)
         s_p = st[p]
+        is_open = s_p == "collected"
+        unknown_step = is_open & np.isnan(step_dl)
+        unknown_close = (s_p != "void") & np.isnan(close_dl)
+        rep.deadline_unknown += int((unknown_step | unknown_close).sum())
+        rep.approximate_deadlines += int((recv_s[p] < first_configured).sum())
         found = idx_s[p] >= 0
         cell = np.maximum(idx_s[p], 0)
         pts = shapely.set_srid(shapely.points(wx_s[p], wy_s[p]), city.srid)
@@ -667,7 +715,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
             cat_name[p], rt_s[p], urg_s[p], title[p], descr[p], addr_s[p], wkb, _nullable(loc_src_s[p], found),
             _nullable(conf_s[p], found & np.isfinite(conf_s[p])), _nullable(grid.ids[cell], found), codes,
             [c[:12] if c is not None else None for c in codes], s_p, step_txt, close_txt, closed_txt,
-            np.where(closed_txt != "", closed_txt, recv_txt)]
+            np.where(closed_txt != "", closed_txt, recv_txt), source_data[p]]
 
         def events_of(c: np.ndarray, at: np.ndarray, kind: str, from_state, to_state: str, data) -> list:
             """The event columns (EVENT_COLUMNS) of the cases ``c`` (positions in the round); ``data``: one
@@ -676,12 +724,15 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
             return [case_id[c], at[c], [kind] * m, [aid] * m, [arole] * m, [from_state] * m, [to_state] * m,
                     data[c] if isinstance(data, np.ndarray) else [data] * m]
 
-        received = ('{"imported": true, "next_deadline": ' + np.where(is_coll, '"' + step_txt + '"', "null").astype(object)
-                    + ', "close_deadline": "' + close_txt + '"}')
+        close_json = np.where(close_txt != "", '"' + close_txt + '"', "null").astype(object)
+        received = ('{"imported": true, "next_deadline": '
+                    + np.where(step_txt != "", '"' + step_txt + '"', "null").astype(object)
+                    + ', "close_deadline": ' + close_json + _pending_json(p, unknown_step, unknown_close) + "}")
         ev_parts = [events_of(np.arange(k), recv_txt, "received", None, "collected", received)]
         if is_clo.any():
-            met = np.where(np.isfinite(closed_s[p]), np.where(closed_s[p] <= close_dl, "true", "false"), "null")
-            data = ('{"imported": true, "close_deadline": "' + close_txt + '", "close_met": ' + met.astype(object) + "}")
+            met = np.where(np.isfinite(closed_s[p]) & np.isfinite(close_dl),
+                           np.where(closed_s[p] <= close_dl, "true", "false"), "null")
+            data = ('{"imported": true, "close_deadline": ' + close_json + ', "close_met": ' + met.astype(object) + "}")
             at_txt = np.where(closed_txt != "", closed_txt, recv_txt)
             ev_parts.append(events_of(np.flatnonzero(is_clo), at_txt, "closed", "collected", "closed", data))
         is_void = s_p == "void"
@@ -726,6 +777,26 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     return rep
 
 
+def _source_data(cat, status, dropped, closed_raw) -> np.ndarray:
+    """The source's own words per case as JSON text (NULL when it said nothing): its category label
+    and raw status, and a closure dropped because it came before the case was received."""
+    k = len(dropped)
+    cat = np.full(k, "", dtype=object) if cat is None else cat
+    status = np.full(k, "", dtype=object) if status is None else status
+    drop = np.where(dropped, closed_raw, "").astype(object)
+    key = pd.Series([f"{a}\x00{b}\x00{c}" for a, b, c in zip(cat, status, drop, strict=True)], dtype=object)
+    codes, uniq = pd.factorize(key)
+
+    def one(v: str) -> str:
+        a, b, c = v.split("\x00")
+        d = {n: x for n, x in (("category", a), ("status", b), ("closed_at_dropped", c)) if x}
+        if c:
+            d["closed_at_dropped_reason"] = "closed before it was received"
+        return json.dumps(d, ensure_ascii=False) if d else ""
+
+    return np.array([one(v) for v in uniq], dtype=object)[codes]
+
+
 # -- command line ----------------------------------------------------------------------------------
 
 def main_import_cases(argv: list[str] | None = None) -> int:
@@ -744,7 +815,10 @@ def main_import_cases(argv: list[str] | None = None) -> int:
     from layers.city import get_city
     from layers.db import make_engine
 
+    from layers import calendar as lcal
+
     engine = make_engine(database_url(), pool_size=2)
+    lcal.bind(engine)
     try:
         with engine.begin() as conn:
             city = get_city(conn, args.city)
@@ -761,6 +835,9 @@ def main_import_cases(argv: list[str] | None = None) -> int:
     print(f"{rep.rows} rows: {rep.imported} imported ({rep.located} located, {rep.by_gazetteer} by the gazetteer, "
           f"{rep.needs_location} need a location), {rep.skipped} imported before, {rep.rejected} rejected"
           f"{' (dry run: nothing written)' if rep.dry_run else ''} in {rep.seconds:.1f} s")
+    print(f"  cells trimmed of surrounding spaces: {rep.trimmed_cells}; closed before received (kept, closure "
+          f"dropped): {rep.closed_before_received}; deadline unknown (calendar year missing): {rep.deadline_unknown}; "
+          f"deadlines before the first calendar year (weekends only): {rep.approximate_deadlines}")
     for sp in rep.sentinel_points:
         print(f"  default point ignored: {sp['lat']}, {sp['lon']} ({sp['rows']} rows)")
     reasons = pd.Series([e["reason"] for e in rep.errors]).value_counts() if rep.errors else {}

@@ -44,6 +44,7 @@ class CaseBatch:
     source_ref: list | None = None
     description: list | None = None
     phone: list | None = None  # case_contact (personal data: internal only)
+    source_data: list | None = None  # the source's own words (dicts): category label, raw status
     # events: (case index, at, kind, from_state, to_state, department_id, data dict)
     events: list = field(default_factory=list)
 
@@ -74,24 +75,25 @@ def bulk_insert_cases(conn: Connection, city: CityInfo, b: CaseBatch) -> np.ndar
     ids = conn.execute(text("""
         INSERT INTO case_file (city_id, case_no, source, channel, source_ref, received_at, category_code,
                                category_name, description, location, location_source, cell_id, cell_code,
-                               area_code, department_id, state, closed_at)
+                               area_code, department_id, state, closed_at, source_data)
         SELECT :city, t.no, t.src, t.ch, t.ref, t.at, t.cat, t.cname, t.descr,
                CASE WHEN t.wkt IS NULL THEN NULL ELSE ST_GeomFromText(t.wkt, :srid) END,
                CASE WHEN t.wkt IS NULL THEN NULL ELSE 'import' END, t.cell, t.cellcode, t.area, t.dep,
-               t.state, t.closed
+               t.state, t.closed, CAST(t.sdata AS jsonb)
         FROM unnest(CAST(:no AS text[]), CAST(:src AS text[]), CAST(:ch AS text[]), CAST(:ref AS text[]),
                     CAST(:at AS timestamptz[]), CAST(:cat AS text[]), CAST(:cname AS text[]),
                     CAST(:descr AS text[]), CAST(:wkt AS text[]), CAST(:cell AS bigint[]),
                     CAST(:cellcode AS text[]), CAST(:area AS text[]), CAST(:dep AS integer[]),
-                    CAST(:state AS text[]), CAST(:closed AS timestamptz[]))
+                    CAST(:state AS text[]), CAST(:closed AS timestamptz[]), CAST(:sdata AS text[]))
              WITH ORDINALITY AS t(no, src, ch, ref, at, cat, cname, descr, wkt, cell, cellcode, area, dep, state,
-                                  closed, ord)
+                                  closed, sdata, ord)
         ORDER BY t.ord
         RETURNING id"""), dict(
         city=city.id, srid=city.srid, no=list(b.case_no), src=col(b.source, "other"), ch=list(b.channel),
         ref=col(b.source_ref), at=list(b.received_at), cat=list(b.category_code), cname=col(b.category_name),
         descr=col(b.description), wkt=wkt, cell=cell_ids, cellcode=cell_codes, area=area_codes,
-        dep=col(b.department_id), state=col(b.state, "collected"), closed=col(b.closed_at))).scalars().all()
+        dep=col(b.department_id), state=col(b.state, "collected"), closed=col(b.closed_at),
+        sdata=[json.dumps(d, ensure_ascii=False) if d else None for d in col(b.source_data)])).scalars().all()
     # RETURNING order follows the insert order of a single INSERT … SELECT … ORDER BY
     ids = np.array(ids, dtype=np.int64)
     if b.phone is not None:
@@ -383,7 +385,7 @@ def load_la311(conn: Connection, city: CityInfo, csv_path, *, close_limit_days: 
             continue
         rows.append(i)
     b = CaseBatch(case_no=[], received_at=[], category_code=[], channel=[], source=[], category_name=[],
-                  x=x[rows], y=y[rows], state=[], closed_at=[], source_ref=[], events=[])
+                  x=x[rows], y=y[rows], state=[], closed_at=[], source_ref=[], events=[], source_data=[])
     limit = dt.timedelta(days=close_limit_days)
     for k, i in enumerate(rows):
         c = created.iat[i].to_pydatetime().replace(tzinfo=tz)
@@ -401,9 +403,14 @@ def load_la311(conn: Connection, city: CityInfo, csv_path, *, close_limit_days: 
         ev = [(k, c, "received", None, "collected", None, {"close_deadline": deadline.isoformat()}),
               (k, c, "accepted", "collected", "accepted", None, {})]
         status = str(df["status"].iat[i])
+        said = {"category": str(df["requesttype"].iat[i]), "status": status}
         if cl is not None and cl < c:
-            report["closed_before_created"] += 1  # bad data: the closure is not believed
+            # One rule with `citygrid import cases`: the case is kept, the closure is not believed.
+            report["closed_before_created"] += 1
+            said.update(closed_at_dropped=str(df["closeddate"].iat[i]),
+                        closed_at_dropped_reason="closed before it was received")
             cl = None
+        b.source_data.append(said)
         if status == "Cancelled":
             ev.append((k, cl or c, "voided", "accepted", "void", None, {"source_status": status}))
             b.state.append("void")

@@ -204,6 +204,9 @@ class CaseOpened:
     query_code: str  # the citizen's lookup code: shown once, stored only as a hash
     step_deadline_at: dt.datetime | None = None
     close_deadline_at: dt.datetime | None = None
+    #: Set when a deadline could not be computed (the calendar lacks a year): the case is recorded,
+    #: its deadline flagged unknown and filled in when the year is loaded.
+    calendar_warning: str | None = None
 
 
 def hash_query_code(case_no: str, code: str) -> str:
@@ -268,8 +271,9 @@ class CasePlan:
     params: dict
     cell_code: str | None
     query_code: str
-    step_deadline_at: dt.datetime
-    close_deadline_at: dt.datetime
+    step_deadline_at: dt.datetime | None
+    close_deadline_at: dt.datetime | None
+    calendar_warning: str | None = None
 
 
 def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, channel: str, category_code: str,
@@ -311,8 +315,13 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
         x, y = float(location.x), float(location.y)
     cal = lcal.calendar()
     step = step_limit("collected", item["code"], urgency)
-    step_deadline = cal.add(received_at, *step)
-    close_deadline = cal.add(received_at, *close_limit(item["code"], request_type, urgency))
+    close_lim = close_limit(item["code"], request_type, urgency)
+    # A call is never lost for want of a calendar year: the case is recorded, its deadline flagged
+    # unknown (event data 'deadline_pending') until the year is loaded (layers.calendar.import_year).
+    step_deadline, why_step = lcal.add_or_none(received_at, *step, cal=cal)
+    close_deadline, why_close = lcal.add_or_none(received_at, *close_lim, cal=cal)
+    pending = _pending(received_at, "collected", step if why_step else None, close_lim if why_close else None,
+                       why_step or why_close)
     qcode = new_query_code()
     radius, window = ldup.rule_for(item["code"])
     contact = {k: (contact or {}).get(k) or None for k in ("name", "phone", "openid")}
@@ -323,16 +332,29 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
         "urgency": urgency, "title": title, "description": description, "address": address, "x": x, "y": y,
         "location_source": location_source, "location_accuracy_m": location_accuracy_m,
         "location_confidence": location_confidence, "cell_id": cell_id, "cell_code": cell_code,
-        "area_code": area_code, "asset_id": asset_id, "step_deadline_at": step_deadline.isoformat(),
-        "close_deadline_at": close_deadline.isoformat(), "query_code": qcode, "contact": contact,
+        "area_code": area_code, "asset_id": asset_id, "step_deadline_at": step_deadline and step_deadline.isoformat(),
+        "close_deadline_at": close_deadline and close_deadline.isoformat(), "query_code": qcode, "contact": contact,
         "actor_id": getattr(actor, "id", None), "actor_role": getattr(actor, "role", None),
         "event_data": {k: _json_value(v) for k, v in {
             "source": source, "channel": channel, "urgency": urgency, "next_deadline": step_deadline,
-            "next_limit": list(step), "close_deadline": close_deadline, "located": location is not None}.items()},
+            "next_limit": list(step), "close_deadline": close_deadline, "located": location is not None,
+            **({"deadline_pending": pending} if pending else {})}.items()},
         "dup": {"radius_m": radius, "window_h": window, "open": sorted(OPEN_STATES),
                 "note": "并单 same class, nearby, recent"},
     }
-    return CasePlan(params, cell_code, qcode, step_deadline, close_deadline)
+    return CasePlan(params, cell_code, qcode, step_deadline, close_deadline, why_step or why_close)
+
+
+def _pending(at: dt.datetime, state: str, step, close, why: str | None) -> dict | None:
+    """The event data of deadlines the calendar could not compute: what to compute them from later."""
+    if not why:
+        return None
+    out: dict = {"reason": why}
+    if step:
+        out["step"] = {"from": at.isoformat(), "amount": step[0], "unit": step[1], "state": state}
+    if close:
+        out["close"] = {"from": at.isoformat(), "amount": close[0], "unit": close[1]}
+    return out
 
 
 def case_opened(plan: CasePlan, out: dict) -> CaseOpened:
@@ -341,7 +363,7 @@ def case_opened(plan: CasePlan, out: dict) -> CaseOpened:
         raise Conflict(out["message"])
     merged = out.get("merged_into")
     return CaseOpened(int(out["id"]), out["case_no"], out["state"], merged, plan.cell_code, plan.query_code,
-                      None if merged else plan.step_deadline_at, plan.close_deadline_at)
+                      None if merged else plan.step_deadline_at, plan.close_deadline_at, plan.calendar_warning)
 
 
 def open_case(conn: Connection, city: CityInfo, **kw) -> CaseOpened:
@@ -464,6 +486,7 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         raise InputError(f"'{action}': the on-site check (核查) needs at least one photo")
     cal = lcal.calendar()
     data: dict = {}
+    why = pending_close = None
     # The step just finished: its deadline and whether it was met.
     if case["step_deadline_at"] is not None and action not in ("supervise", "extend", "rate"):
         data["deadline"] = _iso(case["step_deadline_at"])
@@ -552,13 +575,21 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         sets["rating"] = None
         sets["department_id"] = None
         dep_id = case["department_id"]
-        sets["close_deadline_at"] = cal.add(at, *close_limit(case["category_code"], case["request_type"],
-                                                             case["urgency"]))
+        reopen_lim = close_limit(case["category_code"], case["request_type"], case["urgency"])
+        sets["close_deadline_at"], why = lcal.add_or_none(at, *reopen_lim, cal=cal)
+        if why:
+            pending_close = reopen_lim
 
-    # The clock of the next step.
+    # The clock of the next step. The action is never refused for want of a calendar year: the
+    # deadline is flagged unknown and filled in when the year is loaded ('extend' is refused instead:
+    # a new deadline is all it is for).
     if action not in ("extend", "supervise", "rate"):
         lim = step_limit(new_state, case["category_code"], case["urgency"])
-        nxt = cal.add(at, *lim) if lim else None
+        nxt, why_step = lcal.add_or_none(at, *lim, cal=cal) if lim else (None, None)
+        why = why_step or why
+        pend = _pending(at, new_state, lim if why_step else None, pending_close, why)
+        if pend:
+            data["deadline_pending"] = pend
         sets["step_deadline_at"] = nxt
         data["next_deadline"] = _iso(nxt)
         data["next_limit"] = list(lim) if lim else None
@@ -571,7 +602,7 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
     return {"id": case_id, "case_no": case["case_no"], "action": action, "event_id": event_id,
             "from_state": state, "state": new_state, "department_id": after["department_id"],
             "step_deadline_at": _iso(after["step_deadline_at"]), "close_deadline_at": _iso(after["close_deadline_at"]),
-            "data": data}
+            "data": data, **({"calendar_warning": why} if why else {})}
 
 
 def _prev_state(conn: Connection, case_id: int) -> str:

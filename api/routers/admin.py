@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
@@ -71,3 +71,27 @@ def import_grid(slug: str, file: UploadFile = File(...), code_field: str = Form(
     return {"slug": city.slug, "grid_id": grid_id, "active": activate}
 
 
+
+
+@router.post("/calendar/years", status_code=201,
+             summary="导入节假日安排 Load a year of the working-time calendar (State Council notice)")
+def load_calendar_year(body: dict = Body(..., examples=[{
+        "year": 2027, "source": {"title": "国务院办公厅关于2027年部分节假日安排的通知", "document_no": "国办发明电〔…〕…号",
+                                 "date": "YYYY-MM-DD"},
+        "holidays": ["2027-01-01"], "workdays": []}]),
+        user=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
+    """Stores the year for every worker (table calendar_year; replaces a stored year) and gives open cases
+    whose deadline was recorded as unknown their deadline. 422 says what is wrong with the file."""
+    from layers import calendar as lcal
+
+    return lcal.import_year(conn, body, loaded_by=f"admin:{user.name}")
+
+
+@router.get("/calendar", summary="工作日历 Configured calendar years and their sources")
+def calendar_years(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
+    from layers import calendar as lcal
+
+    cal = lcal.build(lcal.database_years(conn))
+    return {"years": {y: cal.sources.get(y) for y in sorted(cal.years)}, "first_year": cal.first_year,
+            "last_year": cal.last_year, "not_configured": lcal.base_config().get("not_configured", {}),
+            "before_first_year": "weekends only (no holidays known): clocks flagged calendar_complete=false"}

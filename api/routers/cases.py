@@ -106,7 +106,8 @@ def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(g
         "id": opened.id, "case_no": opened.case_no, "state": opened.state, "merged_into": opened.merged_into,
         "cell_code": opened.cell_code, "query_code": opened.query_code,
         "step_deadline_at": wf._iso(opened.step_deadline_at), "close_deadline_at": wf._iso(opened.close_deadline_at),
-        "needs_location": loc is None}
+        "needs_location": loc is None,
+        **({"calendar_warning": opened.calendar_warning} if opened.calendar_warning else {})}
 
 
 @router.get("/cases", summary="案卷列表 List cases (what your role may see)")

@@ -70,3 +70,239 @@ def test_status_colours():
     assert s["level"] == "yellow" and s["left_seconds"] == 15 * 60 and not s["overdue"]
     s = cal.status(start, deadline, "wh", t(2026, 11, 30, 10, 30))
     assert s["level"] == "red" and s["overdue"] and s["left_seconds"] == -30 * 60
+
+
+# -- issue 10: O(log n) working time, configured years, refusal, loading a year ----------------------
+
+def _old_between(cal, a, b):
+    """The step-by-day reckoning the calendar used before (reference for equality)."""
+    a, b = cal.local(a), cal.local(b)
+    if b < a:
+        return -_old_between(cal, b, a)
+    total, d = 0.0, a.date()
+    while d <= b.date():
+        for s, e in cal.periods_on(d):
+            lo, hi = max(s, a), min(e, b)
+            if hi > lo:
+                total += (hi - lo).total_seconds()
+        d += dt.timedelta(days=1)
+    return total
+
+
+def _old_add_seconds(cal, start, seconds):
+    t = cal.local(start)
+    left = float(seconds)
+    if left <= 0:
+        return t
+    d = t.date()
+    for _ in range(3700):
+        for a, b in cal.periods_on(d):
+            if b <= t:
+                continue
+            s = max(a, t)
+            avail = (b - s).total_seconds()
+            if left <= avail:
+                return s + dt.timedelta(seconds=left)
+            left -= avail
+        d += dt.timedelta(days=1)
+    raise AssertionError("no workdays")
+
+
+def _old_add_days(cal, start, n):
+    d, found = cal.local(start).date(), 0
+    while True:
+        d += dt.timedelta(days=1)
+        if cal.is_workday(d):
+            found += 1
+            if found >= n:
+                return dt.datetime.combine(d, cal.work_periods[-1][1], cal.tz)
+
+
+def _random_instant(rng, lo=dt.datetime(2019, 1, 1, tzinfo=CST), hi=dt.datetime(2026, 12, 31, 23, tzinfo=CST)):
+    span = (hi - lo).total_seconds()
+    return lo + dt.timedelta(seconds=float(rng.uniform(0, span)) // 60 * 60 + float(rng.choice([0, 0.25, 17.5])))
+
+
+def test_working_seconds_equal_the_step_by_day_reckoning():
+    import numpy as np
+
+    cal = calendar()
+    rng = np.random.default_rng(10)
+    for _ in range(600):
+        a, b = _random_instant(rng), _random_instant(rng)
+        if rng.random() < 0.4:  # many short intervals too, inside a day or a holiday
+            b = a + dt.timedelta(hours=float(rng.uniform(-60, 60)))
+        assert cal.working_seconds_between(a, b) == pytest.approx(_old_between(cal, a, b), abs=1e-6), (a, b)
+
+
+def test_deadlines_equal_the_step_by_day_reckoning():
+    import numpy as np
+
+    from layers.calendar import add_many
+
+    cal = calendar()
+    rng = np.random.default_rng(11)
+    starts = []
+    for _ in range(400):
+        s = _random_instant(rng, hi=dt.datetime(2026, 11, 30, tzinfo=CST))
+        hours = float(rng.choice([0.5, 1, 2, 4, 8, 24, 40, 100]))
+        assert cal.add_working_seconds(s, hours * 3600) == _old_add_seconds(cal, s, hours * 3600), (s, hours)
+        n = int(rng.integers(1, 16))
+        assert cal.add_working_days(s, n) == _old_add_days(cal, s, n), (s, n)
+        starts.append(s)
+    # The vectorised form (the importer's) gives the same deadlines.
+    secs = np.array([s.timestamp() for s in starts])
+    for amount, unit in ((2, "wh"), (40, "wh"), (3, "wd"), (15, "wd")):
+        many = add_many(cal, secs, amount, unit)
+        one = [cal.add(s, amount, unit).timestamp() for s in starts]
+        assert np.allclose(many, one, atol=1e-6, rtol=0), (amount, unit)
+
+
+def test_hand_computed_across_national_day_and_make_up_weekends():
+    cal = calendar()
+    # 2025: 1–8 Oct off (国庆节、中秋节); Sunday 28 Sep and Saturday 11 Oct are workdays (调休上班).
+    assert cal.is_workday(dt.date(2025, 9, 28)) and cal.is_workday(dt.date(2025, 10, 11))
+    assert not cal.is_workday(dt.date(2025, 10, 8))
+    # Tuesday 30 Sep 12:00 → Saturday 11 Oct 12:00: 4 h (30 Sep pm) + 7.5 + 7.5 (9, 10 Oct) + 3.5 (11 Oct am).
+    assert cal.working_seconds_between(t(2025, 9, 30, 12), t(2025, 10, 11, 12)) == 22.5 * 3600
+    assert local(cal.add(t(2025, 9, 30, 17, 0), 1, "wh")) == dt.datetime(2025, 10, 9, 9, 0)
+    assert local(cal.add(t(2025, 9, 26, 17, 0), 1, "wh")) == dt.datetime(2025, 9, 28, 9, 0)  # Sunday, a workday
+    assert local(cal.add(t(2025, 9, 30, 10, 0), 1, "wd")) == dt.datetime(2025, 10, 9, 17, 30)
+    assert local(cal.add(t(2025, 9, 27, 10, 0), 1, "wd")) == dt.datetime(2025, 9, 28, 17, 30)
+    # 2026 Spring Festival: 15–23 Feb off, Saturday 14 Feb and 28 Feb workdays.
+    assert local(cal.add(t(2026, 2, 13, 17, 0), 1, "wh")) == dt.datetime(2026, 2, 14, 9, 0)
+    assert local(cal.add(t(2026, 2, 14, 17, 0), 1, "wh")) == dt.datetime(2026, 2, 24, 9, 0)
+
+
+def test_years_before_the_first_are_weekends_only_and_flagged():
+    cal = calendar()
+    assert cal.first_year == 2025
+    # 1 Oct 2019 was a holiday, but no 2019 notice is configured: weekends only, and the clock says so.
+    assert cal.is_workday(dt.date(2019, 10, 1))
+    assert local(cal.add(t(2019, 9, 30, 17, 0), 1, "wh")) == dt.datetime(2019, 10, 1, 9, 0)
+    s = cal.status(t(2019, 9, 30, 9), t(2019, 10, 1, 9), "wh", t(2019, 9, 30, 12))
+    assert s["calendar_complete"] is False
+    assert cal.status(t(2026, 3, 2, 9), t(2026, 3, 3, 9), "wh", t(2026, 3, 2, 12))["calendar_complete"] is True
+
+
+def test_a_deadline_past_the_last_configured_year_is_refused():
+    from layers.calendar import add_many, add_or_none
+    from layers.errors import CalendarMissing
+
+    cal = calendar()
+    assert 2027 not in cal.years  # the 2027 notice could not be verified: not shipped (calendar.json says why)
+    # 31 Dec 2026 16:00 + 2 working hours would land on New Year's Day 2027: refused, not guessed.
+    with pytest.raises(CalendarMissing, match="2027"):
+        cal.add(t(2026, 12, 31, 16, 0), 2, "wh")
+    with pytest.raises(CalendarMissing, match="2027"):
+        cal.add(t(2026, 12, 20, 10, 0), 15, "wd")
+    assert local(cal.add(t(2026, 12, 31, 16, 0), 1, "wh")) == dt.datetime(2026, 12, 31, 17, 0)  # still 2026
+    assert cal.add(t(2026, 12, 31, 23, 0), 2, "eh") == t(2027, 1, 1, 1, 0)  # clock hours need no calendar
+    when, why = add_or_none(t(2026, 12, 31, 16, 0), 2, "wh")
+    assert when is None and "2027" in why and "citygrid calendar import" in why
+    import numpy as np
+
+    out = add_many(cal, np.array([t(2026, 12, 31, 16).timestamp(), t(2026, 12, 1, 9).timestamp()]), 2, "wh")
+    assert np.isnan(out[0]) and out[1] == t(2026, 12, 1, 11).timestamp()
+    # A clock that runs into 2027 is still shown, flagged.
+    s = cal.status(t(2026, 12, 30, 9), t(2026, 12, 31, 17), "wh", t(2027, 1, 4, 9))
+    assert s["overdue"] and s["calendar_complete"] is False
+
+
+TEST_2027 = {"year": 2027, "source": {"title": "TEST DATA ONLY — not the State Council notice", "date": "2026-12-05"},
+             "holidays": ["2027-01-01"], "workdays": []}
+
+
+def test_a_loaded_year_is_checked_and_used():
+    from layers import calendar as lcal
+
+    cal = lcal.WorkCalendar.from_config(lcal.base_config(), {**lcal.shipped_years(), 2027: lcal.check_year(TEST_2027)})
+    assert cal.last_year == 2027
+    # Friday 1 Jan 2027 off in this (test) schedule: Thursday 31 Dec 16:00 + 2 h = Monday 4 Jan 09:00 (1.5 h + 0.5 h).
+    assert local(cal.add(t(2026, 12, 31, 16, 0), 2, "wh")) == dt.datetime(2027, 1, 4, 9, 0)
+    for bad, msg in (({**TEST_2027, "year": "2027"}, "year must be an integer"),
+                     ({**TEST_2027, "source": {}}, "source.title"),
+                     ({**TEST_2027, "holidays": ["2028-01-01"]}, "not in 2027"),
+                     ({**TEST_2027, "holidays": ["2027-13-01"]}, "not a date"),
+                     ({**TEST_2027, "workdays": ["2027-01-01"]}, "both a holiday and a make-up workday")):
+        with pytest.raises(InputError, match=msg):
+            lcal.check_year(bad)
+
+
+def test_calendar_year_loaded_through_the_api_reaches_every_process(client, tokens, engine, haimen, monkeypatch,
+                                                                   db_url):
+    """A case recorded on 31 Dec 2026 without the 2027 notice: kept, its deadline flagged unknown and
+    the operator told; the admin loads 2027 (here a test schedule, removed afterwards); another process
+    sees the year; the case gets its deadline."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    from layers import calendar as lcal
+    from tests.conftest import auth
+
+    frozen = t(2026, 12, 31, 16, 30)
+    monkeypatch.setattr(lcal, "now", lambda: frozen)
+    op = auth(tokens["operator"])
+    r = client.post("/api/v1/cases", headers=op, json={
+        "source": "hotline", "channel": "电话", "category_code": "E10101", "request_type": "投诉",
+        "received_at": frozen.isoformat(), "description": "跨年工单 case across New Year"})
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert "2027" in made["calendar_warning"] and made["close_deadline_at"] is None
+    assert client.post("/api/v1/admin/calendar/years", headers=op, json=TEST_2027).status_code == 403
+    bad = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json={**TEST_2027, "holidays": []})
+    assert bad.status_code == 422 and "no holidays" in bad.json()["detail"]
+    try:
+        r = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json=TEST_2027)
+        assert r.status_code == 201, r.text
+        out = r.json()
+        assert out["year"] == 2027 and out["last_year"] == 2027 and out["deadlines_filled"]["close"] >= 1
+        with engine.connect() as conn:
+            close = conn.execute(text("SELECT close_deadline_at FROM case_file WHERE id = :i"),
+                                 {"i": made["id"]}).scalar_one()
+        # 投诉 close limit: 15 working days after 31 Dec 2026, 1 Jan 2027 off (test schedule) → Jan 4–8, 11–15, 18–22: 22 Jan.
+        assert local(close) == dt.datetime(2027, 1, 22, 17, 30)
+        listed = client.get("/api/v1/admin/calendar", headers=auth(tokens["admin"])).json()
+        assert listed["last_year"] == 2027 and listed["years"]["2027"]["title"].startswith("TEST DATA ONLY")
+        # Another process (a worker, the CLI) sees the year from the database.
+        code = ("import datetime as dt, sys; from layers import calendar as c; from layers.db import make_engine; "
+                f"c.bind(make_engine({db_url!r})); cal = c.calendar(); "
+                "print(cal.last_year, cal.add(dt.datetime(2026,12,31,8,0,tzinfo=dt.timezone.utc), 2, 'wh').isoformat())")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert res.stdout.split() == ["2027", "2027-01-04T01:00:00+00:00"], res.stderr
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM calendar_year WHERE year = 2027"))
+    assert 2027 not in lcal.calendar(force=True).years
+
+
+def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, haimen, tmp_path):
+    """Clocks of old imported cases cost what new ones do (issue 10: 30.5 s before, day by day)."""
+    import time
+    import uuid
+
+    from layers import hotline
+    from tests.conftest import auth
+
+    ref = uuid.uuid4().hex[:8]
+    rows = ["source_ref,received_at,category,channel,description"]
+    rows += [f"{ref}-{i},2019-{1 + i % 12:02d}-{1 + i % 28:02d} {8 + i % 10:02d}:{i % 60:02d}:00,E10101,电话,旧工单 {i}"
+             for i in range(1000)]
+    (tmp_path / "old.csv").write_text("\n".join(rows), encoding="utf-8")
+    with engine.begin() as conn:
+        rep = hotline.import_cases(conn, haimen, tmp_path / "old.csv", progress=False)
+    assert rep.imported == 1000 and rep.needs_location == 1000 and rep.approximate_deadlines == 1000
+    op = auth(tokens["operator"])
+    client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 10})  # warm up
+    t0 = time.perf_counter()
+    r = client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 1000})
+    took = time.perf_counter() - t0
+    assert r.status_code == 200
+    cases = r.json()["cases"]
+    old = [c for c in cases if (c["source_ref"] or "").startswith(ref)]
+    assert len(old) >= 500 and all(c["clock"]["overdue"] and c["clock"]["level"] == "red" for c in old)
+    assert all(c["clock"]["calendar_complete"] is False for c in old)
+    print(f"needs-location queue, {len(cases)} cases ({len(old)} from 2019): {took * 1000:.0f} ms")
+    assert took < 1.0  # issue 10 asks < 200 ms (bench/bench_calendar.py); generous here for a shared machine
