@@ -189,15 +189,27 @@ class WorkCalendar:
             raise InputError(f"{d} is outside the calendar's span ({FIRST_DAY.year}–{LAST_DAY.year})")
         return d.toordinal() - _BASE
 
+    @cached_property
+    def _scalar(self) -> tuple[list, list, list, list]:
+        """Python lists of the day arrays, for one instant at a time (numpy scalar access costs more)."""
+        d = self._days
+        a, b, _ = self._periods_s
+        return d["work"].tolist(), d["cum"].tolist(), list(zip(a.tolist(), b.tolist(), strict=True)), \
+            (d["miss"].tolist(), d["approx"].tolist())
+
     def _pos(self, t: dt.datetime) -> tuple[int, float]:
         """(day index, working seconds of that day before ``t``) of an instant, on the local wall clock."""
         t = self.local(t)
         i = self._index(t.date())
-        if not self._days["work"][i]:
+        work, _, periods, _ = self._scalar
+        if not work[i]:
             return i, 0.0
         tod = t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
-        a, b, _ = self._periods_s
-        return i, float(np.clip(tod - a, 0.0, b - a).sum())
+        w = 0.0
+        for a, b in periods:
+            if tod > a:
+                w += (b if tod > b else tod) - a
+        return i, w
 
     def _missing_year(self, i: int, j: int) -> int | None:
         """The first not-configured year (after the first configured one) among days i..j, or None."""
@@ -223,8 +235,8 @@ class WorkCalendar:
     def complete_between(self, a: dt.datetime, b: dt.datetime) -> bool:
         """True when every day from ``a`` to ``b`` lies in a configured year (no approximation)."""
         i, j = sorted((self._pos(a)[0], self._pos(b)[0]))
-        d = self._days
-        return d["miss"][j + 1] - d["miss"][i] == 0 and d["approx"][j + 1] - d["approx"][i] == 0
+        miss, approx = self._scalar[3]
+        return miss[j + 1] - miss[i] == 0 and approx[j + 1] - approx[i] == 0
 
     def _at(self, j: int, sec: float) -> dt.datetime:
         """Local wall time ``sec`` seconds after midnight of day index ``j``."""
@@ -254,7 +266,7 @@ class WorkCalendar:
         """Working seconds in [a, b] (negative when b < a); two look-ups, whatever the span."""
         ia, wa = self._pos(a)
         ib, wb = self._pos(b)
-        cum = self._days["cum"]
+        cum = self._scalar[1]
         return float(cum[ib] - cum[ia]) + (wb - wa)
 
     # -- working days -------------------------------------------------------------------------

@@ -812,10 +812,9 @@ def main_import_cases(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     from citygrid.dbcluster import database_url
+    from layers import calendar as lcal
     from layers.city import get_city
     from layers.db import make_engine
-
-    from layers import calendar as lcal
 
     engine = make_engine(database_url(), pool_size=2)
     lcal.bind(engine)

@@ -341,3 +341,55 @@ def test_failed_build_stops_the_writer(engine, haimen, tmp_path, monkeypatch):
     assert not [t for t in threading.enumerate() if t.name == "citygrid-import-copy"]
     with engine.connect() as conn:
         assert _rows_of(conn, refs) == ([], [], [])
+
+
+# -- issue 10: text kept as given, one rule for long text and bad closures, the source's words ------
+
+def test_text_kept_as_given_and_the_source_words_kept(engine, haimen, tmp_path):
+    ref = uuid.uuid4().hex[:8]
+    descr = "　　小区门口路灯不亮。\n　　已持续三天, 请尽快处理。"  # full-width paragraph indents, two paragraphs
+    long = "很长的描述" * 1400  # 7,000 characters: over the API's 5,000
+    rows = [["工单编号", "受理时间", "类别", "渠道", "诉求类型", "诉求内容", "地址", "状态", "办结时间", "经度", "纬度"],
+            [f"{ref}-1", "2026-03-02 09:15", "E10101", "电话", "投诉", descr, "  海门街道 ", "", "", "121.17", "31.89"],
+            [f"{ref}-2", "2026-03-02 09:20", "E10101", "电话", "投诉", long, "", "", "", "121.17", "31.89"],
+            # Closed before it was received: the case is kept, the closure dropped.
+            [f"{ref}-3", "2026-03-02 10:00", "E10101", "电话", "投诉", "结案早于受理", "", "办结", "2026-03-01 10:00",
+             "121.18", "31.90"]]
+    p = tmp_path / "text.csv"
+    import csv as _csv
+
+    with p.open("w", encoding="utf-8", newline="") as f:
+        _csv.writer(f).writerows(rows)
+    with engine.begin() as conn:
+        rep = hotline.import_cases(conn, haimen, p, progress=False)
+    assert (rep.rows, rep.imported, rep.rejected) == (3, 2, 1)
+    why = {e["source_ref"]: e["reason"] for e in rep.errors}
+    assert why[f"{ref}-2"] == "description is longer than 5000 characters (the API's limit)"
+    assert rep.trimmed_cells == 1  # the address's spaces; the indents are text
+    assert rep.closed_before_received == 1
+    with engine.connect() as conn:
+        got = {r[0]: r[1:] for r in conn.execute(text("""
+            SELECT source_ref, description, address, state, closed_at, source_data FROM case_file
+            WHERE source_ref LIKE :r"""), {"r": f"{ref}-%"})}
+    assert got[f"{ref}-1"][0] == descr and got[f"{ref}-1"][1] == "海门街道"
+    assert got[f"{ref}-1"][4] == {"category": "E10101"}
+    state, closed_at, said = got[f"{ref}-3"][2:]
+    assert state == "collected" and closed_at is None
+    assert said == {"category": "E10101", "status": "办结", "closed_at_dropped": "2026-03-01 10:00",
+                    "closed_at_dropped_reason": "closed before it was received"}
+
+
+def test_unmapped_value_takes_the_star_default_and_raw_labels_are_kept(engine, la_city, tmp_path):
+    """An LA row with a channel the mapping does not list ("Fax") takes its "*" default; the LA
+    request type and status stay beside the mapped class and state."""
+    ref = f"9-{uuid.uuid4().hex[:8]}"
+    header = "srnumber,createddate,requesttype,requestsource,address,latitude,longitude,status,closeddate"
+    rows = [header, f"{ref},01/02/2020 08:00:00 AM,Bulky Items,Fax,1 Main St,34.05,-118.25,Closed,01/03/2020 09:00:00 AM"]
+    (tmp_path / "fax.csv").write_text("\n".join(rows), encoding="utf-8")
+    with engine.begin() as conn:
+        rep = hotline.import_cases(conn, la_city, tmp_path / "fax.csv", mapping="la_311", progress=False)
+        row = conn.execute(text("SELECT channel, category_code, state, source_data FROM case_file WHERE source_ref = :r"),
+                           {"r": ref}).one()
+    assert rep.imported == 1, rep.errors
+    assert row[0] == "其他" and row[1] == "E10102" and row[2] == "closed"
+    assert row[3] == {"category": "Bulky Items", "status": "Closed"}
