@@ -295,10 +295,16 @@ def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, 
         rep = hotline.import_cases(conn, haimen, tmp_path / "old.csv", progress=False)
     assert rep.imported == 1000 and rep.needs_location == 1000 and rep.approximate_deadlines == 1000
     op = auth(tokens["operator"])
-    client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 10})  # warm up
-    t0 = time.perf_counter()
-    r = client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 1000})
-    took = time.perf_counter() - t0
+    try:
+        client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 10})  # warm up
+        t0 = time.perf_counter()
+        r = client.get("/api/v1/cases/needs-location", headers=op, params={"limit": 1000})
+        took = time.perf_counter() - t0
+    finally:  # a thousand overdue cases would crowd the other tests' queues and alerts
+        from sqlalchemy import text
+
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE case_file SET state = 'void' WHERE source_ref LIKE :r"), {"r": f"{ref}-%"})
     assert r.status_code == 200
     cases = r.json()["cases"]
     old = [c for c in cases if (c["source_ref"] or "").startswith(ref)]
