@@ -496,17 +496,22 @@ def fill_pending_deadlines(conn, cal: WorkCalendar) -> dict:
     ``deadline_pending``) get it now, if the calendar can compute it; an event 'note' says so."""
     from sqlalchemy import text
 
+    # The step's pending deadline is in the event that started the step (the latest with
+    # 'next_deadline'), the close deadline's in the latest 'received' or 'reopened' event.
     rows = conn.execute(text("""
-        SELECT DISTINCT ON (c.id) c.id, c.state, c.step_deadline_at, c.close_deadline_at, e.data->'deadline_pending'
-        FROM case_file c JOIN case_event e ON e.case_id = c.id
+        SELECT c.id, c.state, c.step_deadline_at, c.close_deadline_at,
+            (SELECT e.data->'deadline_pending'->'step' FROM case_event e
+             WHERE e.case_id = c.id AND e.data ? 'next_deadline' ORDER BY e.at DESC, e.id DESC LIMIT 1),
+            (SELECT e.data->'deadline_pending'->'close' FROM case_event e
+             WHERE e.case_id = c.id AND e.kind IN ('received', 'reopened') ORDER BY e.at DESC, e.id DESC LIMIT 1)
+        FROM case_file c
         WHERE (c.step_deadline_at IS NULL OR c.close_deadline_at IS NULL)
-          AND c.state NOT IN ('closed', 'void', 'merged') AND e.data ? 'deadline_pending'
-        ORDER BY c.id, e.at DESC, e.id DESC""")).all()
+          AND c.state NOT IN ('closed', 'void', 'merged', 'rejected')
+          AND EXISTS (SELECT 1 FROM case_event e WHERE e.case_id = c.id AND e.data ? 'deadline_pending')""")).all()
     out = {"step": 0, "close": 0, "still_unknown": 0}
-    for cid, state, step_dl, close_dl, pend in rows:
+    for cid, state, step_dl, close_dl, p_step, p_close in rows:
         sets = {}
-        for which, current in (("step", step_dl), ("close", close_dl)):
-            p = (pend or {}).get(which)
+        for which, current, p in (("step", step_dl, p_step), ("close", close_dl, p_close)):
             if current is not None or not p or (which == "step" and p.get("state") != state):
                 continue
             try:

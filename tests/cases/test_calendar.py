@@ -312,3 +312,69 @@ def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, 
     assert all(c["clock"]["calendar_complete"] is False for c in old)
     print(f"needs-location queue, {len(cases)} cases ({len(old)} from 2019): {took * 1000:.0f} ms")
     assert took < 1.0  # issue 10 asks < 200 ms (bench/bench_calendar.py); generous here for a shared machine
+
+
+def test_actions_at_the_year_end_keep_going_and_extend_is_refused(conn, haimen, departments, tokens, monkeypatch):
+    """Without the 2027 notice: a dispatch on 31 Dec is done, its next deadline flagged unknown; an
+    extension (whose only purpose is a new deadline) is refused with the reason (→ 503 in the API)."""
+    from sqlalchemy import text
+
+    from layers import calendar as lcal
+    from layers import workflow as wf
+    from layers.errors import CalendarMissing
+    from layers.users import User
+    from tests.cases.conftest import working_point
+
+    frozen = t(2026, 12, 31, 9, 0)
+    monkeypatch.setattr(lcal, "now", lambda: frozen)
+    uid = conn.execute(text("SELECT id FROM app_user WHERE name = 'test_operator'")).scalar_one()
+    op = User(uid, "test_operator", "operator", None, None)
+    c = wf.open_case(conn, haimen, source="hotline", channel="电话", category_code="E50301", received_at=frozen,
+                     location=working_point(haimen, 121.29, 31.97), request_type="举报")
+    assert c.close_deadline_at is None and "2027" in c.calendar_warning  # 15 working days: into 2027
+    assert c.step_deadline_at is not None  # 立案 within the day: computable
+    wf.transition(conn, c.id, "accept", op, at=t(2026, 12, 31, 9, 10))
+    r = wf.transition(conn, c.id, "dispatch", op, at=t(2026, 12, 31, 17, 20))
+    assert r["state"] == "dispatched" and r["step_deadline_at"] is None and "2027" in r["calendar_warning"]
+    pend = r["data"]["deadline_pending"]
+    assert pend["step"]["state"] == "dispatched" and pend["step"]["unit"] == "wh"
+    with pytest.raises(CalendarMissing, match="2027"):
+        wf.transition(conn, c.id, "extend", op, amount=2, unit="wd", reason="需协调")
+    # Loading the year (in this rolled-back transaction) gives both deadlines.
+    out = lcal.import_year(conn, TEST_2027, loaded_by="test")
+    assert out["deadlines_filled"]["step"] >= 1 and out["deadlines_filled"]["close"] >= 1
+    step, close = conn.execute(text("SELECT step_deadline_at, close_deadline_at FROM case_file WHERE id = :i"),
+                               {"i": c.id}).one()
+    # 签收 1 工作时 from 17:20 on 31 Dec: 10 minutes that day, 50 on Monday 4 Jan 2027 (1 Jan off).
+    assert local(step) == dt.datetime(2027, 1, 4, 9, 20)
+    assert local(close) == dt.datetime(2027, 1, 22, 17, 30)
+
+
+def test_cli_calendar_import(engine, tmp_path, monkeypatch, capsys, db_url):
+    import json
+
+    from sqlalchemy import text
+
+    from citygrid import cli, settings
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
+    doc = {**TEST_2027, "year": 2099, "holidays": ["2099-01-01"]}
+    (tmp_path / "2099.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "bad.json").write_text(json.dumps({**doc, "workdays": ["2099-01-05"]}), encoding="utf-8")
+    try:
+        assert cli.main(["calendar", "import", str(tmp_path / "bad.json")]) == 2
+        assert "2099-01-05 is a weekday" in capsys.readouterr().err
+        assert cli.main(["calendar", "import", str(tmp_path / "2099.json")]) == 0
+        out = capsys.readouterr().out
+        assert "calendar year 2099 loaded: 1 holidays" in out and "TEST DATA ONLY" in out
+        with engine.connect() as conn:
+            src = conn.execute(text("SELECT source->>'title', loaded_by FROM calendar_year WHERE year = 2099")).one()
+        assert src == (doc["source"]["title"], "cli")
+        assert cli.main(["calendar", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert "2099" in listed and "2027  not configured" in listed
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM calendar_year WHERE year = 2099"))
+        settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
