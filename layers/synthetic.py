@@ -369,7 +369,7 @@ def load_la311(conn: Connection, city: CityInfo, csv_path, *, close_limit_days: 
     have = set(conn.execute(text("SELECT source_ref FROM case_file WHERE city_id = :c AND source = 'open311'"),
                             {"c": city.id}).scalars())
     report = {"rows": len(df), "no_created_time": int(created.isna().sum()), "no_location": 0,
-              "closed_before_created": 0, "written": 0, "already_there": 0}
+              "closed_before_received": 0, "written": 0, "already_there": 0}
     ok_xy = np.isfinite(lat) & np.isfinite(lon) & (lat != 0) & (lon != 0)
     report["no_location"] = int((~ok_xy).sum())
     x = np.full(len(df), np.nan)
@@ -406,7 +406,7 @@ def load_la311(conn: Connection, city: CityInfo, csv_path, *, close_limit_days: 
         said = {"category": str(df["requesttype"].iat[i]), "status": status}
         if cl is not None and cl < c:
             # One rule with `citygrid import cases`: the case is kept, the closure is not believed.
-            report["closed_before_created"] += 1
+            report["closed_before_received"] += 1
             said.update(closed_at_dropped=str(df["closeddate"].iat[i]),
                         closed_at_dropped_reason="closed before it was received")
             cl = None

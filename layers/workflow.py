@@ -728,6 +728,8 @@ def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
     if getattr(user, "role", None) in CONTACT_ROLES:
         c = conn.execute(text("SELECT name, phone FROM case_contact WHERE case_id = :c"), {"c": case_id}).first()
         out["contact"] = {"name": c[0], "phone": c[1]} if c else None
+    # What an importing source said of the case, as given (its category label, raw status): staff only.
+    out["source_data"] = conn.execute(text("SELECT source_data FROM case_file WHERE id = :c"), {"c": case_id}).scalar()
     out["proposal"] = propose_department(conn, case_id) if row["state"] in ("accepted", "collected") else None
     out["duplicates"] = [r[0] for r in conn.execute(
         text("SELECT case_no FROM case_file WHERE merged_into = :c ORDER BY id"), {"c": case_id})]

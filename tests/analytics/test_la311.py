@@ -29,10 +29,16 @@ def test_la311_import_hotspots_kpis_bulletin(engine, la):
     city, rep = la
     assert rep["rows"] == 10_000 and rep["no_location"] >= 11
     assert rep["written"] + rep["already_there"] == 10_000 - rep["no_created_time"]
+    assert rep["closed_before_received"] == 0  # the rule of `citygrid import cases` (none in this file)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT working_srid FROM city WHERE id = :c"), {"c": city.id}).scalar() == 32611
         located = rep["located_in_grid"]
         assert located > 9_500
+        # The source's own words are kept beside the case: its request type and raw status.
+        said = dict(conn.execute(text("""SELECT source_data->>'status', count(*) FROM case_file
+                                         WHERE city_id = :c AND source_data->>'category' <> '' GROUP BY 1"""),
+                                 {"c": city.id}).all())
+        assert sum(said.values()) == rep["written"] + rep["already_there"] and said.get("Closed", 0) > 8_000
         # rollup = cases per local day (LA time): 1–3 January 2020
         days = dict(conn.execute(text("SELECT day, sum(n) FROM case_rollup WHERE city_id = :c GROUP BY 1"),
                                  {"c": city.id}).all())
