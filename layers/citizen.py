@@ -249,12 +249,13 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
 def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
     row = conn.execute(text("""
         SELECT id, case_no, state, received_at, closed_at, category_code, category_name, rating, query_code_hash,
-               close_deadline_at, merged_into
+               query_code_scheme, close_deadline_at, merged_into
         FROM case_file WHERE city_id = :c AND case_no = :n"""), {"c": city.id, "n": (case_no or "").strip()}).mappings().first()
-    # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a hash is
-    # computed either way).
-    given = wf.hash_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip())
-    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"], given):
+    # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a keyed
+    # hash is computed either way, with the server's secret key: layers.workflow.stored_query_code).
+    given = wf.stored_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip(),
+                                 row["query_code_scheme"] if row else 2)
+    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"].strip(), given):
         raise NotFound("no case with this case number and query code")
     return dict(row)
 
