@@ -4,18 +4,21 @@ A user holds one token at a time (columns of ``app_user``, migration 0017): it e
 (``token_expires_at``, every token has an end), may be revoked before (``token_revoked_at``) and is
 replaced by issuing a new one (:func:`issue_token`, which also lifts a revocation). Its last use is
 kept to the minute (``last_used_at``): written at most once per :data:`LAST_USED_RESOLUTION_S` per
-token (not on every request), never waiting for another request's lock, in the request's own
-transaction: a request that fails (rolled back) does not count as a use.
+token (not on every request), in a short transaction of its own that never waits for another's lock.
 The same rules are checked inside the database by the fast intake's ``cg_file_reports`` (0017).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
+import threading
+import weakref
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from citygrid import settings
 from layers.errors import Conflict, InputError, NotFound
@@ -27,6 +30,7 @@ REFUSED = {
     "expired": "令牌已过期 token expired: ask an administrator for a new one",
     "revoked": "令牌已吊销 token revoked: ask an administrator for a new one",
 }
+log = logging.getLogger(__name__)
 MAX_TOKEN_DAYS = 3650
 #: last_used_at is written when it is at least this old (the same 60 s in cg_file_reports, 0017).
 LAST_USED_RESOLUTION_S = 60
@@ -86,30 +90,54 @@ def add_user(conn: Connection, name: str, role: str, *, department: str | None =
 def check_token(conn: Connection, token: str) -> tuple[User | None, str | None]:
     """``(user, None)`` for a valid token, else ``(None, why)`` with why one of :data:`REFUSED`'s keys.
 
-    A valid token's ``last_used_at`` is brought up to date in the same statement when it is older
-    than the resolution; a row locked by another transaction (another request of the same token
-    doing the same) is skipped, never waited for."""
+    A valid token's ``last_used_at`` is brought up to date when it is older than
+    :data:`LAST_USED_RESOLUTION_S` (:func:`_record_use`): not in ``conn``'s transaction, which stays
+    read-only for a read (caches fill only from transactions that wrote nothing) and may be rolled back."""
     row = conn.execute(text("""
-        WITH u AS (
-            SELECT id, name, role, department, area_code,
-                   CASE WHEN token_revoked_at IS NOT NULL THEN 'revoked'
-                        WHEN token_expires_at <= now() THEN 'expired' END AS refused,
-                   last_used_at
-            FROM app_user WHERE token_hash = :h AND active),
-        touched AS (
-            UPDATE app_user SET last_used_at = now()
-            WHERE id = (SELECT a.id FROM app_user a JOIN u ON u.id = a.id
-                        WHERE u.refused IS NULL
-                          AND (u.last_used_at IS NULL OR u.last_used_at <= now() - make_interval(secs => :res))
-                        FOR NO KEY UPDATE OF a SKIP LOCKED)
-            RETURNING id)
-        SELECT id, name, role, department, area_code, refused FROM u"""),
+        SELECT id, name, role, department, area_code,
+               CASE WHEN token_revoked_at IS NOT NULL THEN 'revoked'
+                    WHEN token_expires_at <= now() THEN 'expired' END AS refused,
+               last_used_at IS NULL OR last_used_at <= now() - make_interval(secs => :res) AS due
+        FROM app_user WHERE token_hash = :h AND active"""),
         {"h": hash_token(token), "res": LAST_USED_RESOLUTION_S}).first()
     if row is None:
         return None, "unknown"
     if row[5] is not None:
         return None, row[5]
+    if row[6]:
+        _record_use(conn.engine, row[0])
     return User(*row[:5]), None
+
+
+_use_engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_use_guard = threading.Lock()
+
+
+def _use_engine(engine: Engine) -> Engine:
+    """A small pool of its own beside ``engine`` for the last-use writes: never one of the requests'
+    connections (a request holding one while waiting for another could starve the pool)."""
+    with _use_guard:
+        eng = _use_engines.get(engine)
+        if eng is None:
+            eng = _use_engines[engine] = create_engine(
+                engine.url, pool_size=1, max_overflow=2, pool_timeout=1, pool_pre_ping=True,
+                connect_args={"options": "-c statement_timeout=5000 -c lock_timeout=500 -c TimeZone=UTC"})
+        return eng
+
+
+def _record_use(engine: Engine, user_id: int) -> None:
+    """``last_used_at = now()`` in a short transaction of its own, unless another transaction holds
+    the row (another request of the same token doing the same: skipped, never waited for) or it was
+    written within the resolution meanwhile. A failure is logged, never the request's."""
+    try:
+        with _use_engine(engine).begin() as c:
+            c.execute(text("""
+                UPDATE app_user SET last_used_at = now()
+                WHERE id = (SELECT id FROM app_user WHERE id = :u
+                              AND (last_used_at IS NULL OR last_used_at <= now() - make_interval(secs => :res))
+                            FOR NO KEY UPDATE SKIP LOCKED)"""), {"u": user_id, "res": LAST_USED_RESOLUTION_S})
+    except SQLAlchemyError as e:
+        log.warning("last use of user %s not recorded: %s", user_id, e)
 
 
 def user_for_token(conn: Connection, token: str) -> User | None:
