@@ -257,6 +257,10 @@ def test_last_use_written_at_most_once_a_minute(client, engine):
     other, tok2 = new_user(engine)
     assert report(client, tok2).status_code == 201
     assert token_row(engine, other.id)["last_used_at"] is not None
+    # A request refused for its role is a use of the token all the same (not rolled back with it).
+    planner, tok3 = new_user(engine, role="planner")
+    assert client.get("/api/v1/reports", headers=auth(tok3)).status_code == 403
+    assert token_row(engine, planner.id)["last_used_at"] is not None
 
 
 def test_last_use_never_waits_for_a_lock(client, engine):
