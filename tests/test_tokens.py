@@ -225,6 +225,11 @@ def test_admin_lists_revokes_and_issues_tokens(client, engine, tokens):
     assert r.status_code == 201 and r.json()["token"] != new
     assert client.post(f"/api/v1/admin/users/{user.id}/token", json={"expires_in_days": 0},
                        headers=admin).status_code == 422
+    with engine.connect() as conn:
+        admin_id = conn.execute(text("SELECT id FROM app_user WHERE name = 'test_admin'")).scalar_one()
+    r = client.post(f"/api/v1/admin/users/{admin_id}/revoke", headers=admin)
+    assert r.status_code == 409 and "your own token" in r.json()["detail"]
+    assert client.get("/api/v1/admin/users", headers=admin).status_code == 200
     r = client.post("/api/v1/admin/users/2000000000/revoke", headers=admin)
     assert r.status_code == 404 and "no user" in r.json()["detail"]
     r = client.post("/api/v1/admin/users", headers=admin, json={"name": "tok_" + uuid.uuid4().hex[:8],

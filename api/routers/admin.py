@@ -15,6 +15,7 @@ from api.uploads import save_upload
 from citygrid import settings
 from layers import city as lcity
 from layers import users as lusers
+from layers.errors import Conflict
 from layers.files import VECTOR_SUFFIXES
 from layers.models import ROLES
 
@@ -50,8 +51,11 @@ def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_con
 
 
 @router.post("/users/{user_id}/revoke", summary="吊销令牌 Revoke a user's token now")
-def revoke_token(user_id: int = PathParam(..., ge=1, le=2**31 - 1), _=Depends(ADMIN),
+def revoke_token(user_id: int = PathParam(..., ge=1, le=2**31 - 1), admin=Depends(ADMIN),
                  conn: Connection = Depends(get_conn, scope="function")):
+    if user_id == admin.id:  # the last admin must not lock themselves out by a click
+        raise Conflict("不能在此吊销自己的令牌 you cannot revoke your own token here: issue yourself a new one "
+                       f"(POST /api/v1/admin/users/{user_id}/token) or use 'citygrid users revoke'")
     return lusers.revoke(conn, user_id)
 
 
