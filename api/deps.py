@@ -52,7 +52,7 @@ class Allow:
                  authorization: str | None = Header(None, include_in_schema=False)) -> lusers.User | None:
         if self.public:
             return None
-        return self.admit(lusers.user_for_token(conn, self.bearer(authorization)))
+        return self.admit(*lusers.check_token(conn, self.bearer(authorization)))
 
     @staticmethod
     def bearer(authorization: str | None) -> str:
@@ -66,16 +66,23 @@ class Allow:
                                 headers={"WWW-Authenticate": "Bearer"})
         return token.strip()
 
-    def admit(self, user: lusers.User | None) -> lusers.User:
-        """``user`` (of a token), or 401 when there is none, 403 when its role is not allowed."""
+    def admit(self, user: lusers.User | None, why: str | None = None) -> lusers.User:
+        """``user`` (of a token), or 401 when there is none (``why``: unknown, expired, revoked —
+        :func:`layers.users.check_token`), 403 when its role is not allowed."""
         if user is None:
-            raise self.unknown_token()
+            raise self.refused_token(why)
         self.check_role(user.role)
         return user
 
     @staticmethod
-    def unknown_token() -> HTTPException:
-        return HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    def refused_token(why: str | None = None) -> HTTPException:
+        """The 401 for a token that is unknown, expired or revoked."""
+        msg = lusers.REFUSED.get(why or "unknown", lusers.REFUSED["unknown"])
+        return HTTPException(401, msg, headers={"WWW-Authenticate": "Bearer"})
+
+    @classmethod
+    def unknown_token(cls) -> HTTPException:
+        return cls.refused_token("unknown")
 
     def check_role(self, role: str) -> None:
         if role not in self.roles:
@@ -95,9 +102,12 @@ class TokenClaim:
 
     async def verify(self, pool) -> None:
         """Check the token now, in a query of its own (asyncpg ``pool``): 401 / 403 as :class:`Allow`."""
-        row = await pool.fetchrow("SELECT role FROM app_user WHERE token_hash = $1 AND active", self.token_hash)
-        if row is None:
-            raise self.gate.unknown_token()
+        row = await pool.fetchrow("""
+            SELECT role, CASE WHEN token_revoked_at IS NOT NULL THEN 'revoked'
+                              WHEN token_expires_at <= now() THEN 'expired' END AS refused
+            FROM app_user WHERE token_hash = $1 AND active""", self.token_hash)
+        if row is None or row["refused"]:
+            raise self.gate.refused_token(row["refused"] if row else "unknown")
         self.gate.check_role(row["role"])
 
 

@@ -200,12 +200,10 @@ def main() -> int:
         name = "bench_field_inspector"
         conn.execute(text("DELETE FROM app_user WHERE name = :n AND NOT EXISTS "
                           "(SELECT 1 FROM field_report r WHERE r.user_id = app_user.id)"), {"n": name})
-        tok = lusers.new_token()
         if conn.execute(text("SELECT 1 FROM app_user WHERE name = :n"), {"n": name}).first():
-            conn.execute(text("UPDATE app_user SET token_hash = :h WHERE name = :n"),
-                         {"h": lusers.hash_token(tok), "n": name})
+            tok = lusers.issue_token(conn, name)[1]  # a fresh one: the last may have expired
         else:
-            lusers.add_user(conn, name, "inspector", token=tok)
+            tok = lusers.add_user(conn, name, "inspector")[1]
     from sqlalchemy.engine import make_url
 
     u = make_url(url)

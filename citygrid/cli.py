@@ -113,17 +113,35 @@ def cmd_grid(args) -> int:
 
 def cmd_users(args) -> int:
     from layers import users as lusers
+    from layers.errors import Conflict, InputError, NotFound
 
     engine = _engine()
-    with engine.begin() as conn:
-        if args.action == "add":
-            user, token = lusers.add_user(conn, args.name, args.role, department=args.department,
-                                          area_code=args.area)
-            print(f"user {user.name} ({user.role}) token: {token}")
-            print("the token is shown only now; keep it")
-        else:
-            for u in lusers.list_users(conn):
-                print(f"{u.id:>4} {u.name:<20} {u.role:<11} {u.department or ''} {u.area_code or ''}")
+    try:
+        with engine.begin() as conn:
+            if args.action == "add":
+                user, token = lusers.add_user(conn, args.name, args.role, department=args.department,
+                                              area_code=args.area, expires_in_days=args.expires_in)
+                acc = lusers.account(conn, user.id)
+                print(f"user {user.name} ({user.role}) token: {token}")
+                print(f"the token is shown only now; keep it. It expires {acc['token_expires_at']:%Y-%m-%d %H:%M %Z}")
+            elif args.action == "revoke":
+                acc = lusers.revoke(conn, args.name)
+                print(f"user {acc['name']}: token revoked at {acc['token_revoked_at']:%Y-%m-%d %H:%M:%S %Z}"
+                      " (a new one: citygrid users renew NAME)")
+            elif args.action == "renew":
+                acc, token = lusers.issue_token(conn, args.name, expires_in_days=args.expires_in)
+                print(f"user {acc['name']} ({acc['role']}) new token: {token}")
+                print(f"the token is shown only now; keep it (the old one no longer works). "
+                      f"It expires {acc['token_expires_at']:%Y-%m-%d %H:%M %Z}")
+            else:
+                for a in lusers.accounts(conn):
+                    used = f"{a['last_used_at']:%Y-%m-%d %H:%M}" if a["last_used_at"] else "never"
+                    print(f"{a['id']:>4} {a['name']:<20} {a['role']:<11} {a['department'] or '':<10} "
+                          f"{a['area_code'] or '':<15} token {a['token_state']:<7} "
+                          f"expires {a['token_expires_at']:%Y-%m-%d} last used {used}")
+    except (InputError, NotFound, Conflict) as e:
+        print(f"citygrid users {args.action}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -268,7 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", required=True)
     add.add_argument("--department")
     add.add_argument("--area", help="admin code or cell code of the user's area")
-    usub.add_parser("list")
+    days_help = (f"days the token is valid (1-3650; default {settings.auth().token_days}, "
+                 "setting CITYGRID_AUTH_TOKEN_DAYS)")
+    add.add_argument("--expires-in", type=int, metavar="DAYS", help=days_help)
+    rev = usub.add_parser("revoke", help="revoke the user's token now")
+    rev.add_argument("name")
+    ren = usub.add_parser("renew", help="issue a new token (the old one stops working; lifts a revocation)")
+    ren.add_argument("name")
+    ren.add_argument("--expires-in", type=int, metavar="DAYS", help=days_help)
+    usub.add_parser("list", help="users, their tokens' state, expiry and last use (never the tokens)")
     users.set_defaults(func=cmd_users)
 
     cal = sub.add_parser("calendar", help="working-time calendar: load a year's holidays (citygrid calendar import FILE)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +106,20 @@ class WorklistSettings(BaseSettings):
     hotspot_refresh_minutes: float = Field(10.0, ge=0)
 
 
+class AuthSettings(BaseSettings):
+    """Bearer tokens and the server's secret key."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_AUTH_")
+
+    #: Days a new bearer token is valid when ``--expires-in`` (or the API's ``expires_in_days``) is not given.
+    token_days: int = Field(90, ge=1, le=3650)
+    #: The server's secret key (HMAC of the citizens' query codes). Never stored in the database: a
+    #: copy of the database alone must not suffice to try query codes. Unset: a key generated on first
+    #: use in ``<var_dir>/secret_key`` (mode 0600), which must then be kept (and backed up) with the
+    #: service: without it no query code issued so far can be checked.
+    secret_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("CITYGRID_SECRET_KEY"))
+
+
 @lru_cache
 def paths() -> PathSettings:
     return PathSettings()
@@ -134,3 +148,8 @@ def export() -> ExportSettings:
 def worklist() -> WorklistSettings:
     """Read each time (not cached), as the export settings."""
     return WorklistSettings()
+
+
+@lru_cache
+def auth() -> AuthSettings:
+    return AuthSettings()

@@ -107,14 +107,17 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
 
 # -- limits on wrong query codes ------------------------------------------------------------------
 # A 6-digit query code falls to 10^6 guesses: wrong attempts are counted in the database (table
-# lookup_failure, migration 0015) per case number as typed and per client address, and a number or an
-# address with too many of them in a window is refused (429) for a while, even with the right code.
-# The counting happens inside the request's transaction under advisory locks (case number first,
-# then address: one order, no deadlock), so concurrent guesses on several workers are counted exactly.
+# lookup_failure, migration 0015) per client address — for one case number as typed, and across all
+# numbers — and an address with too many of them in a window is refused (429) for a while, even with
+# the right code. Every count is of one address: guesses from elsewhere never lock the rightful holder
+# out of their own case (a count per case number alone did: five wrong codes from anywhere paused the
+# number for everyone). The counting happens inside the request's transaction under an advisory lock
+# of the address, so concurrent guesses from one address on several workers are counted exactly.
 
 LIMITS_FILE = Path(__file__).resolve().parent / "citizen_data" / "lookup_limits.json"
-#: First keys of the advisory locks (the second: hashtext of the key); apart from the export jobs'.
-_LOCK_CASE, _LOCK_ADDR = 0x6C6B01, 0x6C6B02
+#: First key of the advisory lock of an address (the second: hashtext of its key); apart from the
+#: export jobs'.
+_LOCK_ADDR = 0x6C6B02
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,10 @@ class Limit:
 
 @lru_cache
 def lookup_limits() -> dict[str, Limit]:
-    """``{"per_case": Limit, "per_address": Limit}`` from ``citizen_data/lookup_limits.json``."""
+    """``{"per_case_per_address": Limit, "per_address": Limit}`` from ``citizen_data/lookup_limits.json``."""
     cfg = json.loads(LIMITS_FILE.read_text(encoding="utf-8"))
     out = {}
-    for scope in ("per_case", "per_address"):
+    for scope in ("per_case_per_address", "per_address"):
         c = cfg[scope]
         lim = Limit(int(c["max_failures"]), dt.timedelta(minutes=float(c["window_minutes"])),
                     dt.timedelta(minutes=float(c["lock_minutes"])))
@@ -150,7 +153,7 @@ class TooManyAttempts(Exception):
             shown = shown.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
         minutes = max(1, math.ceil(self.retry_after / 60))
         at = shown.strftime("%H:%M") if shown.date() == now.astimezone(shown.tzinfo).date() else shown.strftime("%Y-%m-%d %H:%M")
-        what_zh, what_en = (("此案卷编号的查询", "this case number") if scope == "case"
+        what_zh, what_en = (("您对此案卷编号的查询", "this case number from your network address") if scope == "case"
                             else ("来自您网络地址的查询", "look-ups from your network address"))
         super().__init__(f"查询码错误次数过多，{what_zh}已暂停，请于 {at}（约 {minutes} 分钟后）再试。"
                          f"Too many wrong query codes for {what_en}: try again after {at} "
@@ -200,20 +203,22 @@ def _state(conn: Connection, where: str, params: dict, lim: Limit, now: dt.datet
 
 def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: str, client: str | None,
                   endpoint: str) -> dict:
-    """The case of ``case_no`` + ``query_code``, under the limits: TooManyAttempts while the number or
-    the address is locked (whatever the code), WrongCode (a failure counted) when they do not match."""
+    """The case of ``case_no`` + ``query_code``, under the limits: TooManyAttempts while the client's
+    address is locked for this number or for all (whatever the code), WrongCode (a failure counted)
+    when they do not match."""
     limits = lookup_limits()
     case_key = (case_no or "").strip()[:40]
-    conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"), {"c": _LOCK_CASE, "k": f"{city.id}:{case_key}"})
     addr = _addr_key(conn, client)
     conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(encode(:k, 'hex')))"), {"c": _LOCK_ADDR, "k": addr})
-    # The time is read under the locks: read before, a guess that waited would count the failures up
+    # The time is read under the lock: read before, a guess that waited would count the failures up
     # to a moment before those written by the guesses it waited for, and miss them.
     now = lcal.now()
-    by_case = ("city_id = :city AND case_key = :case", {"city": city.id, "case": case_key})
+    by_case = ("addr_key = :addr AND city_id = :city AND case_key = :case",
+               {"addr": addr, "city": city.id, "case": case_key})
     by_addr = ("addr_key = :addr", {"addr": addr})
     locks, left = [], []
-    for scope, (where, params), lim in (("case", by_case, limits["per_case"]), ("address", by_addr, limits["per_address"])):
+    for scope, (where, params), lim in (("case", by_case, limits["per_case_per_address"]),
+                                        ("address", by_addr, limits["per_address"])):
         until, n = _state(conn, where, params, lim, now)
         if until is not None and until > now:
             locks.append((until, scope))
@@ -244,12 +249,13 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
 def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
     row = conn.execute(text("""
         SELECT id, case_no, state, received_at, closed_at, category_code, category_name, rating, query_code_hash,
-               close_deadline_at, merged_into
+               query_code_scheme, close_deadline_at, merged_into
         FROM case_file WHERE city_id = :c AND case_no = :n"""), {"c": city.id, "n": (case_no or "").strip()}).mappings().first()
-    # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a hash is
-    # computed either way).
-    given = wf.hash_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip())
-    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"], given):
+    # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a keyed
+    # hash is computed either way, with the server's secret key: layers.workflow.stored_query_code).
+    given = wf.stored_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip(),
+                                 row["query_code_scheme"] if row else 2)
+    if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"].strip(), given):
         raise NotFound("no case with this case number and query code")
     return dict(row)
 

@@ -112,9 +112,10 @@ def ensure_demo_users(conn: Connection) -> dict[str, dict]:
         user = lusers.user_for_token(conn, entry["token"]) if entry else None
         if user is not None and user.name == name:
             continue  # the kept token still opens this database
-        if name in existing:  # token lost (or kept for another database): issue a new one
-            conn.execute(text("DELETE FROM app_user WHERE name = :n"), {"n": name})
-        _, token = lusers.add_user(conn, name, role, department=dept, area_code=area)
+        if name in existing:  # token lost, expired, revoked (or kept for another database): a new one
+            _, token = lusers.issue_token(conn, name)
+        else:
+            _, token = lusers.add_user(conn, name, role, department=dept, area_code=area)
         known[name] = {"role": role, "token": token}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

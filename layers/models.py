@@ -122,3 +122,9 @@ class AppUser(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: The token's life (migration 0017): issued, expires (always), revoked (or NULL); its last use
+    #: to the minute.
+    token_issued_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    token_expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    token_revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

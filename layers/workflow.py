@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -210,7 +211,31 @@ class CaseOpened:
 
 
 def hash_query_code(case_no: str, code: str) -> str:
+    """sha256(case number ":" code): the unkeyed hash stored before migration 0017 (a copy of the
+    database undid it in 10^6 tries). Now only a step of the keyed schemes below."""
     return hashlib.sha256(f"{case_no}:{code}".encode()).hexdigest()
+
+
+def keyed_query_code(code: str) -> str:
+    """HMAC(server key, "query-code:" code), hex: what the write functions (``cg_open_case``,
+    ``cg_file_reports``) receive as ``query_code`` in place of the code, and store as
+    sha256(case number ":" this) — scheme 2. The key (citygrid.secretkey) is never in the database,
+    so a copy of it is not enough to try codes; the code itself never reaches the database."""
+    from citygrid.secretkey import server_key
+
+    return hmac.new(server_key(), b"query-code:" + code.encode(), hashlib.sha256).hexdigest()
+
+
+def stored_query_code(case_no: str, code: str, scheme: int) -> str:
+    """What ``case_file.query_code_hash`` holds for ``code`` under ``scheme`` (``query_code_scheme``):
+    2 as above; 1 for codes issued before migration 0017, keyed there without knowing them:
+    HMAC(server key, "query-code-v1:" sha256(case number ":" code))."""
+    if scheme == 1:
+        from citygrid.secretkey import server_key
+
+        return hmac.new(server_key(), b"query-code-v1:" + hash_query_code(case_no, code).encode(),
+                        hashlib.sha256).hexdigest()
+    return hash_query_code(case_no, keyed_query_code(code))
 
 
 def new_query_code() -> str:
@@ -333,7 +358,8 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
         "location_source": location_source, "location_accuracy_m": location_accuracy_m,
         "location_confidence": location_confidence, "cell_id": cell_id, "cell_code": cell_code,
         "area_code": area_code, "asset_id": asset_id, "step_deadline_at": step_deadline and step_deadline.isoformat(),
-        "close_deadline_at": close_deadline and close_deadline.isoformat(), "query_code": qcode, "contact": contact,
+        "close_deadline_at": close_deadline and close_deadline.isoformat(), "query_code": keyed_query_code(qcode),
+        "contact": contact,
         "actor_id": getattr(actor, "id", None), "actor_role": getattr(actor, "role", None),
         "event_data": {k: _json_value(v) for k, v in {
             "source": source, "channel": channel, "urgency": urgency, "next_deadline": step_deadline,

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
@@ -14,10 +15,15 @@ from api.uploads import save_upload
 from citygrid import settings
 from layers import city as lcity
 from layers import users as lusers
+from layers.errors import Conflict
 from layers.files import VECTOR_SUFFIXES
 from layers.models import ROLES
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin 管理"])
+
+
+_DAYS = Field(None, ge=1, le=lusers.MAX_TOKEN_DAYS,
+              description="days the token is valid (default: the setting CITYGRID_AUTH_TOKEN_DAYS)")
 
 
 class NewUser(BaseModel):
@@ -25,18 +31,40 @@ class NewUser(BaseModel):
     role: str = Field(..., description="one of " + ", ".join(ROLES))
     department: str | None = None
     area_code: str | None = None
+    expires_in_days: int | None = _DAYS
 
 
-@router.get("/users", summary="用户 List users")
+class NewToken(BaseModel):
+    expires_in_days: int | None = _DAYS
+
+
+@router.get("/users", summary="用户 List users with their tokens' state, expiry and last use (never the tokens)")
 def list_users(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
-    return [u.__dict__ for u in lusers.list_users(conn)]
+    return lusers.accounts(conn)
 
 
 @router.post("/users", status_code=201, summary="新建用户 Create a user; its token is shown once")
 def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     user, token = lusers.add_user(conn, body.name, body.role, department=body.department,
-                                  area_code=body.area_code)
-    return {**user.__dict__, "token": token}
+                                  area_code=body.area_code, expires_in_days=body.expires_in_days)
+    return {**lusers.account(conn, user.id), "token": token}
+
+
+@router.post("/users/{user_id}/revoke", summary="吊销令牌 Revoke a user's token now")
+def revoke_token(user_id: int = PathParam(..., ge=1, le=2**31 - 1), admin=Depends(ADMIN),
+                 conn: Connection = Depends(get_conn, scope="function")):
+    if user_id == admin.id:  # the last admin must not lock themselves out by a click
+        raise Conflict("不能在此吊销自己的令牌 you cannot revoke your own token here: issue yourself a new one "
+                       f"(POST /api/v1/admin/users/{user_id}/token) or use 'citygrid users revoke'")
+    return lusers.revoke(conn, user_id)
+
+
+@router.post("/users/{user_id}/token", status_code=201,
+             summary="重发令牌 Issue a new token (shown once); the old one stops working, a revocation is lifted")
+def issue_token(body: NewToken | None = None, user_id: int = PathParam(..., ge=1, le=2**31 - 1), _=Depends(ADMIN),
+                conn: Connection = Depends(get_conn, scope="function")):
+    acc, token = lusers.issue_token(conn, user_id, expires_in_days=body.expires_in_days if body else None)
+    return {**acc, "token": token}
 
 
 @router.post("/cities", status_code=201, summary="导入城市边界 Import a city boundary and generate its grid")

@@ -141,7 +141,7 @@ def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportI
     from layers import users as lusers
 
     with engine.begin() as conn:
-        user = claim.gate.admit(lusers.user_for_token(conn, claim.token))
+        user = claim.gate.admit(*lusers.check_token(conn, claim.token))
         city = lcity.get_city(conn, slug)
         req_hash = lreports.request_hash(inp, [])
         store = lstore.PhotoStore.default()  # (a retry is answered by cg_file_report itself)
@@ -177,7 +177,7 @@ async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_
         await claim.verify(pool)
         raise
     if out["status"] == 401:
-        raise claim.gate.unknown_token()
+        raise claim.gate.refused_token(out.get("reason"))
     if out["status"] == 403:
         claim.gate.check_role(out["role"])
     body = orjson.dumps(out["result"])

@@ -1,5 +1,6 @@
 """Limits on wrong query codes of the public channel (status look-up and rating): a case number is
-locked after 5 wrong codes in 15 minutes, an address after 30 in an hour; an unknown number is
+locked for one client address after 5 wrong codes from it in 15 minutes, an address for all numbers
+after 30 in an hour; guesses from elsewhere never lock the rightful holder out; an unknown number is
 counted and answered exactly like a wrong code; X-Forwarded-For only when the proxy is trusted; the
 failures live in the database (two apps share them, concurrent guesses are counted exactly); the
 /public page shows the 429 message. Each test uses its own client addresses and case numbers."""
@@ -73,10 +74,13 @@ def test_case_locked_after_five_wrong_codes_then_free_again(from_address, engine
     assert d["limit"] == "case" and d["retry_after"] == 900
     assert "16:15" in d["detail"] and "再试" in d["detail"] and "try again after 16:15" in d["detail"]
     assert "status" not in d and no not in r.text
-    # Refusals during the lock are not counted; another address is refused too (the number is locked).
+    # Refusals during the lock are not counted. The number is locked for this address only: another
+    # (the rightful holder's, say) gets in with the right code.
     clock.advance(minutes=14, seconds=30)
-    r = from_address().post(STATUS, json={"case_no": no, "query_code": code})
+    r = c.post(STATUS, json={"case_no": no, "query_code": code})
     assert r.status_code == 429 and r.headers["Retry-After"] == "30" and "约 1 分钟后" in r.json()["detail"]
+    r = from_address().post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 200 and r.json()["case_no"] == no
     assert failures(engine, no) == 5
     clock.advance(seconds=30)
     r = c.post(STATUS, json={"case_no": no, "query_code": code})
@@ -152,6 +156,35 @@ def test_rating_limited_and_sharing_the_count_with_lookups(from_address, engine,
     r = c.post(RATE, json={"case_no": no, "query_code": code, "rating": "satisfied"})
     assert r.status_code == 200 and r.json()["rating"] == "满意" and r.json()["can_rate"] is False
     assert r.json()["case_no"] == no and r.json()["state"] == "closed"
+
+
+def test_guesses_from_elsewhere_never_lock_the_holder_out(from_address, engine, clock, spot):
+    """An attacker who exhausts the limit of a case number from address A is paused there, whatever
+    the code; the holder at address B still gets in with the right code, and has their own count."""
+    holder = from_address()
+    no, code = submit(holder, spot)
+    attacker = from_address()
+    for _ in range(5):
+        assert attacker.post(STATUS, json={"case_no": no, "query_code": wrong(code)}).status_code == 404
+    for guess in (wrong(wrong(code)), code):  # paused: not even the right code gets through, nothing counted
+        r = attacker.post(STATUS, json={"case_no": no, "query_code": guess})
+        assert r.status_code == 429 and r.json()["limit"] == "case" and int(r.headers["Retry-After"]) == 900
+        assert "status" not in r.json()
+    assert failures(engine, no) == 5
+    for _ in range(3):
+        r = holder.post(STATUS, json={"case_no": no, "query_code": code})
+        assert r.status_code == 200 and r.json()["case_no"] == no and r.json()["state"] == "collected"
+    r = holder.post(STATUS, json={"case_no": no, "query_code": wrong(code)})  # the holder's own count
+    assert r.status_code == 404 and "还可再试 4 次" in r.json()["detail"]
+    r = attacker.post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 429
+    # Exhausting the address limit across numbers from A changes nothing for B either.
+    for i in range(25):
+        attacker.post(STATUS, json={"case_no": unknown_number(), "query_code": f"{i:06d}"})
+    r = attacker.post(STATUS, json={"case_no": unknown_number(), "query_code": "000000"})
+    assert r.status_code == 429 and r.json()["limit"] == "address"
+    r = holder.post(STATUS, json={"case_no": no, "query_code": code})
+    assert r.status_code == 200 and r.json()["case_no"] == no
 
 
 @pytest.fixture
@@ -252,7 +285,7 @@ def test_concurrent_guesses_counted_exactly_and_shared_by_apps(live_server, db_u
     other = unknown_number()
     for _ in range(3):
         assert _post(live_server + STATUS, {"case_no": other, "query_code": "333333"})[0] == 404
-    with TestClient(create_app(db_url), client=(new_address(), 40000)) as c2:
+    with TestClient(create_app(db_url), client=("127.0.0.1", 40000)) as c2:  # the live server's client
         for _ in range(2):
             assert c2.post(STATUS, json={"case_no": other, "query_code": "333333"}).status_code == 404
         assert c2.post(STATUS, json={"case_no": other, "query_code": "333333"}).status_code == 429
@@ -281,25 +314,27 @@ def test_public_page_shows_the_429_message(live_server, browser):
 
 
 def test_a_guess_that_waited_counts_the_failures_written_meanwhile(engine, haimen, clock):
-    """A guess that waits for the case number's lock while another transaction writes 4 failures of
-    that number counts them all: its own is the 5th, and the number is now paused. (The time is read
-    under the lock: read before, the guess counted only the failures up to the moment it arrived.)"""
+    """A guess that waits for its address's lock while another transaction writes 4 failures of that
+    number from that address counts them all: its own is the 5th, and the number is now paused for
+    the address. (The time is read under the lock: read before, the guess counted only the failures
+    up to the moment it arrived.)"""
     import threading
     import time
 
     from layers import citizen
 
-    ghost = unknown_number()
+    ghost, addr = unknown_number(), new_address()
+    key = key_of(engine, addr)
     holder = engine.connect()
     tx = holder.begin()
-    holder.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"),
-                   {"c": citizen._LOCK_CASE, "k": f"{haimen.id}:{ghost}"})
+    holder.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(encode(:k, 'hex')))"),
+                   {"c": citizen._LOCK_ADDR, "k": key})
     box = {}
 
     def guess():
         with engine.begin() as conn:
             try:
-                citizen.status(conn, haimen, ghost, "123456", client=new_address())
+                citizen.status(conn, haimen, ghost, "123456", client=addr)
             except citizen.WrongCode as e:
                 box["message"] = str(e)
 
@@ -315,7 +350,7 @@ def test_a_guess_that_waited_counts_the_failures_written_meanwhile(engine, haime
     for _ in range(4):
         holder.execute(text("""INSERT INTO lookup_failure (at, city_id, case_key, addr_key, endpoint)
                                VALUES (:at, :c, :k, :a, 'status')"""),
-                       {"at": clock(), "c": haimen.id, "k": ghost, "a": uuid.uuid4().bytes})
+                       {"at": clock(), "c": haimen.id, "k": ghost, "a": key})
     clock.advance(seconds=1)
     tx.commit()
     holder.close()
