@@ -26,6 +26,7 @@ from citygrid import settings
 from gis import crs as gcrs
 from gis import photos as gphotos
 from layers import calendar as lcal
+from layers import publication
 from layers import workflow as wf
 from layers.case_vocab import EVENTS, RATINGS, STATES
 from layers.city import CityInfo
@@ -314,7 +315,8 @@ def notices(conn: Connection, city: CityInfo, limit: int = 50) -> list[dict]:
         SELECT id, title, body, published_at FROM notice
         WHERE city_id = :c AND active AND (expires_at IS NULL OR expires_at > :now)
         ORDER BY published_at DESC, id DESC LIMIT :l"""), {"c": city.id, "l": limit, "now": lcal.now()}).all()
-    return [{"id": r[0], "title": r[1], "body": r[2], "published_at": wf._iso(r[3])} for r in rows]
+    return [{"id": r[0], "title": publication.public_text(r[1]), "body": publication.public_text(r[2]),
+             "published_at": wf._iso(r[3])} for r in rows]
 
 
 def public_categories() -> list[dict]:
