@@ -16,15 +16,18 @@ staff roles. The policy is configuration (``publication_data/policy.json``):
 :func:`scrub` replaces Chinese mobile numbers (with or without +86, grouped or not), landlines (with
 or without area code, with an extension), 18-digit ID numbers (X check digit too), e-mail
 addresses, plate numbers (苏F12345, 苏F·D12345), house/building/room numbers and names introduced as
-such (联系人/姓名/我叫 …, 张先生); the case's own contact (name, phone, openid) is removed wherever it
-occurs. Case numbers (22 digits), cell codes (15), asset codes (16), dates and times are kept.
+such (联系人/姓名/我叫 …, 张先生) or recognised as person names by jieba's part-of-speech tagger
+(``nr``; not a name that heads a road or a place: 张謇大道 stays); the case's own contact (name,
+phone, openid) is removed wherever it occurs. Case numbers (22 digits), cell codes (15), asset codes (16), dates and times are kept.
 Full-width digits and letters are matched like ASCII ones.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,7 +105,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     # mobile: 1[3-9]x xxxx xxxx, optional +86 / 0086 / 86, blanks or dashes between the groups
     (re.compile(r"(?<![0-9])(?:(?:\+|00)?86[\s-]?)?1[3-9][0-9](?:[\s-]?[0-9]{4}){2}(?![0-9])"), PHONE),
     # landline with area code: 0513-82123456, (0513)82123456, 051382123456, 010 1234 5678, ext.
-    (re.compile(r"(?<![0-9])(?:\(0[0-9]{2,3}\)|0[0-9]{2,3})[\s-]?[2-9][0-9]{2,3}[\s-]?[0-9]{4}"
+    (re.compile(r"(?<![0-9])(?:\(0[0-9]{2,3}\)|0[0-9]{2,3})[\s-]?[1-9][0-9]{2,3}[\s-]?[0-9]{4}"
                 r"(?:\s?(?:转|-|ext\.?)\s?[0-9]{1,6})?(?![0-9])"), PHONE),
     # plate: 苏F12345, 苏F·D12345 (new energy), 苏F1234挂; at least one digit after the letter
     (re.compile(rf"[{_PROVINCES}][A-Za-z]\s?[·•・.\-]?\s?(?=[A-Za-z0-9]{{0,5}}[0-9])"
@@ -149,7 +152,49 @@ def scrub(value: str | None, known: Iterable[str | None] = ()) -> str | None:
             continue
         parts += [s[last:m.start()], PHONE]
         last = m.end()
-    return "".join(parts) + s[last:]
+    return _person_names("".join(parts) + s[last:])
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+_COMPOUND_SURNAMES = frozenset("欧阳 司马 诸葛 上官 东方 皇甫 慕容 令狐 夏侯 尉迟 公孙 长孙 宇文 司徒 端木 南宫 独孤 西门".split())
+#: A "name" followed by one of these names a road, a place or an institution (张謇大道, 王府井), not a person.
+_PLACE_AFTER = re.compile(r"^(?:大道|大街|路|街|巷|弄|桥|河|港|湖|公园|广场|中学|小学|学校|医院|纪念|故居|镇|村|社区|"
+                          r"小区|花园|新村|大厦|商城|市场|酒店|宾馆|饭店|超市|井|府|庄|园|楼)")
+_tagger_lock = threading.Lock()
+_tagger = None
+
+
+def _pos_tagger():
+    """jieba's part-of-speech tagger, loaded on first use (its dictionary takes a second or two)."""
+    global _tagger
+    if _tagger is None:
+        with _tagger_lock:
+            if _tagger is None:
+                import jieba
+                import jieba.posseg
+
+                jieba.setLogLevel(logging.WARNING)
+                jieba.posseg.dt.initialize()
+                _tagger = jieba.posseg
+    return _tagger
+
+
+@lru_cache(maxsize=4096)
+def _person_names(s: str) -> str:
+    """Person names (jieba ``nr`` of two or more characters) replaced by [姓名]."""
+    if not _CJK.search(s):
+        return s
+    words = [(w, f) for w, f in _pos_tagger().cut(s)]
+    out: list[str] = []
+    for i, (w, f) in enumerate(words):
+        rest = "".join(x for x, _ in words[i + 1:i + 3])
+        if f == "nr" and len(w) >= 2 and _CJK.match(w) and not _PLACE_AFTER.match(rest):
+            if out and out[-1] in _COMPOUND_SURNAMES:
+                out.pop()
+            out.append(NAME)
+        else:
+            out.append(w)
+    return "".join(out)
 
 
 def _replace(s: str, folded: str, rx: re.Pattern, repl: str) -> str:
