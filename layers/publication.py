@@ -16,18 +16,16 @@ staff roles. The policy is configuration (``publication_data/policy.json``):
 :func:`scrub` replaces Chinese mobile numbers (with or without +86, grouped or not), landlines (with
 or without area code, with an extension), 18-digit ID numbers (X check digit too), e-mail
 addresses, plate numbers (苏F12345, 苏F·D12345), house/building/room numbers and names introduced as
-such (联系人/姓名/我叫 …, 张先生) or recognised as person names by jieba's part-of-speech tagger
-(``nr``; not a name that heads a road or a place: 张謇大道 stays); the case's own contact (name,
-phone, openid) is removed wherever it occurs. Case numbers (22 digits), cell codes (15), asset codes (16), dates and times are kept.
-Full-width digits and letters are matched like ASCII ones.
+such (联系人/姓名/我叫 …, 张先生); the case's own contact (name, phone, openid) is removed wherever
+it occurs. A bare name in running text is not recognised (a general name finder was tried: jieba's
+``nr`` tags take 井盖, 马路边 and 陈旧 for names). Case numbers (22 digits), cell codes (15), asset
+codes (16), dates and times are kept. Full-width digits and letters are matched like ASCII ones.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -95,6 +93,7 @@ _FOLD = str.maketrans({**{chr(0xFF10 + i): chr(0x30 + i) for i in range(10)},
 PHONE, ID_NUMBER, EMAIL, PLATE, NAME, DOORSTEP = "[电话]", "[证件号]", "[邮箱]", "[车牌]", "[姓名]", "[门牌]"
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
 _DATE8 = re.compile(r"(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])")
+_COMPOUND = "欧阳|司马|诸葛|上官|东方|皇甫|慕容|令狐|夏侯|尉迟|公孙|长孙|宇文|司徒|端木|南宫|独孤|西门"
 _UNITS = "元米平吨个次人户辆天年月日号岁件处只棵根条块台层楼mMkK%"
 
 _RULES: list[tuple[re.Pattern, str]] = [
@@ -114,7 +113,7 @@ _RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"(?<![0-9月])[0-9]{1,5}(?:-[0-9]{1,5})?\s*(?:号楼|号院|号(?!线)|幢|栋|座|单元|室|层|楼)"
                 r"(?:\s*[0-9]{1,5}(?:-[0-9]{1,5})?\s*(?:号楼|号院|号(?!线)|幢|栋|座|单元|室|层|楼))*"), DOORSTEP),
     # names said as names (only the name, in the group ``pii``, is replaced)
-    (re.compile(r"(?:联系人|姓名|名字叫|我叫|名叫|署名|来电人|举报人|投诉人|报告人)[:：\s]*(?P<pii>[\u4e00-\u9fff]{2,3})"), NAME),
+    (re.compile(rf"(?:联系人|姓名|名字叫|我叫|名叫|署名|来电人|举报人|投诉人|报告人)[:：\s]*(?P<pii>(?:{_COMPOUND})[\u4e00-\u9fff]{{1,2}}|[\u4e00-\u9fff]{{2,3}})"), NAME),
     (re.compile(r"(?<!\[姓)[\u4e00-\u9fff](?=先生|女士|小姐)"), "某"),
 ]
 # local landline without area code, 7–8 digits starting 2–8: 82123456, 8212-3456 (dates kept)
@@ -152,49 +151,7 @@ def scrub(value: str | None, known: Iterable[str | None] = ()) -> str | None:
             continue
         parts += [s[last:m.start()], PHONE]
         last = m.end()
-    return _person_names("".join(parts) + s[last:])
-
-
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-_COMPOUND_SURNAMES = frozenset("欧阳 司马 诸葛 上官 东方 皇甫 慕容 令狐 夏侯 尉迟 公孙 长孙 宇文 司徒 端木 南宫 独孤 西门".split())
-#: A "name" followed by one of these names a road, a place or an institution (张謇大道, 王府井), not a person.
-_PLACE_AFTER = re.compile(r"^(?:大道|大街|路|街|巷|弄|桥|河|港|湖|公园|广场|中学|小学|学校|医院|纪念|故居|镇|村|社区|"
-                          r"小区|花园|新村|大厦|商城|市场|酒店|宾馆|饭店|超市|井|府|庄|园|楼)")
-_tagger_lock = threading.Lock()
-_tagger = None
-
-
-def _pos_tagger():
-    """jieba's part-of-speech tagger, loaded on first use (its dictionary takes a second or two)."""
-    global _tagger
-    if _tagger is None:
-        with _tagger_lock:
-            if _tagger is None:
-                import jieba
-                import jieba.posseg
-
-                jieba.setLogLevel(logging.WARNING)
-                jieba.posseg.dt.initialize()
-                _tagger = jieba.posseg
-    return _tagger
-
-
-@lru_cache(maxsize=4096)
-def _person_names(s: str) -> str:
-    """Person names (jieba ``nr`` of two or more characters) replaced by [姓名]."""
-    if not _CJK.search(s):
-        return s
-    words = [(w, f) for w, f in _pos_tagger().cut(s)]
-    out: list[str] = []
-    for i, (w, f) in enumerate(words):
-        rest = "".join(x for x, _ in words[i + 1:i + 3])
-        if f == "nr" and len(w) >= 2 and _CJK.match(w) and not _PLACE_AFTER.match(rest):
-            if out and out[-1] in _COMPOUND_SURNAMES:
-                out.pop()
-            out.append(NAME)
-        else:
-            out.append(w)
-    return "".join(out)
+    return "".join(parts) + s[last:]
 
 
 def _replace(s: str, folded: str, rx: re.Pattern, repl: str) -> str:
@@ -309,10 +266,37 @@ def public_case(row: Mapping) -> dict | None:
     return out
 
 
-def public_text(value: str | None) -> str | None:
-    """Free text that staff wrote for the public (notices): scrubbed all the same."""
-    return scrub(value)
+#: What a notice may not contain, whoever it belongs to (an office phone or e-mail may be published).
+_NOTICE_RULES = {ID_NUMBER: "身份证号 an ID number", PLATE: "车牌号 a plate number"}
+
+
+def check_public_text(conn, city_id: int, *texts: str | None) -> None:
+    """Refuse (InputError, nothing written) free text staff write for the public — notices — when it
+    holds a caller's personal data: the name (2+ characters) or phone of any case contact of the city,
+    an 18-digit ID number or a plate number. An office's own phone number or e-mail may be published,
+    so those are not scrubbed from notices; a caller's phone is found by its digits."""
+    from sqlalchemy import text as sql
+
+    from layers.errors import InputError
+
+    joined = "\n".join(t for t in texts if t)
+    if not joined:
+        return
+    for rx, repl in _RULES:
+        if repl in _NOTICE_RULES and rx.search(joined.translate(_FOLD)):
+            raise InputError(f"公告含有个人信息 the notice contains {_NOTICE_RULES[repl]}: remove it before publishing")
+    digits = re.sub(r"[^0-9]", "", joined.translate(_FOLD))
+    hit = conn.execute(sql("""
+        SELECT CASE WHEN length(k.name) >= 2 AND strpos(:t, k.name) > 0 THEN 'name' ELSE 'phone' END
+        FROM case_contact k JOIN case_file c ON c.id = k.case_id
+        WHERE c.city_id = :c AND ((length(k.name) >= 2 AND strpos(:t, k.name) > 0)
+              OR (length(regexp_replace(k.phone, '[^0-9]', '', 'g')) >= 7
+                  AND strpos(:d, regexp_replace(k.phone, '[^0-9]', '', 'g')) > 0))
+        LIMIT 1"""), {"t": joined, "d": digits, "c": city_id}).scalar()
+    if hit:
+        what = "来电人姓名 a caller's name" if hit == "name" else "来电人电话 a caller's phone number"
+        raise InputError(f"公告含有个人信息 the notice contains {what}: remove it before publishing")
 
 
 __all__ = ["Policy", "policy", "load_policy", "text_form", "scrub", "generalise_address", "staff_case",
-           "staff_cases", "contacts", "public_case", "public_text", "PUBLIC_COLUMNS", "PUBLIC_JOINS"]
+           "staff_cases", "contacts", "public_case", "check_public_text", "PUBLIC_COLUMNS", "PUBLIC_JOINS"]

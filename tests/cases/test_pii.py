@@ -83,9 +83,17 @@ def fed(client, tokens, engine, departments):
             d.update(id=row[0], lon=row[3], lat=row[4])
             assert row[1] == ch and row[2] == DESCRIPTION and row[6] is None, (ch, row)
             assert row[5] > 5, f"{ch}: the test point lies on its cell's centroid; move it"
-    # A notice an operator wrote carelessly.
+    # A notice an operator writes carelessly is refused (nothing published); one with the office's phone is fine.
+    with engine.connect() as conn:
+        n_before = conn.execute(text("SELECT count(*) FROM notice")).scalar()
+    for title, body in ((f"请 {NAME} 回电", "请尽快回电"), ("回电", f"请（{MOBILE[:3]} {MOBILE[3:7]} {MOBILE[7:]}）回电"),
+                        ("失物招领", f"车牌 {PLATES[1]} 的车主请移车"), ("证件", f"拾到身份证 {ID_NO}")):
+        r = client.post("/api/v1/notices", headers=auth(tokens["operator"]), json={"title": title, "body": body})
+        assert r.status_code == 422 and "个人信息" in r.text, (title, body, r.text)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM notice")).scalar() == n_before
     r = client.post("/api/v1/notices", headers=auth(tokens["operator"]),
-                    json={"title": f"请 {NAME} 回电", "body": f"请 {NAME}（{MOBILE}，{EMAIL}）到 {DOORSTEP} 领取"})
+                    json={"title": "停水通知 回电", "body": "咨询电话 0513-82112345，邮箱 office@haimen.example"})
     assert r.status_code == 201, r.text
     return out
 
@@ -205,7 +213,7 @@ def test_anonymous_output_never_shows_personal_data(app, client, fed, engine):
                                                       json={"case_no": fed[ch]["case_no"], "query_code": fed[ch]["query_code"]})))
         assert responses[-1][1].status_code == 200, responses[-1][1].text
     notices = client.get("/api/v1/public/notices")
-    assert any("回电" in n["title"] for n in notices.json()["notices"])
+    assert any(n["title"] == "停水通知 回电" and "0513-82112345" in n["body"] for n in notices.json()["notices"])
     responses.append(("notices", notices))
     _scan(responses, fed)
     assert len(responses) > 40, len(responses)
