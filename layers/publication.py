@@ -266,6 +266,22 @@ def public_case(row: Mapping) -> dict | None:
     return out
 
 
+_CASE_TABLES = re.compile(r"\bcase_(?:file|contact|event|media|verification)\b")
+_TEXT_FIELDS = frozenset({"description", "address", "title", "note", "name", "phone", "openid", "contact"})
+
+
+def check_public_layer(layer) -> None:
+    """A catalog layer (layers/catalog.py) drawn from case tables may be public only in a form with
+    no case points and no free text: ValueError otherwise (raised when the layer is registered)."""
+    if not layer.public or not _CASE_TABLES.search(layer.sql):
+        return
+    if "point" in layer.geometry_type.lower():
+        raise ValueError(f"layer {layer.name}: a public layer of cases may not publish points (publish per cell)")
+    bad = sorted(f.name for f in layer.fields if f.public and f.name in _TEXT_FIELDS)
+    if bad:
+        raise ValueError(f"layer {layer.name}: a public layer of cases may not publish {', '.join(bad)}")
+
+
 #: What a notice may not contain, whoever it belongs to (an office phone or e-mail may be published).
 _NOTICE_RULES = {ID_NUMBER: "身份证号 an ID number", PLATE: "车牌号 a plate number"}
 
@@ -299,4 +315,4 @@ def check_public_text(conn, city_id: int, *texts: str | None) -> None:
 
 
 __all__ = ["Policy", "policy", "load_policy", "text_form", "scrub", "generalise_address", "staff_case",
-           "staff_cases", "contacts", "public_case", "check_public_text", "PUBLIC_COLUMNS", "PUBLIC_JOINS"]
+           "staff_cases", "contacts", "public_case", "check_public_text", "check_public_layer", "PUBLIC_COLUMNS", "PUBLIC_JOINS"]

@@ -134,3 +134,21 @@ def test_public_case_by_channel():
                                     "address": None, "lon": 121.123457, "lat": 31.876543}
     t = pub.public_case({**row, "source": "citizen", "description": "张三说 电话13812345678 垃圾"})
     assert t["form"] == "text" and t["description"] == "[姓名]说 电话[电话] 垃圾" and t["address"] == "人民中路"
+
+
+def test_public_layers_of_cases_publish_no_points_and_no_text():
+    from layers.catalog import Field, Layer, register
+
+    sql = "SELECT c.id AS fid, c.case_no, c.description, c.location AS geom FROM case_file c WHERE c.city_id = :city_id"
+    with pytest.raises(ValueError, match="points"):
+        register(Layer(name="leaky_points", title="x", title_en="x", theme="cases", geometry_type="Point", sql=sql,
+                       fields=(Field("case_no", "str"),), public=True))
+    with pytest.raises(ValueError, match="description"):
+        register(Layer(name="leaky_text", title="x", title_en="x", theme="cases", geometry_type="MultiPolygon",
+                       sql=sql, fields=(Field("case_no", "str"), Field("description", "str")), public=True))
+    # Staff-only, or the text kept out of the public form: allowed.
+    ok = Layer(name="staff_points", title="x", title_en="x", theme="cases", geometry_type="Point", sql=sql,
+               fields=(Field("case_no", "str"), Field("description", "str")), public=False)
+    pub.check_public_layer(ok)
+    pub.check_public_layer(Layer(name="cells_ok", title="x", title_en="x", theme="cases", geometry_type="MultiPolygon",
+                                 sql=sql, fields=(Field("description", "str", public=False),), public=True))
