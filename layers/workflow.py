@@ -36,7 +36,8 @@ from layers.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F40
 DATA = Path(__file__).resolve().parent / "workflow_data"
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
 URGENCIES = ("normal", "urgent", "emergency")
-CONTACT_ROLES = frozenset({"operator", "supervisor", "admin", "department"})
+#: Roles that see the caller's contact: those that read the full text (the publication policy, layers/publication.py).
+CONTACT_ROLES = publication.policy().full_text_roles
 
 
 # -- configuration --------------------------------------------------------------------------------
