@@ -269,3 +269,21 @@ def test_operator_and_supervisor_see_the_full_text(client, tokens, fed, role):
             assert c["contact"]["phone"] == MOBILE
     r = client.get("/api/v1/cases", params={"q": MOBILE, "limit": 100}, headers=h)
     assert {d["id"] for d in fed.values()} <= {c["id"] for c in r.json()["cases"]}
+
+
+def test_a_channel_set_to_none_is_not_published(client, fed, monkeypatch):
+    """The per-channel setting: hotline cases left out of anonymous output altogether; address 'cell'."""
+    from layers import publication as pub
+
+    base = pub.policy()
+    monkeypatch.setattr(pub, "policy", lambda: pub.Policy({**base.channels, "hotline": "none"}, "cell",
+                                                          base.full_text_roles, base.scrubbed_text_roles))
+    nos = [d["case_no"] for d in fed.values()]
+    for fmt in ("json", "xml"):
+        assert client.get(f"/open311/v2/requests/{fed['hotline']['case_no']}.{fmt}").status_code == 404
+    listed = client.get("/open311/v2/requests.json", params={"service_request_id": ",".join(nos)}).json()
+    assert {x["service_request_id"] for x in listed} == set(nos) - {fed["hotline"]["case_no"]}
+    cit = next(x for x in listed if x["service_request_id"] == fed["citizen"]["case_no"])
+    assert cit["address"] == f"单元网格 {cit['extended_attributes']['cell_code']}"
+    r = client.get("/open311/v2/requests.json", params={"page_size": 200})
+    assert fed["hotline"]["case_no"] not in r.text
