@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
 
+from layers import publication
 from layers.city import CityInfo
 from layers.errors import InputError, NotFound
 from layers.models import ROLES
@@ -117,6 +118,7 @@ def register(layer: Layer) -> Layer:
     for opt in (layer.time_field, layer.class_field, layer.area_field):
         if opt is not None and opt not in names:
             raise ValueError(f"layer {layer.name}: filter field {opt} is not a declared field")
+    publication.check_public_layer(layer)  # no case points or free text in a public form
     _REGISTRY[layer.name] = layer
     return layer
 

@@ -26,6 +26,7 @@ from citygrid import settings
 from gis import crs as gcrs
 from gis import photos as gphotos
 from layers import calendar as lcal
+from layers import publication
 from layers import workflow as wf
 from layers.case_vocab import EVENTS, RATINGS, STATES
 from layers.city import CityInfo
@@ -307,6 +308,7 @@ def add_notice(conn: Connection, city: CityInfo, title: str, body: str, author, 
     title, body = (title or "").strip(), (body or "").strip()
     if not title or not body:
         raise InputError("a notice needs a title and a body")
+    publication.check_public_text(conn, city.id, title, body)  # no caller's personal data in public
     row = conn.execute(text("""
         INSERT INTO notice (city_id, title, body, author_id, expires_at, published_at)
         VALUES (:c, :t, :b, :a, :e, :now) RETURNING id, published_at"""),

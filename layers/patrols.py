@@ -23,6 +23,7 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import patrol as gpatrol
+from layers import publication
 from layers import zones as lzones
 from layers.case_vocab import STATES
 from layers.city import CityInfo
@@ -401,6 +402,7 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
               "deadline": r[7].isoformat() if r[7] else None, "overdue": bool(r[7] and r[7] < now),
               "received_at": r[8].isoformat(), "lon": r[9], "lat": r[10], "hotspot": _weight_doc(*hot.of(r[11]))}
              for r in rows]
+    cases = publication.staff_cases(conn, cases, getattr(user, "role", None))
     start, end = hot.key[2], hot.key[3]
     return {"date": today.isoformat(), "area_code": area, "zones_due": zones_due, "cases": cases,
             "hotspots": {"start": start.isoformat(), "end": end.isoformat(), "computed_at": hot.computed_at.isoformat(),

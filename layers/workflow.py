@@ -29,6 +29,7 @@ from sqlalchemy import Connection, text
 from layers import calendar as lcal
 from layers import duplicates as ldup
 from layers import grid as lgrid
+from layers import publication
 from layers.case_vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
 from layers.city import CityInfo
 from layers.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
@@ -36,7 +37,8 @@ from layers.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F40
 DATA = Path(__file__).resolve().parent / "workflow_data"
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
 URGENCIES = ("normal", "urgent", "emergency")
-CONTACT_ROLES = frozenset({"operator", "supervisor", "admin", "department"})
+#: Roles that see the caller's contact: those that read the full text (the publication policy, layers/publication.py).
+CONTACT_ROLES = publication.policy().full_text_roles
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -727,7 +729,10 @@ def list_cases(conn: Connection, city: CityInfo, user, *, state: str | None = No
         conds.append("c.location IS NULL AND c.state = ANY(:open)")
         params["open"] = sorted(OPEN_STATES)
     if q:
-        conds.append("(c.case_no = :q OR c.description ILIKE '%' || :q || '%' OR c.address ILIKE '%' || :q || '%')")
+        if publication.text_form(getattr(user, "role", None)) == "full":
+            conds.append("(c.case_no = :q OR c.description ILIKE '%' || :q || '%' OR c.address ILIKE '%' || :q || '%')")
+        else:  # text the role sees scrubbed is no search key (it would tell whether a case holds a phone)
+            conds.append("c.case_no = :q")
         params["q"] = q
     sql_where = " WHERE " + " AND ".join(conds)
     base = " FROM case_file c LEFT JOIN department d ON d.id = c.department_id"
@@ -735,7 +740,8 @@ def list_cases(conn: Connection, city: CityInfo, user, *, state: str | None = No
     rows = conn.execute(text(f"SELECT {_LIST_COLS}" + base + sql_where +
                              " ORDER BY c.received_at DESC, c.id DESC LIMIT :lim OFFSET :off"), params).mappings().all()
     at = lcal.now()
-    return {"total": total, "cases": [_row_out(dict(r), at) for r in rows]}
+    return {"total": total, "cases": publication.staff_cases(conn, [_row_out(dict(r), at) for r in rows],
+                                                             getattr(user, "role", None))}
 
 
 def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
@@ -759,7 +765,7 @@ def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
     out["proposal"] = propose_department(conn, case_id) if row["state"] in ("accepted", "collected") else None
     out["duplicates"] = [r[0] for r in conn.execute(
         text("SELECT case_no FROM case_file WHERE merged_into = :c ORDER BY id"), {"c": case_id})]
-    return out
+    return publication.staff_cases(conn, [out], getattr(user, "role", None))[0]
 
 
 def events(conn: Connection, case_id: int, *, public: bool = False) -> list[dict]:
@@ -787,7 +793,7 @@ def alerts(conn: Connection, city: CityInfo, user, *, levels=("yellow", "red"), 
         {**params, "city": city.id, "open": sorted(OPEN_STATES), "lim": limit * 4}).mappings().all()
     at = lcal.now()
     out = [o for o in (_row_out(dict(r), at) for r in rows) if o["clock"] and o["clock"]["level"] in levels]
-    return out[:limit]
+    return publication.staff_cases(conn, out[:limit], getattr(user, "role", None))
 
 
 def place_location(conn: Connection, city: CityInfo, case_id: int, location, actor, *, source: str = "operator") -> dict:
