@@ -155,6 +155,24 @@ def cmd_la311(args) -> int:
     return main_la311(args.rest) or 0
 
 
+def cmd_notify(args) -> int:
+    """The notification worker: template messages and SMS from the outbox (layers/notify.py)."""
+    import logging
+
+    from layers import notify
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    engine = _engine()
+    if args.once:
+        with engine.begin() as conn:
+            on = notify.sync_channels(conn)
+        counts = notify.run_once(engine, notify.senders(engine))
+        print(json.dumps({"channels_on": {k: v for k, v in on.items() if v}, **counts}))
+        return 0
+    notify.run_forever(engine)
+    return 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -257,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--host")
         s.add_argument("--port", type=int)
         s.set_defaults(func=func)
+
+    n = sub.add_parser("notify", help="notifications to citizens (WeChat template messages, SMS) from the outbox")
+    n.add_argument("action", choices=["run"])
+    n.add_argument("--once", action="store_true", help="send what is due, then stop")
+    n.set_defaults(func=cmd_notify)
 
     b = sub.add_parser("bench", help="benchmarks (see bench/)")
     b.add_argument("what", choices=sorted(p.stem.removeprefix("bench_")

@@ -5,6 +5,7 @@ documented endpoints the service calls:
 * ``GET /cgi-bin/media/get`` (temporary media) → the bytes, or ``{"errcode": 40007}``
 * ``POST /cgi-bin/message/template/send`` → ``{"errcode": 0, "msgid": n}``; as WeChat does, one
   message per openid + ``client_msg_id`` (a repeat is answered ok and not delivered again)
+* ``GET /connect/oauth2/authorize`` (snsapi_base: silent) → a redirect back with a code
 * ``GET /sns/oauth2/access_token`` (authorization_code) → access_token, openid, scope
 * ``POST /sms`` (Tencent Cloud ``SendSms`` shape, TC3-HMAC-SHA256 header) → SendStatusSet
 
@@ -25,6 +26,7 @@ class FakeWeChat:
         self.tokens: list[str] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self.codes: dict[str, str] = {}  # oauth code -> openid
+        self.browser_openid: str | None = None  # who is "in WeChat" for the authorize page
         self.template_calls: list[dict] = []  # every POST, repeats included
         self.delivered: list[dict] = []  # what the citizens see (one per openid + client_msg_id)
         self.fail_template: list[int] = []
@@ -81,6 +83,19 @@ class FakeWeChat:
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
                         self.wfile.write(data)
+                        return None
+                    if u.path == "/connect/oauth2/authorize":
+                        # snsapi_base is silent: WeChat redirects back at once with a code.
+                        if q.get("appid") != fake.app_id or q.get("scope") != "snsapi_base" or not fake.browser_openid:
+                            return self._json({"errcode": 10003, "errmsg": "redirect_uri or appid refused"}, 400)
+                        code = f"CODE_{len(fake.codes) + 1}_{fake.browser_openid[-6:]}"
+                        fake.codes[code] = fake.browser_openid
+                        back = q["redirect_uri"]
+                        back += ("&" if "?" in back else "?") + f"code={code}&state={q.get('state', '')}"
+                        self.send_response(302)
+                        self.send_header("Location", back)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return None
                     if u.path == "/sns/oauth2/access_token":
                         if (q.get("appid") != fake.app_id or q.get("secret") != fake.secret

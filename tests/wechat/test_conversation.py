@@ -360,3 +360,42 @@ def test_outbox_off_unless_configured_and_old_events(engine, haimen):
                              {"c": opened.id}).scalars().all()
         assert kinds == ["closed", "rate"]
         conn.execute(text("UPDATE notify_channel SET enabled = false"))
+
+
+def test_public_page_in_wechat_lists_my_cases(client, engine, haimen, fakewx, live_server, browser):
+    """/public opened inside WeChat signs the citizen in (snsapi_base, silent) and lists their cases;
+    in another browser the page is as before (no list, no redirect)."""
+    me = Citizen(client)
+    me.event("CLICK", "REPORT")
+    me.location(LAT + 0.004, LON - 0.004, "海门区测试路口")
+    case_no = me.text("5")["Content"].split("案卷编号：")[1].split("\n")[0]
+    fakewx.browser_openid = me.openid
+
+    plain = browser.new_context()
+    page = plain.new_page()
+    page.goto(live_server + "/public")
+    page.wait_for_function("document.getElementById('notice-list').textContent.indexOf('加载中') < 0")
+    assert page.locator("#my-cases").is_hidden() and page.url == live_server + "/public"
+    plain.close()
+
+    ua = ("Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36 "
+          "MicroMessenger/8.0.47.2560(0x28002F35) NetType/WIFI Language/zh_CN")
+    wx = browser.new_context(user_agent=ua)
+    page = wx.new_page()
+    page.goto(live_server + "/public")
+    page.wait_for_selector("#my-cases:not([hidden]) .my-case", timeout=15000)
+    listed = page.locator("#my-case-list").inner_text()
+    assert case_no in listed and "已受理" in listed
+    assert page.url.startswith(live_server + "/public")
+    cookies = {c["name"]: c for c in wx.cookies()}
+    assert cookies["cg_wx_haimen"]["httpOnly"] and me.openid not in cookies["cg_wx_haimen"]["value"]
+    wx.close()
+
+
+def test_cli_notify_once(engine, haimen, fakewx, monkeypatch, capsys):
+    from citygrid import cli
+
+    monkeypatch.setattr(cli, "_engine", lambda: engine)  # the test database, never the service's
+    assert cli.main(["notify", "run", "--once"]) == 0
+    out = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["channels_on"]["haimen"] == ["wechat", "sms"] and set(out) >= {"sent", "retry", "failed", "skipped"}
