@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from layers.users import User
 from tests.conftest import SHARED, auth, count
-from tests.wechat.conftest import AES_KEY, APP_ID, TOKEN, Citizen, Transcript, signed_query
+from tests.wechat.conftest import AES_KEY, APP_ID, SECRET, TOKEN, Citizen, Transcript, signed_query
 
 PHOTO = SHARED / "photos" / "DSCN0010.jpg"
 # A place in Haimen town as WeChat sends it (GCJ-02).
@@ -399,3 +399,82 @@ def test_cli_notify_once(engine, haimen, fakewx, monkeypatch, capsys):
     assert cli.main(["notify", "run", "--once"]) == 0
     out = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["channels_on"]["haimen"] == ["wechat", "sms"] and set(out) >= {"sent", "retry", "failed", "skipped"}
+
+
+def _wechat_case(engine, haimen, openid, lon, lat, category="E10301"):
+    from layers import calendar as lcal
+    from layers import workflow as wf
+    from tests.cases.conftest import working_point
+
+    with engine.begin() as conn:
+        return wf.open_case(conn, haimen, source="citizen", channel="微信", category_code=category,
+                            received_at=lcal.now(), location=working_point(haimen, lon, lat),
+                            description="测试", contact={"openid": openid})
+
+
+def test_concurrent_workers_send_each_once(engine, haimen, fakewx):
+    """Three workers at once over the same due rows: each message is posted once, in order per citizen."""
+    from layers import notify
+    from layers.workflow import ensure_departments
+    from tests.conftest import concurrently
+
+    with engine.begin() as conn:
+        ensure_departments(conn, haimen)
+    sup_user, _ = _user(engine, "supervisor")
+    sup = User(sup_user.id, sup_user.name, "supervisor", None, None)
+    openids = [f"o_conc_{uuid.uuid4().hex[:10]}" for _ in range(8)]
+    for i, o in enumerate(openids):
+        c = _wechat_case(engine, haimen, o, 121.10 + i * 0.01, 31.87)
+        _act(engine, c.id, "accept", sup)
+        _act(engine, c.id, "dispatch", sup)
+    before = len(fakewx.template_calls)
+    results = concurrently(3, lambda: notify.run_once(engine, notify.senders(engine), limit=3))
+    assert len(results) == 3 and all(r["retry"] == r["failed"] == 0 for r in results)
+    with engine.connect() as conn:
+        states = conn.execute(text("""SELECT o.state, o.attempts, count(*) FROM notify_outbox o
+                                      JOIN case_contact k ON k.case_id = o.contact_case_id
+                                      WHERE k.openid = ANY(:o) GROUP BY 1, 2"""), {"o": openids}).all()
+    assert [tuple(r) for r in states] == [("sent", 1, 16)]
+    calls = [m for m in fakewx.template_calls[before:] if m["touser"] in openids]
+    assert len(calls) == 16 and len({m["client_msg_id"] for m in calls}) == 16
+    for o in openids:
+        assert [m["template_id"] for m in calls if m["touser"] == o] == ["TPL_ACCEPTED", "TPL_DISPATCHED"]
+
+
+def test_merged_reporter_hears_too(engine, haimen, fakewx):
+    """并单: a second citizen whose report was merged into the first case is told of that case's steps."""
+    from layers import notify
+    from layers.workflow import ensure_departments
+
+    with engine.begin() as conn:
+        ensure_departments(conn, haimen)
+    first, second = f"o_m1_{uuid.uuid4().hex[:8]}", f"o_m2_{uuid.uuid4().hex[:8]}"
+    a = _wechat_case(engine, haimen, first, 121.33, 31.93, "E40101")
+    b = _wechat_case(engine, haimen, second, 121.33, 31.93, "E40101")
+    assert b.state == "merged" and b.merged_into == a.id
+    sup_user, _ = _user(engine, "supervisor")
+    sup = User(sup_user.id, sup_user.name, "supervisor", None, None)
+    _act(engine, a.id, "accept", sup)
+    notify.run_once(engine, notify.senders(engine))
+    got = {m["touser"]: m for m in fakewx.delivered if m["touser"] in (first, second)}
+    assert set(got) == {first, second}
+    assert all(m["data"]["keyword1"]["value"] == a.case_no for m in got.values())
+
+
+def test_plain_mode_account(client, engine, haimen, fakewx, monkeypatch):
+    """An account without an AES key speaks plain mode: signed, unencrypted XML both ways."""
+    import json
+
+    import xmltodict
+
+    monkeypatch.setenv("CITYGRID_WECHAT_ACCOUNTS", json.dumps({"haimen": {"app_id": APP_ID, "secret": SECRET,
+                                                                          "token": TOKEN}}))
+    ts, openid = str(int(time.time())), f"o_plain_{uuid.uuid4().hex[:8]}"
+    xml = (f"<xml><ToUserName>gh</ToUserName><FromUserName>{openid}</FromUserName><CreateTime>{ts}</CreateTime>"
+           f"<MsgType>text</MsgType><Content>查询进度</Content><MsgId>{ts}1</MsgId></xml>")
+    r = client.post("/wechat/haimen", params={**signed_query(TOKEN, ts, "p-1"), "openid": openid}, content=xml.encode())
+    assert r.status_code == 200
+    reply = xmltodict.parse(r.text)["xml"]
+    assert reply["ToUserName"] == openid and "还没有" in reply["Content"]
+    r = client.post("/wechat/haimen", params={**signed_query("wrong", ts, "p-2"), "openid": openid}, content=xml.encode())
+    assert r.status_code == 403
