@@ -150,6 +150,9 @@ class WechatSettings(BaseSettings):
     accounts: dict[str, dict] = Field(default_factory=dict, repr=False)
     #: Base URL of the WeChat API (``/cgi-bin/…``, ``/sns/…``); the tests point it at a local server.
     api_base: str = "https://api.weixin.qq.com/"
+    #: The service's public address (``https://…``) for the sign-in's redirect_uri, whose domain is
+    #: registered with WeChat; without it the address each request came to is used.
+    public_base: str | None = None
     #: Where the H5 page sends a citizen to authorise (snsapi_base).
     oauth_base: str = "https://open.weixin.qq.com/connect/"
     #: Seconds a signed request's timestamp may be away from now (replay window).

@@ -245,14 +245,17 @@ def photo_url(case_id: int, photo_id: int) -> str:
     return f"/api/v1/cases/{case_id}/wechat-photos/{photo_id}/public"
 
 
-def photo_file(conn: Connection, city: CityInfo, case_id: int, photo_id: int, variant: str) -> tuple[bytes, str]:
+def photo_file(conn: Connection, city: CityInfo, case_id: int, photo_id: int, variant: str, user) -> tuple[bytes, str]:
+    """(bytes, media type) of a chat photo of a case ``user`` may see (the rule of the case list)."""
     from layers.errors import NotFound
 
     col = {"public": "public_sha256", "thumb": "thumb_sha256"}.get(variant)
     if col is None:
         raise InputError("variant must be public or thumb (the original is kept, never served)")
-    row = conn.execute(text(f"""SELECT {col} FROM wechat_photo WHERE id = :p AND case_id = :c AND city_id = :city"""),
-                       {"p": photo_id, "c": case_id, "city": city.id}).first()
+    where, params = wf.visibility(conn, city, user)
+    row = conn.execute(text(f"""SELECT p.{col} FROM wechat_photo p JOIN case_file c ON c.id = p.case_id
+                                WHERE p.id = :p AND p.case_id = :cid AND p.city_id = :city AND {where}"""),
+                       {**params, "p": photo_id, "cid": case_id, "city": city.id}).first()
     if row is None:
         raise NotFound(f"no WeChat photo {photo_id} of case {case_id}")
     try:
@@ -445,7 +448,7 @@ def _image(conn, city, ctx: Context, openid, draft, msg) -> Reply:
         data = fetch_media(ctx.wx, msg.media_id)
         p = lreports.prepare_photo(len(photos), None, data)
     except InputError as e:
-        log.info("wechat image refused: %s", e)
+        log.info("wechat image refused: %s", str(e)[:200])
         return Reply("这张图片无法使用（格式或大小不符），请换一张。")
     except Exception as e:  # noqa: BLE001 - the WeChat API may be down: the citizen may resend
         log.warning("wechat media download failed: %s", type(e).__name__)
@@ -479,7 +482,7 @@ def _confirm(conn, city, ctx: Context, openid, draft, n: int) -> Reply:
         out = lcit.submit(conn, city, category_code=cls["code"], description=desc, lon=draft["lon"], lat=draft["lat"],
                           crs="GCJ-02", address=draft.get("label"), openid=openid, channel="微信")
     except (InputError, Conflict) as e:
-        log.info("wechat report refused: %s", e)
+        log.info("wechat report refused: %s", type(e).__name__)  # the message may hold the location
         return Reply("暂时无法受理，请稍后再试或拨打12345。")
     case_id = conn.execute(text("SELECT id FROM case_file WHERE city_id = :c AND case_no = :n"),
                            {"c": city.id, "n": out["case_no"]}).scalar_one()

@@ -154,11 +154,22 @@ def _next(url: str | None) -> str:
     return url if url and url.startswith("/public") and "//" not in url and "\\" not in url else "/public"
 
 
+def _back_url(request: Request, city: str) -> str:
+    """The sign-in's redirect_uri: on ``CITYGRID_WECHAT_PUBLIC_BASE`` (the domain registered with
+    WeChat, behind a proxy) or, without it, on the address the request came to."""
+    from citygrid import settings
+
+    base = settings.wechat().public_base
+    if base:
+        return base.rstrip("/") + f"/wechat/{quote(city)}/oauth"
+    return str(request.url_for("oauth_back", city=city))
+
+
 @router.get("/wechat/{city}/oauth/start", summary="网页授权 Start the WeChat sign-in of the H5 page")
 def oauth_start(request: Request, city: str = Path(..., max_length=40), next: str | None = Query(None, max_length=200),
                 _=Depends(PUBLIC)):
     acct = _account(city)
-    back = str(request.url_for("oauth_back", city=city)) + "?next=" + quote(_next(next), safe="")
+    back = _back_url(request, city) + "?next=" + quote(_next(next), safe="")
     return RedirectResponse(lwx.oauth(acct, back, state="cg").authorize_url, status_code=302)
 
 
@@ -168,7 +179,7 @@ def oauth_back(request: Request, city: str = Path(..., max_length=40), code: str
                conn: Connection = Depends(get_conn, scope="function")):
     acct = _account(city)
     info = lcity.get_city(conn, city)
-    token = lwx.sign_in(conn, info, acct, code or "", str(request.url_for("oauth_back", city=city)))
+    token = lwx.sign_in(conn, info, acct, code or "", _back_url(request, city))
     target = _next(next)
     sep = "&" if "?" in target else "?"
     r = RedirectResponse(f"{target}{sep}city={quote(city)}", status_code=302)
@@ -196,8 +207,8 @@ STAFF = Allow("inspector", "operator", "department", "supervisor", "admin")
 @router.get("/api/v1/cases/{case_id}/wechat-photos/{photo_id}/{variant}",
             summary="微信照片 A photo a citizen sent in the chat (public copy or thumbnail)")
 def wechat_photo(case_id: int = Path(..., ge=1), photo_id: int = Path(..., ge=1),
-                 variant: str = Path(..., pattern="^(public|thumb)$"), _=Depends(STAFF),
+                 variant: str = Path(..., pattern="^(public|thumb)$"), user=Depends(STAFF),
                  conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    data, media_type = lwx.photo_file(conn, city, case_id, photo_id, variant)
+    data, media_type = lwx.photo_file(conn, city, case_id, photo_id, variant, user)
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=86400"})
 

@@ -478,3 +478,47 @@ def test_plain_mode_account(client, engine, haimen, fakewx, monkeypatch):
     assert reply["ToUserName"] == openid and "还没有" in reply["Content"]
     r = client.post("/wechat/haimen", params={**signed_query("wrong", ts, "p-2"), "openid": openid}, content=xml.encode())
     assert r.status_code == 403
+
+
+def test_bad_images_are_refused_in_the_chat(client, engine, haimen, fakewx, tokens):
+    """An image the media API does not have, or bytes that are not a photo: the citizen is told, the
+    draft keeps no photo; a department that does not handle the case cannot fetch its chat photos."""
+    me = _draft_ready(client, engine)
+    r = me.image("MEDIA_GONE")
+    assert "暂时无法获取" in r["Content"]
+    fakewx.media["MEDIA_TEXT"] = (b"not an image at all", "image/jpeg")
+    r = me.image("MEDIA_TEXT")
+    assert "无法使用" in r["Content"]
+    assert count(engine, "SELECT count(*) FROM wechat_photo WHERE openid = :o", o=me.openid) == 0
+    fakewx.media["MEDIA_OK"] = (PHOTO.read_bytes(), "image/jpeg")
+    assert "第 1 张" in me.image("MEDIA_OK")["Content"]
+    r = me.text("6")
+    with engine.connect() as conn:
+        cid, pid = conn.execute(text("""SELECT case_id, id FROM wechat_photo WHERE openid = :o"""), {"o": me.openid}).one()
+    url = f"/api/v1/cases/{cid}/wechat-photos/{pid}/thumb"
+    assert client.get(url, headers=auth(tokens["operator"])).status_code == 200
+    assert client.get(url, headers=auth(tokens["department"])).status_code == 404  # not its case
+    assert client.get(url.replace("/thumb", "/original"), headers=auth(tokens["operator"])).status_code == 422
+
+
+def test_worker_in_the_app(engine, db_url, haimen, fakewx, monkeypatch):
+    """CITYGRID_NOTIFY_IN_APP runs the worker in the app's lifespan; it stops with the app."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from layers.workflow import ensure_departments
+
+    monkeypatch.setenv("CITYGRID_NOTIFY_IN_APP", "1")
+    monkeypatch.setenv("CITYGRID_NOTIFY_POLL_S", "0.2")
+    with engine.begin() as conn:
+        ensure_departments(conn, haimen)
+    openid = f"o_inapp_{uuid.uuid4().hex[:8]}"
+    c = _wechat_case(engine, haimen, openid, 121.36, 31.95, "E20102")
+    sup_user, _ = _user(engine, "supervisor")
+    with TestClient(create_app(db_url)):
+        _act(engine, c.id, "accept", User(sup_user.id, sup_user.name, "supervisor", None, None))
+        deadline = time.monotonic() + 15
+        while not any(m["touser"] == openid for m in fakewx.delivered) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert [m["template_id"] for m in fakewx.delivered if m["touser"] == openid] == ["TPL_ACCEPTED"]
+    assert not any(t.name == "citygrid-notify" for t in __import__("threading").enumerate())
