@@ -46,6 +46,8 @@ from layers.citizen import PUBLIC_STATE
 log = logging.getLogger("citygrid.notify")
 
 KINDS = ("accepted", "dispatched", "closed", "rate")
+#: Days a row that is done (sent, failed, skipped) is kept for the record.
+KEEP_DAYS = 90
 TITLES = {"accepted": "您反映的问题已立案", "dispatched": "您反映的问题已派遣处置", "closed": "您反映的问题已办结",
           "rate": "请评价办理结果"}
 #: WeChat error codes no retry mends: invalid openid, user unsubscribed / refused, bad template.
@@ -290,6 +292,11 @@ def run_once(engine, sends: dict[str, Sender], *, limit: int | None = None, afte
         with engine.begin() as conn:
             ids = conn.execute(text(_CLAIM), {"n": limit}).scalars().all()
             if not ids:
+                # Clean-up: rows done for more than KEEP_DAYS, a few at a time.
+                conn.execute(text("""DELETE FROM notify_outbox WHERE id IN (
+                                         SELECT id FROM notify_outbox WHERE state <> 'pending'
+                                         AND created_at < now() - make_interval(days => :d)
+                                         ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED)"""), {"d": KEEP_DAYS})
                 return counts
             for oid in ids:
                 r = conn.execute(text(_READ), {"id": oid}).mappings().one()

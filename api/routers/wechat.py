@@ -100,7 +100,8 @@ def _message_key(msg) -> str:
     """What identifies a message across WeChat's retries: MsgId, or for events sender + time + event."""
     if getattr(msg, "id", None):
         return f"m{msg.id}"
-    return f"e{msg.source}:{int(msg.create_time.timestamp()) if msg.create_time else 0}:{getattr(msg, 'event', '')}"
+    at = int(msg.create_time.timestamp()) if msg.create_time else 0
+    return f"e{msg.source}:{at}:{getattr(msg, 'event', '')}:{getattr(msg, 'key', '') or ''}"
 
 
 def _process(engine, slug: str, q: dict, body: bytes) -> Response:
