@@ -571,6 +571,29 @@ def rate(conn: Connection, city: CityInfo, case_id: int, rating: str, comment: s
     return lcit.rate_row(conn, dict(row), rating, comment)
 
 
+# -- the account's custom menu -------------------------------------------------------------------------
+
+def menu(acct: Account, public_base: str | None) -> dict:
+    """The custom menu whose CLICK keys the dialogue knows, and 我的诉求 opening the H5 page through
+    the sign-in (``public_base``: the service's public address)."""
+    keys = {v: k for k, v in dialogue_config()["menu"].items()}
+    buttons = [{"type": "click", "name": "我要反映", "key": keys["report"]},
+               {"type": "click", "name": "查询进度", "key": keys["query"]}]
+    sub = [{"type": "click", "name": "便民公告", "key": keys["notices"]}]
+    if public_base:
+        sub.append({"type": "view", "name": "我的诉求",
+                    "url": public_base.rstrip("/") + f"/wechat/{acct.city}/oauth/start?next=/public"})
+    buttons.append({"name": "便民服务", "sub_button": sub})
+    return {"button": buttons}
+
+
+def create_menu(acct: Account, engine) -> dict:
+    """Create the account's menu (POST /cgi-bin/menu/create)."""
+    body = menu(acct, settings.wechat().public_base)
+    client(acct, engine).post("menu/create", data=body)
+    return body
+
+
 # -- the H5 page's sign-in (web authorisation, snsapi_base) --------------------------------------------
 
 def oauth(acct: Account, redirect_uri: str, state: str = ""):

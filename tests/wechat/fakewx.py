@@ -5,6 +5,7 @@ documented endpoints the service calls:
 * ``GET /cgi-bin/media/get`` (temporary media) → the bytes, or ``{"errcode": 40007}``
 * ``POST /cgi-bin/message/template/send`` → ``{"errcode": 0, "msgid": n}``; as WeChat does, one
   message per openid + ``client_msg_id`` (a repeat is answered ok and not delivered again)
+* ``POST /cgi-bin/menu/create`` → ok (the menu recorded)
 * ``GET /connect/oauth2/authorize`` (snsapi_base: silent) → a redirect back with a code
 * ``GET /sns/oauth2/access_token`` (authorization_code) → access_token, openid, scope
 * ``POST /sms`` (Tencent Cloud ``SendSms`` shape, TC3-HMAC-SHA256 header) → SendStatusSet
@@ -31,6 +32,7 @@ class FakeWeChat:
         self.delivered: list[dict] = []  # what the citizens see (one per openid + client_msg_id)
         self.fail_template: list[int] = []
         self.sms_calls: list[dict] = []
+        self.menus: list[dict] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
@@ -128,6 +130,11 @@ class FakeWeChat:
                         msg["msgid"] = 1000 + len(fake.delivered)
                         fake.delivered.append(msg)
                         return self._json({"errcode": 0, "errmsg": "ok", "msgid": msg["msgid"]})
+                    if u.path == "/cgi-bin/menu/create":
+                        if not fake._token_ok(q):
+                            return self._json({"errcode": 40001, "errmsg": "invalid credential"})
+                        fake.menus.append(json.loads(body))
+                        return self._json({"errcode": 0, "errmsg": "ok"})
                     if u.path == "/sms":
                         ok = (self.headers.get("X-TC-Action") == "SendSms"
                               and (self.headers.get("Authorization") or "").startswith("TC3-HMAC-SHA256 Credential="))

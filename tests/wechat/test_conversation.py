@@ -522,3 +522,18 @@ def test_worker_in_the_app(engine, db_url, haimen, fakewx, monkeypatch):
             time.sleep(0.1)
     assert [m["template_id"] for m in fakewx.delivered if m["touser"] == openid] == ["TPL_ACCEPTED"]
     assert not any(t.name == "citygrid-notify" for t in __import__("threading").enumerate())
+
+
+def test_cli_creates_the_menu(engine, haimen, fakewx, monkeypatch, capsys):
+    """`citygrid wechat menu haimen`: the menu whose keys the dialogue answers, sent to WeChat."""
+    from citygrid import cli
+    from layers import wechat as lwx
+
+    monkeypatch.setattr(cli, "_engine", lambda: engine)
+    monkeypatch.setenv("CITYGRID_WECHAT_PUBLIC_BASE", "https://12345.example.cn")
+    assert cli.main(["wechat", "menu", "haimen"]) == 0
+    sent = fakewx.menus[-1]
+    keys = [b.get("key") for b in sent["button"][:2]] + [sent["button"][2]["sub_button"][0]["key"]]
+    assert [lwx.dialogue_config()["menu"][k] for k in keys] == ["report", "query", "notices"]
+    assert sent["button"][2]["sub_button"][1]["url"] == "https://12345.example.cn/wechat/haimen/oauth/start?next=/public"
+    assert cli.main(["wechat", "menu", "nowhere"]) == 2
