@@ -537,3 +537,30 @@ def test_cli_creates_the_menu(engine, haimen, fakewx, monkeypatch, capsys):
     assert [lwx.dialogue_config()["menu"][k] for k in keys] == ["report", "query", "notices"]
     assert sent["button"][2]["sub_button"][1]["url"] == "https://12345.example.cn/wechat/haimen/oauth/start?next=/public"
     assert cli.main(["wechat", "menu", "nowhere"]) == 2
+
+
+def test_same_nonce_in_two_processes(engine, haimen, fakewx):
+    """Two requests with one nonce at the same moment (two workers of the server): one is answered,
+    the other waits for its commit and is refused."""
+    import threading
+
+    from layers import wechat as lwx
+    from tests.conftest import concurrently
+
+    acct = lwx.account("haimen")
+    ts, nonce = str(int(time.time())), f"race-{uuid.uuid4().hex[:8]}"
+    q = signed_query(TOKEN, ts, nonce)
+    gate = threading.Barrier(2)
+
+    def attempt():
+        try:
+            with engine.begin() as conn:
+                gate.wait()
+                lwx.check_request(conn, haimen, acct, signature=q["signature"], timestamp=ts, nonce=nonce)
+                time.sleep(0.3)  # still in the transaction: the other waits on the nonce's key
+            return "ok"
+        except lwx.Refused as e:
+            return str(e)
+
+    results = concurrently(2, attempt)
+    assert sorted(results) == ["ok", "this nonce was used before: a replay"]
