@@ -1,6 +1,6 @@
 """Notifications to citizens from the outbox: WeChat template messages and SMS.
 
-Where the rows come from: the statement trigger ``case_event_notify`` (migration 0018) writes one
+Where the rows come from: the trigger ``case_event_notify`` (migration 0018) writes one
 ``notify_outbox`` row per message in the transaction of the case event — accepted, dispatched,
 closed, and on closing also 'rate' (the invitation to rate) — for every enabled channel of the
 city: 'wechat' when the case's contact has an openid, 'sms' when a hotline case's contact has a

@@ -10,8 +10,8 @@
 * ``wechat_token``: access tokens of the accounts (one per app id for all processes).
 * ``wechat_session``: citizens signed in on the H5 page by WeChat web authorisation (token hash).
 * ``notify_channel``: which channels (wechat, sms) are on for a city; written from the settings by
-  the notification worker. ``notify_outbox``: one row per message to send, written by a statement
-  trigger on ``case_event`` in the transaction of the event (whatever wrote it: the workflow, the
+  the notification worker. ``notify_outbox``: one row per message to send, written by a trigger on
+  ``case_event`` in the transaction of the event (whatever wrote it: the workflow, the
   SQL case functions, an import), sent by ``layers.notify``. A row names the case whose contact is
   told (``contact_case_id``: the case, or a case merged into it), never a phone or an openid.
 
@@ -120,9 +120,9 @@ def upgrade() -> None:
     op.execute("CREATE INDEX notify_outbox_due_idx ON notify_outbox (next_attempt_at, id) WHERE state = 'pending'")
     op.execute("CREATE INDEX notify_outbox_contact_idx ON notify_outbox (contact_case_id, channel, id) "
                "WHERE state = 'pending'")
-    # One statement-level trigger: a bulk insert of events (an import's COPY, a batch of reports)
-    # costs one INSERT ... SELECT, and nothing at all while no channel is on. Events recorded more
-    # than a day after they happened (imports of old cases) are history, not news: not announced.
+    # A row trigger whose WHEN skips, without calling anything, the events that are never news: other
+    # kinds (the intake's 'received', notes …) and events recorded more than a day after they happened
+    # (imports of old cases). For the others the function returns at once while no channel is on.
     op.execute("""
     CREATE FUNCTION cg_notify_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -131,28 +131,26 @@ def upgrade() -> None:
             RETURN NULL;
         END IF;
         INSERT INTO notify_outbox (city_id, case_id, contact_case_id, event_id, channel, kind)
-        SELECT c.city_id, e.case_id, t.case_id, e.id, ch.channel, k.kind
-        FROM new_events e
-        JOIN case_file c ON c.id = e.case_id
-        CROSS JOIN LATERAL (VALUES (e.kind), (CASE WHEN e.kind = 'closed' THEN 'rate' END)) AS k(kind)
+        SELECT c.city_id, NEW.case_id, t.case_id, NEW.id, ch.channel, k.kind
+        FROM case_file c
+        CROSS JOIN LATERAL (VALUES (NEW.kind::text, 1), (CASE WHEN NEW.kind = 'closed' THEN 'rate' END, 2)) AS k(kind, n)
         CROSS JOIN LATERAL (
-            SELECT e.case_id AS case_id UNION ALL
-            SELECT m.id FROM case_file m WHERE m.merged_into = e.case_id) AS t
+            SELECT NEW.case_id AS case_id UNION ALL
+            SELECT m.id FROM case_file m WHERE m.merged_into = NEW.case_id) AS t
         JOIN case_contact ct ON ct.case_id = t.case_id
         JOIN case_file tc ON tc.id = t.case_id
         JOIN notify_channel ch ON ch.city_id = c.city_id AND ch.enabled
              AND ((ch.channel = 'wechat' AND ct.openid IS NOT NULL)
                OR (ch.channel = 'sms' AND ct.phone IS NOT NULL AND tc.source = 'hotline'))
-        WHERE e.kind IN ('accepted', 'dispatched', 'closed') AND k.kind IS NOT NULL
-          AND (k.kind <> 'rate' OR t.case_id = e.case_id)
-          AND e.at > now() - interval '1 day'
-        ORDER BY e.id, t.case_id, ch.channel, k.kind = 'rate'
+        WHERE c.id = NEW.case_id AND k.kind IS NOT NULL AND (k.kind <> 'rate' OR t.case_id = NEW.case_id)
+        ORDER BY t.case_id, ch.channel, k.n
         ON CONFLICT DO NOTHING;
         RETURN NULL;
     END $$""")
     op.execute("""
-    CREATE TRIGGER case_event_notify AFTER INSERT ON case_event
-        REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION cg_notify_outbox()""")
+    CREATE TRIGGER case_event_notify AFTER INSERT ON case_event FOR EACH ROW
+        WHEN (NEW.kind IN ('accepted', 'dispatched', 'closed') AND NEW.at > now() - interval '1 day')
+        EXECUTE FUNCTION cg_notify_outbox()""")
 
 
 def downgrade() -> None:
