@@ -57,7 +57,7 @@ def test_whole_conversation(client, engine, haimen, tokens, fakewx, tmp_path):
 
     with engine.begin() as conn:
         ensure_departments(conn, haimen)
-        lcit.add_notice(conn, haimen, "停水通知（测试）", "12月6日 9:00-15:00 人民中路一带停水。", None)
+        notice = lcit.add_notice(conn, haimen, "停水通知（测试）", "12月6日 9:00-15:00 人民中路一带停水。", None)
     t = Transcript()
     t.shown = len(fakewx.delivered)
     me = Citizen(client, transcript=t)
@@ -158,9 +158,9 @@ def test_whole_conversation(client, engine, haimen, tokens, fakewx, tmp_path):
     assert "没有待评价" in r["Content"]
     r = me.text("便民公告")
     assert r["MsgType"] == "news"
-    titles = [i["Title"] for i in (r["Articles"]["item"] if isinstance(r["Articles"]["item"], list)
-                                  else [r["Articles"]["item"]])]
-    assert "停水通知（测试）" in titles
+    items = r["Articles"]["item"] if isinstance(r["Articles"]["item"], list) else [r["Articles"]["item"]]
+    mine_notice = [i for i in items if i["Title"] == "停水通知（测试）"]
+    assert mine_notice and mine_notice[0]["Url"] == f"https://12345.example.cn/public#notice-{notice['id']}"
 
     # Template messages: in order, exactly once each, though 'closed' was posted twice.
     mine = [m for m in fakewx.delivered if m["touser"] == me.openid]
