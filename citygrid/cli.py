@@ -209,6 +209,37 @@ def cmd_la311(args) -> int:
     return main_la311(args.rest) or 0
 
 
+def cmd_notify(args) -> int:
+    """The notification worker: template messages and SMS from the outbox (layers/notify.py)."""
+    import logging
+
+    from layers import notify
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    engine = _engine()
+    if args.once:
+        with engine.begin() as conn:
+            on = notify.sync_channels(conn)
+        counts = notify.run_once(engine, notify.senders(engine))
+        print(json.dumps({"channels_on": {k: v for k, v in on.items() if v}, **counts}))
+        return 0
+    notify.run_forever(engine)
+    return 0
+
+
+def cmd_wechat(args) -> int:
+    """The WeChat account's custom menu (我要反映 / 查询进度 / 便民服务)."""
+    from layers import wechat as lwx
+    from layers.errors import InputError
+
+    acct = lwx.account(args.city)
+    if acct is None or not acct.secret:
+        raise InputError(f"city '{args.city}' has no WeChat account (app_id, secret, token) in CITYGRID_WECHAT_ACCOUNTS")
+    body = lwx.menu(acct, settings.wechat().public_base) if args.dry_run else lwx.create_menu(acct, _engine())
+    print(json.dumps(body, ensure_ascii=False, indent=2))
+    return 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -326,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--host")
         s.add_argument("--port", type=int)
         s.set_defaults(func=func)
+
+    n = sub.add_parser("notify", help="notifications to citizens (WeChat template messages, SMS) from the outbox")
+    n.add_argument("action", choices=["run"])
+    n.add_argument("--once", action="store_true", help="send what is due, then stop")
+    n.set_defaults(func=cmd_notify)
+
+    w = sub.add_parser("wechat", help="the WeChat official account: create its custom menu")
+    w.add_argument("action", choices=["menu"])
+    w.add_argument("city")
+    w.add_argument("--dry-run", action="store_true", help="print the menu without sending it")
+    w.set_defaults(func=cmd_wechat)
 
     b = sub.add_parser("bench", help="benchmarks (see bench/)")
     b.add_argument("what", choices=sorted(p.stem.removeprefix("bench_")

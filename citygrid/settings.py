@@ -153,3 +153,58 @@ def worklist() -> WorklistSettings:
 @lru_cache
 def auth() -> AuthSettings:
     return AuthSettings()
+class WechatSettings(BaseSettings):
+    """The 12345 WeChat official account, per city. Nothing here is ever logged.
+
+    ``CITYGRID_WECHAT_ACCOUNTS`` is a JSON object: city slug → ``{"app_id", "secret", "token",
+    "aes_key" (the 43-character EncodingAESKey; empty: plain mode), "templates": {"accepted",
+    "dispatched", "closed", "rate": template ids}, "page_url": the H5 page for the template links}``.
+    A city without an entry has no account: its message server answers 404 and nothing is sent.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_WECHAT_")
+
+    accounts: dict[str, dict] = Field(default_factory=dict, repr=False)
+    #: Base URL of the WeChat API (``/cgi-bin/…``, ``/sns/…``); the tests point it at a local server.
+    api_base: str = "https://api.weixin.qq.com/"
+    #: The service's public address (``https://…``) for the sign-in's redirect_uri, whose domain is
+    #: registered with WeChat; without it the address each request came to is used.
+    public_base: str | None = None
+    #: Where the H5 page sends a citizen to authorise (snsapi_base).
+    oauth_base: str = "https://open.weixin.qq.com/connect/"
+    #: Seconds a signed request's timestamp may be away from now (replay window).
+    replay_window_s: int = Field(300, ge=10, le=3600)
+    #: Minutes a report's draft in the chat is kept without a message.
+    draft_minutes: int = Field(60, ge=1)
+    #: Days a session of the H5 page (signed in by WeChat) lasts.
+    session_days: int = Field(7, ge=1, le=90)
+    #: Seconds of an HTTP call to the WeChat API.
+    http_timeout_s: float = 5.0
+
+
+class NotifySettings(BaseSettings):
+    """Notifications to citizens (template messages, SMS) from the outbox. SMS is off unless
+    ``CITYGRID_NOTIFY_SMS`` is set: a JSON object ``{"provider": "tencent", "endpoint",
+    "secret_id", "secret_key", "sdk_app_id", "sign_name", "region", "templates": {"accepted", …}}``."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_NOTIFY_")
+
+    sms: dict | None = Field(default=None, repr=False)
+    #: Attempts of one message before it is marked failed; the n-th retry waits base·2^(n-1) s (≤ max).
+    max_attempts: int = Field(8, ge=1, le=50)
+    backoff_base_s: float = Field(30.0, ge=0)
+    backoff_max_s: float = Field(3600.0, ge=0)
+    #: Messages claimed per round; seconds between rounds of the worker.
+    batch: int = Field(50, ge=1, le=1000)
+    poll_s: float = Field(5.0, gt=0)
+    #: Run the worker as a background task of the app (besides ``citygrid notify run``).
+    in_app: bool = False
+
+
+def wechat() -> WechatSettings:
+    """Read each time (not cached): the tests and a reloaded service see changed accounts."""
+    return WechatSettings()
+
+
+def notify() -> NotifySettings:
+    return NotifySettings()

@@ -288,7 +288,12 @@ def _public_status(conn: Connection, row: dict) -> dict:
 def rate(conn: Connection, city: CityInfo, case_no: str, query_code: str, rating: str, comment: str | None = None,
          *, client: str | None = None) -> dict:
     """Rate a closed case; the same limits on wrong codes as :func:`status`."""
-    row = _guarded_find(conn, city, case_no, query_code, client, "rate")
+    return rate_row(conn, _guarded_find(conn, city, case_no, query_code, client, "rate"), rating, comment)
+
+
+def rate_row(conn: Connection, row: dict, rating: str, comment: str | None = None) -> dict:
+    """Rate the case of ``row`` (found by number and code, or by the citizen's WeChat openid): the
+    rule of every citizen's rating — closed, not rated yet, one of RATINGS."""
     if rating not in RATINGS:
         raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})")
     if row["state"] != "closed":
