@@ -153,6 +153,8 @@ def worklist() -> WorklistSettings:
 @lru_cache
 def auth() -> AuthSettings:
     return AuthSettings()
+
+
 class WechatSettings(BaseSettings):
     """The 12345 WeChat official account, per city. Nothing here is ever logged.
 
