@@ -275,7 +275,8 @@ def worklist_settings():
 
 @dataclass
 class HotspotWeights:
-    """Gi* z and confidence bin of every cell of the active grid over a window of days."""
+    """Hot-spot strength (z: normal score of the exact p of the cell's analysis unit, see
+    gis.exact_hotspots) and confidence bin of every cell of the active grid over a window of days."""
 
     key: tuple  # (grid id, grid version, window start, window end)
     fingerprint: tuple  # of the rollup's change log (layers.analytics.DayCache): epoch, count, sum, max
@@ -301,8 +302,9 @@ _clock = time.monotonic  # tests move it
 
 
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
-    """Gi* z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
-    supervisors' hot-spot analysis (layers.analytics.hotspots: queen contiguity, all cells, BH-FDR) and
+    """Hot-spot z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
+    supervisors' hot-spot analysis (layers.analytics.hotspots: exact test at the chosen scale, BH-FDR;
+    fewer than 30 cases: no hot spots) and
     cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
     it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since
     they were computed. A new window (day), grid or epoch (rollup rebuild) recomputes at once."""
@@ -350,7 +352,7 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
     now = now or lcal.now()
     today = today or now.astimezone(TZ).date()
     area = getattr(user, "area_code", None)
-    # Hot-spot weights of the cells (the Gi* z of significant hot spots; other cells weigh 0).
+    # Hot-spot weights of the cells (the z of significant hot spots; other cells weigh 0).
     hot = hotspot_weights(conn, city, today)
     sig = np.flatnonzero(hot.bins > 0)
     cell_ids = hot.cell_ids[sig]
@@ -406,7 +408,8 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
             "hotspots": {"start": start.isoformat(), "end": end.isoformat(), "computed_at": hot.computed_at.isoformat(),
                          "stale": hot.stale, "significant_cells": int(sig.size),
                          "refresh_minutes": worklist_settings().hotspot_refresh_minutes},
-            "ordering": "cases: overdue first, then by hot-spot weight (Getis-Ord Gi* z of the case's cell over the "
-                        "last days of cases, significant hot spots only: other cells weigh 0), then by deadline; "
+            "ordering": "cases: overdue first, then by hot-spot weight (z = normal score of the exact p of the hot "
+                        "spot holding the case's cell over the last days of cases, significant hot spots only: "
+                        "other cells weigh 0), then by deadline; "
                         "zones: most visits to go first, then by the weight of the heaviest hot-spot cell the zone "
                         "touches"}
