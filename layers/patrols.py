@@ -287,6 +287,7 @@ class HotspotWeights:
     computed_at: dt.datetime
     computed_mono: float
     stale: bool = False
+    report: dict | None = None  # the analysis: cases, analysis unit (m), or too few cases
 
     def of(self, cell_id) -> tuple[float | None, int]:
         pos = self.index_of.get(int(cell_id)) if cell_id is not None else None
@@ -324,9 +325,11 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
                 return hit
             if _clock() - hit.computed_mono < cfg.hotspot_refresh_minutes * 60:
                 return replace(hit, stale=True)  # the cached object is shared: never marked
-        h = la.hotspots(conn, city, start, today)
+        h = la.hotspots(conn, city, start, today, unit_m=cfg.hotspot_unit_m)
         w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"],
-                           dt.datetime.now(dt.UTC), _clock())
+                           dt.datetime.now(dt.UTC), _clock(),
+                           report={"cases": h["report"]["cases"], "too_few_cases": h["too_few"],
+                                   "unit_m": None if h["too_few"] else h["report"]["unit_m"]})
         # A transaction that has written may see its own uncommitted cases: it must not fill the cache.
         if conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar():
             _hot_cache[city.id] = w
@@ -406,7 +409,7 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
     start, end = hot.key[2], hot.key[3]
     return {"date": today.isoformat(), "area_code": area, "zones_due": zones_due, "cases": cases,
             "hotspots": {"start": start.isoformat(), "end": end.isoformat(), "computed_at": hot.computed_at.isoformat(),
-                         "stale": hot.stale, "significant_cells": int(sig.size),
+                         "stale": hot.stale, "significant_cells": int(sig.size), **(hot.report or {}),
                          "refresh_minutes": worklist_settings().hotspot_refresh_minutes},
             "ordering": "cases: overdue first, then by hot-spot weight (z = normal score of the exact p of the hot "
                         "spot holding the case's cell over the last days of cases, significant hot spots only: "
