@@ -6,6 +6,12 @@
 * heat for a 30-day window holding 1,000,000 cases (rollup → quartic KDE on the grid), in a bench
   city ``bench-analytics`` (a copy of Haimen's boundary and grid) of the demo database.  target < 200 ms
 * the /supervisor dashboard's first load in Chromium on the Haimen demo (synthetic year).  target < 2 s
+* hot spots (issue 12): the whole analysis (scale selection, weights, exact test, FDR) for the last 30
+  days of the demo on the 114,778-cell grid, beside esda.G_Local(permutations=999) with libpysal Queen
+  weights on the same cells                                      target ≥ 10×
+  /api/v1/supervisor/hotspots for 30 days, warm                    target < 1 s
+  complete spatial randomness: 3,500 uniformly random cases on the Haimen grid (5 seeds): significant
+  hot cells, ours beside the normal-approximation Gi* (queen, BH-FDR)   target 0 (≤ FDR level)
 """
 
 from __future__ import annotations
@@ -223,20 +229,123 @@ def bench_dashboard(engine, haimen, t: Table) -> None:
           f"cold server {times[0] * 1e3:.0f} ms", f"< 2 s: {'PASS' if best < 2 else 'MISS'}")
 
 
+def _demo_year(engine, haimen):
+    from layers import synthetic
+
+    with engine.begin() as conn:
+        made = synthetic.load_synthetic_year(conn, haimen, log=lambda m: print("  " + m))
+        if made:
+            print(f"  Haimen synthetic year: {made:,} cases")
+
+
+def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
+    import esda
+    import geopandas as gpd
+    import libpysal
+    from sqlalchemy import text
+
+    from gis import hotspots as ghot
+    from layers import analytics as la
+
+    _demo_year(engine, city)
+    with engine.connect() as conn:
+        end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()
+        start = end - dt.timedelta(days=29)
+        arr = la.grid_arrays(conn, city)
+        x = la.dense_counts(conn, city, arr, start, end)
+
+    def ours():
+        arr.weights.pop("area", None)  # cell areas are part of the weights: recomputed every run
+        return la.hotspots_of_counts(arr, x)
+
+    t_ours, h = best_of(ours, repeat)
+
+    def anchor():
+        w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=arr.grid.geoms), use_index=False,
+                                                  silence_warnings=True)
+        return esda.G_Local(x, w, transform="B", star=True, permutations=999, seed=1)
+
+    t_esda, gl = best_of(anchor, 1)
+    ratio = t_esda / t_ours
+    rep = h["report"]
+    p_sim_min = float(np.min(gl.p_sim))
+    esda_fdr = int((gl.p_sim <= ghot.fdr_threshold(gl.p_sim, 0.05)).sum())
+    ours_hot = int((h["bins"] > 0).sum())
+    t.add(f"hot spots, demo {start}…{end}: {rep['cases']:,} cases, {arr.n:,} cells",
+          f"{t_ours * 1e3:.0f} ms (unit {rep['unit_m']:g} m, {rep['units']:,} units, {ours_hot:,} hot cells)",
+          f"esda G_Local(999)+libpysal Queen {t_esda:.1f} s ({ratio:.0f}×); its p_sim ≥ {p_sim_min:.4f}, "
+          f"BH 5 %: {esda_fdr} cells", f"≥ 10×: {'PASS' if ratio >= 10 else 'MISS'}")
+
+    # complete spatial randomness on the Haimen grid, in process (cases placed uniformly by area)
+    cells = []
+    old = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = np.bincount(rng.choice(arr.n, 3_500, p=la.cell_areas(arr) / la.cell_areas(arr).sum()),
+                        minlength=arr.n).astype(float)
+        r = la.hotspots_of_counts(arr, y)
+        cells.append(int((r["bins"] > 0).sum()))
+        z = ghot.getis_ord_gi_star(y, la.weights(arr, "queen"))
+        old.append(int((ghot.classify_hotspots(z, fdr=True) > 0).sum()))
+    t.add("CSR: 3,500 random cases on the Haimen grid (5 seeds)", f"hot cells {cells}",
+          f"normal-approximation Gi* (queen, BH-FDR) {old}",
+          f"0 in most runs: {'PASS' if sorted(cells)[2] == 0 else 'MISS'}")
+
+
+def bench_hotspots_api(engine, city, t: Table, repeat: int) -> None:
+    import uuid
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.app import create_app
+    from citygrid.dbcluster import database_url
+    from layers.users import add_user
+
+    with engine.begin() as conn:
+        end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()
+        uid, token = add_user(conn, f"bench_hot_{uuid.uuid4().hex[:8]}", "supervisor")
+    q = {"city": city.slug, "start": str(end - dt.timedelta(days=29)), "end": str(end)}
+    hdr = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(database_url(log=lambda *_: None))) as client:
+            t0 = time.perf_counter()
+            r = client.get("/api/v1/supervisor/hotspots", params=q, headers=hdr)
+            cold = time.perf_counter() - t0
+            assert r.status_code == 200, r.text
+
+            def warm():
+                r = client.get("/api/v1/supervisor/hotspots", params=q, headers=hdr)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            t_warm, fc = best_of(warm, max(repeat, 3))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE app_user SET active = false WHERE id = :u"),
+                         {"u": uid if isinstance(uid, int) else uid.id})
+    t.add("GET /api/v1/supervisor/hotspots, 30 days, warm", f"{t_warm * 1e3:.0f} ms",
+          f"cold {cold * 1e3:.0f} ms; {fc['cases']:,} cases, unit {fc['scale']['unit_m']:g} m, "
+          f"{len(fc['features']):,} significant cells", f"< 1 s: {'PASS' if t_warm < 1 else 'MISS'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", type=int, default=1_000_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard", "hotspots"])
     args = ap.parse_args()
     engine, city = demo_engine()
-    t = Table("analytics (issue 6)")
+    t = Table("analytics (issues 6 and 12)")
     if "gi" not in args.skip:
         bench_gi(engine, city, t, args.repeat)
     if "heat" not in args.skip:
         bench_heat(engine, city, t, args.repeat, args.cases)
     if "dashboard" not in args.skip:
         bench_dashboard(engine, city, t)
+    if "hotspots" not in args.skip:
+        bench_hotspots(engine, city, t, args.repeat)
+        bench_hotspots_api(engine, city, t, args.repeat)
     t.print()
     engine.dispose()
     return 0
