@@ -12,6 +12,8 @@
   /api/v1/supervisor/hotspots for 30 days, warm                    target < 1 s
   complete spatial randomness: 3,500 uniformly random cases on the Haimen grid (5 seeds): significant
   hot cells, ours beside the normal-approximation Gi* (queen, BH-FDR)   target 0 (≤ FDR level)
+* the daily scan's false alerts at the default threshold (RI ≥ 365 days, 999 replicates) on shuffled
+  days                                                           target ≤ 1 a year
 """
 
 from __future__ import annotations
@@ -290,6 +292,47 @@ def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
     t.add("CSR: 3,500 random cases on the Haimen grid (5 seeds)", f"hot cells {cells}",
           f"normal-approximation Gi* (queen, BH-FDR) {old}",
           f"0 in most runs: {'PASS' if sorted(cells)[2] == 0 else 'MISS'}")
+    # emerging hot spots on 12 random weeks (~800 cases a week, as the demo)
+    from gis import exact_hotspots as gex
+
+    rng = np.random.default_rng(7)
+    share = la.cell_areas(arr) / la.cell_areas(arr).sum()
+    cube = np.stack([np.bincount(rng.choice(arr.n, 800, p=share), minlength=arr.n) for _ in range(12)]).astype(float)
+    cols, rows, size = la.analysis_keys(arr)
+    cats, scale, _ = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=la.cell_areas(arr))
+    flagged = int((cats[scale.unit] != ghot.NO_PATTERN).sum())
+    old_flagged = int((ghot.emerging_hotspots(cube, la.weights(arr, "queen")) != ghot.NO_PATTERN).sum())
+    t.add("CSR: emerging hot spots, 12 random weeks × 800 cases", f"cells with a pattern {flagged}",
+          f"normal-approximation space-time Gi* {old_flagged}", f"≈ 0: {'PASS' if flagged <= 0.01 * arr.n else 'MISS'}")
+
+
+def bench_scan_null(t: Table, runs: int) -> None:
+    """The daily scan's false-alert rate at the default threshold (recurrence ≥ 365 days, 999 replicates)
+    on data without space-time interaction: a fixed spatial pattern and daily profile, days shuffled."""
+    from scipy import stats
+
+    from gis.bursts import space_time_permutation_scan
+    from layers import analytics as la
+
+    cfg = la.alert_config()
+    rng = np.random.default_rng(365)
+    cc, rr = np.meshgrid(np.arange(30), np.arange(20))
+    cx, cy = cc.ravel() * 100.0, rr.ravel() * 100.0
+    alerts, t0 = 0, time.perf_counter()
+    for _ in range(runs):
+        n = 1_100  # ~40 cases a day over the 28-day study period
+        cell = np.where(rng.random(n) < 0.4, rng.integers(0, 60, n), rng.integers(0, cx.size, n))
+        day = rng.permutation(np.arange(n) % 28)
+        counts = np.zeros((cx.size, 28), dtype=np.int64)
+        np.add.at(counts, (cell, day), 1)
+        cl = space_time_permutation_scan(counts, cx, cy, n_sim=cfg["n_sim"], seed=int(rng.integers(1 << 30)),
+                                         analysis_interval_days=cfg["analysis_interval_days"])
+        alerts += any(c.recurrence_days >= cfg["min_recurrence_days"] for c in cl)
+    dt_s = time.perf_counter() - t0
+    bound = int(stats.binom.ppf(0.99, runs, 1 / cfg["min_recurrence_days"]))
+    t.add(f"scan false alerts, {runs} shuffled days, RI ≥ {cfg['min_recurrence_days']:g} d, R = {cfg['n_sim']}",
+          f"{alerts} alert days", f"expected ≤ {runs / cfg['min_recurrence_days']:.2f} ({dt_s:.0f} s)",
+          f"≤ {bound} (99 % of Binomial): {'PASS' if alerts <= bound else 'MISS'}")
 
 
 def bench_hotspots_api(engine, city, t: Table, repeat: int) -> None:
@@ -333,7 +376,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", type=int, default=1_000_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard", "hotspots"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard", "hotspots", "scan"])
+    ap.add_argument("--scan-days", type=int, default=100, help="shuffled days for the scan's false-alert rate")
     args = ap.parse_args()
     engine, city = demo_engine()
     t = Table("analytics (issues 6 and 12)")
@@ -346,6 +390,8 @@ def main() -> int:
     if "hotspots" not in args.skip:
         bench_hotspots(engine, city, t, args.repeat)
         bench_hotspots_api(engine, city, t, args.repeat)
+    if "scan" not in args.skip:
+        bench_scan_null(t, args.scan_days)
     t.print()
     engine.dispose()
     return 0

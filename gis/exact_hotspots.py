@@ -146,6 +146,41 @@ class Scale:
         return self.nbrs
 
 
+def unit_geometries(scale: Scale, cell_geoms, units, cache: dict | None = None):
+    """Polygons of the given analysis units: the k x k square for a unit whose cells are all whole
+    (its base equals k^2 cells' area), else the union of its cells as drawn (clipped by the city).
+    ``cache`` (a dict kept per grid and k) keeps them from one call to the next."""
+    import shapely
+
+    units = np.asarray(units, dtype=np.int64)
+    cache = {} if cache is None else cache
+    out = np.empty(units.size, dtype=object)
+    todo = []
+    for j, u in enumerate(units.tolist()):
+        key = (int(scale.ukey[u, 0]), int(scale.ukey[u, 1]))
+        g = cache.get(key)
+        if g is None:
+            todo.append(j)
+        else:
+            out[j] = g
+    if todo:
+        order = np.argsort(scale.unit, kind="stable")
+        starts = np.searchsorted(scale.unit[order], np.arange(scale.m + 1))
+        edge = scale.edge_m
+        for j in todo:
+            u = int(units[j])
+            members = order[starts[u]:starts[u + 1]]
+            c, r = scale.ukey[u]
+            cell = edge / scale.k
+            whole = members.size == scale.k ** 2 and abs(scale.ubase[u] - edge * edge) <= 1e-6 * edge * edge
+            if whole and np.all(np.isclose(shapely.area(cell_geoms[members]), cell * cell, rtol=1e-9)):
+                g = shapely.box(c * edge, r * edge, (c + 1) * edge, (r + 1) * edge)
+            else:
+                g = shapely.coverage_union_all(cell_geoms[members])
+            cache[(int(c), int(r))] = out[j] = g
+    return out
+
+
 def aggregate(cols, rows, cx, cy, base, k: int, cell_size: float) -> Scale:
     """Group base cells (grid keys ``cols``, ``rows``) into ``k x k`` blocks: the analysis units."""
     c = np.asarray(cols, dtype=np.int64) // int(k)

@@ -464,20 +464,46 @@ def _scale_doc(h: dict) -> dict:
                        f"analysis unit {rep['unit_m']:g} m ({rep['units']} units), {rep['cases']} cases"}
 
 
+def _unit_geoms(arr: GridArrays, r, units: np.ndarray):
+    from gis import exact_hotspots as gex
+
+    cache = arr.weights.setdefault(("unit_geom", r.scale.k), {})
+    return gex.unit_geometries(r.scale, arr.grid.geoms, units, cache)
+
+
+def _geojson_of(geoms, city: CityInfo, dst: str, props: list[dict]) -> dict:
+    geoms = _to_crs(np.asarray(geoms, dtype=object), city.working_crs, dst)
+    geoms = shapely.set_precision(geoms, 1e-6 if gcrs.is_geographic(dst) or dst in (gcrs.GCJ02, gcrs.BD09) else 0.01)
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": g, "properties": p}
+        for g, p in zip(shapely.to_geojson(geoms).tolist(), props, strict=True)]}
+
+
 def hotspots_geojson(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
                      unit_m=None, fdr=True, dst="EPSG:4326", dissolve: bool = False) -> dict:
+    """The significant analysis units as polygons (one feature per unit: its p, z, observed and
+    expected neighbourhood counts, its cells), or with ``dissolve`` one (multi)polygon per bin."""
     h = hotspots(conn, city, start, end, categories=categories, channels=channels, unit_m=unit_m, fdr=fdr)
-    sel = np.flatnonzero(h["bins"] != 0)
-    z, p, b, x = h["z"], h["p"], h["bins"], h["counts"]
-    if dissolve:
-        fc = dissolved_geojson(h["arrays"], city, sel, b[sel].astype(int),
-                               {k: {"bin": k, "label": v} for k, v in HOT_LABELS.items()}, dst)
+    b, x = h["bins"], h["counts"]
+    if h["too_few"]:
+        fc = {"type": "FeatureCollection", "features": []}
     else:
-        r, u = h["result"], h["unit"]
-        fc = cells_geojson(h["arrays"], city, sel, [
-            {"z": round(float(z[i]), 4), "p": float(f"{p[i]:.4g}"), "bin": int(b[i]), "label": HOT_LABELS[int(b[i])],
-             "count": int(x[i]), "unit": int(u[i]), "observed": int(r.observed[u[i]]),
-             "expected": round(float(r.expected[u[i]]), 3)} for i in sel], dst)
+        r, arr = h["result"], h["arrays"]
+        sel = np.flatnonzero(r.bins != 0)
+        ncell = np.bincount(r.scale.unit, minlength=r.scale.m)
+        ucount = np.bincount(r.scale.unit, weights=x, minlength=r.scale.m)
+        geoms = _unit_geoms(arr, r, sel)
+        if dissolve:
+            levels = sorted(set(r.bins[sel].tolist()))
+            fc = _geojson_of([shapely.coverage_union_all(geoms[r.bins[sel] == k]) for k in levels], city, dst,
+                             [{"bin": int(k), "label": HOT_LABELS[int(k)], "class": int(k),
+                               "units": int((r.bins[sel] == k).sum()),
+                               "cells": int(ncell[sel][r.bins[sel] == k].sum())} for k in levels])
+        else:
+            fc = _geojson_of(geoms, city, dst, [
+                {"unit": int(u), "z": round(float(r.z[u]), 4), "p": float(f"{r.p[u]:.4g}"), "bin": int(r.bins[u]),
+                 "label": HOT_LABELS[int(r.bins[u])], "count": int(ucount[u]), "observed": int(r.observed[u]),
+                 "expected": round(float(r.expected[u]), 3), "cells": int(ncell[u])} for u in sel])
     fc.update(summary={HOT_LABELS[k]: int((b == k).sum()) for k in (3, 2, 1, -1, -2, -3)},
               total=int(x.sum()), fdr=fdr, **_scale_doc(h))
     if not h["too_few"]:
@@ -817,7 +843,8 @@ def folium_map(heat_fc: dict, hot_fc: dict, *, title: str = "") -> str:
         hot_name += f" (单元 unit {hot_fc['scale']['unit_m']:g} m, {hot_fc['cases']} 件 cases, FDR)"
     folium.GeoJson(hot, name=hot_name, style_function=lambda f: {
         "weight": 0.3, "color": "#555", "fillOpacity": 0.75, "fillColor": bins[f["properties"]["bin"]]},
-        tooltip=folium.GeoJsonTooltip(["code", "label", "z"], aliases=["网格 Cell", "类别 Class", "z"])
+        tooltip=folium.GeoJsonTooltip(["label", "observed", "expected", "p", "cells"],
+                                      aliases=["类别 Class", "观测 Observed", "期望 Expected", "p", "网格数 Cells"])
         if hot["features"] else None).add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
     feats = heat["features"] + hot["features"]

@@ -28,8 +28,11 @@ def test_layers(client, bcity, sup):
     assert {f["properties"]["bin"] for f in hd["features"]} <= {3, 2, 1, -1, -2, -3}
     r = client.get("/api/v1/supervisor/hotspots", params=q, headers=sup).json()
     assert r["features"] and all(f["properties"]["bin"] != 0 for f in r["features"])
-    assert sum(r["summary"].values()) == len(r["features"])
-    assert sum(f["properties"]["cells"] for f in hd["features"]) == len(r["features"])
+    # one feature per significant analysis unit; the summary counts cells, units_summary units
+    assert sum(r["units_summary"].values()) == len(r["features"])
+    assert sum(r["summary"].values()) == sum(f["properties"]["cells"] for f in r["features"])
+    assert sum(f["properties"]["cells"] for f in hd["features"]) == sum(r["summary"].values())
+    assert r["status"] == "ok" and r["cases"] == r["total"] == heat["total"] and r["scale"]["unit_m"] >= 100
     cells = client.get("/api/v1/supervisor/cells", params=q, headers=sup).json()
     assert sum(f["properties"]["count"] for f in cells["features"]) == cells["total"] == heat["total"]
     assert all(len(f["properties"]["code"]) == 15 for f in cells["features"])
@@ -123,6 +126,7 @@ def test_hotspots_on_a_random_city_through_the_api(client, engine, haimen, sup):
     (every neighbourhood that holds the cluster is hot: the units around it, no farther than the
     neighbourhood's reach)."""
     import datetime as dt
+    import json
 
     import numpy as np
     import shapely
@@ -172,18 +176,12 @@ def test_hotspots_on_a_random_city_through_the_api(client, engine, haimen, sup):
     assert len(fc["features"]) <= 100, len(fc["features"])  # not thousands of cells
     # the cluster month: the place of the cluster is hot, the rest of the city is not
     q = {"city": "csrtest", "start": "2025-04-01", "end": "2025-04-30"}
-    fc = client.get("/api/v1/supervisor/hotspots", params=q, headers=sup).json()
-    with engine.connect() as conn:
-        from layers import grid as lgrid
-
-        g = lgrid.snapper(conn, city)
-        code = str(g.codes[g.locate(np.array([cx]), np.array([cy]))[0]])
-        cen = shapely.centroid(g.geoms)
-        at_code = dict(zip(g.codes.tolist(), zip(shapely.get_x(cen), shapely.get_y(cen), strict=True), strict=True))
-    props = {f["properties"]["code"]: f["properties"] for f in fc["features"]}
-    assert code in props and props[code]["bin"] > 0, fc["units_summary"]
+    fc = client.get("/api/v1/supervisor/hotspots", params={**q, "crs": f"EPSG:{haimen.srid}"}, headers=sup).json()
+    hot = [(shapely.from_geojson(json.dumps(f["geometry"])), f["properties"]) for f in fc["features"]
+           if f["properties"]["bin"] > 0]
+    assert any(g.covers(shapely.Point(cx, cy)) for g, _ in hot), fc["units_summary"]
     unit = fc["scale"]["unit_m"]
-    far = [c for c, p in props.items() if p["bin"] > 0 and np.hypot(at_code[c][0] - cx, at_code[c][1] - cy) > 3.5 * unit]
+    far = [p for g, p in hot if g.distance(shapely.Point(cx, cy)) > 2.5 * unit]
     assert not far, (len(far), fc["units_summary"])
     # too few cases: a clear answer, not a map
     few = client.get("/api/v1/supervisor/hotspots", params={"city": "csrtest", "start": "2025-02-01",

@@ -120,8 +120,17 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
     assert (h["bins"] > 0).any()  # the blob is a significant hot spot
     fc = la.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     assert fc["status"] == "ok" and fc["cases"] == int(y.sum()) and fc["scale"]["unit_m"] >= 100
-    assert len(fc["features"]) == int((h["bins"] != 0).sum())
+    assert len(fc["features"]) == int((r.bins != 0).sum())  # one feature per significant unit
+    assert sum(f["properties"]["cells"] for f in fc["features"]) == int((h["bins"] != 0).sum())
     assert all(f["properties"]["bin"] != 0 and f["properties"]["p"] <= 0.1 for f in fc["features"])
+    # a unit's polygon covers exactly its cells (the test city is aligned: whole units are squares)
+    import shapely
+    f0 = fc["features"][0]["properties"]
+    members = np.flatnonzero(r.scale.unit == f0["unit"])
+    assert f0["cells"] == members.size and f0["count"] == int(y[members].sum())
+    geom = la._unit_geoms(arr, r, np.array([f0["unit"]]))[0]
+    assert geom.area == pytest.approx(la.cell_areas(arr)[members].sum(), rel=1e-9)
+    assert shapely.covers(geom, shapely.centroid(g.geoms[members])).all()
     hot = [f for f in fc["features"] if f["properties"]["bin"] == 3]
     assert hot and all("热点 99%" in f["properties"]["label"] for f in hot)
     assert all(f["properties"]["observed"] > f["properties"]["expected"] for f in hot)
