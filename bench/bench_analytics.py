@@ -377,7 +377,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", type=int, default=1_000_000)
     ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard", "hotspots", "scan"])
-    ap.add_argument("--scan-days", type=int, default=100, help="shuffled days for the scan's false-alert rate")
+    ap.add_argument("--scan-days", type=int, default=40, help="shuffled days for the scan's false-alert rate")
     args = ap.parse_args()
     engine, city = demo_engine()
     t = Table("analytics (issues 6 and 12)")
