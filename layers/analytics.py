@@ -465,10 +465,12 @@ def _scale_doc(h: dict) -> dict:
 
 
 def _unit_geoms(arr: GridArrays, r, units: np.ndarray):
+    """Polygons of analysis units of ``r.scale`` (or of ``r``, a Scale), cached per grid and unit size."""
     from gis import exact_hotspots as gex
 
-    cache = arr.weights.setdefault(("unit_geom", r.scale.k), {})
-    return gex.unit_geometries(r.scale, arr.grid.geoms, units, cache)
+    scale = getattr(r, "scale", r)
+    cache = arr.weights.setdefault(("unit_geom", scale.k), {})
+    return gex.unit_geometries(scale, arr.grid.geoms, units, cache)
 
 
 def _geojson_of(geoms, city: CityInfo, dst: str, props: list[dict]) -> dict:
@@ -532,16 +534,25 @@ def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12,
         cats, scale, rep = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=cell_areas(arr))
     except gex.TooFewCases as e:
         return {"categories": np.full(arr.n, ghot.NO_PATTERN, dtype=object), "start": start, "arrays": arr,
-                "too_few": True, "report": {"cases": e.n, "min_cases": e.need}}
-    return {"categories": cats[scale.unit], "start": start, "arrays": arr, "too_few": False, "report": rep}
+                "too_few": True, "report": {"cases": e.n, "min_cases": e.need}, "scale": None, "unit_categories": None}
+    return {"categories": cats[scale.unit], "start": start, "arrays": arr, "too_few": False, "report": rep,
+            "scale": scale, "unit_categories": cats}
 
 
 def emerging_geojson(conn, city, end, *, steps=12, step_days=7, categories=None, dst="EPSG:4326") -> dict:
+    """One feature per analysis unit with a pattern; ``summary`` counts cells per category."""
     e = emerging(conn, city, end, steps=steps, step_days=step_days, categories=categories)
     cats = e["categories"]
     sel = np.flatnonzero(cats != ghot.NO_PATTERN)
-    fc = cells_geojson(e["arrays"], city, sel, [{"category": cats[i], "label": f"{EMERGING_ZH.get(cats[i], '')} "
-                                                 f"{cats[i]}"} for i in sel], dst)
+    if e["too_few"]:
+        fc = {"type": "FeatureCollection", "features": []}
+    else:
+        uc, scale = e["unit_categories"], e["scale"]
+        us = np.flatnonzero(uc != ghot.NO_PATTERN)
+        ncell = np.bincount(scale.unit, minlength=scale.m)
+        fc = _geojson_of(_unit_geoms(e["arrays"], scale, us), city, dst, [
+            {"unit": int(u), "category": uc[u], "label": f"{EMERGING_ZH.get(uc[u], '')} {uc[u]}",
+             "cells": int(ncell[u])} for u in us])
     names, counts = np.unique(cats[sel], return_counts=True) if sel.size else ([], [])
     fc.update(summary={str(k): int(v) for k, v in zip(names, counts, strict=True)}, start=str(e["start"]),
               end=str(end), steps=steps, step_days=step_days)
