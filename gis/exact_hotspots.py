@@ -53,6 +53,11 @@ incidents), with ``k`` chosen as follows:
    most pronounced first; with no significant autocorrelation (a random city) the finest
    feasible scale.
 
+The scale is chosen from the same data that are then tested (as ArcGIS does). Step 1 uses only the
+total N, on which the test conditions anyway; step 2 uses a global statistic that, under complete
+randomness, is rarely significant, so the finest feasible scale is used and the level of the local
+test is unaffected (tests/gis/test_exact_hotspots.py checks the false-positive rate empirically).
+
 The result states the scale (unit edge in metres, ``k``), the number of cases, the number of
 units, and the expected count per neighbourhood. Fewer than ``MIN_CASES`` (30) cases in the
 window is answered "too few cases", not a map.
