@@ -6,6 +6,14 @@
 * heat for a 30-day window holding 1,000,000 cases (rollup → quartic KDE on the grid), in a bench
   city ``bench-analytics`` (a copy of Haimen's boundary and grid) of the demo database.  target < 200 ms
 * the /supervisor dashboard's first load in Chromium on the Haimen demo (synthetic year).  target < 2 s
+* hot spots (issue 12): the whole analysis (scale selection, weights, exact test, FDR) for the last 30
+  days of the demo on the 114,778-cell grid, beside esda.G_Local(permutations=999) with libpysal Queen
+  weights on the same cells                                      target ≥ 10×
+  /api/v1/supervisor/hotspots for 30 days, warm                    target < 1 s
+  complete spatial randomness: 3,500 uniformly random cases on the Haimen grid (5 seeds): significant
+  hot cells, ours beside the normal-approximation Gi* (queen, BH-FDR)   target 0 (≤ FDR level)
+* the daily scan's false alerts at the default threshold (RI ≥ 365 days, 999 replicates) on shuffled
+  days                                                           target ≤ 1 a year
 """
 
 from __future__ import annotations
@@ -223,20 +231,168 @@ def bench_dashboard(engine, haimen, t: Table) -> None:
           f"cold server {times[0] * 1e3:.0f} ms", f"< 2 s: {'PASS' if best < 2 else 'MISS'}")
 
 
+def _demo_year(engine, haimen):
+    from layers import synthetic
+
+    with engine.begin() as conn:
+        made = synthetic.load_synthetic_year(conn, haimen, log=lambda m: print("  " + m))
+        if made:
+            print(f"  Haimen synthetic year: {made:,} cases")
+
+
+def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
+    import esda
+    import geopandas as gpd
+    import libpysal
+    from sqlalchemy import text
+
+    from gis import hotspots as ghot
+    from layers import analytics as la
+
+    _demo_year(engine, city)
+    with engine.connect() as conn:
+        end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()
+        start = end - dt.timedelta(days=29)
+        arr = la.grid_arrays(conn, city)
+        x = la.dense_counts(conn, city, arr, start, end)
+
+    def ours():
+        arr.weights.pop("area", None)  # cell areas are part of the weights: recomputed every run
+        return la.hotspots_of_counts(arr, x)
+
+    t_ours, h = best_of(ours, repeat)
+
+    def anchor():
+        w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=arr.grid.geoms), use_index=False,
+                                                  silence_warnings=True)
+        return esda.G_Local(x, w, transform="B", star=True, permutations=999, seed=1)
+
+    t_esda, gl = best_of(anchor, 1)
+    ratio = t_esda / t_ours
+    rep = h["report"]
+    p_sim_min = float(np.min(gl.p_sim))
+    esda_fdr = int((gl.p_sim <= ghot.fdr_threshold(gl.p_sim, 0.05)).sum())
+    ours_hot = int((h["bins"] > 0).sum())
+    t.add(f"hot spots, demo {start}…{end}: {rep['cases']:,} cases, {arr.n:,} cells",
+          f"{t_ours * 1e3:.0f} ms (unit {rep['unit_m']:g} m, {rep['units']:,} units, {ours_hot:,} hot cells)",
+          f"esda G_Local(999)+libpysal Queen {t_esda:.1f} s ({ratio:.0f}×); its p_sim ≥ {p_sim_min:.4f}; "
+          f"p_sim + BH 5 %: {esda_fdr:,} cells", f"≥ 10×: {'PASS' if ratio >= 10 else 'MISS'}")
+
+    # complete spatial randomness on the Haimen grid, in process (cases placed uniformly by area)
+    cells = []
+    old = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        y = np.bincount(rng.choice(arr.n, 3_500, p=la.cell_areas(arr) / la.cell_areas(arr).sum()),
+                        minlength=arr.n).astype(float)
+        r = la.hotspots_of_counts(arr, y)
+        cells.append(int((r["bins"] > 0).sum()))
+        z = ghot.getis_ord_gi_star(y, la.weights(arr, "queen"))
+        old.append(int((ghot.classify_hotspots(z, fdr=True) > 0).sum()))
+    t.add("CSR: 3,500 random cases on the Haimen grid (5 seeds)", f"hot cells {cells}",
+          f"normal-approximation Gi* (queen, BH-FDR) {old}",
+          f"0 in most runs: {'PASS' if sorted(cells)[2] == 0 else 'MISS'}")
+    # emerging hot spots on 12 random weeks (~800 cases a week, as the demo)
+    from gis import exact_hotspots as gex
+
+    rng = np.random.default_rng(7)
+    share = la.cell_areas(arr) / la.cell_areas(arr).sum()
+    cube = np.stack([np.bincount(rng.choice(arr.n, 800, p=share), minlength=arr.n) for _ in range(12)]).astype(float)
+    cols, rows, size = la.analysis_keys(arr)
+    cats, scale, _ = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=la.cell_areas(arr))
+    flagged = int((cats[scale.unit] != ghot.NO_PATTERN).sum())
+    old_flagged = int((ghot.emerging_hotspots(cube, la.weights(arr, "queen")) != ghot.NO_PATTERN).sum())
+    t.add("CSR: emerging hot spots, 12 random weeks × 800 cases", f"cells with a pattern {flagged}",
+          f"normal-approximation space-time Gi* {old_flagged}", f"≈ 0: {'PASS' if flagged <= 0.01 * arr.n else 'MISS'}")
+
+
+def bench_scan_null(t: Table, runs: int) -> None:
+    """The daily scan's false-alert rate at the default threshold (recurrence ≥ 365 days, 999 replicates)
+    on data without space-time interaction: a fixed spatial pattern and daily profile, days shuffled."""
+    from scipy import stats
+
+    from gis.bursts import space_time_permutation_scan
+    from layers import analytics as la
+
+    cfg = la.alert_config()
+    rng = np.random.default_rng(365)
+    cc, rr = np.meshgrid(np.arange(30), np.arange(20))
+    cx, cy = cc.ravel() * 100.0, rr.ravel() * 100.0
+    alerts, t0 = 0, time.perf_counter()
+    for _ in range(runs):
+        n = 1_100  # ~40 cases a day over the 28-day study period
+        cell = np.where(rng.random(n) < 0.4, rng.integers(0, 60, n), rng.integers(0, cx.size, n))
+        day = rng.permutation(np.arange(n) % 28)
+        counts = np.zeros((cx.size, 28), dtype=np.int64)
+        np.add.at(counts, (cell, day), 1)
+        cl = space_time_permutation_scan(counts, cx, cy, n_sim=cfg["n_sim"], seed=int(rng.integers(1 << 30)),
+                                         analysis_interval_days=cfg["analysis_interval_days"])
+        alerts += any(c.recurrence_days >= cfg["min_recurrence_days"] for c in cl)
+    dt_s = time.perf_counter() - t0
+    bound = int(stats.binom.ppf(0.99, runs, 1 / cfg["min_recurrence_days"]))
+    t.add(f"scan false alerts, {runs} shuffled days, RI ≥ {cfg['min_recurrence_days']:g} d, R = {cfg['n_sim']}",
+          f"{alerts} alert days", f"expected ≤ {runs / cfg['min_recurrence_days']:.2f} ({dt_s:.0f} s)",
+          f"≤ {bound} (99 % of Binomial): {'PASS' if alerts <= bound else 'MISS'}")
+
+
+def bench_hotspots_api(engine, city, t: Table, repeat: int) -> None:
+    import uuid
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+
+    from api.app import create_app
+    from citygrid.dbcluster import database_url
+    from layers.users import add_user
+
+    with engine.begin() as conn:
+        end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()
+        uid, token = add_user(conn, f"bench_hot_{uuid.uuid4().hex[:8]}", "supervisor")
+    q = {"city": city.slug, "start": str(end - dt.timedelta(days=29)), "end": str(end)}
+    hdr = {"Authorization": f"Bearer {token}"}
+    try:
+        with TestClient(create_app(database_url(log=lambda *_: None))) as client:
+            t0 = time.perf_counter()
+            r = client.get("/api/v1/supervisor/hotspots", params=q, headers=hdr)
+            cold = time.perf_counter() - t0
+            assert r.status_code == 200, r.text
+
+            def warm():
+                r = client.get("/api/v1/supervisor/hotspots", params=q, headers=hdr)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            t_warm, fc = best_of(warm, max(repeat, 3))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE app_user SET active = false WHERE id = :u"),
+                         {"u": uid if isinstance(uid, int) else uid.id})
+    t.add("GET /api/v1/supervisor/hotspots, 30 days, warm", f"{t_warm * 1e3:.0f} ms",
+          f"cold {cold * 1e3:.0f} ms; {fc['cases']:,} cases, unit {fc['scale']['unit_m']:g} m, "
+          f"{len(fc['features']):,} significant units ({sum(fc['summary'].values()):,} cells)",
+          f"< 1 s: {'PASS' if t_warm < 1 else 'MISS'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", type=int, default=1_000_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["gi", "heat", "dashboard", "hotspots", "scan"])
+    ap.add_argument("--scan-days", type=int, default=40, help="shuffled days for the scan's false-alert rate")
     args = ap.parse_args()
     engine, city = demo_engine()
-    t = Table("analytics (issue 6)")
+    t = Table("analytics (issues 6 and 12)")
     if "gi" not in args.skip:
         bench_gi(engine, city, t, args.repeat)
     if "heat" not in args.skip:
         bench_heat(engine, city, t, args.repeat, args.cases)
     if "dashboard" not in args.skip:
         bench_dashboard(engine, city, t)
+    if "hotspots" not in args.skip:
+        bench_hotspots(engine, city, t, args.repeat)
+        bench_hotspots_api(engine, city, t, args.repeat)
+    if "scan" not in args.skip:
+        bench_scan_null(t, args.scan_days)
     t.print()
     engine.dispose()
     return 0

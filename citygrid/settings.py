@@ -99,8 +99,12 @@ class WorklistSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CITYGRID_WORKLIST_")
 
-    #: Days of cases (ending today) whose Gi* z weights the worklist's cases.
+    #: Days of cases (ending today) whose hot-spot z weights the worklist's cases.
     hotspot_days: int = Field(30, ge=1, le=366)
+    #: Analysis unit of the worklist's hot spots in metres (a multiple of the cell); unset: chosen from
+    #: the data as on the supervisors' map (gis.exact_hotspots). The test is exact at any unit; a small
+    #: unit on sparse data finds only strong, compact clusters.
+    hotspot_unit_m: float | None = Field(None, gt=0, le=10_000)
     #: New cases make the cached weights stale; they are recomputed at most once per this many minutes
     #: (0: on every change). A new day, a new grid or a rollup rebuild recompute at once.
     hotspot_refresh_minutes: float = Field(10.0, ge=0)

@@ -1,12 +1,12 @@
 """Heat, significant hot spots, emerging hot spots and burst alerts over the database.
 
 Cell counts come from the rollup (layers/rollups.py); the statistics are the pure ones of
-``gis/heat.py``, ``gis/hotspots.py`` and ``gis/bursts.py``. The grid (cell order, col/row, centroids)
+``gis/heat.py``, ``gis/exact_hotspots.py`` (hot spots: exact test, chosen scale, FDR) and ``gis/bursts.py``. The grid (cell order, col/row, centroids)
 and its spatial weights are cached per grid version, so a request costs one rollup query plus the
 arithmetic.
 
 Layers are returned as GeoJSON of *cells* (never case points): heat = cells with their density,
-hotspots = significant cells with z, p and the confidence bin.
+hotspots = significant cells with the p, z and confidence bin of their analysis unit, and the scale used.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,7 +53,7 @@ class GridArrays:
     index_of: dict  # cell id -> position
     cx: np.ndarray
     cy: np.ndarray
-    weights: dict  # (kind, param) -> csr
+    weights: dict  # (kind, param) -> csr; "area" -> cell areas (m²)
 
     @property
     def n(self) -> int:
@@ -334,7 +335,9 @@ def heat(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, cate
     """Quartic KDE of the window's cases on the grid (count per km²), from the rollup.
 
     Bandwidth default: the ArcGIS spatial Silverman rule on the weighted cell centres
-    (``gis.heat.default_bandwidth``), never below one cell.
+    (``gis.heat.default_bandwidth``), never below one cell. On a regular grid the kernel stencil is
+    normalised, so each case keeps its whole mass at any bandwidth; the city edge is not corrected
+    (the kernel's share outside the city is lost: densities near the boundary are biased low).
     Returns {"bandwidth", "total", "density" (grid order), "arrays"}.
     """
     if bandwidth is not None and not (10 <= bandwidth <= 20000):
@@ -383,7 +386,9 @@ def heat_geojson(conn: Connection, city: CityInfo, start, end, *, categories=Non
         fc = cells_geojson(arr, city, sel, [{"density": round(float(d[i]), 3), "level": round(float(d[i] / top), 4)}
                                             for i in sel], dst)
     fc.update(bandwidth_m=round(h["bandwidth"], 1), total=h["total"], max_density=round(top, 3),
-              unit="件/km² cases per km²")
+              unit="件/km² cases per km²", edge_corrected=False,
+              edge="未做边缘校正：城市边界附近密度偏低 no edge correction: densities near the city boundary are "
+                   "biased low")
     return fc
 
 
@@ -392,38 +397,129 @@ def heat_geojson(conn: Connection, city: CityInfo, start, end, *, categories=Non
 # ----------------------------------------------------------------------------------------------
 
 def hotspots(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
-             weights_kind: str = "queen", distance: float | None = None, fdr: bool = True) -> dict:
-    """Getis-Ord Gi* over all cells of the active grid (zeros included), BH-FDR, bins ±1..3."""
+             unit_m: float | None = None, fdr: bool = True) -> dict:
+    """Significant hot/cold spots by the exact conditional test at a chosen scale
+    (``gis.exact_hotspots``: binomial given the window's total and the neighbourhood's share of the
+    city's area, BH-FDR, bins ±1..3). Returns per-cell arrays (grid order; every cell carries the
+    result of its analysis unit), the ``report`` (scale, cases, units) and ``too_few`` (fewer than
+    30 cases: no analysis, every bin 0)."""
     arr = grid_arrays(conn, city)
     x = dense_counts(conn, city, arr, start, end, categories, channels)
-    W = weights(arr, weights_kind, distance)
-    z = ghot.getis_ord_gi_star(x, W)
-    p = ghot.gi_star_pvalues(z)
-    bins = ghot.classify_hotspots(z, p, fdr=fdr)
-    return {"z": z, "p": p, "bins": bins, "counts": x, "arrays": arr}
+    return hotspots_of_counts(arr, x, unit_m=unit_m, fdr=fdr)
+
+
+def hotspots_of_counts(arr: GridArrays, x: np.ndarray, *, unit_m: float | None = None, fdr: bool = True) -> dict:
+    from gis import exact_hotspots as gex
+
+    cols, rows, size = analysis_keys(arr)
+    k = None
+    if unit_m is not None:
+        if not (size <= unit_m <= 10_000):
+            raise InputError(f"unit must be between {size:g} and 10000 m (a multiple of the {size:g} m cell)")
+        k = max(1, int(round(unit_m / size)))
+    zero = np.zeros(arr.n)
+    try:
+        r = gex.exact_hotspots(x, cols, rows, arr.cx, arr.cy, size, base=cell_areas(arr), fdr=fdr, k=k)
+    except gex.TooFewCases as e:
+        return {"z": zero, "p": np.ones(arr.n), "bins": np.zeros(arr.n, dtype=np.int8), "counts": x, "arrays": arr,
+                "too_few": True, "report": {"cases": e.n, "min_cases": e.need}, "unit": None, "result": None}
+    u = r.scale.unit
+    return {"z": r.z[u], "p": r.p[u], "bins": r.bins[u], "counts": x, "arrays": arr, "too_few": False,
+            "report": r.report, "unit": u, "result": r}
+
+
+def analysis_keys(arr: GridArrays) -> tuple[np.ndarray, np.ndarray, float]:
+    """(cols, rows, cell size) of the cells: the grid keys of a regular grid; for an irregular grid
+    the keys of a square lattice of the median cell size laid over the centroids."""
+    g = arr.grid
+    if g.info.kind == "regular":
+        return g.cols, g.rows, float(g.info.cell_size)
+    size = float(np.sqrt(np.median(cell_areas(arr))))
+    return np.floor(arr.cx / size).astype(np.int64), np.floor(arr.cy / size).astype(np.int64), size
+
+
+def cell_areas(arr: GridArrays) -> np.ndarray:
+    """Area (m²) of every cell as drawn (boundary cells are clipped), cached with the grid."""
+    a = arr.weights.get("area")
+    if a is None:
+        a = arr.weights["area"] = shapely.area(arr.grid.geoms)
+    return a
+
+
+TOO_FEW = "案件过少，无法做热点分析 Too few cases for a hot-spot analysis"
+
+
+def _scale_doc(h: dict) -> dict:
+    rep = h["report"]
+    if h["too_few"]:
+        return {"status": "too_few_cases", "message": f"{TOO_FEW}: {rep['cases']} 件 cases in the window, "
+                f"at least {rep['min_cases']} needed", "cases": rep["cases"]}
+    return {"status": "ok", "cases": rep["cases"],
+            "scale": {"unit_m": rep["unit_m"], "cells_per_unit_edge": rep["k"], "units": rep["units"],
+                      "neighbours": rep["neighbours"], "expected_per_neighbourhood": rep["expected_per_neighbourhood"],
+                      "reason": rep["reason"], "tried": rep.get("tried", [])},
+            "method": "精确二项检验 exact binomial test of each neighbourhood's count given the window's total "
+                      "and its share of the city's area; Benjamini-Hochberg FDR",
+            "message": f"分析单元 {rep['unit_m']:g} m（{rep['units']} 个单元），{rep['cases']} 件案件 "
+                       f"analysis unit {rep['unit_m']:g} m ({rep['units']} units), {rep['cases']} cases"}
+
+
+def _unit_geoms(arr: GridArrays, r, units: np.ndarray):
+    """Polygons of analysis units of ``r.scale`` (or of ``r``, a Scale), cached per grid and unit size."""
+    from gis import exact_hotspots as gex
+
+    scale = getattr(r, "scale", r)
+    cache = arr.weights.setdefault(("unit_geom", scale.k), {})
+    return gex.unit_geometries(scale, arr.grid.geoms, units, cache)
+
+
+def _geojson_of(geoms, city: CityInfo, dst: str, props: list[dict]) -> dict:
+    geoms = _to_crs(np.asarray(geoms, dtype=object), city.working_crs, dst)
+    geoms = shapely.set_precision(geoms, 1e-6 if gcrs.is_geographic(dst) or dst in (gcrs.GCJ02, gcrs.BD09) else 0.01)
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": g, "properties": p}
+        for g, p in zip(shapely.to_geojson(geoms).tolist(), props, strict=True)]}
 
 
 def hotspots_geojson(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
-                     weights_kind="queen", distance=None, fdr=True, dst="EPSG:4326", dissolve: bool = False) -> dict:
-    h = hotspots(conn, city, start, end, categories=categories, channels=channels, weights_kind=weights_kind,
-                 distance=distance, fdr=fdr)
-    sel = np.flatnonzero(h["bins"] != 0)
-    z, p, b, x = h["z"], h["p"], h["bins"], h["counts"]
-    if dissolve:
-        fc = dissolved_geojson(h["arrays"], city, sel, b[sel].astype(int),
-                               {k: {"bin": k, "label": v} for k, v in HOT_LABELS.items()}, dst)
+                     unit_m=None, fdr=True, dst="EPSG:4326", dissolve: bool = False) -> dict:
+    """The significant analysis units as polygons (one feature per unit: its p, z, observed and
+    expected neighbourhood counts, its cells), or with ``dissolve`` one (multi)polygon per bin."""
+    h = hotspots(conn, city, start, end, categories=categories, channels=channels, unit_m=unit_m, fdr=fdr)
+    b, x = h["bins"], h["counts"]
+    if h["too_few"]:
+        fc = {"type": "FeatureCollection", "features": []}
     else:
-        fc = cells_geojson(h["arrays"], city, sel, [
-            {"z": round(float(z[i]), 4), "p": float(f"{p[i]:.4g}"), "bin": int(b[i]), "label": HOT_LABELS[int(b[i])],
-             "count": int(x[i])} for i in sel], dst)
+        r, arr = h["result"], h["arrays"]
+        sel = np.flatnonzero(r.bins != 0)
+        ncell = np.bincount(r.scale.unit, minlength=r.scale.m)
+        ucount = np.bincount(r.scale.unit, weights=x, minlength=r.scale.m)
+        geoms = _unit_geoms(arr, r, sel)
+        if dissolve:
+            levels = sorted(set(r.bins[sel].tolist()))
+            fc = _geojson_of([shapely.coverage_union_all(geoms[r.bins[sel] == k]) for k in levels], city, dst,
+                             [{"bin": int(k), "label": HOT_LABELS[int(k)], "class": int(k),
+                               "units": int((r.bins[sel] == k).sum()),
+                               "cells": int(ncell[sel][r.bins[sel] == k].sum())} for k in levels])
+        else:
+            fc = _geojson_of(geoms, city, dst, [
+                {"unit": int(u), "z": round(float(r.z[u]), 4), "p": float(f"{r.p[u]:.4g}"), "bin": int(r.bins[u]),
+                 "label": HOT_LABELS[int(r.bins[u])], "count": int(ucount[u]), "observed": int(r.observed[u]),
+                 "expected": round(float(r.expected[u]), 3), "cells": int(ncell[u])} for u in sel])
     fc.update(summary={HOT_LABELS[k]: int((b == k).sum()) for k in (3, 2, 1, -1, -2, -3)},
-              total=int(x.sum()), fdr=fdr, weights=weights_kind)
+              total=int(x.sum()), fdr=fdr, **_scale_doc(h))
+    if not h["too_few"]:
+        r = h["result"]
+        fc["units_summary"] = {HOT_LABELS[k]: int((r.bins == k).sum()) for k in (3, 2, 1, -1, -2, -3)}
     return fc
 
 
 def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12, step_days: int = 7,
              categories=None) -> dict:
-    """Emerging hot spots over ``steps`` periods of ``step_days`` days ending on ``end``."""
+    """Emerging hot spots over ``steps`` periods of ``step_days`` days ending on ``end``, on the
+    exact test (``gis.exact_hotspots.exact_emerging``)."""
+    from gis import exact_hotspots as gex
+
     if not (3 <= steps <= 60) or not (1 <= step_days <= 31):
         raise InputError("steps must be 3..60 and step_days 1..31")
     arr = grid_arrays(conn, city)
@@ -433,20 +529,40 @@ def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12,
     ok = pos >= 0
     cube = np.zeros((steps, arr.n))
     np.add.at(cube, (day[ok] // step_days, pos[ok]), n[ok])
-    W = weights(arr, "queen")
-    cats = ghot.emerging_hotspots(cube, W)
-    return {"categories": cats, "start": start, "arrays": arr}
+    cols, rows, size = analysis_keys(arr)
+    try:
+        cats, scale, rep = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=cell_areas(arr))
+    except gex.TooFewCases as e:
+        return {"categories": np.full(arr.n, ghot.NO_PATTERN, dtype=object), "start": start, "arrays": arr,
+                "too_few": True, "report": {"cases": e.n, "min_cases": e.need}, "scale": None, "unit_categories": None}
+    return {"categories": cats[scale.unit], "start": start, "arrays": arr, "too_few": False, "report": rep,
+            "scale": scale, "unit_categories": cats}
 
 
 def emerging_geojson(conn, city, end, *, steps=12, step_days=7, categories=None, dst="EPSG:4326") -> dict:
+    """One feature per analysis unit with a pattern; ``summary`` counts cells per category."""
     e = emerging(conn, city, end, steps=steps, step_days=step_days, categories=categories)
     cats = e["categories"]
     sel = np.flatnonzero(cats != ghot.NO_PATTERN)
-    fc = cells_geojson(e["arrays"], city, sel, [{"category": cats[i], "label": f"{EMERGING_ZH.get(cats[i], '')} "
-                                                 f"{cats[i]}"} for i in sel], dst)
+    if e["too_few"]:
+        fc = {"type": "FeatureCollection", "features": []}
+    else:
+        uc, scale = e["unit_categories"], e["scale"]
+        us = np.flatnonzero(uc != ghot.NO_PATTERN)
+        ncell = np.bincount(scale.unit, minlength=scale.m)
+        fc = _geojson_of(_unit_geoms(e["arrays"], scale, us), city, dst, [
+            {"unit": int(u), "category": uc[u], "label": f"{EMERGING_ZH.get(uc[u], '')} {uc[u]}",
+             "cells": int(ncell[u])} for u in us])
     names, counts = np.unique(cats[sel], return_counts=True) if sel.size else ([], [])
     fc.update(summary={str(k): int(v) for k, v in zip(names, counts, strict=True)}, start=str(e["start"]),
               end=str(end), steps=steps, step_days=step_days)
+    rep = e["report"]
+    if e["too_few"]:
+        fc.update(status="too_few_cases", cases=rep["cases"],
+                  message=f"{TOO_FEW}: {rep['cases']} 件 cases, at least {rep['min_cases']} needed")
+    else:
+        fc.update(status="ok", cases=rep["cases"], scale={"unit_m": rep["unit_m"], "units": rep["units"],
+                                                           "reason": rep["reason"]})
     return fc
 
 
@@ -458,13 +574,48 @@ def _signature(*parts) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
 
 
+ALERTS_CONFIG = Path(__file__).with_name("analytics_data") / "alerts.json"
+
+
+def alert_config() -> dict:
+    """The alert thresholds (``analytics_data/alerts.json``): min_recurrence_days (default 365: one
+    false alert a year per city for a daily scan), analysis_interval_days, n_sim."""
+    import json
+
+    cfg = json.loads(ALERTS_CONFIG.read_text(encoding="utf-8"))
+    return {"min_recurrence_days": float(cfg.get("min_recurrence_days", 365)),
+            "analysis_interval_days": float(cfg.get("analysis_interval_days", 1)), "n_sim": int(cfg.get("n_sim", 999))}
+
+
+def recurrence_words(days: float | None, at_least: bool = False) -> str | None:
+    """The recurrence interval in words, zh-CN first."""
+    if days is None:
+        return None
+    n = f"{days:,.0f}"
+    if at_least:
+        return (f"在没有聚集的城市里，这样强的聚集至少约 {n} 天才偶然出现一次 "
+                f"(in a city without clusters, a cluster this strong appears by chance at most once in {n} days)")
+    return (f"在没有聚集的城市里，这样强的聚集约 {n} 天偶然出现一次 "
+            f"(in a city without clusters, a cluster this strong appears by chance once in {n} days)")
+
+
 def scan_day(conn: Connection, city: CityInfo, day: dt.date, *, category: str | None = None,
-             study_days: int = 28, max_window: int = 7, n_sim: int = 999, alpha: float = 0.05,
-             max_radius: float = 1000.0, max_cells: int = 50, seed: int | None = None, store: bool = True) -> list[dict]:
+             study_days: int = 28, max_window: int = 7, n_sim: int | None = None, alpha: float | None = None,
+             min_recurrence_days: float | None = None, max_radius: float = 1000.0, max_cells: int = 50,
+             seed: int | None = None, store: bool = True) -> list[dict]:
     """The daily prospective space-time permutation scan for ``day`` (study period: the previous
-    ``study_days`` days up to it). Clusters with p ≤ alpha are alerts, stored when ``store``."""
+    ``study_days`` days up to it). A cluster is an alert when its recurrence interval is at least
+    ``min_recurrence_days`` (default from ``alerts.json``: 365 days, one false alert a year), or,
+    when ``alpha`` is given instead, when p ≤ alpha. Alerts are stored when ``store``."""
+    cfg = alert_config()
+    n_sim = cfg["n_sim"] if n_sim is None else n_sim
+    interval = cfg["analysis_interval_days"]
+    ri_min = cfg["min_recurrence_days"] if min_recurrence_days is None else float(min_recurrence_days)
     if not (7 <= study_days <= 365) or not (1 <= max_window <= 14) or not (9 <= n_sim <= 9999):
         raise InputError("study_days 7..365, max_window 1..14, n_sim 9..9999")
+    if alpha is None and (n_sim + 1) * interval < ri_min:
+        raise InputError(f"n_sim must be at least {int(np.ceil(ri_min / interval)) - 1} to reach a recurrence "
+                         f"interval of {ri_min:g} days (the Monte Carlo p is at least 1/(n_sim + 1))")
     arr = grid_arrays(conn, city)
     start = day - dt.timedelta(days=study_days - 1)
     ids, d, n = rollups.cell_day_counts(conn, city, start, day, categories=[category] if category else None)
@@ -479,19 +630,23 @@ def scan_day(conn: Connection, city: CityInfo, day: dt.date, *, category: str | 
         seed = int(_signature(city.id, day, category)[:8], 16)
     clusters = gbursts.space_time_permutation_scan(mat, arr.cx[used], arr.cy[used], max_window=max_window,
                                                    n_sim=n_sim, seed=seed, max_radius=max_radius,
-                                                   max_cells=max_cells)
+                                                   max_cells=max_cells, analysis_interval_days=interval)
     out = []
     for c in clusters:
-        if c.p_value > alpha:
+        if (c.p_value > alpha) if alpha is not None else (c.recurrence_days < ri_min * (1 - 1e-12)):
             continue
         cells = used[c.cells]
+        floor = c.p_value <= 1.0 / (n_sim + 1) * (1 + 1e-9)  # no replicate as strong: RI is a lower bound
         a = {"kind": "scan", "detected_on": day, "category_code": category,
              "window_start": start + dt.timedelta(days=c.start_day), "window_end": day,
              "cell_ids": [int(arr.grid.ids[i]) for i in cells], "cell_codes": [str(arr.grid.codes[i]) for i in cells],
              "observed": c.observed, "expected": c.expected, "p_value": c.p_value, "llr": c.llr,
              "recurrence_days": c.recurrence_days,
              "details": {"radius_m": round(c.radius, 1), "n_sim": n_sim, "study_days": study_days,
-                         "center": str(arr.grid.codes[used[c.center]])}}
+                         "center": str(arr.grid.codes[used[c.center]]), "recurrence_at_least": bool(floor),
+                         "recurrence_text": recurrence_words(c.recurrence_days, floor),
+                         "threshold": ({"alpha": alpha} if alpha is not None
+                                       else {"min_recurrence_days": ri_min})}}
         a["signature"] = _signature(category, a["window_start"], arr.grid.codes[used[c.center]])
         out.append(a)
     if store:
@@ -623,7 +778,7 @@ def _store(conn: Connection, city: CityInfo, alerts: list[dict]) -> None:
                                "details": json.dumps(a["details"], ensure_ascii=False, default=str)}).scalar_one()
 
 
-def run_daily(conn: Connection, city: CityInfo, day: dt.date, *, n_sim: int = 999) -> dict:
+def run_daily(conn: Connection, city: CityInfo, day: dt.date, *, n_sim: int | None = None) -> dict:
     """Everything the daily job does: scan (all classes), surge per class, petition risks."""
     return {"scan": scan_day(conn, city, day, n_sim=n_sim), "surge": surge_day(conn, city, day),
             "petition": petition_risks(conn, city, day)}
@@ -651,6 +806,8 @@ def alert_feed(conn: Connection, city: CityInfo, *, since: dt.date | None = None
             d[k] = str(d[k])
         d["expected"] = round(d["expected"], 3)
         d["cells"] = len(d["cell_codes"])
+        det = d.get("details") or {}
+        d["recurrence_text"] = recurrence_words(d["recurrence_days"], bool(det.get("recurrence_at_least")))
         out.append(d)
     return out
 
@@ -690,9 +847,15 @@ def folium_map(heat_fc: dict, hot_fc: dict, *, title: str = "") -> str:
         "fillColor": ramp[min(7, int(f["properties"]["level"] * 8))]},
         tooltip=folium.GeoJsonTooltip(["code", "density"], aliases=["网格 Cell", "件/km²"])
         if heat["features"] else None).add_to(m)
-    folium.GeoJson(hot, name="热点 Hot spots (Gi*)", style_function=lambda f: {
+    hot_name = "热点 Hot spots"
+    if hot_fc.get("status") == "too_few_cases":
+        hot_name += " — " + hot_fc["message"]
+    elif hot_fc.get("scale"):
+        hot_name += f" (单元 unit {hot_fc['scale']['unit_m']:g} m, {hot_fc['cases']} 件 cases, FDR)"
+    folium.GeoJson(hot, name=hot_name, style_function=lambda f: {
         "weight": 0.3, "color": "#555", "fillOpacity": 0.75, "fillColor": bins[f["properties"]["bin"]]},
-        tooltip=folium.GeoJsonTooltip(["code", "label", "z"], aliases=["网格 Cell", "类别 Class", "z"])
+        tooltip=folium.GeoJsonTooltip(["label", "observed", "expected", "p", "cells"],
+                                      aliases=["类别 Class", "观测 Observed", "期望 Expected", "p", "网格数 Cells"])
         if hot["features"] else None).add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
     feats = heat["features"] + hot["features"]
@@ -719,7 +882,7 @@ def main_daily(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="citygrid alerts", description="舆情预警 daily burst and petition-risk check")
     ap.add_argument("--city", default=None)
     ap.add_argument("--day", default=None, help="YYYY-MM-DD (default: yesterday)")
-    ap.add_argument("--n-sim", type=int, default=999)
+    ap.add_argument("--n-sim", type=int, default=None, help="Monte Carlo replicates (default: alerts.json)")
     args = ap.parse_args(argv)
     try:
         day = dt.date.fromisoformat(args.day) if args.day else dt.date.today() - dt.timedelta(days=1)

@@ -158,7 +158,7 @@ def _boundary(conn, city, ax):
 
 
 def map_images(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -> dict[str, str]:
-    """Base64 PNGs: 'heat' (KDE density) and 'hotspots' (Gi* confidence bins)."""
+    """Base64 PNGs: 'heat' (KDE density) and 'hotspots' (confidence bins of the exact test, FDR)."""
     plt = _mpl()
     out = {}
     h = la.heat(conn, city, start, end)
@@ -195,7 +195,11 @@ def map_images(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -
     cb = fig.colorbar(im, ax=ax, shrink=0.7, ticks=range(-3, 4))
     cb.ax.set_yticklabels(["冷 99%", "冷 95%", "冷 90%", "不显著", "热 90%", "热 95%", "热 99%"])
     _boundary(conn, city, ax)
-    ax.set_title("热点分析 Hot spots (Gi*, FDR)", fontsize=10)
+    if hs["too_few"]:
+        ax.set_title(f"热点分析：案件过少 ({hs['report']['cases']} 件) Too few cases for hot spots", fontsize=10)
+    else:
+        ax.set_title(f"热点分析 Hot spots (精确检验 exact test, FDR; 单元 unit {hs['report']['unit_m']:g} m, "
+                     f"{hs['report']['cases']} 件)", fontsize=9)
     ax.set_axis_off()
     ax.set_aspect("equal")
     out["hotspots"] = _png(fig)
@@ -231,8 +235,8 @@ def render_html(conn: Connection, city: CityInfo, month: str, *, data: dict | No
     head_rank = ["名次 Rank", "单位 Unit", "得分项 Points", "扣分 Deductions", "总分 Score", "等级 Grade"]
     alerts = d["alerts"]
     alert_rows = [[a["detected_on"], a["label"], a["category_code"] or "—", f"{a['window_start']}–{a['window_end']}",
-                   a["cells"], a["observed"], a["expected"], "—" if a["p_value"] is None else f"{a['p_value']:.3f}"]
-                  for a in alerts]
+                   a["cells"], a["observed"], a["expected"], "—" if a["p_value"] is None else f"{a['p_value']:.3f}",
+                   a.get("recurrence_text") or "—"] for a in alerts]
     patrol = d["patrol"]
     patrol_html = ("<p>无重点区域数据 No key-zone data.</p>" if not patrol else
                    _table(["编号 Code", "重点区域 Zone", "频次要求 Frequency", "巡查轨迹数 Tracks"],
@@ -255,7 +259,7 @@ def render_html(conn: Connection, city: CityInfo, month: str, *, data: dict | No
                           [[c["code"], c["area"] or "—", c["n"]] for c in d["top_cells"]]),
         heat_img=img("heat"), hot_img=img("hotspots"),
         alert_table=_table(["日期 Day", "类型 Kind", "类别 Class", "时段 Window", "网格数 Cells", "观测 Obs.",
-                            "期望 Exp.", "p"], alert_rows) if alerts else "<p>本月无预警 No alerts this month.</p>",
+                            "期望 Exp.", "p", "重现间隔 Recurrence"], alert_rows) if alerts else "<p>本月无预警 No alerts this month.</p>",
         patrol=patrol_html,
         generated=_esc(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
     )
@@ -331,6 +335,7 @@ def alert_report_html(conn: Connection, city: CityInfo, alert_id: int) -> str:
              ("时段 Window", f"{a['window_start']} – {a['window_end']}"), ("观测 Observed", a["observed"]),
              ("期望 Expected", a["expected"]), ("p 值 p-value", a["p_value"] if a["p_value"] is not None else "—"),
              ("重现间隔 Recurrence (days)", round(a["recurrence_days"], 1) if a["recurrence_days"] else "—"),
+             ("说明 In words", a.get("recurrence_text") or "—"),
              ("网格 Cells", ", ".join(a["cell_codes"][:50]) or "—")]
     if "reason" in det:
         items.append(("原因 Reason", det["reason"]))

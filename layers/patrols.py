@@ -276,7 +276,8 @@ def worklist_settings():
 
 @dataclass
 class HotspotWeights:
-    """Gi* z and confidence bin of every cell of the active grid over a window of days."""
+    """Hot-spot strength (z: normal score of the exact p of the cell's analysis unit, see
+    gis.exact_hotspots) and confidence bin of every cell of the active grid over a window of days."""
 
     key: tuple  # (grid id, grid version, window start, window end)
     fingerprint: tuple  # of the rollup's change log (layers.analytics.DayCache): epoch, count, sum, max
@@ -287,6 +288,7 @@ class HotspotWeights:
     computed_at: dt.datetime
     computed_mono: float
     stale: bool = False
+    report: dict | None = None  # the analysis: cases, analysis unit (m), or too few cases
 
     def of(self, cell_id) -> tuple[float | None, int]:
         pos = self.index_of.get(int(cell_id)) if cell_id is not None else None
@@ -302,8 +304,9 @@ _clock = time.monotonic  # tests move it
 
 
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
-    """Gi* z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
-    supervisors' hot-spot analysis (layers.analytics.hotspots: queen contiguity, all cells, BH-FDR) and
+    """Hot-spot z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
+    supervisors' hot-spot analysis (layers.analytics.hotspots: exact test at the chosen scale, BH-FDR;
+    fewer than 30 cases: no hot spots) and
     cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
     it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since
     they were computed. A new window (day), grid or epoch (rollup rebuild) recomputes at once."""
@@ -323,9 +326,11 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
                 return hit
             if _clock() - hit.computed_mono < cfg.hotspot_refresh_minutes * 60:
                 return replace(hit, stale=True)  # the cached object is shared: never marked
-        h = la.hotspots(conn, city, start, today)
+        h = la.hotspots(conn, city, start, today, unit_m=cfg.hotspot_unit_m)
         w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"],
-                           dt.datetime.now(dt.UTC), _clock())
+                           dt.datetime.now(dt.UTC), _clock(),
+                           report={"cases": h["report"]["cases"], "too_few_cases": h["too_few"],
+                                   "unit_m": None if h["too_few"] else h["report"]["unit_m"]})
         # A transaction that has written may see its own uncommitted cases: it must not fill the cache.
         if conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar():
             _hot_cache[city.id] = w
@@ -351,7 +356,7 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
     now = now or lcal.now()
     today = today or now.astimezone(TZ).date()
     area = getattr(user, "area_code", None)
-    # Hot-spot weights of the cells (the Gi* z of significant hot spots; other cells weigh 0).
+    # Hot-spot weights of the cells (the z of significant hot spots; other cells weigh 0).
     hot = hotspot_weights(conn, city, today)
     sig = np.flatnonzero(hot.bins > 0)
     cell_ids = hot.cell_ids[sig]
@@ -406,9 +411,10 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
     start, end = hot.key[2], hot.key[3]
     return {"date": today.isoformat(), "area_code": area, "zones_due": zones_due, "cases": cases,
             "hotspots": {"start": start.isoformat(), "end": end.isoformat(), "computed_at": hot.computed_at.isoformat(),
-                         "stale": hot.stale, "significant_cells": int(sig.size),
+                         "stale": hot.stale, "significant_cells": int(sig.size), **(hot.report or {}),
                          "refresh_minutes": worklist_settings().hotspot_refresh_minutes},
-            "ordering": "cases: overdue first, then by hot-spot weight (Getis-Ord Gi* z of the case's cell over the "
-                        "last days of cases, significant hot spots only: other cells weigh 0), then by deadline; "
+            "ordering": "cases: overdue first, then by hot-spot weight (z = normal score of the exact p of the hot "
+                        "spot holding the case's cell over the last days of cases, significant hot spots only: "
+                        "other cells weigh 0), then by deadline; "
                         "zones: most visits to go first, then by the weight of the heaviest hot-spot cell the zone "
                         "touches"}

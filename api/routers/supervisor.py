@@ -108,18 +108,18 @@ def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0), y: int 
     return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
 
 
-@router.get("/supervisor/hotspots", summary="热点分析 Significant hot/cold spots (Getis-Ord Gi*, FDR)")
+@router.get("/supervisor/hotspots", summary="热点分析 Significant hot/cold spots (exact test at a chosen scale, FDR)")
 def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
              start: str | None = START, end: str | None = END, category: str | None = CATS,
              channel: str | None = CHANS,
-             weights: str = Query("queen", pattern="^(queen|distance)$", description="queen or distance"),
-             distance: float | None = Query(None, description="distance band in m (weights=distance)"),
+             unit: float | None = Query(None, description="分析单元 analysis unit edge in m (a multiple of the "
+                                        "cell; default: chosen from the data, stated in the answer)"),
              fdr: bool = Query(True, description="False Discovery Rate correction"),
              dissolve: bool = Query(False, description="one polygon per confidence bin instead of one per cell"),
              crs: str = CRS):
     s, e = _window(conn, city, start, end)
     fc = la.hotspots_geojson(conn, city, s, e, categories=_list(category), channels=_list(channel),
-                             weights_kind=weights, distance=distance, fdr=fdr, dst=_crs(crs), dissolve=dissolve)
+                             unit_m=unit, fdr=fdr, dst=_crs(crs), dissolve=dissolve)
     fc.update(start=str(s), end=str(e))
     return _geojson(fc)
 
@@ -201,7 +201,8 @@ def alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="fun
 def run_alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
                day: str | None = Query(None, description="分析日 analysis day (default: the latest day with cases)",
                                        max_length=10),
-               n_sim: int = Query(999, ge=99, le=9999)):
+               n_sim: int | None = Query(None, ge=99, le=9999, description="Monte Carlo replicates (default 999; "
+                                         "n_sim + 1 must reach the alert threshold's recurrence interval)")):
     d = _date(day, "day") or _latest_day(conn, city)
     res = la.run_daily(conn, city, d, n_sim=n_sim)
     return {"day": str(d), "scan": sum(not a.get("continued") for a in res["scan"]),

@@ -282,7 +282,7 @@ async function loadWorklist() {
   if (bounds.length) map.fitBounds(bounds.reduce((a, b) => a.extend(b)), { maxZoom: 16 });
 }
 
-// A significant Gi* hot spot (the worklist's weight), as " · 热点 hot spot 99% (z 12.3)"; else nothing.
+// A significant hot spot (exact test; the worklist's weight), as " · 热点 hot spot 99% (z 12.3)"; else nothing.
 function hotBadge(h) {
   return h && h.bin > 0 ? ` · ${t("热点", "hot spot")} ${[0, 90, 95, 99][h.bin]}% (z ${h.z.toFixed(1)})` : "";
 }

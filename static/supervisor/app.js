@@ -53,7 +53,7 @@
   layers.heat.addTo(map);
   layers.hot.addTo(map);
   L.control.layers(null, {
-    "热力 Heat": layers.heat, "热点 Hot spots (Gi*)": layers.hot, "案件网格 Cases per cell": layers.cases,
+    "热力 Heat": layers.heat, "热点 Hot spots (精确检验 exact test, FDR)": layers.hot, "案件网格 Cases per cell": layers.cases,
     "时空热点趋势 Emerging hot spots": layers.emerging, "单元网格 Grid (zoom ≥ 15)": layers.grid,
     "重点区域巡查 Key zones (patrol)": layers.zones,
   }, { collapsed: false }).addTo(map);
@@ -78,7 +78,8 @@
     if (!map.hasLayer(layers.emerging)) return;
     const fc = await api("/api/v1/supervisor/emerging", { end: state.end, category: state.category });
     layers.emerging.clearLayers(); layers.emerging.addData(fc);
-    $("map-status").textContent = "时空热点趋势 Emerging: " + JSON.stringify(fc.summary);
+    $("map-status").textContent = "时空热点趋势 Emerging: " + (fc.status === "too_few_cases" ? fc.message : JSON.stringify(fc.summary) +
+      (fc.scale ? ` · 分析单元 unit ${fc.scale.unit_m} m` : ""));
   }
   async function loadCases() {  // aggregated per cell, fetched only while the layer is shown
     if (!map.hasLayer(layers.cases) || layers.cases.loaded) return;
@@ -105,7 +106,10 @@
     loadCases().catch((e) => showError(e.message));
     const n = Object.values(hot.summary || {}).reduce((a, b) => a + b, 0);
     layers.hot.bringToFront();
-    $("map-status").textContent = `${heat.total} 件 cases · 带宽 bandwidth ${heat.bandwidth_m || "—"} m · 显著网格 significant cells ${n}`;
+    const scale = hot.status === "too_few_cases" ? hot.message
+      : (hot.scale ? `分析单元 unit ${hot.scale.unit_m} m` : "");
+    $("map-status").textContent = `${heat.total} 件 cases · 带宽 bandwidth ${heat.bandwidth_m || "—"} m · 显著网格 significant cells ${n}` +
+      (scale ? ` · ${scale}` : "") + (heat.edge_corrected === false ? " · 热力未做边缘校正 heat: no edge correction" : "");
     const b = layers.heat.getBounds();
     if (fit && b.isValid()) map.fitBounds(b, { padding: [10, 10] });
   }

@@ -37,22 +37,35 @@ def test_scan_finds_injected_cluster_and_stores_alert(conn, acity):
     ys = np.concatenate([ys, cy[k]])
     ds = np.concatenate([ds, np.full(18, STUDY - 1 - (np.arange(18) % 2))])  # the last two days
     _put(conn, acity, day0, xs, ys, ds)
-    alerts = la.scan_day(conn, acity, last, n_sim=199)
+    # the default threshold (one false alert a year: recurrence >= 365 days) needs n_sim >= 364
+    import pytest
+
+    from layers.errors import InputError
+    with pytest.raises(InputError, match="n_sim must be at least 364"):
+        la.scan_day(conn, acity, last, n_sim=199)
+    # a fast configuration: 199 replicates, alerts recurring by chance at most once in 100 days
+    alerts = la.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
     assert alerts, "the injected cluster is found"
     top = alerts[0]
     assert set(cid.tolist()) <= set(top["cell_ids"]) and len(top["cell_ids"]) <= 9
     assert top["p_value"] <= 0.01 and top["observed"] >= 18 and top["expected"] < 5
     assert top["window_end"] == last and top["window_start"] >= last - dt.timedelta(days=2)
-    assert top["recurrence_days"] == 1 / top["p_value"]
+    assert top["recurrence_days"] == 1 / top["p_value"] >= 100
+    assert top["details"]["threshold"] == {"min_recurrence_days": 100}
+    assert all(a["recurrence_days"] >= 100 for a in alerts)
+    n = f"{top['recurrence_days']:,.0f}"
+    assert top["details"]["recurrence_text"].startswith("在没有聚集的城市里，这样强的聚集")
+    assert f"{n} 天" in top["details"]["recurrence_text"] and f"once in {n} days" in top["details"]["recurrence_text"]
     feed = la.alert_feed(conn, acity, kind="scan")
     assert feed[0]["id"] == top["id"] and feed[0]["cells"] == len(top["cell_ids"])
+    assert feed[0]["recurrence_text"] == top["details"]["recurrence_text"]
     # rerunning the same day updates the same alert instead of duplicating it
-    la.scan_day(conn, acity, last, n_sim=199)
+    la.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
     assert conn.execute(text("SELECT count(*) FROM analytics_alert WHERE city_id = :c AND kind = 'scan' "
                              "AND detected_on = :d"), {"c": acity.id, "d": last}).scalar() == len(alerts)
     # the next day the cluster is still in the 7-day window: the same alert, seen again, not a new one
     nxt = last + dt.timedelta(days=1)
-    again = la.scan_day(conn, acity, nxt, n_sim=199)
+    again = la.scan_day(conn, acity, nxt, n_sim=199, min_recurrence_days=100)
     assert any(a.get("continued") and a["id"] == top["id"] for a in again), (top, again)
     details = conn.execute(text("SELECT details FROM analytics_alert WHERE id = :i"), {"i": top["id"]}).scalar()
     assert details["last_seen"] == str(nxt)

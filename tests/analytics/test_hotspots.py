@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 from sqlalchemy import text
 
 from layers import analytics as la
@@ -62,8 +63,14 @@ def test_heat_from_rollup_equals_direct_kde(conn, acity):
     idx = g.locate(xs, ys)
     sel = np.array([c == "A1" for c in cats]) & (idx >= 0)
     direct = gheat.quartic_kde_grid(arr.cx[idx[sel]], arr.cy[idx[sel]], None, arr.cx, arr.cy, 300)
+    # the regular grid's stencil is normalised to keep each case's mass: the direct sum divided by the
+    # lattice mass of the kernel sampled at the cell offsets (within 300 m: offsets up to 2 cells)
+    off = np.arange(-2, 3) * 100.0
+    lattice = gheat.quartic_kernel(np.hypot(off[:, None], off[None, :]), 300).sum() * 100.0 ** 2
     # the test city is aligned to the 100 m grid: every cell is whole, its centroid is its centre
-    assert np.allclose(h["density"], direct, rtol=1e-9, atol=1e-9)
+    assert np.allclose(h["density"], direct / lattice, rtol=1e-9, atol=1e-9)
+    # no edge correction: the mass that falls outside the city is lost, none is created
+    assert 0.8 * h["total"] < h["density"].sum() * 0.01 <= h["total"] * (1 + 1e-9)
     assert h["density"].max() > 0
     fc = la.heat_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     assert fc["features"] and fc["bandwidth_m"] >= 100
@@ -78,38 +85,78 @@ def test_heat_from_rollup_equals_direct_kde(conn, acity):
     assert la.heat_geojson(conn, acity, dt.date(2019, 1, 1), dt.date(2019, 1, 2))["features"] == []
 
 
-def test_gi_star_equals_esda_on_db_data(conn, acity):
+def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity):
     import esda
     import libpysal
+    from scipy import stats
 
     rng = np.random.default_rng(3)
     _random_cases(conn, acity, rng, 800)
     h = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     arr = h["arrays"]
     g = arr.grid
-    # the same counts read independently from case_file, and libpysal's own queen weights on the cells
+    # the same counts read independently from case_file
     counts = dict(conn.execute(text("""SELECT cell_id, count(*) FROM case_file WHERE city_id = :c
         AND (received_at AT TIME ZONE 'Asia/Shanghai')::date BETWEEN '2020-01-01' AND '2020-01-10'
         AND merged_into IS NULL AND cell_id IS NOT NULL GROUP BY 1"""), {"c": acity.id}).all())
     y = np.array([counts.get(int(i), 0) for i in g.ids], dtype=float)
     assert np.array_equal(y, h["counts"])
-    import geopandas as gpd
-    gdf = gpd.GeoDataFrame(geometry=g.geoms)
-    w = libpysal.weights.Queen.from_dataframe(gdf, use_index=False, silence_warnings=True)
-    gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
+    assert not h["too_few"] and h["report"]["cases"] == int(y.sum())
+    # every cell's p is the exact binomial p of its unit's neighbourhood: scipy's binomtest, with the
+    # neighbourhood's share of the city's area read from PostGIS
+    r = h["result"]
+    area = dict(conn.execute(text("SELECT id, ST_Area(geom) FROM grid_cell WHERE grid_id = :g"),
+                             {"g": g.info.id}).all())
+    a = np.array([area[int(i)] for i in g.ids])
+    nb = r.scale.neighbourhoods()
+    for u in np.unique(r.scale.unit[h["bins"] != 0].tolist() + [0, r.scale.m // 2]):
+        members = np.isin(r.scale.unit, nb[u].indices)
+        share = a[members].sum() / a.sum()
+        obs = int(y[members].sum())
+        p_hot = stats.binomtest(obs, int(y.sum()), share, alternative="greater").pvalue
+        p_cold = stats.binomtest(obs, int(y.sum()), share, alternative="less").pvalue
+        i = int(np.flatnonzero(r.scale.unit == u)[0])
+        assert h["p"][i] == pytest.approx(min(1.0, 2 * min(p_hot, p_cold)), rel=1e-9)
     assert (h["bins"] > 0).any()  # the blob is a significant hot spot
     fc = la.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
-    assert len(fc["features"]) == int((h["bins"] != 0).sum())
+    assert fc["status"] == "ok" and fc["cases"] == int(y.sum()) and fc["scale"]["unit_m"] >= 100
+    assert len(fc["features"]) == int((r.bins != 0).sum())  # one feature per significant unit
+    assert sum(f["properties"]["cells"] for f in fc["features"]) == int((h["bins"] != 0).sum())
     assert all(f["properties"]["bin"] != 0 and f["properties"]["p"] <= 0.1 for f in fc["features"])
+    # a unit's polygon covers exactly its cells (the test city is aligned: whole units are squares)
+    import shapely
+    f0 = fc["features"][0]["properties"]
+    members = np.flatnonzero(r.scale.unit == f0["unit"])
+    assert f0["cells"] == members.size and f0["count"] == int(y[members].sum())
+    geom = la._unit_geoms(arr, r, np.array([f0["unit"]]))[0]
+    assert geom.area == pytest.approx(la.cell_areas(arr)[members].sum(), rel=1e-9)
+    assert shapely.covers(geom, shapely.centroid(g.geoms[members])).all()
     hot = [f for f in fc["features"] if f["properties"]["bin"] == 3]
     assert hot and all("热点 99%" in f["properties"]["label"] for f in hot)
-    # distance-band weights work too, and equal esda with libpysal's DistanceBand
-    hd = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10), weights_kind="distance", distance=250)
+    assert all(f["properties"]["observed"] > f["properties"]["expected"] for f in hot)
+    # the queen weights of the grid (kept for Gi*) equal libpysal's on the cell polygons
+    import geopandas as gpd
+    w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
+                                              silence_warnings=True)
+    gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
+    assert np.max(np.abs(gl.Zs - la.ghot.getis_ord_gi_star(y, la.weights(arr, "queen")))) < 1e-9
     wd = libpysal.weights.DistanceBand(np.column_stack([arr.cx, arr.cy]), threshold=250, binary=True,
                                        silence_warnings=True)
     gd = esda.G_Local(y, wd, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gd.Zs - hd["z"])) < 1e-9
+    assert np.max(np.abs(gd.Zs - la.ghot.getis_ord_gi_star(y, la.weights(arr, "distance", 250)))) < 1e-9
+
+
+def test_too_few_cases_is_an_answer_not_a_map(conn, acity):
+    from tests.analytics.helpers import cell_xy
+
+    x, y, _ = cell_xy(conn, acity, [3] * 29, [4] * 29)
+    insert(conn, acity, x, y, [at(2019, 5, 2)] * 29, ["F1"] * 29)
+    fc = la.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
+    assert fc["status"] == "too_few_cases" and fc["cases"] == 29 and fc["features"] == []
+    assert "案件过少" in fc["message"] and "Too few cases" in fc["message"]
+    insert(conn, acity, x[:1], y[:1], [at(2019, 5, 2)], ["F1"])
+    fc = la.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
+    assert fc["status"] == "ok" and fc["cases"] == 30
 
 
 def test_emerging_hotspots(conn, acity):
@@ -133,14 +180,17 @@ def test_emerging_hotspots(conn, acity):
                     ts.append(at(2020, 5, 4) + dt.timedelta(days=7 * wk + int(rng.integers(0, 7))))
     insert(conn, acity, xs, ys, ts, ["E1"] * len(xs))
     fc = la.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
-    cats = {f["properties"]["code"]: f["properties"]["category"] for f in fc["features"]}
-    assert any(c in ("New Hot Spot", "Consecutive Hot Spot") for c in cats.values()), fc["summary"]
+    cats = [f["properties"]["category"] for f in fc["features"]]
+    assert any(c in ("New Hot Spot", "Consecutive Hot Spot") for c in cats), fc["summary"]
+    assert fc["status"] == "ok" and fc["scale"]["unit_m"] >= 100
+    assert sum(f["properties"]["cells"] for f in fc["features"]) == sum(fc["summary"].values())
 
 
 def test_gi_star_equals_esda_on_a_clipped_grid(engine):
     """A round city: boundary cells are clipped, some no longer touch their grid neighbours
     our queen
-    weights are those of the cell polygons (libpysal Queen), so z equals esda to 1e-9."""
+    weights are those of the cell polygons (libpysal Queen), so Gi* equals esda to 1e-9; the exact test
+    uses the clipped areas."""
     import esda
     import geopandas as gpd
     import libpysal
@@ -158,12 +208,17 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
         insert(conn, city, xs, ys, [at(2020, 2, 1)] * 600, ["R1"] * 600)
         h = la.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
         g = h["arrays"].grid
+        assert (h["bins"] > 0).any() and h["report"]["neighbours"] >= 8
         assert g.index.partial.sum() > 20
         w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                                   silence_warnings=True)
         assert w.sparse.nnz < la.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
         gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
-        assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
+        assert np.max(np.abs(gl.Zs - la.ghot.getis_ord_gi_star(h["counts"], la.weights(h["arrays"])))) < 1e-9
+        # the clipped cells' areas (PostGIS) are the base of the exact test
+        area = dict(conn.execute(text("SELECT id, ST_Area(geom) FROM grid_cell WHERE grid_id = :g"),
+                                 {"g": g.info.id}).all())
+        assert np.allclose(la.cell_areas(h["arrays"]), [area[int(i)] for i in g.ids], rtol=1e-9)
         tx.rollback()
 
 

@@ -48,12 +48,13 @@ def test_mass_conservation_regular_grid():
 
 @pytest.mark.parametrize("h", [300.0, 450.0, 1000.0])
 def test_symmetry_single_cell(h):
-    dens, col0, row0, _ = quartic_kde_raster([10], [20], [7.0], size=50.0, bandwidth=h)
+    dens, col0, row0, _ = quartic_kde_raster([10], [20], [7.0], size=50.0, bandwidth=h, normalise=False)
     np.testing.assert_allclose(dens, dens[::-1, :], atol=1e-12 * dens.max())
     np.testing.assert_allclose(dens, dens[:, ::-1], atol=1e-12 * dens.max())
     np.testing.assert_allclose(dens, dens.T, atol=1e-12 * dens.max())
     assert dens[20 - row0, 10 - col0] == pytest.approx(7.0 * 3 / (np.pi * h * h) * 1e6)
     np.testing.assert_array_equal(quartic_stencil(50.0, h), quartic_stencil(50.0, h)[::-1, ::-1])
+    np.testing.assert_array_equal(quartic_stencil(50.0, h), quartic_stencil(50.0, h).T)
 
 
 @pytest.mark.parametrize("h", [430.0, 2000.0])  # small stencil (direct) and large (FFT)
@@ -68,16 +69,34 @@ def test_regular_convolution_equals_direct_sum(h):
     x0, y0 = 500_000.0, 3_300_000.0  # projected-looking offsets
     cx, cy = x0 + cols * size, y0 + rows * size
     ref = quartic_kde_grid(cx, cy, counts, cx, cy, h)
-    got = quartic_kde_regular(cols, rows, counts, size, h)
+    got = quartic_kde_regular(cols, rows, counts, size, h, normalise=False)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * ref.max())
+    # normalised (the default): the same divided by the lattice mass of the sampled kernel
+    lattice = quartic_stencil(size, h, normalise=False).sum() * (size / 1000) ** 2
+    np.testing.assert_allclose(quartic_kde_regular(cols, rows, counts, size, h), ref / lattice, rtol=0,
+                               atol=1e-9 * ref.max())
     # Cells outside the input (zero count, incl. beyond the bounding box).
     oc, orow = np.array([-40, -31, 0, 29, 35]), np.array([520, 499, 560, 549, 525])
     ref_o = quartic_kde_grid(cx, cy, counts, x0 + oc * size, y0 + orow * size, h)
-    got_o = quartic_kde_regular(cols, rows, counts, size, h, out_cols=oc, out_rows=orow)
+    got_o = quartic_kde_regular(cols, rows, counts, size, h, out_cols=oc, out_rows=orow, normalise=False)
     np.testing.assert_allclose(got_o, ref_o, rtol=0, atol=1e-9 * ref.max())
     # FFT round-off is cleaned: cells farther than h from every case are exactly 0.
     dens, c0, r0, _ = quartic_kde_raster(cols, rows, counts, size, h)
     assert dens.min() >= 0.0
+
+
+@pytest.mark.parametrize("h", [30.0, 50.0, 100.0, 150.0, 200.0, 290.0])
+def test_small_bandwidth_keeps_the_whole_mass(h):
+    """Unnormalised, the sampled stencil holds 0.95 (h = 1 cell) to 3.8 (h = half a cell) of the mass;
+    normalised, every case puts exactly its weight on the lattice, at any bandwidth."""
+    rng = np.random.default_rng(4)
+    cols, rows = rng.integers(20, 80, 200), rng.integers(20, 80, 200)
+    counts = rng.poisson(3, 200).astype(float) + 1
+    dens, *_ = quartic_kde_raster(cols, rows, counts, size=100.0, bandwidth=h)
+    assert dens.sum() * 0.1**2 == pytest.approx(counts.sum(), rel=1e-12)
+    raw, *_ = quartic_kde_raster(cols, rows, counts, size=100.0, bandwidth=h, normalise=False)
+    if h <= 100:  # a one-cell stencil: 3 / (pi h^2) times the cell area
+        assert raw.sum() * 0.1**2 == pytest.approx(counts.sum() * 3 / np.pi * (100 / h) ** 2, rel=1e-12)
 
 
 def test_default_bandwidth_rule():
