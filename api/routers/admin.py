@@ -6,11 +6,12 @@ import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import Connection
 
 from api.deps import ADMIN, get_conn
 from api.uploads import save_upload
+from api.validation import Body
 from citygrid import settings
 from layers import city as lcity
 from layers import users as lusers
@@ -20,7 +21,7 @@ from layers.models import ROLES
 router = APIRouter(prefix="/api/v1/admin", tags=["admin 管理"])
 
 
-class NewUser(BaseModel):
+class NewUser(Body):
     name: str = Field(..., min_length=1, max_length=80)
     role: str = Field(..., description="one of " + ", ".join(ROLES))
     department: str | None = None
@@ -47,7 +48,7 @@ def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, Geo
                 crs: str | None = Form(None, description="EPSG:4326, EPSG:4490, GCJ-02, BD-09 … "
                                                          "(default: the file's own)"),
                 name_en: str | None = Form(None),
-                working_epsg: int | None = Form(None),
+                working_epsg: int | None = Form(None, ge=1, le=999_999),
                 cell_size: float = Form(100.0, ge=5, le=5000),
                 _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
