@@ -170,6 +170,15 @@ def test_integers_beyond_64_bits(client, engine, tokens):
     assert client.get(f"/api/v1/cases/{INT64_MAX}", headers=op).status_code == 404
 
 
+def test_a_receiving_time_before_2000_is_refused(client, engine, tokens):
+    """Year 1 fits PostgreSQL, and then broke the clocks, heat maps and cell statistics (500s)."""
+    before = cases_written(engine)
+    r = client.post("/api/v1/cases", json={"category_code": "E10101", "received_at": "0001-01-01T00:00:00"},
+                    headers=auth(tokens["operator"]))
+    assert "2000-01-01" in refused(r, "body", "received_at")["detail"]
+    assert cases_written(engine) == before
+
+
 def _integer_schemas(node, where=""):
     """(where, schema) of every integer schema in an OpenAPI fragment."""
     if isinstance(node, dict):

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
-from pydantic import Field
+from pydantic import Field, field_validator
 from shapely.geometry import Point
 from sqlalchemy import Connection, text
 
@@ -26,6 +26,7 @@ from layers.city import CityInfo
 from layers.errors import InputError
 
 router = APIRouter(prefix="/api/v1", tags=["cases 案卷"])
+EARLIEST = dt.datetime(2000, 1, 1)  # the earliest receiving time a case may be given
 
 INTAKE = Allow("operator", "inspector", "supervisor", "admin")
 READERS = Allow("operator", "department", "inspector", "supervisor", "admin", "planner")
@@ -70,7 +71,7 @@ class CaseIn(Body):
     category_code: str = Field(..., max_length=40, description="类别 class code from GET /api/v1/catalog")
     channel: str = Field("电话", description="渠道: " + ", ".join(CHANNELS))
     source: Literal["hotline", "inspector", "other"] = "hotline"
-    received_at: dt.datetime | None = Field(None, description="受理时间 (default: now)")
+    received_at: dt.datetime | None = Field(None, description=f"受理时间 (default: now; not before {EARLIEST:%Y-%m-%d})")
     request_type: str | None = Field(None, description="诉求类型: " + ", ".join(REQUEST_TYPES))
     urgency: Literal["normal", "urgent", "emergency"] = "normal"
     title: str | None = Field(None, max_length=200)
@@ -80,6 +81,14 @@ class CaseIn(Body):
     source_ref: str | None = Field(None, max_length=80, description="来源编号 the source system's case number")
     asset_id: BigId | None = None
     contact: Contact | None = None
+
+    @field_validator("received_at")
+    @classmethod
+    def _not_ancient(cls, v: dt.datetime | None) -> dt.datetime | None:
+        # A year-1 case would be accepted by PostgreSQL and then break every clock and statistic.
+        if v is not None and v.replace(tzinfo=None) < EARLIEST:
+            raise ValueError(f"must not be before {EARLIEST:%Y-%m-%d}")
+        return v
 
 
 @router.post("/cases", summary="受理 Record a case (hotline call, inspector report)", status_code=201)
