@@ -97,10 +97,13 @@ class Body(BaseModel):
     def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None or isinstance(value, (int, float, BaseModel)):
             return value
-        found = _walk(value, info.field_name or "", (info.field_name or "") in FREE_TEXT)
+        name = info.field_name or ""
+        found = _walk(value, name, name in FREE_TEXT)
         if found:
             where, problem = found
-            raise PydanticCustomError("control_character", "{where}: {problem}", {"where": where, "problem": problem})
+            if where != name:  # inside a list or a free-form object: say where
+                problem = f"in {where}: {problem}"
+            raise PydanticCustomError("control_character", "{problem}", {"problem": problem})
         return value
 
 
