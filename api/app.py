@@ -8,12 +8,13 @@ import pkgutil
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import api.routers
+from api import validation
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from gis.crs import CRSError
 from layers.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound
@@ -75,6 +76,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         description="12345 热线与数字城管的网格化管理服务 — grid management for a 12345 hotline center "
                     "and digital urban management. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        dependencies=[Depends(validation.check_form)],
     )
 
     # Errors of bad input raised below the routers become 4xx answers that say what is wrong.
@@ -85,21 +87,15 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):
-        # Say what is wrong, in short, without echoing huge inputs back.
-        problems = []
-        for err in e.errors()[:10]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-            problems.append(f"{where}: {err.get('msg')}")
-        more = len(e.errors()) - len(problems)
-        detail = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
-        return JSONResponse({"detail": detail, "errors": [
-            {"loc": err.get("loc"), "msg": err.get("msg"), "type": err.get("type")} for err in e.errors()[:10]
-        ]}, status_code=422)
+        # Say what is wrong, in short, without echoing huge inputs back (the body the OpenAPI declares).
+        return JSONResponse(validation.error_body(e.errors()), status_code=422)
 
     for router in routers():
         app.include_router(router)
     app.add_middleware(CachedTileFastPath)
     app.add_middleware(ReportIntakeFastPath)
+    app.add_middleware(validation.ParameterGuard)  # outermost: before the fast paths
+    validation.declare_error_schema(app)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import Connection
 
 from api.deps import ADMIN, get_conn
 from api.uploads import save_upload
+from api.validation import Body, json_problem
 from citygrid import settings
 from layers import city as lcity
 from layers import users as lusers
-from layers.errors import Conflict
+from layers.errors import Conflict, InputError
 from layers.files import VECTOR_SUFFIXES
 from layers.models import ROLES
 
@@ -26,7 +28,7 @@ _DAYS = Field(None, ge=1, le=lusers.MAX_TOKEN_DAYS,
               description="days the token is valid (default: the setting CITYGRID_AUTH_TOKEN_DAYS)")
 
 
-class NewUser(BaseModel):
+class NewUser(Body):
     name: str = Field(..., min_length=1, max_length=80)
     role: str = Field(..., description="one of " + ", ".join(ROLES))
     department: str | None = None
@@ -34,7 +36,7 @@ class NewUser(BaseModel):
     expires_in_days: int | None = _DAYS
 
 
-class NewToken(BaseModel):
+class NewToken(Body):
     expires_in_days: int | None = _DAYS
 
 
@@ -75,7 +77,7 @@ def import_city(file: UploadFile = File(..., description="boundary: GeoJSON, Geo
                 crs: str | None = Form(None, description="EPSG:4326, EPSG:4490, GCJ-02, BD-09 … "
                                                          "(default: the file's own)"),
                 name_en: str | None = Form(None),
-                working_epsg: int | None = Form(None),
+                working_epsg: int | None = Form(None, ge=1, le=999_999),
                 cell_size: float = Form(100.0, ge=5, le=5000),
                 _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     with tempfile.TemporaryDirectory(prefix="citygrid-up-") as tmp:
@@ -103,7 +105,7 @@ def import_grid(slug: str, file: UploadFile = File(...), code_field: str = Form(
 
 @router.post("/calendar/years", status_code=201,
              summary="导入节假日安排 Load a year of the working-time calendar (State Council notice)")
-def load_calendar_year(body: dict = Body(..., examples=[{
+def load_calendar_year(body: dict = BodyParam(..., examples=[{
         "year": 2027, "source": {"title": "国务院办公厅关于2027年部分节假日安排的通知", "document_no": "国办发明电〔…〕…号",
                                  "date": "YYYY-MM-DD"},
         "holidays": ["2027-01-01"], "workdays": []}]),
@@ -112,6 +114,9 @@ def load_calendar_year(body: dict = Body(..., examples=[{
     whose deadline was recorded as unknown their deadline. 422 says what is wrong with the file."""
     from layers import calendar as lcal
 
+    refused = json_problem(body)
+    if refused is not None:
+        raise InputError(f"{refused[0]}: {refused[1]}")
     return lcal.import_year(conn, body, loaded_by=f"admin:{user.name}")
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import Connection
 
 from api.deps import ADMIN, PUBLIC, STAFF, Allow, get_city, get_conn
 from api.uploads import save_upload
+from api.validation import INT32_MAX, MAX_OFFSET, Body
 from gis import crs as gcrs
 from layers import asset_import as limp
 from layers import assets as la
@@ -25,7 +26,7 @@ EDITORS = Allow("admin", "department")
 CRS_HELP = "EPSG:4326 (default), EPSG:4490, the working CRS, GCJ-02 or BD-09"
 
 
-class AssetIn(BaseModel):
+class AssetIn(Body):
     class_code: str = Field(..., description="4-digit small class (小类), e.g. 0101 上水井盖", max_length=4)
     geometry: dict[str, Any] = Field(..., description="GeoJSON geometry in `crs`")
     crs: str = Field("EPSG:4326", description="CRS of the geometry: " + CRS_HELP)
@@ -40,7 +41,7 @@ class AssetIn(BaseModel):
     note: str | None = Field(None, max_length=2000)
 
 
-class AssetPatch(BaseModel):
+class AssetPatch(Body):
     model_config = {"extra": "forbid"}
     class_code: str | None = Field(None, max_length=4)
     geometry: dict[str, Any] | None = None
@@ -53,10 +54,10 @@ class AssetPatch(BaseModel):
     installed_on: str | None = None
     photo: str | None = Field(None, max_length=200)
     note: str | None = Field(None, max_length=2000)
-    version: int | None = Field(None, description="the version you edited (optimistic lock)")
+    version: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = Field(None, description="the version you edited (optimistic lock)")
 
 
-class RetireIn(BaseModel):
+class RetireIn(Body):
     reason: str | None = Field(None, max_length=2000)
 
 
@@ -74,7 +75,7 @@ def asset_classes(kind: str = Query("component", pattern="^(component|event)$"),
 def list_assets(class_code: str | None = Query(None, alias="class", max_length=4),
                 cell: str | None = Query(None, max_length=15), bbox: str | None = Query(None),
                 crs: str = Query("EPSG:4326", description="output CRS: " + CRS_HELP),
-                include_retired: bool = False, limit: int = Query(100, ge=1, le=5000), offset: int = Query(0, ge=0),
+                include_retired: bool = False, limit: int = Query(100, ge=1, le=5000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                 _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     from layers.catalog import build_filters
 

@@ -11,11 +11,12 @@ from typing import Literal
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field, field_validator
 from shapely.geometry import Point
 from sqlalchemy import Connection, text
 
 from api.deps import Allow, get_city, get_conn
+from api.validation import INT64_MAX, MAX_OFFSET, BigId, Body
 from citygrid import settings
 from gis import crs as gcrs
 from layers import calendar as lcal
@@ -26,6 +27,7 @@ from layers.city import CityInfo
 from layers.errors import InputError
 
 router = APIRouter(prefix="/api/v1", tags=["cases 案卷"])
+EARLIEST = dt.datetime(2000, 1, 1)  # the earliest receiving time a case may be given
 
 INTAKE = Allow("operator", "inspector", "supervisor", "admin")
 READERS = Allow("operator", "department", "inspector", "supervisor", "admin", "planner")
@@ -42,7 +44,7 @@ def forbid(fn, *args, **kw):
         raise HTTPException(403, f"无权限 {e}") from None
 
 
-class Location(BaseModel):
+class Location(Body):
     x: float = Field(..., description="经度 longitude (or easting in a projected CRS)")
     y: float = Field(..., description="纬度 latitude (or northing)")
     crs: str = Field("EPSG:4326", description="EPSG:4326, EPSG:4490, the working CRS, GCJ-02 or BD-09")
@@ -61,16 +63,16 @@ def to_working(city: CityInfo, loc: Location | None) -> Point | None:
     return Point(float(x[0]), float(y[0]))
 
 
-class Contact(BaseModel):
+class Contact(Body):
     name: str | None = Field(None, max_length=80)
     phone: str | None = Field(None, max_length=40)
 
 
-class CaseIn(BaseModel):
+class CaseIn(Body):
     category_code: str = Field(..., max_length=40, description="类别 class code from GET /api/v1/catalog")
     channel: str = Field("电话", description="渠道: " + ", ".join(CHANNELS))
     source: Literal["hotline", "inspector", "other"] = "hotline"
-    received_at: dt.datetime | None = Field(None, description="受理时间 (default: now)")
+    received_at: dt.datetime | None = Field(None, description=f"受理时间 (default: now; not before {EARLIEST:%Y-%m-%d})")
     request_type: str | None = Field(None, description="诉求类型: " + ", ".join(REQUEST_TYPES))
     urgency: Literal["normal", "urgent", "emergency"] = "normal"
     title: str | None = Field(None, max_length=200)
@@ -78,8 +80,16 @@ class CaseIn(BaseModel):
     address: str | None = Field(None, max_length=500)
     location: Location | None = None
     source_ref: str | None = Field(None, max_length=80, description="来源编号 the source system's case number")
-    asset_id: int | None = None
+    asset_id: BigId | None = None
     contact: Contact | None = None
+
+    @field_validator("received_at")
+    @classmethod
+    def _not_ancient(cls, v: dt.datetime | None) -> dt.datetime | None:
+        # A year-1 case would be accepted by PostgreSQL and then break every clock and statistic.
+        if v is not None and v.replace(tzinfo=None) < EARLIEST:
+            raise ValueError(f"must not be before {EARLIEST:%Y-%m-%d}")
+        return v
 
 
 @router.post("/cases", summary="受理 Record a case (hotline call, inspector report)", status_code=201)
@@ -117,7 +127,7 @@ def cases(state: str | None = Query(None, max_length=200, description="state(s),
           department: str | None = Query(None, max_length=40),
           overdue: bool | None = None, needs_location: bool = False,
           q: str | None = Query(None, max_length=100, description="case number or text"),
-          limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+          limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
           user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return wf.list_cases(conn, city, user, state=state, category=category, department=department, overdue=overdue,
                          needs_location=needs_location, q=q, limit=limit, offset=offset)
@@ -132,7 +142,7 @@ def case_alerts(level: Literal["yellow", "red", "all"] = "all", limit: int = Que
 
 
 @router.get("/cases/needs-location", summary="待定位 Cases without a location, for an operator to place")
-def needs_location(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+def needs_location(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                    user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     # Plain JSON values already (times as ISO text): written by orjson, not walked by jsonable_encoder
     # (which took longer than the query and the 1,000 clocks together).
@@ -143,7 +153,7 @@ def needs_location(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0
 
 
 @router.get("/cases/{case_id}", summary="案卷详情 One case with its events and clock")
-def case(case_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
+def case(case_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
          city: CityInfo = Depends(get_city)):
     out = forbid(wf.case_detail, conn, city, case_id, user)
     out["actions"] = wf.allowed_actions(conn, case_id, user)  # what this user may do now (the pages' buttons)
@@ -151,13 +161,13 @@ def case(case_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection
 
 
 @router.get("/cases/{case_id}/proposal", summary="派遣建议 The proposed department (部件先属主后属地, 事件先属地后属主)")
-def proposal(case_id: int = Path(..., ge=1), _=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
+def proposal(case_id: int = Path(..., ge=1, le=INT64_MAX), _=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
              city: CityInfo = Depends(get_city)):
     forbid(wf.case_detail, conn, city, case_id, _)
     return wf.propose_department(conn, case_id)
 
 
-class ActionIn(BaseModel):
+class ActionIn(Body):
     note: str | None = Field(None, max_length=2000)
     reason: str | None = Field(None, max_length=2000)
     photos: list[str] | None = Field(None, max_length=20)
@@ -169,7 +179,7 @@ class ActionIn(BaseModel):
 
 
 @router.post("/cases/{case_id}/actions/{action}", summary="流转 Apply a workflow action to a case")
-def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1),
+def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1, le=INT64_MAX),
         action: str = Path(..., max_length=20, description=", ".join(wf.ACTIONS)),
         user=Depends(ACTORS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     body = body or ActionIn()
@@ -180,18 +190,18 @@ def act(body: ActionIn | None = None, case_id: int = Path(..., ge=1),
 
 
 @router.post("/cases/{case_id}/location", summary="定位 Place a case of the needs-location queue on the map")
-def place(body: Location, case_id: int = Path(..., ge=1), user=Depends(DISPATCHERS),
+def place(body: Location, case_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(DISPATCHERS),
           conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return wf.place_location(conn, city, case_id, to_working(city, body), user)
 
 
-class MergeIn(BaseModel):
-    into: int = Field(..., ge=1, description="the id of the open case to merge into")
+class MergeIn(Body):
+    into: int = Field(..., ge=1, le=INT64_MAX, description="the id of the open case to merge into")
     note: str | None = Field(None, max_length=500)
 
 
 @router.post("/cases/{case_id}/merge", summary="并单 Merge a case into another by hand")
-def merge(body: MergeIn, case_id: int = Path(..., ge=1), user=Depends(DISPATCHERS),
+def merge(body: MergeIn, case_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(DISPATCHERS),
           conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     forbid(wf.case_detail, conn, city, case_id, user)
     ldup.link_duplicate(conn, case_id, body.into, user, note=body.note)
@@ -240,7 +250,7 @@ async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None 
     return report.as_dict()
 
 
-class NoticeIn(BaseModel):
+class NoticeIn(Body):
     title: str = Field(..., min_length=1, max_length=200)
     body: str = Field(..., min_length=1, max_length=10_000)
     expires_at: dt.datetime | None = None

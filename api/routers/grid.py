@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
 from api.deps import STAFF, get_city, get_conn
+from api.validation import MAX_OFFSET, Body
 from citygrid import settings
 from gis import crs as gcrs
 from layers import grid as lgrid
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/api/v1", tags=["grid 单元网格"])
 CRS_HELP = "EPSG:4326 (default), EPSG:4490, the working CRS (e.g. EPSG:4549), GCJ-02 or BD-09"
 
 
-class SnapRequest(BaseModel):
+class SnapRequest(Body):
     crs: str = Field("EPSG:4326", description="坐标系 CRS of the points: " + CRS_HELP)
     points: list[tuple[float, float]] = Field(
         ..., description="[[x, y], …] — [lon, lat] for geographic CRSs; at most 100,000 points",
@@ -80,7 +81,8 @@ def cell(code: str = Path(..., description="14- or 15-digit cell code", max_leng
 def cells(bbox: str = Query(..., description="minx,miny,maxx,maxy (in bbox-crs)", examples=["121.16,31.88,121.18,31.90"]),
           bbox_crs: str = Query("EPSG:4326", alias="bbox-crs", description="CRS of bbox: " + CRS_HELP),
           crs: str = Query("EPSG:4326", description="output CRS: " + CRS_HELP),
-          limit: int = Query(1000, ge=1), offset: int = Query(0, ge=0),
+          limit: int = Query(1000, ge=1, le=settings.api().max_cells_per_request),
+          offset: int = Query(0, ge=0, le=MAX_OFFSET),
           _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     cap = settings.api().max_cells_per_request
     if limit > cap:

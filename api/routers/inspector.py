@@ -9,11 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy import Connection, text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Allow, DeferredAllow, TokenClaim, get_apool, get_city, get_conn
+from api.validation import INT64_MAX, MAX_OFFSET, Body
 from gis.crs import CRSError
 from layers import intake as lintake
 from layers import photostore as lstore
@@ -114,7 +115,7 @@ def create_report(
     return JSONResponse(result, status_code=201)
 
 
-class ReportJson(BaseModel):
+class ReportJson(Body):
     category_code: str = Field(..., max_length=40, description="类别 case class code")
     lon: float | None = Field(None, description="device longitude (in crs)")
     lat: float | None = Field(None, description="device latitude (in crs)")
@@ -216,7 +217,8 @@ async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency
     try:
         body = ReportJson.model_validate_json(raw)
     except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}  # where FastAPI would say it is
+                                      for err in e.errors(include_url=False, include_context=False)]) from None
     if city is not None and len(city) > 40:
         raise InputError("city: at most 40 characters")
     slug = city or settings.api().default_city
@@ -228,19 +230,19 @@ async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency
 
 
 @router.get("/reports", summary="上报列表 Reports (an inspector sees their own)")
-def reports(mine: bool = False, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+def reports(mine: bool = False, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
             user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return lreports.list_reports(conn, city, user, mine=mine, limit=limit, offset=offset)
 
 
 @router.get("/reports/{report_id}", summary="上报详情 One report as first acknowledged, with its case's state now")
-def report(report_id: int = Path(..., ge=1), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
+def report(report_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"),
            city: CityInfo = Depends(get_city)):
     return _forbid(lreports.get_report, conn, city, report_id, user)
 
 
 @router.get("/reports/{report_id}/photos/{seq}/{variant}", summary="照片 A photo: public copy, thumbnail or the original")
-def report_photo(report_id: int = Path(..., ge=1), seq: int = Path(..., ge=0, le=99),
+def report_photo(report_id: int = Path(..., ge=1, le=INT64_MAX), seq: int = Path(..., ge=0, le=99),
                  variant: str = Path(..., pattern="^(public|thumb|original)$"),
                  user=Depends(READERS), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     data, media = _forbid(lreports.photo_file, conn, city, report_id, seq, variant, user, lstore.PhotoStore.default())

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
 from api.fastpath import tile_response
+from api.validation import MAX_OFFSET
 from citygrid import settings
 from layers import catalog as lcat
 from layers import export as lexp
@@ -220,8 +221,8 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
 
 @router.get("/tiles/{name}/{z}/{x}/{y}.mvt", summary="矢量瓦片 Vector tile (MVT, EPSG:3857 XYZ)",
             response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
-async def tile(request: Request, name: str = Path(..., max_length=60), z: int = Path(...), x: int = Path(...),
-               y: int = Path(...), city: str | None = Query(None, max_length=40, description="城市 City slug"),
+async def tile(request: Request, name: str = Path(..., max_length=60), z: int = Path(..., ge=0, le=ltiles.MAX_ZOOM),
+               x: int = Path(..., ge=0, le=2**ltiles.MAX_ZOOM - 1), y: int = Path(..., ge=0, le=2**ltiles.MAX_ZOOM - 1), city: str | None = Query(None, max_length=40, description="城市 City slug"),
                if_none_match: str | None = Header(None, include_in_schema=False),
                authorization: str | None = Header(None, include_in_schema=False),
                accept_encoding: str | None = Header(None, include_in_schema=False),
@@ -343,7 +344,7 @@ def ogc_queryables(request: Request, name: str = Path(..., max_length=60), _=Dep
 def ogc_items(request: Request, name: str = Path(..., max_length=60), f: str | None = None,
               bbox: str | None = None, bbox_crs: str = Query(logc.CRS84, alias="bbox-crs"),
               datetime: str | None = Query(None, max_length=80), limit: int = Query(10, ge=1, le=logc.MAX_LIMIT),
-              offset: int = Query(0, ge=0), crs: str | None = None,
+              offset: int = Query(0, ge=0, le=MAX_OFFSET), crs: str | None = None,
               _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
               city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from sqlalchemy import Connection
 
 from api.deps import PUBLIC, get_conn
+from api.validation import form_problem
 from citygrid import settings
 from layers import city as lcity
 from layers import open311 as o3
@@ -118,6 +119,9 @@ async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Conn
     except Exception:  # noqa: BLE001 - a body that is not a form
         return _error(fmt, 400, "the body must be application/x-www-form-urlencoded")
     fields = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    refused = form_problem(form.multi_items())  # (the query parameters were checked by ParameterGuard)
+    if refused is not None:
+        return _error(fmt, 422, f"{refused[0]}: {refused[1]}")
     key = (fields.get("api_key") or "").strip()
     user = lusers.user_for_token(conn, key) if key else None
     if user is None:

@@ -8,10 +8,11 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import Connection
 
 from api.deps import PUBLIC, get_city, get_conn
+from api.validation import Body
 from citygrid import settings
 from layers import citizen
 from layers.city import CityInfo
@@ -45,7 +46,7 @@ async def submit(category_code: str = Form(..., max_length=40), description: str
     return out
 
 
-class Lookup(BaseModel):
+class Lookup(Body):
     case_no: str = Field(..., min_length=1, max_length=40)
     query_code: str = Field(..., min_length=1, max_length=20)
 

@@ -92,7 +92,7 @@ def heat(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function")
 
 @router.get("/supervisor/heat/tiles/{z}/{x}/{y}.mvt", summary="热力瓦片 Heat as vector tiles (MVT, EPSG:3857 XYZ)",
             response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
-def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0), y: int = Path(..., ge=0),
+def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**22 - 1), y: int = Path(..., ge=0, le=2**22 - 1),
               _=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"),
               city: CityInfo = Depends(get_city), start: str | None = START, end: str | None = END,
               category: str | None = CATS, channel: str | None = CHANS,

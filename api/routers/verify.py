@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
 from api.routers.inspector import _read_upload
+from api.validation import INT64_MAX
 from layers import reports as lreports
 from layers import verification as lver
 from layers.city import CityInfo
@@ -39,7 +40,7 @@ READERS = Allow("inspector", "operator", "department", "supervisor", "admin")
              responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
                         201: {"description": "the check, the case's new state, distance and flags, the photos"}})
 def verify(
-    case_id: int = Path(..., ge=1),
+    case_id: int = Path(..., ge=1, le=INT64_MAX),
     result: str = Form(..., pattern="^(ok|fail)$", description="ok 通过 (verify_ok) or fail 不通过 (verify_fail, 返工)"),
     photos: list[UploadFile] = File(..., description="1–9 photos of the site now: JPEG, PNG, WebP or HEIC"),
     note: str | None = Form(None, max_length=2000, description="备注; for fail the reason (required)"),
@@ -80,20 +81,20 @@ def verify(
 
 
 @router.get("/cases/{case_id}/verify", summary="核查任务 What the on-site check needs: case, place, feedback, earlier checks")
-def verify_task(case_id: int = Path(..., ge=1), user=Depends(READERS),
+def verify_task(case_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(READERS),
                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return lver.task(conn, city, case_id, user)
 
 
 @router.get("/verifications/{verification_id}", summary="核查结果 One on-site check as first answered")
-def verification(verification_id: int = Path(..., ge=1), user=Depends(READERS),
+def verification(verification_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(READERS),
                  conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return lver.get_verification(conn, city, verification_id, user)
 
 
 @router.get("/verifications/{verification_id}/photos/{seq}/{variant}",
             summary="核查照片 A photo of a check: public copy, thumbnail or the original")
-def verification_photo(verification_id: int = Path(..., ge=1), seq: int = Path(..., ge=0, le=99),
+def verification_photo(verification_id: int = Path(..., ge=1, le=INT64_MAX), seq: int = Path(..., ge=0, le=99),
                        variant: str = Path(..., pattern="^(public|thumb|original)$"), user=Depends(READERS),
                        conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     data, media = lver.photo_file(conn, city, verification_id, seq, variant, user, lver.photo_store())
