@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from sqlalchemy import Connection
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
+from api.validation import INT64_MAX
 from layers import city as lcity
 from layers import wechat as lwx
 from layers.city import CityInfo
@@ -207,7 +208,7 @@ STAFF = Allow("inspector", "operator", "department", "supervisor", "admin")
 
 @router.get("/api/v1/cases/{case_id}/wechat-photos/{photo_id}/{variant}",
             summary="微信照片 A photo a citizen sent in the chat (public copy or thumbnail)")
-def wechat_photo(case_id: int = Path(..., ge=1), photo_id: int = Path(..., ge=1),
+def wechat_photo(case_id: int = Path(..., ge=1, le=INT64_MAX), photo_id: int = Path(..., ge=1, le=INT64_MAX),
                  variant: str = Path(..., pattern="^(public|thumb)$"), user=Depends(STAFF),
                  conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     data, media_type = lwx.photo_file(conn, city, case_id, photo_id, variant, user)
