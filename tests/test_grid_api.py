@@ -129,8 +129,9 @@ def test_snap_edges_and_corners(client, staff, engine, haimen):
     """Cells are half-open: a point on a shared edge or corner goes to the cell to its north-east."""
     with engine.connect() as c:
         col, row = c.execute(text("""SELECT col, "row" FROM grid_cell gc JOIN grid g ON g.id = gc.grid_id
-            WHERE g.active AND NOT partial AND EXISTS (SELECT 1 FROM grid_cell o WHERE o.grid_id = g.id
-            AND NOT o.partial AND o.col = gc.col - 1 AND o."row" = gc."row" - 1) LIMIT 1""")).one()
+            WHERE g.active AND g.city_id = :city AND NOT partial AND EXISTS (SELECT 1 FROM grid_cell o
+            WHERE o.grid_id = g.id AND NOT o.partial AND o.col = gc.col - 1 AND o."row" = gc."row" - 1) LIMIT 1"""),
+            {"city": haimen.id}).one()
     x0, y0 = col * 100.0, row * 100.0
     pts = [[x0, y0],            # SW corner: this cell
            [x0, y0 + 50],       # west edge: this cell

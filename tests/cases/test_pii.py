@@ -164,7 +164,7 @@ def test_anonymous_output_never_shows_personal_data(app, client, fed, engine):
     tiles = {_tile(lon, lat, z) for lon, lat in zip(lons, lats, strict=True) for z in (12, 15)}
     values = {
         "fmt": ["json", "xml"], "request_id": nos, "token": nos, "code": ["E50401"], "name": case_layers,
-        "theme": ["cases"], "z_x_y": sorted(tiles), "fid": cell_ids, "slug": ["haimen"],
+        "theme": ["cases"], "z_x_y": sorted(tiles), "fid": cell_ids, "slug": ["haimen"], "city": ["haimen"],
         "job_id": None,  # a background export writes the same rows as the synchronous export scanned here
     }
     responses = []
