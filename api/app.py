@@ -15,11 +15,13 @@ from fastapi.staticfiles import StaticFiles
 
 import api.routers
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
+from api.headers import PAGES, SecurityHeaders
+from api.limits import BodyLimit, DatabaseUnavailable, RateLimits
+from citygrid import settings
 from gis.crs import CRSError
-from layers.errors import Conflict, Forbidden, InputError, NotFound
+from layers.errors import Conflict, Forbidden, InputError, NotFound, hide_paths
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-PAGES = ("inspector", "supervisor", "planner", "public", "operator")
 log = logging.getLogger("citygrid")
 
 
@@ -35,7 +37,7 @@ def routers() -> list:
 
 def _handler(status: int):
     async def handle(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status)
+        return JSONResponse({"detail": hide_paths(str(e))}, status_code=status)
 
     return handle
 
@@ -93,8 +95,14 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     for router in routers():
         app.include_router(router)
+    app.state.rate_limits = RateLimits()
+    # Pure-ASGI middleware, innermost first: the fast paths; the body cap (before any body is read, also
+    # the fast paths'); 503 while the database cannot be reached; security headers on every answer.
     app.add_middleware(CachedTileFastPath)
     app.add_middleware(ReportIntakeFastPath)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(DatabaseUnavailable)
+    app.add_middleware(SecurityHeaders, static=STATIC, basemap_url=settings.api().basemap_url)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
