@@ -65,6 +65,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
         try:
             yield
         finally:
+            from api import offload
+
+            offload.shutdown()
             await close_apool(app)
             app.state.engine.dispose()
 

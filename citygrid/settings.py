@@ -96,6 +96,9 @@ class ApiSettings(BaseSettings):
     #: processes a client may make N times the limit; point it at ``redis://host:6379`` (or memcached)
     #: to share the counters between processes and hosts.
     rate_limit_storage: str = "memory://"
+    #: Worker processes that run case imports (``api/offload.py``: an import in a thread would stop the
+    #: event loop for the interpreter lock); more imports at a time wait for one.
+    import_processes: int = Field(1, ge=1, le=16)
     #: Seconds a client is told to wait (Retry-After) while the database cannot be reached (503).
     db_retry_after_s: int = Field(5, ge=1, le=3600)
 

@@ -77,8 +77,10 @@ def store_photo(data: bytes) -> str:
 def submit(conn: Connection, city: CityInfo, *, category_code: str, description: str, lon: float | None = None,
            lat: float | None = None, crs: str = "GCJ-02", address: str | None = None, photo: bytes | None = None,
            name: str | None = None, phone: str | None = None, openid: str | None = None,
-           channel: str = "微信", request_type: str | None = None, accuracy_m: float | None = None) -> dict:
-    """A citizen's request: returns the case number and the query code (shown once)."""
+           channel: str = "微信", request_type: str | None = None, accuracy_m: float | None = None,
+           photo_copy: bytes | None = None) -> dict:
+    """A citizen's request: returns the case number and the query code (shown once). ``photo``: the
+    uploaded bytes, checked here; or ``photo_copy``: the result of :func:`check_photo` made elsewhere."""
     description = (description or "").strip()
     if not description:
         raise InputError("describe the problem (description is empty)")
@@ -104,7 +106,7 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
             loc, confidence, src_name = hit["point"], hit["confidence"], "gazetteer"
     # The photo is checked now but written only once the case is: a refused submission (a point
     # outside the city, an unknown class …) leaves no file behind.
-    copy = check_photo(photo) if photo else None
+    copy = photo_copy if photo_copy is not None else (check_photo(photo) if photo else None)
     opened = wf.open_case(conn, city, source="citizen", channel=channel, category_code=category_code,
                           received_at=lcal.now(), location=loc, description=description[:5000], address=address,
                           request_type=request_type, contact={"name": name, "phone": phone, "openid": openid},

@@ -9,7 +9,7 @@ from pathlib import Path as FsPath
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 from shapely.geometry import Point
 from sqlalchemy import Connection, text
@@ -212,11 +212,12 @@ def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_
 
 
 @router.post("/cases/import", summary="批量导入 Import cases from CSV/XLSX/JSON with a column mapping")
-def import_cases(file: UploadFile = File(...), mapping: UploadFile | None = File(None),
+def import_cases(request: Request, file: UploadFile = File(...), mapping: UploadFile | None = File(None),
                  dry_run: bool = Form(False), user=Depends(Allow("operator", "admin")),
-                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    # A plain function (run in a worker thread): parsing and writing 50,000 rows must not hold the event loop.
-    from layers import hotline
+                 city: CityInfo = Depends(get_city)):
+    # A plain function (run in a worker thread), and the import itself in a worker process (api/offload.py):
+    # parsing and writing 50,000 rows must not hold the event loop. It commits there, in its own transaction.
+    from api import offload
 
     cap = settings.api().max_upload_bytes
     data = file.file.read(cap + 1)
@@ -230,8 +231,8 @@ def import_cases(file: UploadFile = File(...), mapping: UploadFile | None = File
         if mapping is not None:
             mpath = FsPath(tmp) / "mapping.json"
             mpath.write_bytes(mapping.file.read(1_000_000))
-        report = hotline.import_cases(conn, city, path, mapping=mpath, actor=user, dry_run=dry_run, progress=False)
-    return report.as_dict()
+        return offload.import_cases(request.app.state.database_url, city, path, mapping=mpath, actor=user,
+                                    dry_run=dry_run)
 
 
 class NoticeIn(BaseModel):

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 
+from api import offload
 from api.deps import PUBLIC, client_address, get_city, get_conn
 from api.limits import RateLimit
 from layers import citizen
@@ -37,15 +38,15 @@ def submit(category_code: str = Form(..., max_length=40), description: str = For
                  photo: UploadFile | None = File(None),
                  _=Depends(PUBLIC), _limit=Depends(RateLimit("submit")),
                  conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    # A plain function: FastAPI runs it in a worker thread, so decoding the photo and writing the case
-    # never hold up the event loop (photo decodes are bounded: gis.photos.DECODE_SLOTS).
-    data = None
+    # A plain function: FastAPI runs it in a worker thread, and the photo is checked and re-encoded in a
+    # worker process (api/offload.py): neither the photo nor the write ever holds up the event loop.
+    copy = None
     if photo is not None and photo.filename:
         data = photo.file.read(citizen.MAX_PHOTO_BYTES + 1)
-        if not data:
-            data = None
+        if data:
+            copy = offload.citizen_photo(data)
     out = citizen.submit(conn, city, category_code=category_code, description=description, lon=lon, lat=lat,
-                         crs=crs, address=address, photo=data, name=name, phone=phone, channel=channel,
+                         crs=crs, address=address, photo_copy=copy, name=name, phone=phone, channel=channel,
                          accuracy_m=accuracy_m)
     return out
 
