@@ -43,7 +43,7 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
 # -- 1. the event loop never blocks ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def load_city(engine):
+def load_city(engine, haimen):  # after Haimen: pages and tests list the demo city first
     with engine.begin() as conn:
         city, _ = metric_city(conn, "loadtest", "负载测试市", "990301", LOAD_BOX)
     return city
@@ -296,12 +296,14 @@ def test_46_concurrent_export_jobs_never_500(app, live_server, engine, haimen):
     refused = [(body, ra) for _, s, body, ra in results if s == 429]
     assert accepted and refused
     assert all(ra and int(ra) > 0 and "export jobs" in body["detail"] for body, ra in refused)
-    # The same ask is one job (shared while it runs); at most max_jobs_per_client different ones ran.
+    # The same ask is one job (shared while it runs, or done); the others wait for a free slot (429: the
+    # cap of this client's running jobs — a slot frees as soon as a job is done, so which asks got one
+    # depends on timing; the caps themselves: test_export_job_caps_per_city_and_client).
     by_ask: dict = {}
     for a, body in accepted:
         by_ask.setdefault(a, set()).add(body["id"])
     assert all(len(ids) == 1 for ids in by_ask.values()), by_ask
-    assert len(by_ask) <= settings.export().max_jobs_per_client
+    assert len(by_ask) < len(combos)
     for ids in by_ask.values():
         st = _wait_job(live_server, {"status_url": f"/api/v1/export-jobs/{next(iter(ids))}"})
         assert st["status"] == "done" and st["rows"] > 1000, st
