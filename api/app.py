@@ -62,6 +62,12 @@ def create_app(database_url: str | None = None) -> FastAPI:
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)
         app.state.places = PlaceCache(app.state.engine)
+        # What start-up made lives as long as the server: out of the cyclic collector's way, so that a
+        # full collection (which stops every request in flight) does not walk it again and again.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

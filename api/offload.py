@@ -23,6 +23,7 @@ from fastapi import HTTPException
 from citygrid import settings
 
 _pools: dict[str, ProcessPoolExecutor] = {}
+_reniced: set[int] = set()
 _lock = threading.Lock()
 
 
@@ -38,8 +39,17 @@ def _follow_parent(parent: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="citygrid-offload-parent", daemon=True).start()
-    try:  # batch work: the server's own process (answering requests) goes first for the CPU
-        os.nice(10)
+    _renice(os.getpid())
+
+
+NICE = 10  # batch work: the server's own process (answering requests) goes first for the CPU
+
+
+def _renice(pid: int) -> None:
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, max(NICE, os.getpriority(os.PRIO_PROCESS, pid)))
     except OSError:
         pass
 
@@ -83,7 +93,15 @@ def shutdown() -> None:
 
 def _run(kind: str, fn, *args):
     try:
-        return pool(kind).submit(fn, *args).result()
+        p = pool(kind)
+        future = p.submit(fn, *args)
+        # New workers are reniced at once from here: starting (the interpreter, the imports) is their
+        # most CPU-hungry moment, before their own initializer runs.
+        for proc in list((getattr(p, "_processes", None) or {}).values()):
+            if proc.pid not in _reniced:
+                _reniced.add(proc.pid)
+                _renice(proc.pid)
+        return future.result()
     except BrokenProcessPool:
         with _lock:
             _pools.pop(kind, None)  # the next call starts new workers
