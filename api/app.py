@@ -16,11 +16,13 @@ from fastapi.staticfiles import StaticFiles
 import api.routers
 from api import validation
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
+from api.headers import PAGES, SecurityHeaders
+from api.limits import BodyLimit, DatabaseUnavailable, RateLimits
+from citygrid import settings
 from gis.crs import CRSError
-from layers.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound
+from layers.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound, hide_paths
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-PAGES = ("inspector", "supervisor", "planner", "public", "operator")
 log = logging.getLogger("citygrid")
 
 
@@ -36,7 +38,7 @@ def routers() -> list:
 
 def _handler(status: int):
     async def handle(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=status)
+        return JSONResponse({"detail": hide_paths(str(e))}, status_code=status)
 
     return handle
 
@@ -64,9 +66,19 @@ def create_app(database_url: str | None = None) -> FastAPI:
         from layers import calendar as lcal
 
         lcal.bind(app.state.engine)  # calendar years loaded by any process are seen by this one
+
+        # What start-up made lives as long as the server: out of the cyclic collector's way, so that a
+        # full collection (which stops every request in flight) does not walk it again and again.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            from api import offload
+
+            offload.shutdown()
             await close_apool(app)
             app.state.engine.dispose()
 
@@ -92,10 +104,16 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     for router in routers():
         app.include_router(router)
+    app.state.rate_limits = RateLimits()
+    # Pure-ASGI middleware, innermost first: the fast paths; the body cap (before any body is read, also
+    # the fast paths'); 503 while the database cannot be reached; security headers on every answer.
     app.add_middleware(CachedTileFastPath)
     app.add_middleware(ReportIntakeFastPath)
-    app.add_middleware(validation.ParameterGuard)  # outermost: before the fast paths
+    app.add_middleware(validation.ParameterGuard)  # outside the fast paths
     validation.declare_error_schema(app)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(DatabaseUnavailable)
+    app.add_middleware(SecurityHeaders, static=STATIC, basemap_url=settings.api().basemap_url)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

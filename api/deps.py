@@ -122,6 +122,19 @@ class DeferredAllow(Allow):
         return TokenClaim(self, self.bearer(authorization))
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the socket's, or — when ``CITYGRID_API_TRUSTED_PROXY_HOPS`` says that n
+    proxies stand in front — the n-th address from the end of X-Forwarded-For (the one the outermost
+    trusted proxy saw; what the client wrote before it is not believed)."""
+    peer = request.client.host if request.client else ""
+    hops = settings.api().trusted_proxy_hops
+    if hops > 0:
+        chain = [a.strip() for h in request.headers.getlist("x-forwarded-for") for a in h.split(",") if a.strip()]
+        if chain:
+            return chain[-hops] if len(chain) >= hops else chain[0]
+    return peer
+
+
 PUBLIC = Allow(public=True)
 STAFF = Allow(*ROLES)
 ADMIN = Allow("admin")

@@ -78,6 +78,30 @@ class ApiSettings(BaseSettings):
     #: only when the service cannot be reached except through them: the header is the client's to forge.
     trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
 
+    # -- limits (api/limits.py) ----------------------------------------------------------------------
+    #: Largest request body, bytes, of a route without an override below (JSON, forms): 413 before the
+    #: body is read when Content-Length says more, or as soon as a streamed body passes it.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    #: Largest body of ``POST /api/v1/snap`` (a list of up to ``max_snap_points`` points).
+    max_snap_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Largest body of a citizen's submission (``POST /api/v1/public/requests``: one photo + the form).
+    max_submit_bytes: int = Field(11 * 1024 * 1024, ge=1024)
+    #: Rate limits per client address (``limits`` notation: "N per second|minute|hour|day", several
+    #: separated by ";"); answered 429 with Retry-After. Anonymous submissions, look-ups (status, rate)
+    #: and anonymous exports (downloads and export jobs).
+    rate_limit_submit: str = "30/minute;300/hour"
+    rate_limit_lookup: str = "60/minute;600/hour"
+    rate_limit_export: str = "30/minute;300/hour"
+    #: Where the counters live (a ``limits`` storage URI). ``memory://``: in each process — with N worker
+    #: processes a client may make N times the limit; point it at ``redis://host:6379`` (or memcached)
+    #: to share the counters between processes and hosts.
+    rate_limit_storage: str = "memory://"
+    #: Worker processes that run case imports (``api/offload.py``: an import in a thread would stop the
+    #: event loop for the interpreter lock); more imports at a time wait for one.
+    import_processes: int = Field(1, ge=1, le=16)
+    #: Seconds a client is told to wait (Retry-After) while the database cannot be reached (503).
+    db_retry_after_s: int = Field(5, ge=1, le=3600)
+
 
 class GridSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CITYGRID_GRID_")
@@ -92,6 +116,12 @@ class ExportSettings(BaseSettings):
 
     #: Hours a finished background export (and its file under ``<data_dir>/exports``) is kept.
     job_ttl_hours: float = 24.0
+    #: Export jobs running at once for one city, and for one client (a user, or an anonymous caller's
+    #: address); a job over either cap is refused (429).
+    max_jobs_per_city: int = Field(4, ge=1, le=64)
+    max_jobs_per_client: int = Field(2, ge=1, le=64)
+    #: Jobs running at once in all (every city, every process): the size of the jobs' own pool.
+    max_jobs_total: int = Field(8, ge=1, le=64)
 
 
 class WorklistSettings(BaseSettings):

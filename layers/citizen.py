@@ -52,24 +52,36 @@ def photo_dir():
     return d
 
 
-def store_photo(data: bytes) -> str:
-    """Check an uploaded photo (type, bomb, damage) and keep a re-encoded copy without EXIF."""
+def check_photo(data: bytes) -> bytes:
+    """Check an uploaded photo (size, type, bomb — from its header, before decoding —, damage) and
+    return a re-encoded copy without EXIF; nothing is written (InputError when refused)."""
     if len(data) > MAX_PHOTO_BYTES:
         raise InputError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
     try:
-        copy = gphotos.public_copy(data)
+        return gphotos.public_copy(data)
     except gphotos.PhotoError as e:
         raise InputError(f"photo refused: {e}") from None
+
+
+def keep_photo(copy: bytes) -> str:
+    """Write a checked copy (:func:`check_photo`) to the photo folder; its reference."""
     ref = f"{uuid.uuid4().hex}.jpg"
     (photo_dir() / ref).write_bytes(copy)
     return ref
 
 
+def store_photo(data: bytes) -> str:
+    """Check an uploaded photo and keep a re-encoded copy without EXIF."""
+    return keep_photo(check_photo(data))
+
+
 def submit(conn: Connection, city: CityInfo, *, category_code: str, description: str, lon: float | None = None,
            lat: float | None = None, crs: str = "GCJ-02", address: str | None = None, photo: bytes | None = None,
            name: str | None = None, phone: str | None = None, openid: str | None = None,
-           channel: str = "微信", request_type: str | None = None, accuracy_m: float | None = None) -> dict:
-    """A citizen's request: returns the case number and the query code (shown once)."""
+           channel: str = "微信", request_type: str | None = None, accuracy_m: float | None = None,
+           photo_copy: bytes | None = None) -> dict:
+    """A citizen's request: returns the case number and the query code (shown once). ``photo``: the
+    uploaded bytes, checked here; or ``photo_copy``: the result of :func:`check_photo` made elsewhere."""
     description = (description or "").strip()
     if not description:
         raise InputError("describe the problem (description is empty)")
@@ -93,15 +105,19 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
         hit = gazetteer.locate_address(conn, city, address)
         if hit:
             loc, confidence, src_name = hit["point"], hit["confidence"], "gazetteer"
-    photos = [store_photo(photo)] if photo else None
+    # The photo is checked now but written only once the case is: a refused submission (a point
+    # outside the city, an unknown class …) leaves no file behind.
+    copy = photo_copy if photo_copy is not None else (check_photo(photo) if photo else None)
     opened = wf.open_case(conn, city, source="citizen", channel=channel, category_code=category_code,
                           received_at=lcal.now(), location=loc, description=description[:5000], address=address,
                           request_type=request_type, contact={"name": name, "phone": phone, "openid": openid},
                           location_source=src_name if loc is not None else None, location_accuracy_m=accuracy_m,
                           location_confidence=confidence, actor=CITIZEN)
-    if photos:
-        wf._event(conn, opened.id, lcal.now(), "note", CITIZEN, opened.state, opened.state, photos=photos,
+    if copy is not None:
+        ref = f"{uuid.uuid4().hex}.jpg"
+        wf._event(conn, opened.id, lcal.now(), "note", CITIZEN, opened.state, opened.state, photos=[ref],
                   data={"photo_from": "citizen"})
+        (photo_dir() / ref).write_bytes(copy)  # last: nothing after it can refuse the submission
     return {"case_no": opened.case_no, "query_code": opened.query_code,
             "status": PUBLIC_STATE[opened.state], "state": opened.state}
 

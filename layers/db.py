@@ -13,12 +13,14 @@ from citygrid import settings
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int | None = None) -> Engine:
+def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
+                pool_timeout: float = 30.0) -> Engine:
     cfg = settings.database()
     engine = create_engine(
         url,
         pool_size=pool_size or cfg.pool_size,
-        max_overflow=cfg.max_overflow,
+        max_overflow=cfg.max_overflow if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         connect_args={"options": f"-c statement_timeout={cfg.statement_timeout_ms} -c TimeZone=UTC"},
     )

@@ -34,3 +34,19 @@ class CalendarMissing(RuntimeError):
     def __init__(self, message: str, *, year: int | None = None):
         super().__init__(message)
         self.year = year
+
+
+_PATH = None
+
+
+def hide_paths(message: str) -> str:
+    """``message`` with every absolute file path cut to its base name: errors of GDAL, openpyxl or pandas
+    name the server's temporary upload folder (``/tmp/citygrid-…/upload.gpkg``), which is none of the
+    client's business. A path is a ``/`` (not after a word character, a dot, ``:`` or ``/``, so URLs
+    and dates stay) followed by at least two segments."""
+    import re
+
+    global _PATH
+    if _PATH is None:
+        _PATH = re.compile(r"(?<![\w.:/\\])(?:/[^\s'\"/;,()<>]+)+/([^\s'\"/;,()<>]+)")
+    return _PATH.sub(lambda m: m.group(1), message)

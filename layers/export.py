@@ -294,6 +294,7 @@ def export_layers(conn: Connection, city: CityInfo, layers: list[tuple[Layer, st
 # ``CITYGRID_EXPORT_JOB_TTL_HOURS``.
 
 LOCK_CLASS = 0x6A0B  # first key of the jobs' advisory locks (the second: hashtext(id))
+_ADMIT = 0  # second key of the lock under which a job is admitted (caps counted, row inserted)
 INTERRUPTED = ("interrupted: the service stopped while the file was being written (a restart?); "
                "start the export again")
 PROGRESS_EVERY = 0.2  # seconds between progress writes
@@ -385,6 +386,57 @@ def recover_jobs(engine) -> dict:
     return {"failed": len(_fail_orphans(engine)), "expired": expire_jobs(engine)}
 
 
+class TooManyJobs(Exception):
+    """A new job would pass the cap of running jobs of its city or of its client (→ 429)."""
+
+    retry_after = 30
+
+    def __init__(self, scope: str, cap: int):
+        self.scope, self.cap = scope, cap
+        what = {"city": "for this city", "client": "of yours", "all": "on this server"}[scope]
+        super().__init__(f"导出任务过多 {cap} export jobs {what} are running already: try again when one has "
+                         "finished (or download a finished one)")
+
+
+_JOB_ENGINES: dict[str, object] = {}
+_JOB_ENGINES_LOCK = threading.Lock()
+
+
+def job_engine(engine):
+    """The small pool of the export jobs (one per database): a job holds a connection while it writes its
+    file, so the jobs must not draw on the request pool (whose exhaustion answered other requests 500)
+    — and they cannot exhaust their own: at most ``max_jobs_total`` run at once (one connection each,
+    as many again for progress and bookkeeping)."""
+    from layers.db import make_engine
+
+    url = engine.url.render_as_string(hide_password=False)
+    with _JOB_ENGINES_LOCK:
+        eng = _JOB_ENGINES.get(url)
+        if eng is None:
+            n = settings.export().max_jobs_total
+            eng = _JOB_ENGINES[url] = make_engine(url, pool_size=n, max_overflow=n + 2, pool_timeout=20.0)
+    return eng
+
+
+def cache_key(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str,
+              request: dict | None) -> str | None:
+    """The key under which an anonymous export is shared: the same layers (public forms), format, CRS and
+    filters at the same layer versions give the same file. None when a layer has no version (its content
+    can change unnoticed) or is not exported in its public form."""
+    import hashlib
+
+    from layers.catalog import layer_version
+
+    parts = []
+    for layer, form in layers:
+        version = layer_version(conn, layer)
+        if version is None or form != "public":
+            return None
+        parts.append([layer.name, form, layer.version_key, version])
+    doc = {"city": city.id, "layers": parts, "format": fmt, "crs": crs, "request": request or {}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _row_to_job(r) -> ExportJob:
     return ExportJob(id=r[0], owner=r[1], city_id=r[2], layers=list(r[3]), format=r[4], crs=r[5], status=r[6],
                      rows=int(r[7]), total=int(r[8]), filename=r[9], media=r[10], bytes=r[11], error=r[12],
@@ -392,34 +444,88 @@ def _row_to_job(r) -> ExportJob:
 
 
 def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str, filters: Filters | None,
-              *, owner: int | None, bundle_name: str | None = None, request: dict | None = None) -> ExportJob:
+              *, owner: int | None, bundle_name: str | None = None, request: dict | None = None,
+              client: str | None = None, conn: Connection | None = None, shared: bool = False) -> ExportJob:
     """Validate the request now (4xx before anything starts), count the rows, record the job and export in
-    a thread on a connection of its own (which holds the job's advisory lock until the job is finished)."""
+    a thread on a connection of its own (which holds the job's advisory lock until the job is finished).
+
+    Admission: the jobs run on :func:`job_engine`'s pool; a job is refused (:class:`TooManyJobs`) while
+    ``max_jobs_per_city`` jobs of its city, ``max_jobs_per_client`` of its ``client`` (a user, an
+    address) or ``max_jobs_total`` in all are running — counted in the database under one advisory lock,
+    so the caps hold across processes. ``shared`` (an anonymous export of public forms): the same export
+    at the same layer versions, running or done and not expired, is answered with that job instead of a
+    new one (its file is the same). ``conn``: the caller's connection, for the row count."""
     import secrets
 
     fmt, crs = check_request(fmt, crs, len(layers))
-    total = 0
-    expire_jobs(engine)
-    with engine.begin() as conn:
+    cfg = settings.export()
+    jeng = job_engine(engine)
+    expire_jobs(jeng)
+    _fail_orphans(jeng)
+    request = dict(request or {})
+    key = cache_key(conn, city, layers, fmt, crs, request) if (shared and conn is not None) else None
+    if key is not None:
+        request["cache_key"] = key
+    if client:
+        request["client"] = client
+
+    def count_rows(c: Connection) -> int:
+        n = 0
         for layer, form in layers:
             sql, params, _ = select(layer, form, city, filters, order=False)
-            total += conn.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
+            n += c.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
+        return n
+
+    if conn is not None:
+        total = count_rows(conn)
+    else:
+        with jeng.begin() as c:
+            total = count_rows(c)
     job_id = secrets.token_urlsafe(16)
-    conn = engine.connect()
+    jconn = jeng.connect()
+    locked = False
     try:
-        conn.execute(text("SELECT pg_advisory_lock(:c, hashtext(:id))"), {"c": LOCK_CLASS, "id": job_id})
-        row = conn.execute(text(f"""
+        jconn.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": LOCK_CLASS, "k": _ADMIT})
+        if key is not None:
+            hit = jconn.execute(text(f"""
+                SELECT {_COLS} FROM export_job
+                WHERE city_id = :city AND owner_id IS NULL AND request->>'cache_key' = :key
+                  AND (status = 'running' OR (status = 'done'
+                       AND finished_at > now() - make_interval(secs => :ttl)))
+                ORDER BY created_at DESC LIMIT 1"""), {"city": city.id, "key": key,
+                                                        "ttl": cfg.job_ttl_hours * 3600.0 / 2}).first()
+            if hit is not None:
+                job = _row_to_job(hit)
+                if job.status == "running" or (job.path is not None and job.path.is_file()):
+                    jconn.rollback()
+                    jconn.close()
+                    return job
+        n_city, n_client, n_all = jconn.execute(text("""
+            SELECT count(*) FILTER (WHERE city_id = :city), count(*) FILTER (WHERE request->>'client' = :client),
+                   count(*)
+            FROM export_job WHERE status = 'running'"""), {"city": city.id, "client": client or ""}).one()
+        for n, cap, scope in ((n_all, cfg.max_jobs_total, "all"), (n_city, cfg.max_jobs_per_city, "city"),
+                              (n_client if client else 0, cfg.max_jobs_per_client, "client")):
+            if n >= cap:
+                raise TooManyJobs(scope, cap)
+        jconn.execute(text("SELECT pg_advisory_lock(:c, hashtext(:id))"), {"c": LOCK_CLASS, "id": job_id})
+        locked = True
+        row = jconn.execute(text(f"""
             INSERT INTO export_job (id, owner_id, city_id, layers, format, crs, request, total, media)
             VALUES (:id, :owner, :city, :layers, :fmt, :crs, CAST(:req AS jsonb), :total, :media)
             RETURNING {_COLS}"""), {"id": job_id, "owner": owner, "city": city.id, "layers": [la.name for la, _ in layers],
-                                    "fmt": fmt, "crs": crs, "req": json.dumps(request or {}, default=str),
+                                    "fmt": fmt, "crs": crs, "req": json.dumps(request, default=str),
                                     "total": total, "media": FORMATS[fmt]["media"]}).one()
-        conn.commit()
+        jconn.commit()
         job = _row_to_job(row)
-        threading.Thread(target=_run_job, args=(engine, conn, job, city, layers, fmt, crs, filters, bundle_name),
+        threading.Thread(target=_run_job, args=(jeng, jconn, job, city, layers, fmt, crs, filters, bundle_name),
                          name=f"citygrid-export-{job_id[:6]}", daemon=True).start()
     except BaseException:
-        _release(conn, job_id)
+        if locked:
+            _release(jconn, job_id)
+        else:
+            jconn.rollback()
+            jconn.close()
         raise
     return job
 

@@ -156,10 +156,32 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run"]
 
 
+def _wait_for_function(self, expression, *, arg=None, timeout=None, polling=None):
+    """``Page.wait_for_function`` by polling ``page.evaluate`` (run through the DevTools protocol, outside
+    the page's Content-Security-Policy). Playwright's own runs the predicate with ``eval`` inside the
+    page, which the pages' CSP (no 'unsafe-eval') refuses — as it should for any script not theirs."""
+    import time
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    limit = (30_000 if timeout is None else timeout) / 1000
+    step = polling / 1000 if isinstance(polling, int | float) else 0.05
+    deadline = time.monotonic() + limit
+    while True:
+        value = self.evaluate(expression, arg)
+        if value:
+            return value
+        if limit and time.monotonic() > deadline:
+            raise PlaywrightTimeout(f"Timeout {limit * 1000:.0f}ms exceeded waiting for {expression!r}")
+        time.sleep(step)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's Chromium driven by Playwright (Playwright's own browser download cannot work here)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Page, sync_playwright
+
+    Page.wait_for_function = _wait_for_function
 
     exe = "/usr/bin/chromium"
     if not Path(exe).exists():

@@ -234,10 +234,16 @@ def test_cells_in_bbox(client, staff):
         assert "bbox" in r.json()["detail"]
 
 
-def test_health(client):
+def test_health(client, tokens):
     h = client.get("/api/v1/health").json()
-    assert h["status"] == "ok"
-    assert h["postgis"].startswith("3.")
+    assert h["status"] == "ok" and h["database"] == "ok"
+    # Server versions only for staff (a valid token); anonymous callers and unknown tokens get the status.
+    assert "postgis" not in h and "PostgreSQL" not in str(h)
+    for bad in ("Bearer cg_nonsense", "Basic abc"):
+        assert "postgis" not in client.get("/api/v1/health", headers={"Authorization": bad}).json()
+    staff = client.get("/api/v1/health", headers={"Authorization": f"Bearer {tokens['planner']}"}).json()
+    assert staff["postgis"].startswith("3.") and staff["database"].startswith("PostgreSQL ")
+    h = staff
     haimen = next(c for c in h["cities"] if c["slug"] == "haimen")
     assert haimen["working_crs"] == "EPSG:4549"
     assert haimen["grid"]["cells"] > 100_000 and haimen["grid"]["kind"] == "regular"

@@ -9,7 +9,7 @@ from pathlib import Path as FsPath
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import Field, field_validator
 from shapely.geometry import Point
@@ -229,13 +229,15 @@ def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_
 
 
 @router.post("/cases/import", summary="批量导入 Import cases from CSV/XLSX/JSON with a column mapping")
-async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None = File(None),
-                       dry_run: bool = Form(False), user=Depends(Allow("operator", "admin")),
-                       conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import hotline
+def import_cases(request: Request, file: UploadFile = File(...), mapping: UploadFile | None = File(None),
+                 dry_run: bool = Form(False), user=Depends(Allow("operator", "admin")),
+                 city: CityInfo = Depends(get_city)):
+    # A plain function (run in a worker thread), and the import itself in a worker process (api/offload.py):
+    # parsing and writing 50,000 rows must not hold the event loop. It commits there, in its own transaction.
+    from api import offload
 
     cap = settings.api().max_upload_bytes
-    data = await file.read(cap + 1)
+    data = file.file.read(cap + 1)
     if len(data) > cap:
         raise HTTPException(413, f"the file is larger than {cap} bytes")
     suffix = FsPath(file.filename or "upload.csv").suffix.lower() or ".csv"
@@ -245,9 +247,9 @@ async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None 
         mpath = None
         if mapping is not None:
             mpath = FsPath(tmp) / "mapping.json"
-            mpath.write_bytes(await mapping.read(1_000_000))
-        report = hotline.import_cases(conn, city, path, mapping=mpath, actor=user, dry_run=dry_run, progress=False)
-    return report.as_dict()
+            mpath.write_bytes(mapping.file.read(1_000_000))
+        return offload.import_cases(request.app.state.database_url, city, path, mapping=mpath, actor=user,
+                                    dry_run=dry_run)
 
 
 class NoticeIn(Body):

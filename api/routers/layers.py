@@ -19,8 +19,9 @@ from sqlalchemy import Connection
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import PUBLIC, Allow, get_city, get_conn
+from api.deps import PUBLIC, Allow, client_address, get_city, get_conn
 from api.fastpath import tile_response
+from api.limits import RateLimit
 from api.validation import MAX_OFFSET
 from citygrid import settings
 from layers import catalog as lcat
@@ -61,6 +62,24 @@ def caller(conn: Connection = Depends(get_conn, scope="function"),
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return lusers.user_for_token(conn, token.strip())
+
+
+def limit_anonymous_export(request: Request, user=Depends(caller)) -> None:
+    """Anonymous exports count against the client address's export rate limit (429 when over)."""
+    if user is None:
+        RateLimit("export")(request)
+
+
+def client_key(request: Request, user: lusers.User | None) -> str:
+    """Who a job is counted for: the user, or an anonymous caller's address (kept only as a keyed
+    digest: no address is stored)."""
+    import hashlib
+
+    from layers.citizen import address_source
+
+    if user is not None:
+        return f"user:{user.id}"
+    return "addr:" + hashlib.sha256(("citygrid-export:" + address_source(client_address(request))).encode()).hexdigest()[:24]
 
 
 def _form(layer: lcat.Layer, user: lusers.User | None) -> str:
@@ -115,8 +134,8 @@ def export_layer(name: str = Path(..., max_length=60),
                  until: str | None = Query(None, description="time filter end (exclusive)"),
                  class_code: str | None = Query(None, alias="class", description="class code prefix"),
                  area: str | None = Query(None, description="admin area (6/9/12 digits) or cell code prefix"),
-                 _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
-                 city: CityInfo = Depends(get_city)):
+                 _=Depends(PUBLIC), user=Depends(caller), _limit=Depends(limit_anonymous_export),
+                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
     lcat.ready(conn, city, layer)
@@ -129,8 +148,8 @@ def export_theme(theme: str = Path(..., max_length=40), format: str = Query("gpk
                  crs: str = Query("EPSG:4490", description="output CRS: " + CRS_HELP),
                  bbox: str | None = None, bbox_crs: str = Query("EPSG:4326", alias="bbox-crs"),
                  area: str | None = None,
-                 _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
-                 city: CityInfo = Depends(get_city)):
+                 _=Depends(PUBLIC), user=Depends(caller), _limit=Depends(limit_anonymous_export),
+                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     names = lcat.themes().get(theme)
     if not names:
         raise NotFound(f"no theme '{theme[:40]}': one of {', '.join(lcat.themes())}")
@@ -147,23 +166,29 @@ def export_theme(theme: str = Path(..., max_length=40), format: str = Query("gpk
 
 
 @router.post("/layers/{name}/export-jobs", status_code=202,
-             summary="后台导出 Start a background export (poll its progress, then download)")
+             summary="后台导出 Start a background export (poll its progress, then download)",
+             responses={429: {"description": "too many export jobs running (of the city, or yours), or too many "
+                                             "anonymous exports from your address: retry after Retry-After s"}})
 def start_export_job(request: Request, name: str = Path(..., max_length=60),
                      format: str = Query("gpkg", description="gpkg, geojson, shp, csv, kml, fgb or parquet"),
                      crs: str = Query("EPSG:4490", description="output CRS: " + CRS_HELP),
                      bbox: str | None = None, bbox_crs: str = Query("EPSG:4326", alias="bbox-crs"),
                      since: str | None = None, until: str | None = None,
                      class_code: str | None = Query(None, alias="class"), area: str | None = None,
-                     _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
-                     city: CityInfo = Depends(get_city)):
+                     _=Depends(PUBLIC), user=Depends(caller), _limit=Depends(limit_anonymous_export),
+                     conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
     lcat.ready(conn, city, layer)  # the job reads in its own transaction: the rows are brought up to date now
     filters = lcat.build_filters(city, bbox=bbox, bbox_crs=bbox_crs, since=since, until=until,
                                  class_code=class_code, area=area)
     asked = {"bbox": bbox, "bbox_crs": bbox_crs, "since": since, "until": until, "class": class_code, "area": area}
-    job = lexp.start_job(request.app.state.engine, city, [(layer, form)], format, crs, filters,
-                         owner=user.id if user else None, request={k: v for k, v in asked.items() if v is not None})
+    try:
+        job = lexp.start_job(request.app.state.engine, city, [(layer, form)], format, crs, filters,
+                             owner=user.id if user else None, request={k: v for k, v in asked.items() if v is not None},
+                             client=client_key(request, user), conn=conn, shared=user is None)
+    except lexp.TooManyJobs as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
     return _job_doc(job)
 
 

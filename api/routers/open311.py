@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlalchemy import Connection
 
@@ -122,18 +123,21 @@ async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Conn
     refused = form_problem(form.multi_items())  # (the query parameters were checked by ParameterGuard)
     if refused is not None:
         return _error(fmt, 422, f"{refused[0]}: {refused[1]}")
-    key = (fields.get("api_key") or "").strip()
-    user = lusers.user_for_token(conn, key) if key else None
-    if user is None:
-        return _error(fmt, 403, "a valid api_key is required in the form body to create requests")
-    if user.role not in o3.FILER_ROLES:
-        return _error(fmt, 403, f"the api_key's role '{user.role}' may not create requests; "
-                                f"keys of these roles may: {', '.join(o3.FILER_ROLES)}")
+    def file_it():  # the token check and the write: database work, off the event loop
+        key = (fields.get("api_key") or "").strip()
+        user = lusers.user_for_token(conn, key) if key else None
+        if user is None:
+            return _error(fmt, 403, "a valid api_key is required in the form body to create requests")
+        if user.role not in o3.FILER_ROLES:
+            return _error(fmt, 403, f"the api_key's role '{user.role}' may not create requests; "
+                                    f"keys of these roles may: {', '.join(o3.FILER_ROLES)}")
 
-    def go():
-        return o3.post_request(conn, _city(conn, request, fields.get("jurisdiction_id")), fields, user)
+        def go():
+            return o3.post_request(conn, _city(conn, request, fields.get("jurisdiction_id")), fields, user)
 
-    return _run(fmt, "service_requests", go)
+        return _run(fmt, "service_requests", go)
+
+    return await run_in_threadpool(file_it)
 
 
 @router.get("/requests/{request_id}.{fmt}", summary="Open311 one service request")

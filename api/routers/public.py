@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from sqlalchemy import Connection
 
-from api.deps import PUBLIC, get_city, get_conn
+from api import offload
+from api.deps import PUBLIC, client_address, get_city, get_conn
+from api.limits import RateLimit
 from api.validation import Body
-from citygrid import settings
 from layers import citizen
 from layers.city import CityInfo
 from layers.errors import InputError
@@ -26,22 +27,27 @@ def categories(_=Depends(PUBLIC)):
     return {"categories": citizen.public_categories()}
 
 
-@router.post("/requests", summary="市民上报 Submit a request (location in GCJ-02 as WeChat sends it)", status_code=201)
-async def submit(category_code: str = Form(..., max_length=40), description: str = Form(..., max_length=5000),
+@router.post("/requests", summary="市民上报 Submit a request (location in GCJ-02 as WeChat sends it)", status_code=201,
+             responses={413: {"description": "the body is larger than CITYGRID_API_MAX_SUBMIT_BYTES"},
+                        429: {"description": "too many submissions from your address: retry after Retry-After s"}})
+def submit(category_code: str = Form(..., max_length=40), description: str = Form(..., max_length=5000),
                  lon: float | None = Form(None), lat: float | None = Form(None),
                  crs: str = Form("GCJ-02", max_length=20), address: str | None = Form(None, max_length=500),
                  name: str | None = Form(None, max_length=80), phone: str | None = Form(None, max_length=40),
                  channel: Literal["微信", "网站", "APP"] = Form("网站"),
                  accuracy_m: float | None = Form(None, ge=0, le=100_000),
                  photo: UploadFile | None = File(None),
-                 _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    data = None
+                 _=Depends(PUBLIC), _limit=Depends(RateLimit("submit")),
+                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    # A plain function: FastAPI runs it in a worker thread, and the photo is checked and re-encoded in a
+    # worker process (api/offload.py): neither the photo nor the write ever holds up the event loop.
+    copy = None
     if photo is not None and photo.filename:
-        data = await photo.read(citizen.MAX_PHOTO_BYTES + 1)
-        if not data:
-            data = None
+        data = photo.file.read(citizen.MAX_PHOTO_BYTES + 1)
+        if data:
+            copy = offload.citizen_photo(data)
     out = citizen.submit(conn, city, category_code=category_code, description=description, lon=lon, lat=lat,
-                         crs=crs, address=address, photo=data, name=name, phone=phone, channel=channel,
+                         crs=crs, address=address, photo_copy=copy, name=name, phone=phone, channel=channel,
                          accuracy_m=accuracy_m)
     return out
 
@@ -49,19 +55,6 @@ async def submit(category_code: str = Form(..., max_length=40), description: str
 class Lookup(Body):
     case_no: str = Field(..., min_length=1, max_length=40)
     query_code: str = Field(..., min_length=1, max_length=20)
-
-
-def client_address(request: Request) -> str:
-    """The client's address: the socket's, or — when ``CITYGRID_API_TRUSTED_PROXY_HOPS`` says that n
-    proxies stand in front — the n-th address from the end of X-Forwarded-For (the one the outermost
-    trusted proxy saw; what the client wrote before it is not believed)."""
-    peer = request.client.host if request.client else ""
-    hops = settings.api().trusted_proxy_hops
-    if hops > 0:
-        chain = [a.strip() for h in request.headers.getlist("x-forwarded-for") for a in h.split(",") if a.strip()]
-        if chain:
-            return chain[-hops] if len(chain) >= hops else chain[0]
-    return peer
 
 
 LIMITED = {429: {"description": "查询码错误次数过多 too many wrong query codes: retry after Retry-After seconds"},
@@ -81,7 +74,7 @@ def _limited(call):
 
 
 @router.post("/status", summary="进度查询 Status of a request by case number + query code", responses=LIMITED)
-def status(body: Lookup, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"),
+def status(body: Lookup, request: Request, _=Depends(PUBLIC), _limit=Depends(RateLimit("lookup")), conn: Connection = Depends(get_conn, scope="function"),
            city: CityInfo = Depends(get_city)):
     return _limited(lambda: citizen.status(conn, city, body.case_no, body.query_code, client=client_address(request)))
 
@@ -92,7 +85,7 @@ class Rating(Lookup):
 
 
 @router.post("/rate", summary="评价 Rate a closed request", responses=LIMITED)
-def rate(body: Rating, request: Request, _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function"),
+def rate(body: Rating, request: Request, _=Depends(PUBLIC), _limit=Depends(RateLimit("lookup")), conn: Connection = Depends(get_conn, scope="function"),
          city: CityInfo = Depends(get_city)):
     if not body.rating:
         raise InputError("rating is empty")
