@@ -123,6 +123,7 @@ async def post_request(fmt: str, request: Request, _=Depends(PUBLIC), conn: Conn
     refused = form_problem(form.multi_items())  # (the query parameters were checked by ParameterGuard)
     if refused is not None:
         return _error(fmt, 422, f"{refused[0]}: {refused[1]}")
+
     def file_it():  # the token check and the write: database work, off the event loop
         key = (fields.get("api_key") or "").strip()
         user = lusers.user_for_token(conn, key) if key else None
