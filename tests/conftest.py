@@ -3,9 +3,11 @@ one user per role, and the app under test."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -16,6 +18,43 @@ SHARED = ROOT.parent / "shared" / "data"
 TEST_DB = os.environ.get("CITYGRID_TEST_DB", "citygrid_test")
 # Files the service keeps (photos …) go to a scratch folder, never into the checkout's var/data.
 os.environ.setdefault("CITYGRID_DATA_DIR", tempfile.mkdtemp(prefix="citygrid-test-data-"))
+
+# CITYGRID_TEST_NOW=2026-12-20T10:00:00+08:00 runs the suite as if the workflow's clock
+# (layers.calendar.now) read that instant (it still advances with the real clock). Read ONLY here, to
+# prove that the suite does not depend on the real date (e.g. late December, when a deadline opened
+# "now" runs into the next year); PostgreSQL's now() and subprocesses keep the real clock.
+if os.environ.get("CITYGRID_TEST_NOW"):
+    from layers import calendar as _lcal
+
+    _shift = dt.datetime.fromisoformat(os.environ["CITYGRID_TEST_NOW"]) - dt.datetime.now(dt.UTC)
+    _lcal.now = lambda: dt.datetime.now(dt.UTC) + _shift
+
+#: The title of every made-up calendar year the tests load (never a real notice's).
+TEST_YEAR_TITLE = "TEST DATA ONLY — not a State Council notice"
+
+
+def made_up_year(year: int, note: str = "tests") -> dict:
+    """A made-up holiday schedule for ``year`` (TEST DATA ONLY, not a State Council notice): 1 January
+    is the only holiday, weekends are days off, no make-up workdays."""
+    return {"year": year, "source": {"title": f"{TEST_YEAR_TITLE} ({note})", "document_no": "none: test data"},
+            "holidays": [f"{year}-01-01"], "workdays": []}
+
+
+def load_made_up_years(conn) -> list[int]:
+    """Into the TEST database only: a test schedule for every year after the last configured one up to
+    the year after the one 120 days from the workflow's clock. Without it, a case opened at the real
+    clock in late December (or in any year after the last shipped notice) gets no deadline (the product
+    refuses to guess; the case is flagged calendar_warning) and tests that expect one break with the
+    date. Returns the years loaded."""
+    from layers import calendar as lcal
+
+    last = lcal.build(lcal.database_years(conn)).last_year
+    horizon = (lcal.now().astimezone(ZoneInfo("Asia/Shanghai")).date() + dt.timedelta(days=120)).year + 1
+    years = list(range(last + 1, horizon + 1))
+    for y in years:
+        lcal.import_year(conn, made_up_year(y, "tests/conftest.py: real-clock deadlines in tests"),
+                         loaded_by="tests/conftest.py")
+    return years
 
 
 def _recreate_database(cluster, name: str) -> None:
@@ -38,10 +77,18 @@ def db_url() -> str:
 
 @pytest.fixture(scope="session")
 def engine(db_url):
+    from layers import calendar as lcal
     from layers.db import make_engine, migrate
 
     eng = make_engine(db_url)
     migrate(eng)
+    with eng.begin() as conn:
+        load_made_up_years(conn)
+    # The process's calendar reads the test database from now on (the app's lifespan binds its own
+    # engine of the same database later): a calendar built earlier from the shipped files alone is
+    # dropped, and years a test loads or deletes are seen within lcal.REFRESH_SECONDS (at once with
+    # calendar(force=True), and a refused deadline always looks again).
+    lcal.bind(eng)
     yield eng
     eng.dispose()
 

@@ -185,64 +185,131 @@ def test_years_before_the_first_are_weekends_only_and_flagged():
     assert cal.status(t(2026, 3, 2, 9), t(2026, 3, 3, 9), "wh", t(2026, 3, 2, 12))["calendar_complete"] is True
 
 
+# The years after the last configured one. The shipped notices end somewhere (2026 today) and the
+# suite's conftest loads made-up years up to a little after the real date, so these tests never name
+# a year: the first unconfigured year is the configured calendar's last_year + 1, the clock is frozen
+# in the last configured year, and a made-up schedule (1 Jan the only holiday) is loaded for the next.
+
+def _last_workday(cal, year: int) -> dt.date:
+    """The last workday of ``year`` in ``cal`` (the days after it in that year are days off)."""
+    d = dt.date(year, 12, 31)
+    while not cal.is_workday(d):
+        d -= dt.timedelta(days=1)
+    return d
+
+
+def _made_up_workdays(after: dt.date, n: int) -> dt.date:
+    """The n-th workday after ``after`` (a last workday of its year) under the made-up schedule of the
+    next year: weekends and 1 January off. Reckoned here by weekday, not by the calendar under test."""
+    d, found = after, 0
+    while found < n:
+        d += dt.timedelta(days=1)
+        if d.year > after.year and d.weekday() < 5 and (d.month, d.day) != (1, 1):
+            found += 1
+    return d
+
+
+def test_made_up_workdays_helper():
+    # 2026-12-31 is a Thursday; 1 Jan 2027 a Friday (off): Monday 4 Jan, then 15 workdays → Friday 22 Jan.
+    assert _made_up_workdays(dt.date(2026, 12, 31), 1) == dt.date(2027, 1, 4)
+    assert _made_up_workdays(dt.date(2026, 12, 31), 15) == dt.date(2027, 1, 22)
+    # 2028-12-29 is a Friday (30, 31 Dec a weekend); 1 Jan 2029 a Monday (off) → Tuesday 2 Jan.
+    assert _made_up_workdays(dt.date(2028, 12, 29), 1) == dt.date(2029, 1, 2)
+
+
+def test_shipped_years_name_their_notice():
+    """Every shipped year says which State Council notice it comes from; a year calendar.json says is
+    not configured (its notice could not be verified) is not shipped."""
+    from layers import calendar as lcal
+
+    shipped = lcal.shipped_years()
+    assert shipped and sorted(shipped) == list(range(min(shipped), max(shipped) + 1))  # no gap
+    for y, doc in shipped.items():
+        src = doc["source"]
+        assert src["title"] == f"国务院办公厅关于{y}年部分节假日安排的通知", y
+        assert src["date"] and src["url"].startswith("https://www.gov.cn/"), y
+        assert doc["holidays"] and all(d.startswith(f"{y}-") for d in doc["holidays"] + doc["workdays"])
+        assert "TEST DATA" not in src["title"]
+    for y in lcal.base_config().get("not_configured", {}):
+        assert int(y) not in shipped, y
+
+
 def test_a_deadline_past_the_last_configured_year_is_refused():
+    import numpy as np
+
     from layers.calendar import add_many, add_or_none
     from layers.errors import CalendarMissing
 
-    cal = calendar()
-    assert 2027 not in cal.years  # the 2027 notice could not be verified: not shipped (calendar.json says why)
-    # 31 Dec 2026 16:00 + 2 working hours would land on New Year's Day 2027: refused, not guessed.
-    with pytest.raises(CalendarMissing, match="2027"):
-        cal.add(t(2026, 12, 31, 16, 0), 2, "wh")
-    with pytest.raises(CalendarMissing, match="2027"):
-        cal.add(t(2026, 12, 20, 10, 0), 15, "wd")
-    assert local(cal.add(t(2026, 12, 31, 16, 0), 1, "wh")) == dt.datetime(2026, 12, 31, 17, 0)  # still 2026
-    assert cal.add(t(2026, 12, 31, 23, 0), 2, "eh") == t(2027, 1, 1, 1, 0)  # clock hours need no calendar
-    when, why = add_or_none(t(2026, 12, 31, 16, 0), 2, "wh")
-    assert when is None and "2027" in why and "citygrid calendar import" in why
-    import numpy as np
-
-    out = add_many(cal, np.array([t(2026, 12, 31, 16).timestamp(), t(2026, 12, 1, 9).timestamp()]), 2, "wh")
-    assert np.isnan(out[0]) and out[1] == t(2026, 12, 1, 11).timestamp()
-    # A clock that runs into 2027 is still shown, flagged.
-    s = cal.status(t(2026, 12, 30, 9), t(2026, 12, 31, 17), "wh", t(2027, 1, 4, 9))
+    cal = calendar(force=True)
+    y = cal.last_year
+    n = y + 1
+    assert n not in cal.years and all(k in cal.years for k in range(cal.first_year, y + 1))
+    last = _last_workday(cal, y)
+    # 16:00 on the last workday of the last configured year + 2 working hours would land in the next
+    # year, whose holidays nobody configured: refused, not guessed.
+    with pytest.raises(CalendarMissing, match=str(n)):
+        cal.add(t(last.year, last.month, last.day, 16, 0), 2, "wh")
+    with pytest.raises(CalendarMissing, match=str(n)):
+        cal.add(t(y, 12, 20, 10, 0), 15, "wd")
+    assert local(cal.add(t(last.year, last.month, last.day, 16, 0), 1, "wh")) == \
+        dt.datetime(last.year, last.month, last.day, 17, 0)  # still that year
+    assert cal.add(t(y, 12, 31, 23, 0), 2, "eh") == t(n, 1, 1, 1, 0)  # clock hours need no calendar
+    when, why = add_or_none(t(last.year, last.month, last.day, 16, 0), 2, "wh")
+    assert when is None and str(n) in why and "citygrid calendar import" in why
+    first = next(dt.date(y, 12, k) for k in range(1, 32) if cal.is_workday(dt.date(y, 12, k)))
+    out = add_many(cal, np.array([t(last.year, last.month, last.day, 16).timestamp(),
+                                  t(first.year, first.month, first.day, 9).timestamp()]), 2, "wh")
+    assert np.isnan(out[0]) and out[1] == t(first.year, first.month, first.day, 11).timestamp()
+    # A clock that runs into the next year is still shown, flagged.
+    s = cal.status(t(y, 12, 30, 9), t(y, 12, 31, 17), "wh", t(n, 1, 4, 9))
     assert s["overdue"] and s["calendar_complete"] is False
-
-
-TEST_2027 = {"year": 2027, "source": {"title": "TEST DATA ONLY — not the State Council notice", "date": "2026-12-05"},
-             "holidays": ["2027-01-01"], "workdays": []}
 
 
 def test_a_loaded_year_is_checked_and_used():
     from layers import calendar as lcal
+    from layers.errors import CalendarMissing
+    from tests.conftest import made_up_year
 
-    cal = lcal.WorkCalendar.from_config(lcal.base_config(), {**lcal.shipped_years(), 2027: lcal.check_year(TEST_2027)})
-    assert cal.last_year == 2027
-    # Friday 1 Jan 2027 off in this (test) schedule: Thursday 31 Dec 16:00 + 2 h = Monday 4 Jan 09:00 (1.5 h + 0.5 h).
-    assert local(cal.add(t(2026, 12, 31, 16, 0), 2, "wh")) == dt.datetime(2027, 1, 4, 9, 0)
-    for bad, msg in (({**TEST_2027, "year": "2027"}, "year must be an integer"),
-                     ({**TEST_2027, "source": {}}, "source.title"),
-                     ({**TEST_2027, "holidays": ["2028-01-01"]}, "not in 2027"),
-                     ({**TEST_2027, "holidays": ["2027-13-01"]}, "not a date"),
-                     ({**TEST_2027, "workdays": ["2027-01-01"]}, "both a holiday and a make-up workday")):
+    # Far-future years nobody configures: 2098 configured, 2099 not, then loaded.
+    cal = lcal.WorkCalendar.from_config(lcal.base_config(), {2098: lcal.check_year(made_up_year(2098))})
+    assert cal.last_year == 2098
+    with pytest.raises(CalendarMissing, match="2099"):
+        cal.add(t(2098, 12, 31, 16, 0), 2, "wh")
+    cal = lcal.WorkCalendar.from_config(lcal.base_config(), {2098: lcal.check_year(made_up_year(2098)),
+                                                            2099: lcal.check_year(made_up_year(2099))})
+    assert cal.last_year == 2099
+    # Thursday 1 Jan 2099 off in this (test) schedule: Wednesday 31 Dec 16:00 + 2 h = Friday 2 Jan 09:00 (1.5 h + 0.5 h).
+    assert local(cal.add(t(2098, 12, 31, 16, 0), 2, "wh")) == dt.datetime(2099, 1, 2, 9, 0)
+    assert local(cal.add(t(2098, 12, 31, 16, 0), 1, "wd")) == dt.datetime(2099, 1, 2, 17, 30)
+    base = made_up_year(2099)
+    for bad, msg in (({**base, "year": "2099"}, "year must be an integer"),
+                     ({**base, "source": {}}, "source.title"),
+                     ({**base, "holidays": ["2100-01-01"]}, "not in 2099"),
+                     ({**base, "holidays": ["2099-13-01"]}, "not a date"),
+                     ({**base, "workdays": ["2099-01-01"]}, "both a holiday and a make-up workday")):
         with pytest.raises(InputError, match=msg):
             lcal.check_year(bad)
 
 
 def test_calendar_year_loaded_through_the_api_reaches_every_process(client, tokens, engine, haimen, monkeypatch,
                                                                    db_url):
-    """A case recorded on 31 Dec 2026 without the 2027 notice: kept, its deadline flagged unknown and
-    the operator told; the admin loads 2027 (here a test schedule, removed afterwards); another process
-    sees the year; the case gets its deadline."""
+    """A case recorded on 31 Dec of the last configured year without the next year's notice: kept,
+    its deadline flagged unknown and the operator told; the admin loads the next year (here a test
+    schedule, removed afterwards); another process sees the year; the case gets its deadline."""
     import subprocess
     import sys
 
     from sqlalchemy import text
 
     from layers import calendar as lcal
-    from tests.conftest import auth
+    from tests.conftest import auth, made_up_year
 
-    frozen = t(2026, 12, 31, 16, 30)
+    cal = lcal.calendar(force=True)
+    y = cal.last_year
+    n = y + 1
+    loaded_before = sorted(cal.years)
+    sched = made_up_year(n, "tests/cases/test_calendar.py")
+    frozen = t(y, 12, 31, 16, 30)
     monkeypatch.setattr(lcal, "now", lambda: frozen)
     op = auth(tokens["operator"])
     r = client.post("/api/v1/cases", headers=op, json={
@@ -250,32 +317,38 @@ def test_calendar_year_loaded_through_the_api_reaches_every_process(client, toke
         "received_at": frozen.isoformat(), "description": "跨年工单 case across New Year"})
     assert r.status_code == 201, r.text
     made = r.json()
-    assert "2027" in made["calendar_warning"] and made["close_deadline_at"] is None
-    assert client.post("/api/v1/admin/calendar/years", headers=op, json=TEST_2027).status_code == 403
-    bad = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json={**TEST_2027, "holidays": []})
+    assert str(n) in made["calendar_warning"] and made["close_deadline_at"] is None
+    assert client.post("/api/v1/admin/calendar/years", headers=op, json=sched).status_code == 403
+    bad = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json={**sched, "holidays": []})
     assert bad.status_code == 422 and "no holidays" in bad.json()["detail"]
     try:
-        r = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json=TEST_2027)
+        r = client.post("/api/v1/admin/calendar/years", headers=auth(tokens["admin"]), json=sched)
         assert r.status_code == 201, r.text
         out = r.json()
-        assert out["year"] == 2027 and out["last_year"] == 2027 and out["deadlines_filled"]["close"] >= 1
+        assert out["year"] == n and out["last_year"] == n and out["deadlines_filled"]["close"] >= 1
         with engine.connect() as conn:
             close = conn.execute(text("SELECT close_deadline_at FROM case_file WHERE id = :i"),
                                  {"i": made["id"]}).scalar_one()
-        # 投诉 close limit: 15 working days after 31 Dec 2026, 1 Jan 2027 off (test schedule) → Jan 4–8, 11–15, 18–22: 22 Jan.
-        assert local(close) == dt.datetime(2027, 1, 22, 17, 30)
+        # 投诉 close limit: 15 working days after 31 Dec (the days after the last workday of the year are
+        # off), 1 Jan of the next year off (test schedule), weekends off.
+        assert local(close) == dt.datetime.combine(_made_up_workdays(_last_workday(cal, y), 15), dt.time(17, 30))
         listed = client.get("/api/v1/admin/calendar", headers=auth(tokens["admin"])).json()
-        assert listed["last_year"] == 2027 and listed["years"]["2027"]["title"].startswith("TEST DATA ONLY")
-        # Another process (a worker, the CLI) sees the year from the database.
+        assert listed["last_year"] == n and listed["years"][str(n)]["title"].startswith("TEST DATA ONLY")
+        # Another process (a worker, the CLI) sees the year from the database: 16:00 on the last
+        # workday + 2 h = 1.5 h that day and 0.5 h on the first workday of the next year.
+        last = _last_workday(cal, y)
+        start = t(last.year, last.month, last.day, 16, 0).astimezone(dt.UTC)
+        want = dt.datetime.combine(_made_up_workdays(last, 1), dt.time(9, 0), CST).astimezone(dt.UTC)
         code = ("import datetime as dt, sys; from layers import calendar as c; from layers.db import make_engine; "
                 f"c.bind(make_engine({db_url!r})); cal = c.calendar(); "
-                "print(cal.last_year, cal.add(dt.datetime(2026,12,31,8,0,tzinfo=dt.timezone.utc), 2, 'wh').isoformat())")
+                f"print(cal.last_year, cal.add(dt.datetime.fromisoformat({start.isoformat()!r}), 2, 'wh').isoformat())")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        assert res.stdout.split() == ["2027", "2027-01-04T01:00:00+00:00"], res.stderr
-    finally:
+        assert res.stdout.split() == [str(n), want.isoformat()], res.stderr
+    finally:  # only the year this test loaded; the conftest's years stay
         with engine.begin() as conn:
-            conn.execute(text("DELETE FROM calendar_year WHERE year = 2027"))
-    assert 2027 not in lcal.calendar(force=True).years
+            conn.execute(text("DELETE FROM calendar_year WHERE year = :y"), {"y": n})
+    after = lcal.calendar(force=True)
+    assert n not in after.years and sorted(after.years) == loaded_before
 
 
 def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, haimen, tmp_path):
@@ -315,8 +388,9 @@ def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, 
 
 
 def test_actions_at_the_year_end_keep_going_and_extend_is_refused(conn, haimen, departments, tokens, monkeypatch):
-    """Without the 2027 notice: a dispatch on 31 Dec is done, its next deadline flagged unknown; an
-    extension (whose only purpose is a new deadline) is refused with the reason (→ 503 in the API)."""
+    """Without the next year's notice: a dispatch on the last workday of the year is done, its next
+    deadline flagged unknown; an extension (whose only purpose is a new deadline) is refused with the
+    reason (→ 503 in the API)."""
     from sqlalchemy import text
 
     from layers import calendar as lcal
@@ -324,30 +398,36 @@ def test_actions_at_the_year_end_keep_going_and_extend_is_refused(conn, haimen, 
     from layers.errors import CalendarMissing
     from layers.users import User
     from tests.cases.conftest import working_point
+    from tests.conftest import made_up_year
 
-    frozen = t(2026, 12, 31, 9, 0)
+    cal = lcal.calendar(force=True)
+    y = cal.last_year
+    n = y + 1
+    last = _last_workday(cal, y)
+    at = lambda h, m: t(last.year, last.month, last.day, h, m)  # noqa: E731
+    frozen = at(9, 0)
     monkeypatch.setattr(lcal, "now", lambda: frozen)
     uid = conn.execute(text("SELECT id FROM app_user WHERE name = 'test_operator'")).scalar_one()
     op = User(uid, "test_operator", "operator", None, None)
     c = wf.open_case(conn, haimen, source="hotline", channel="电话", category_code="E50301", received_at=frozen,
                      location=working_point(haimen, 121.29, 31.97), request_type="举报")
-    assert c.close_deadline_at is None and "2027" in c.calendar_warning  # 15 working days: into 2027
+    assert c.close_deadline_at is None and str(n) in c.calendar_warning  # 15 working days: into the next year
     assert c.step_deadline_at is not None  # 立案 within the day: computable
-    wf.transition(conn, c.id, "accept", op, at=t(2026, 12, 31, 9, 10))
-    r = wf.transition(conn, c.id, "dispatch", op, at=t(2026, 12, 31, 17, 20))
-    assert r["state"] == "dispatched" and r["step_deadline_at"] is None and "2027" in r["calendar_warning"]
+    wf.transition(conn, c.id, "accept", op, at=at(9, 10))
+    r = wf.transition(conn, c.id, "dispatch", op, at=at(17, 20))
+    assert r["state"] == "dispatched" and r["step_deadline_at"] is None and str(n) in r["calendar_warning"]
     pend = r["data"]["deadline_pending"]
     assert pend["step"]["state"] == "dispatched" and pend["step"]["unit"] == "wh"
-    with pytest.raises(CalendarMissing, match="2027"):
+    with pytest.raises(CalendarMissing, match=str(n)):
         wf.transition(conn, c.id, "extend", op, amount=2, unit="wd", reason="需协调")
     # Loading the year (in this rolled-back transaction) gives both deadlines.
-    out = lcal.import_year(conn, TEST_2027, loaded_by="test")
+    out = lcal.import_year(conn, made_up_year(n, "tests/cases/test_calendar.py"), loaded_by="test")
     assert out["deadlines_filled"]["step"] >= 1 and out["deadlines_filled"]["close"] >= 1
     step, close = conn.execute(text("SELECT step_deadline_at, close_deadline_at FROM case_file WHERE id = :i"),
                                {"i": c.id}).one()
-    # 签收 1 工作时 from 17:20 on 31 Dec: 10 minutes that day, 50 on Monday 4 Jan 2027 (1 Jan off).
-    assert local(step) == dt.datetime(2027, 1, 4, 9, 20)
-    assert local(close) == dt.datetime(2027, 1, 22, 17, 30)
+    # 签收 1 工作时 from 17:20: 10 minutes that day, 50 on the first workday of the next year (1 Jan off).
+    assert local(step) == dt.datetime.combine(_made_up_workdays(last, 1), dt.time(9, 20))
+    assert local(close) == dt.datetime.combine(_made_up_workdays(last, 15), dt.time(17, 30))
 
 
 def test_cli_calendar_import(engine, tmp_path, monkeypatch, capsys, db_url):
@@ -356,10 +436,12 @@ def test_cli_calendar_import(engine, tmp_path, monkeypatch, capsys, db_url):
     from sqlalchemy import text
 
     from citygrid import cli, settings
+    from layers import calendar as lcal
+    from tests.conftest import made_up_year
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
-    doc = {**TEST_2027, "year": 2099, "holidays": ["2099-01-01"]}
+    doc = made_up_year(2099, "tests/cases/test_calendar.py")
     (tmp_path / "2099.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     (tmp_path / "bad.json").write_text(json.dumps({**doc, "workdays": ["2099-01-05"]}), encoding="utf-8")
     try:
@@ -373,7 +455,12 @@ def test_cli_calendar_import(engine, tmp_path, monkeypatch, capsys, db_url):
         assert src == (doc["source"]["title"], "cli")
         assert cli.main(["calendar", "list"]) == 0
         listed = capsys.readouterr().out
-        assert "2099" in listed and "2027  not configured" in listed
+        with engine.connect() as conn:
+            years = sorted(lcal.build(lcal.database_years(conn)).years)
+        assert 2099 in years and all(f"{y}  国务院办公厅关于{y}年" in listed for y in lcal.shipped_years())
+        assert all(f"{y}  TEST DATA ONLY" in listed for y in years if y not in lcal.shipped_years())
+        for y in lcal.base_config().get("not_configured", {}):  # why a year is not shipped
+            assert f"{y}  not configured" in listed
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM calendar_year WHERE year = 2099"))

@@ -210,7 +210,10 @@ def test_media_url_is_stored_and_returned(base, tokens, engine):
 def test_request_lists_page_and_say_when_cut(base, tokens, engine):
     import datetime as dt
 
-    start = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    from layers import calendar as lcal
+
+    # The workflow's clock (the cases' received_at and the default end_date are read from it).
+    start = (lcal.now().astimezone(dt.UTC) - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     made = []
     for i in range(5):
         r = requests.post(base + "/requests.json", data={"api_key": tokens["operator"], "service_code": "010203",
