@@ -286,12 +286,14 @@ class Context:
 
 
 def _dialogue(conn: Connection, city: CityInfo, openid: str) -> tuple[str, dict]:
-    row = conn.execute(text("""SELECT step, draft, updated_at FROM wechat_dialogue
-                               WHERE city_id = :c AND openid = :o FOR UPDATE"""), {"c": city.id, "o": openid}).first()
+    # The draft's age on the database's clock, the one that wrote updated_at (two servers' clocks may differ).
+    row = conn.execute(text("""SELECT step, draft, updated_at < now() - make_interval(mins => :m) FROM wechat_dialogue
+                               WHERE city_id = :c AND openid = :o FOR UPDATE"""),
+                       {"c": city.id, "o": openid, "m": settings.wechat().draft_minutes}).first()
     if row is None:
         return "idle", {}
-    step, draft, updated = row
-    if step != "idle" and updated < lcal.now() - dt.timedelta(minutes=settings.wechat().draft_minutes):
+    step, draft, expired = row
+    if step != "idle" and expired:
         _drop_draft_photos(conn, city, openid)
         return "idle", {}
     return step, dict(draft or {})

@@ -126,5 +126,7 @@ def calendar_years(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope=
 
     cal = lcal.build(lcal.database_years(conn))
     return {"years": {y: cal.sources.get(y) for y in sorted(cal.years)}, "first_year": cal.first_year,
-            "last_year": cal.last_year, "not_configured": lcal.base_config().get("not_configured", {}),
+            "last_year": cal.last_year,
+            "not_configured": {y: why for y, why in lcal.base_config().get("not_configured", {}).items()
+                               if int(y) not in cal.years},
             "before_first_year": "weekends only (no holidays known): clocks flagged calendar_complete=false"}
