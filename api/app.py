@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 import api.routers
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from gis.crs import CRSError
-from layers.errors import Conflict, Forbidden, InputError, NotFound
+from layers.core.errors import Conflict, Forbidden, InputError, NotFound
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 PAGES = ("inspector", "supervisor", "planner", "public", "operator")
@@ -54,8 +54,8 @@ def create_app(database_url: str | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         from api.deps import close_apool
         from citygrid.dbcluster import database_url as resolve_url
-        from layers.db import make_engine
-        from layers.intake import PlaceCache
+        from layers.core.db import make_engine
+        from layers.field.intake import PlaceCache
 
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)

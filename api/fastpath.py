@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from api.deps import Allow, TokenClaim, apool_of
 from api.routers import inspector
 from citygrid import settings
-from layers import tiles as ltiles
+from layers.publish import tiles as ltiles
 
 TILE_PATH = re.compile(r"^/api/v1/tiles/([A-Za-z0-9_]{1,60})/(\d{1,2})/(\d{1,8})/(\d{1,8})\.mvt$")
 MEDIA = "application/vnd.mapbox-vector-tile"

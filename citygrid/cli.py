@@ -12,7 +12,7 @@ from citygrid import settings
 
 def _engine():
     from citygrid.dbcluster import database_url
-    from layers.db import make_engine
+    from layers.core.db import make_engine
 
     return make_engine(database_url(), pool_size=2)
 
@@ -40,7 +40,7 @@ def cmd_db(args) -> int:
 
 
 def cmd_migrate(_args) -> int:
-    from layers.db import current_revision, migrate
+    from layers.core.db import current_revision, migrate
 
     engine = _engine()
     migrate(engine)
@@ -66,8 +66,8 @@ def _print_demo(tokens: dict) -> None:
 
 
 def cmd_demo(args) -> int:
-    from layers.db import migrate
-    from layers.demo import ensure_demo_users, load_demo
+    from layers.core.db import migrate
+    from layers.demo.haimen import ensure_demo_users, load_demo
 
     engine = _engine()
     migrate(engine)
@@ -80,7 +80,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_city(args) -> int:
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     engine = _engine()
     with engine.begin() as conn:
@@ -94,7 +94,7 @@ def cmd_city(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     engine = _engine()
     with engine.begin() as conn:
@@ -109,7 +109,7 @@ def cmd_grid(args) -> int:
 
 
 def cmd_users(args) -> int:
-    from layers import users as lusers
+    from layers.core import users as lusers
 
     engine = _engine()
     with engine.begin() as conn:
@@ -125,8 +125,8 @@ def cmd_users(args) -> int:
 
 
 IMPORTERS = {
-    "assets": ("layers.asset_import", "main_import_assets"),
-    "cases": ("layers.hotline", "main_import_cases"),
+    "assets": ("layers.assets.imports", "main_import_assets"),
+    "cases": ("layers.cases.hotline", "main_import_cases"),
 }
 
 
@@ -138,19 +138,19 @@ def cmd_import(args) -> int:
 
 
 def cmd_bulletin(args) -> int:
-    from layers.bulletin import main_bulletin
+    from layers.analytics.bulletin import main_bulletin
 
     return main_bulletin(args.rest) or 0
 
 
 def cmd_alerts(args) -> int:
-    from layers.analytics import main_daily
+    from layers.analytics.heatmap import main_daily
 
     return main_daily(args.rest) or 0
 
 
 def cmd_la311(args) -> int:
-    from layers.synthetic import main_la311
+    from layers.demo.synthetic import main_la311
 
     return main_la311(args.rest) or 0
 
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from citygrid.dbcluster import ClusterError
     from gis.crs import CRSError
-    from layers.errors import Conflict, InputError, NotFound
+    from layers.core.errors import Conflict, InputError, NotFound
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

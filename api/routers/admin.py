@@ -12,10 +12,10 @@ from sqlalchemy import Connection
 from api.deps import ADMIN, get_conn
 from api.uploads import save_upload
 from citygrid import settings
-from layers import city as lcity
-from layers import users as lusers
-from layers.files import VECTOR_SUFFIXES
-from layers.models import ROLES
+from layers.core import city as lcity
+from layers.core import users as lusers
+from layers.core.files import VECTOR_SUFFIXES
+from layers.core.models import ROLES
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin 管理"])
 

@@ -1,5 +1,5 @@
 """Cases (案卷): intake, the list and detail, every workflow action, dispatch proposals, alerts, the
-"needs location" queue, batch import and public notices. Logic lives in layers/workflow.py."""
+"needs location" queue, batch import and public notices. Logic lives in layers/cases/workflow.py."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from sqlalchemy import Connection, text
 from api.deps import Allow, get_city, get_conn
 from citygrid import settings
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import duplicates as ldup
-from layers import workflow as wf
-from layers.case_vocab import CHANNELS, EVENTS, RATINGS, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.cases import calendar as lcal
+from layers.cases import duplicates as ldup
+from layers.cases import workflow as wf
+from layers.cases.vocab import CHANNELS, EVENTS, RATINGS, REQUEST_TYPES, STATES
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 router = APIRouter(prefix="/api/v1", tags=["cases 案卷"])
 
@@ -88,7 +88,7 @@ def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(g
     location_source = None
     confidence = None
     if loc is None and body.address:
-        from layers import gazetteer
+        from layers.cases import gazetteer
 
         hit = gazetteer.locate_address(conn, city, body.address)
         if hit is not None:
@@ -215,7 +215,7 @@ def setup_departments(_=Depends(Allow("admin")), conn: Connection = Depends(get_
 async def import_cases(file: UploadFile = File(...), mapping: UploadFile | None = File(None),
                        dry_run: bool = Form(False), user=Depends(Allow("operator", "admin")),
                        conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import hotline
+    from layers.cases import hotline
 
     cap = settings.api().max_upload_bytes
     data = await file.read(cap + 1)
@@ -242,6 +242,6 @@ class NoticeIn(BaseModel):
 @router.post("/notices", summary="便民公告 Publish a public notice", status_code=201)
 def add_notice(body: NoticeIn, user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
                city: CityInfo = Depends(get_city)):
-    from layers import citizen
+    from layers.cases import citizen
 
     return citizen.add_notice(conn, city, body.title, body.body, user, expires_at=body.expires_at)

@@ -15,12 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Allow, DeferredAllow, TokenClaim, get_apool, get_city, get_conn
 from gis.crs import CRSError
-from layers import intake as lintake
-from layers import photostore as lstore
-from layers import reports as lreports
-from layers import workflow as lwf
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
+from layers.cases import workflow as lwf
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
+from layers.field import intake as lintake
+from layers.field import photostore as lstore
+from layers.field import reports as lreports
 
 log = logging.getLogger("citygrid.field")
 
@@ -36,8 +36,8 @@ async def _lifespan(app):
         lstore.recover_at_start(engine, "field_photo", lstore.PhotoStore.default(), log=log)
         try:
             from citygrid import settings
-            from layers import city as lcity
-            from layers import grid as lgrid
+            from layers.core import city as lcity
+            from layers.core import grid as lgrid
 
             with engine.connect() as conn:
                 slug = settings.api().default_city
@@ -137,8 +137,8 @@ def _report_input(body: ReportJson) -> lreports.ReportInput:
 
 def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportInput, key: str) -> dict:
     """The synchronous path, for reports that ask the asset registry: one transaction, committed here."""
-    from layers import city as lcity
-    from layers import users as lusers
+    from layers.core import city as lcity
+    from layers.core import users as lusers
 
     with engine.begin() as conn:
         user = claim.gate.admit(lusers.user_for_token(conn, claim.token))
@@ -162,7 +162,7 @@ def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportI
              responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
                         201: {"description": "the report, its case (or the case it was merged into), cell, flags"}})
 async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_INSPECTOR)):
-    """The fast intake (layers/intake.py): validated and snapped here, written by one database call
+    """The fast intake (layers/field/intake.py): validated and snapped here, written by one database call
     that also checks the token. Any refusal is preceded by the token check, so a bad request from
     an unknown token is a 401 as everywhere else. (The header and the query parameter are read from
     the request, not declared, as the fast path reads them; the OpenAPI entry declares them.)
@@ -207,7 +207,7 @@ async def read_capped(request: Request, cap: int) -> bytes:
 
 async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency_key: str | None,
                            city: str | None) -> dict:
-    """A JSON report, validated, snapped and written (layers.intake.file_report); the answer is
+    """A JSON report, validated, snapped and written (layers.field.intake.file_report); the answer is
     ``{"status": 201|200, "result": ...}`` or ``{"status": 401}`` / ``{"status": 403, "role": ...}``
     for the token. Raises RequestValidationError / InputError / CRSError / NotFound / Conflict for a
     refused report (nothing written). Shared by the route and its fast path."""
@@ -252,7 +252,7 @@ def upload_track(file: UploadFile = File(..., description="GPX 1.1, or a GeoJSON
                  crs: str = Form("EPSG:4326", max_length=40, description="WGS-84 (default), EPSG:4490, GCJ-02, BD-09"),
                  format: str = Form("auto", pattern="^(auto|gpx|geojson)$"),
                  user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import patrols as lpatrols
+    from layers.field import patrols as lpatrols
 
     cap = lreports.config()["max_track_bytes"]
     data = file.file.read(cap + 1)
@@ -263,6 +263,6 @@ def upload_track(file: UploadFile = File(..., description="GPX 1.1, or a GeoJSON
 
 @router.get("/worklist", summary="今日任务 Zones due today and cases waiting on site, overdue first")
 def my_worklist(user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import patrols as lpatrols
+    from layers.field import patrols as lpatrols
 
     return lpatrols.worklist(conn, city, user)

@@ -13,9 +13,9 @@ from sqlalchemy import Connection
 
 from api.deps import PUBLIC, get_city, get_conn
 from citygrid import settings
-from layers import citizen
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.cases import citizen
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 router = APIRouter(prefix="/api/v1/public", tags=["public 市民"])
 

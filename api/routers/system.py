@@ -7,10 +7,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import PUBLIC, STAFF, get_conn
-from layers import city as lcity
-from layers import grid as lgrid
-from layers.errors import NotFound
-from layers.models import ROLE_LABELS
+from layers.core import city as lcity
+from layers.core import grid as lgrid
+from layers.core.errors import NotFound
+from layers.core.models import ROLE_LABELS
 
 router = APIRouter(prefix="/api/v1", tags=["system 系统"])
 

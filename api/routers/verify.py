@@ -1,5 +1,5 @@
 """On-site verification (核查) with real photos: the inspector's check of a department's work, the
-task it needs on site, and the photos served to staff. Logic in layers/verification.py."""
+task it needs on site, and the photos served to staff. Logic in layers/field/verification.py."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
 from api.routers.inspector import _read_upload
-from layers import reports as lreports
-from layers import verification as lver
-from layers.city import CityInfo
+from layers.core.city import CityInfo
+from layers.field import reports as lreports
+from layers.field import verification as lver
 
 log = logging.getLogger("citygrid.verify")
 

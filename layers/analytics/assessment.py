@@ -1,5 +1,5 @@
 """考核办法: scores, deductions, grades and rankings from the KPIs, per the configuration file
-``analytics_data/assessment.json`` (weights, deductions, grade bands).
+``data/assessment.json`` (weights, deductions, grade bands).
 
 Component rules:
 
@@ -20,8 +20,8 @@ import datetime as dt
 
 from sqlalchemy import Connection
 
-from layers import kpi as lkpi
-from layers.city import CityInfo
+from layers.analytics import kpi as lkpi
+from layers.core.city import CityInfo
 
 
 def score_unit(f: dict, cfg: dict) -> dict:

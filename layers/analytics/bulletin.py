@@ -22,14 +22,14 @@ from string import Template
 import numpy as np
 from sqlalchemy import Connection, text
 
-from layers import analytics as la
-from layers import assessment as lassess
-from layers import kpi as lkpi
-from layers import rollups
-from layers.city import CityInfo
-from layers.errors import NotFound
+from layers.analytics import assessment as lassess
+from layers.analytics import heatmap as la
+from layers.analytics import kpi as lkpi
+from layers.analytics import rollups
+from layers.core.city import CityInfo
+from layers.core.errors import NotFound
 
-TEMPLATE = Path(__file__).resolve().parent / "analytics_data" / "bulletin.html"
+TEMPLATE = Path(__file__).resolve().parent / "data" / "bulletin.html"
 CJK_FONT = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -149,7 +149,7 @@ def _png(fig) -> str:
 def _boundary(conn, city, ax):
     import shapely
 
-    from layers.city import city_boundary
+    from layers.core.city import city_boundary
 
     b = city_boundary(conn, city)
     for poly in getattr(b, "geoms", [b]):
@@ -354,9 +354,9 @@ def main_bulletin(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from citygrid import settings
     from citygrid.dbcluster import database_url
-    from layers import city as lcity
-    from layers.db import make_engine
-    from layers.errors import InputError
+    from layers.core import city as lcity
+    from layers.core.db import make_engine
+    from layers.core.errors import InputError
 
     try:
         lkpi.month_bounds(args.month)

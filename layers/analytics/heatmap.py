@@ -1,6 +1,6 @@
 """Heat, significant hot spots, emerging hot spots and burst alerts over the database.
 
-Cell counts come from the rollup (layers/rollups.py); the statistics are the pure ones of
+Cell counts come from the rollup (layers/analytics/rollups.py); the statistics are the pure ones of
 ``gis/heat.py``, ``gis/hotspots.py`` and ``gis/bursts.py``. The grid (cell order, col/row, centroids)
 and its spatial weights are cached per grid version, so a request costs one rollup query plus the
 arithmetic.
@@ -25,10 +25,10 @@ from gis import bursts as gbursts
 from gis import crs as gcrs
 from gis import heat as gheat
 from gis import hotspots as ghot
-from layers import grid as lgrid
-from layers import rollups
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.analytics import rollups
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 HOT_LABELS = {3: "热点 99% Hot spot 99%", 2: "热点 95% Hot spot 95%", 1: "热点 90% Hot spot 90%",
               -1: "冷点 90% Cold spot 90%", -2: "冷点 95% Cold spot 95%", -3: "冷点 99% Cold spot 99%"}
@@ -149,7 +149,7 @@ def compact_change_log(conn: Connection, city: CityInfo) -> int:
 def rollup_fingerprint(conn: Connection, city: CityInfo) -> tuple[int, int, int, int]:
     """(epoch, count, sum, max) of the city's rollup change log: every statement that adds, moves or
     merges cases appends to the log, a full rebuild bumps the epoch. :class:`DayCache` and the
-    worklist's hot-spot weights (layers.patrols.hotspot_weights) compare it to know when to reload."""
+    worklist's hot-spot weights (layers.field.patrols.hotspot_weights) compare it to know when to reload."""
     row = conn.execute(text("""
         SELECT COALESCE((SELECT epoch FROM analytics_city WHERE city_id = :c), 0),
                count(*), COALESCE(sum(version), 0), COALESCE(max(version), 0)
@@ -713,8 +713,8 @@ def main_daily(argv: list[str] | None = None) -> int:
 
     from citygrid import settings
     from citygrid.dbcluster import database_url
-    from layers import city as lcity
-    from layers.db import make_engine
+    from layers.core import city as lcity
+    from layers.core.db import make_engine
 
     ap = argparse.ArgumentParser(prog="citygrid alerts", description="舆情预警 daily burst and petition-risk check")
     ap.add_argument("--city", default=None)

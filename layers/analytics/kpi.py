@@ -21,7 +21,7 @@ overdue            accepted, not deferred, and not closed on time: closed late, 
 
 Grouping: 'all', 'district' (6 digits of the case's area code), 'street' (9), 'department' (the
 department of the case's last 'dispatched' event), 'category'. KPI definitions and denominators
-come from ``analytics_data/assessment.json`` (configuration, not code).
+come from ``data/assessment.json`` (configuration, not code).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
 
-from layers import rollups
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.analytics import rollups
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
-CONFIG = Path(__file__).resolve().parent / "analytics_data" / "assessment.json"
+CONFIG = Path(__file__).resolve().parent / "data" / "assessment.json"
 
 FACTS = ("received", "accepted", "rejected", "dispatched", "dispatch_ok", "returned", "handled",
          "handled_on_time", "closed", "closed_on_time", "reworked", "rework_times", "extended", "deferred",

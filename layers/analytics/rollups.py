@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 from sqlalchemy import Connection, text
 
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 MAX_DAYS = 3 * 366
 

@@ -35,11 +35,11 @@ import shapely
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers import assets as la
-from layers import grid as lgrid
-from layers.city import CityInfo
-from layers.errors import InputError
-from layers.files import opened
+from layers.assets import registry as la
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.core.files import opened
 
 FORMATS = {".gpkg", ".zip", ".geojson", ".json", ".kml", ".csv", ".shp", ".fgb"}
 MAX_REJECTS_LISTED = 1000
@@ -486,8 +486,8 @@ def main_import_assets(argv: list[str] | None = None) -> int:
 
     from citygrid import settings
     from citygrid.dbcluster import database_url
-    from layers import city as lcity
-    from layers.db import make_engine
+    from layers.core import city as lcity
+    from layers.core.db import make_engine
 
     engine = make_engine(database_url(), pool_size=1)
     try:

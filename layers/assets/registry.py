@@ -16,10 +16,10 @@ from shapely.geometry import mapping, shape
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
 
-CATALOG_DIR = Path(__file__).resolve().parent / "catalog_data"
+CATALOG_DIR = Path(__file__).resolve().parent / "data"
 KINDS = ("component", "event")
 #: 部件状态 asset states (ObjState).
 STATUSES = {"完好": "intact", "破损": "damaged", "丢失": "missing", "占用": "occupied", "废弃": "retired",

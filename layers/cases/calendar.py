@@ -7,7 +7,7 @@
   receipt (the day of receipt itself does not count).
 
 A workday is a weekday that is not a holiday, or a make-up workday (调休上班) even on a weekend.
-Holidays and make-up workdays are configuration (``layers/workflow_data/calendar.json``).
+Holidays and make-up workdays are configuration (``layers/cases/data/calendar.json``).
 All functions take and return timezone-aware datetimes; naive ones are read as local time.
 """
 
@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from layers.errors import InputError
+from layers.core.errors import InputError
 
-DATA = Path(__file__).resolve().parent / "workflow_data"
+DATA = Path(__file__).resolve().parent / "data"
 UNITS = {"wh": "工作时 working hours", "eh": "紧急工作时 clock hours", "wd": "工作日 working days"}
 
 

@@ -25,11 +25,11 @@ from sqlalchemy import Connection, text
 from citygrid import settings
 from gis import crs as gcrs
 from gis import photos as gphotos
-from layers import calendar as lcal
-from layers import workflow as wf
-from layers.case_vocab import EVENTS, RATINGS, STATES
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
+from layers.cases import calendar as lcal
+from layers.cases import workflow as wf
+from layers.cases.vocab import EVENTS, RATINGS, STATES
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
 
 #: States as the public sees them (no internal detail).
 PUBLIC_STATE = {
@@ -87,7 +87,7 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
     src_name = "citizen"
     confidence = None
     if loc is None and address:
-        from layers import gazetteer
+        from layers.cases import gazetteer
 
         hit = gazetteer.locate_address(conn, city, address)
         if hit:
@@ -112,7 +112,7 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
 # The counting happens inside the request's transaction under advisory locks (case number first,
 # then address: one order, no deadlock), so concurrent guesses on several workers are counted exactly.
 
-LIMITS_FILE = Path(__file__).resolve().parent / "citizen_data" / "lookup_limits.json"
+LIMITS_FILE = Path(__file__).resolve().parent / "data" / "lookup_limits.json"
 #: First keys of the advisory locks (the second: hashtext of the key); apart from the export jobs'.
 _LOCK_CASE, _LOCK_ADDR = 0x6C6B01, 0x6C6B02
 
@@ -126,7 +126,7 @@ class Limit:
 
 @lru_cache
 def lookup_limits() -> dict[str, Limit]:
-    """``{"per_case": Limit, "per_address": Limit}`` from ``citizen_data/lookup_limits.json``."""
+    """``{"per_case": Limit, "per_address": Limit}`` from ``data/lookup_limits.json``."""
     cfg = json.loads(LIMITS_FILE.read_text(encoding="utf-8"))
     out = {}
     for scope in ("per_case", "per_address"):

@@ -12,14 +12,14 @@ import datetime as dt
 
 from sqlalchemy import Connection, text
 
-from layers import calendar as lcal
-from layers.case_vocab import FINAL_STATES, OPEN_STATES
-from layers.errors import Conflict, InputError, NotFound
+from layers.cases import calendar as lcal
+from layers.cases.vocab import FINAL_STATES, OPEN_STATES
+from layers.core.errors import Conflict, InputError, NotFound
 
 
 def rule_for(category_code: str) -> tuple[float, float]:
     """(radius in metres, window in hours) of a class."""
-    from layers.workflow import catalog, limits
+    from layers.cases.workflow import catalog, limits
 
     d = limits()["duplicate"]
     item = catalog().get(category_code)

@@ -19,9 +19,9 @@ import shapely
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers.city import CityInfo
-from layers.errors import InputError
-from layers.files import read_vector
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.core.files import read_vector
 
 #: How far a match by this kind of place pins a case (a district pins nothing useful).
 CONFIDENCE = {"poi": 0.95, "key_zone": 0.9, "community": 0.8, "road": 0.75, "street": 0.4, "district": 0.1,

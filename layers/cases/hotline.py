@@ -37,15 +37,15 @@ import shapely
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import grid as lgrid
-from layers import workflow as wf
-from layers.case_vocab import CHANNELS, REQUEST_TYPES
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.cases import calendar as lcal
+from layers.cases import workflow as wf
+from layers.cases.vocab import CHANNELS, REQUEST_TYPES
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 TIMING = False
-MAPPINGS = Path(__file__).resolve().parent / "workflow_data" / "mappings"
+MAPPINGS = Path(__file__).resolve().parent / "data" / "mappings"
 FIELDS = ("source_ref", "received_at", "category", "channel", "request_type", "urgency", "title", "description",
           "address", "lon", "lat", "name", "phone", "status", "closed_at")
 #: Header names recognised without a mapping file (compared lower-case, spaces stripped).
@@ -559,7 +559,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     conf = np.full(n, np.nan)
     need_geo = ~has_pt & (reasons == None) & (addr != "")  # noqa: E711
     if need_geo.any():
-        from layers import gazetteer
+        from layers.cases import gazetteer
 
         gi = gazetteer.index(conn, city)
         for i in np.flatnonzero(need_geo):
@@ -734,15 +734,15 @@ def main_import_cases(argv: list[str] | None = None) -> int:
                                  description="批量导入案卷 Import hotline cases from CSV/XLSX/JSON")
     ap.add_argument("file", type=Path)
     ap.add_argument("--city", required=True)
-    ap.add_argument("--mapping", help="mapping JSON file (or the name of one in layers/workflow_data/mappings)")
+    ap.add_argument("--mapping", help="mapping JSON file (or the name of one in layers/cases/data/mappings)")
     ap.add_argument("--source", default=None, help="hotline (default), inspector, citizen, open311, other")
     ap.add_argument("--dry-run", action="store_true", help="check every row, write nothing")
     ap.add_argument("--errors", type=Path, help="write the row-level error report to this CSV")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     from citygrid.dbcluster import database_url
-    from layers.city import get_city
-    from layers.db import make_engine
+    from layers.core.city import get_city
+    from layers.core.db import make_engine
 
     engine = make_engine(database_url(), pool_size=2)
     try:

@@ -16,11 +16,11 @@ from shapely.geometry import Point
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import workflow as wf
-from layers.case_vocab import FINAL_STATES, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.cases import calendar as lcal
+from layers.cases import workflow as wf
+from layers.cases.vocab import FINAL_STATES, REQUEST_TYPES, STATES
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
 
 SPEC = "http://wiki.open311.org/GeoReport_v2"
 PUBLISH_TEXT_SOURCES = ("open311", "citizen")
@@ -133,7 +133,7 @@ def post_request(conn: Connection, city: CityInfo, form: dict, actor) -> list[di
         x, y = gcrs.transform_xy(np.array([lon]), np.array([lat]), "EPSG:4326", city.working_crs)
         loc, loc_src = Point(float(x[0]), float(y[0])), "open311"
     elif address:
-        from layers import gazetteer
+        from layers.cases import gazetteer
 
         hit = gazetteer.locate_address(conn, city, address)
         if hit:

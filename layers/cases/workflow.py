@@ -1,15 +1,15 @@
 """One closed-loop workflow for hotline cases, inspector reports and citizen requests.
 
 信息收集 → 受理/立案 (或不予立案) → 派遣 → 处置 → 反馈 → 核查 (不通过: 返工) → 结案 → 回访/评价,
-plus 回退, 延期, 缓办, 挂账, 督办, 重办, 作废 and 并单 (layers/duplicates.py).
+plus 回退, 延期, 缓办, 挂账, 督办, 重办, 作废 and 并单 (layers/cases/duplicates.py).
 
 Every step is one append-only ``case_event`` row: who (actor, role), when, from → to, the
 department, a note, photos, and in ``data`` the deadline that applied to the step just finished
 (``deadline``), whether it was met (``met``) and the next one (``next_deadline``). The analytics
 read their KPIs from these rows.
 
-Deadlines come from the class and urgency (``workflow_data/catalog.json`` and ``limits.json``) on the
-working-time calendar (layers/calendar.py).
+Deadlines come from the class and urgency (``data/catalog.json`` and ``limits.json``) on the
+working-time calendar (layers/cases/calendar.py).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Connection, text
 
-from layers import calendar as lcal
-from layers import duplicates as ldup
-from layers import grid as lgrid
-from layers.case_vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
+from layers.cases import calendar as lcal
+from layers.cases import duplicates as ldup
+from layers.cases.vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
 
-DATA = Path(__file__).resolve().parent / "workflow_data"
+DATA = Path(__file__).resolve().parent / "data"
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
 URGENCIES = ("normal", "urgent", "emergency")
 CONTACT_ROLES = frozenset({"operator", "supervisor", "admin", "department"})

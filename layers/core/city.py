@@ -16,8 +16,8 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import grid as ggrid
-from layers.errors import Conflict, InputError, NotFound
-from layers.files import read_vector
+from layers.core.errors import Conflict, InputError, NotFound
+from layers.core.files import read_vector
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 
 from citygrid import settings
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def make_engine(url: str, *, pool_size: int | None = None) -> Engine:

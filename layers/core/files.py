@@ -10,7 +10,7 @@ from pathlib import Path
 import geopandas as gpd
 import pyogrio
 
-from layers.errors import InputError
+from layers.core.errors import InputError
 
 MAX_UNZIPPED = 500 * 1024 * 1024
 MAX_ZIP_MEMBERS = 2000

@@ -21,8 +21,8 @@ from sqlalchemy import Connection, text
 from gis import crs as gcrs
 from gis import grid as ggrid
 from gis import snap as gsnap
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from layers.errors import Conflict, InputError
-from layers.models import ROLES
+from layers.core.errors import Conflict, InputError
+from layers.core.models import ROLES
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from sqlalchemy import Connection, text
 from citygrid import settings
 from gis import crs as gcrs
 from gis import grid as ggrid
-from layers import city as lcity
-from layers import users as lusers
-from layers.errors import NotFound
+from layers.core import city as lcity
+from layers.core import users as lusers
+from layers.core.errors import NotFound
 
 SLUG = "haimen"
 
@@ -89,10 +89,10 @@ def load_demo(conn: Connection, *, cell_size: float = 100.0, log=print) -> lcity
     """Everything the demo shows, each part idempotent: the city and grid, its departments, a
     synthetic asset inventory, made-up key zones and a synthetic year of cases with a few injected
     bursts."""
-    from layers import workflow
-    from layers.asset_import import generate_synthetic_inventory
-    from layers.synthetic import load_synthetic_year
-    from layers.zones import load_demo_zones
+    from layers.assets.imports import generate_synthetic_inventory
+    from layers.cases import workflow
+    from layers.demo.synthetic import load_synthetic_year
+    from layers.field.zones import load_demo_zones
 
     city = load_haimen(conn, cell_size=cell_size, log=log)
     workflow.ensure_departments(conn, city)

@@ -2,7 +2,7 @@
 
 * :func:`bulk_insert_cases` writes cases straight into ``case_file`` and their events into
   ``case_event`` set-based (one INSERT … SELECT FROM unnest per table): for tests, the synthetic year
-  and imported real data (the LA 311 pipeline). Events follow layers/case_vocab.py.
+  and imported real data (the LA 311 pipeline). Events follow layers/cases/vocab.py.
 * :func:`haimen_synthetic_year` makes a year of SYNTHETIC cases for the Haimen demo (labelled:
   ``source_ref`` starts with ``synthetic:`` and the description says so): seasonal and weekly
   patterns, a handful of fixed hot places, and a few injected bursts. The demo loader calls
@@ -19,9 +19,9 @@ import numpy as np
 import shapely
 from sqlalchemy import Connection, text
 
-from layers import grid as lgrid
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 TZ8 = dt.timezone(dt.timedelta(hours=8))
 
@@ -323,9 +323,9 @@ def load_la_city(conn: Connection, councils_path, *, slug: str = LA_SLUG, cell_s
     its 'streets' (9-digit codes 990001 + the council id), and a regular grid (idempotent)."""
     import geopandas as gpd
 
-    from layers import city as lcity
-    from layers import rollups
-    from layers.errors import NotFound
+    from layers.analytics import rollups
+    from layers.core import city as lcity
+    from layers.core.errors import NotFound
 
     try:
         return lcity.get_city(conn, slug)
@@ -431,10 +431,10 @@ def main_la311(argv: list[str] | None = None) -> int:
 
     from citygrid import settings
     from citygrid.dbcluster import database_url
-    from layers import analytics as la
-    from layers import bulletin as lbulletin
-    from layers import kpi as lkpi
-    from layers.db import make_engine, migrate
+    from layers.analytics import bulletin as lbulletin
+    from layers.analytics import heatmap as la
+    from layers.analytics import kpi as lkpi
+    from layers.core.db import make_engine, migrate
 
     ap = argparse.ArgumentParser(prog="citygrid la311")
     ap.add_argument("--out", default=None)
@@ -452,7 +452,7 @@ def main_la311(argv: list[str] | None = None) -> int:
                       as_of=dt.datetime(2020, 1, 31, tzinfo=dt.UTC))["all"]
         print("KPIs:", {n: (v["value"] if v["kind"] == "count" else round(v["value"] or 0, 4)) for n, v in k.items()})
     engine.dispose()
-    from layers.bulletin import main_bulletin
+    from layers.analytics.bulletin import main_bulletin
 
     del lbulletin
     return main_bulletin(["2020-01", "--city", LA_SLUG] + (["--out", args.out] if args.out else []))

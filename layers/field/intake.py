@@ -7,7 +7,7 @@ loop, and the reports that arrive together cost one call of the database functio
 ``cg_file_reports_as`` (migration 0012), which checks the bearer tokens, claims the
 Idempotency-Keys, opens (or merges) the cases and stores the answers.
 
-Everything that is decided in Python is shared with the synchronous path (layers.reports:
+Everything that is decided in Python is shared with the synchronous path (layers.field.reports:
 ``locate_report``, ``plan_report``, ``report_outcome``): the two paths cannot drift apart. What this
 module adds is only where things come from on the event loop: the city and its loaded grid are
 cached per process, and the database says when the cached grid is no longer the active one (410 →
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from layers import city as lcity
-from layers import grid as lgrid
-from layers import reports as lreports
-from layers.errors import Conflict
+from layers.core import city as lcity
+from layers.core import grid as lgrid
+from layers.core.errors import Conflict
+from layers.field import reports as lreports
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import patrol as gpatrol
-from layers import zones as lzones
-from layers.case_vocab import STATES
-from layers.city import CityInfo
-from layers.errors import InputError
-from layers.reports import config
+from layers.cases.vocab import STATES
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.field import zones as lzones
+from layers.field.reports import config
 
 TZ = gpatrol.CHINA_TZ
 
@@ -193,7 +193,7 @@ def inspector_stats(conn: Connection, city: CityInfo, start: dt.date, end: dt.da
 
 # -- coverage as a catalog layer ------------------------------------------------------------------
 # The catalog's layers are SQL selects; the coverage arithmetic is the Python above. The layer
-# ``zone_coverage`` (layers/field_layers.py) reads the table ``zone_coverage`` (migration 0014), which
+# ``zone_coverage`` (layers/publish/field_layers.py) reads the table ``zone_coverage`` (migration 0014), which
 # this refresh fills with :func:`coverage` for the current period. The catalog calls the refresh before
 # every read of the layer (export, export job, OGC API, tiles); it recomputes only when the period, the
 # buffer, the zones or the period's tracks changed (a stamp of them is kept in zone_coverage_state).
@@ -205,7 +205,7 @@ def coverage_layer_period(today: dt.date | None = None) -> tuple[dt.date, dt.dat
     """The layer's current period: this ISO week so far (Monday … today, Asia/Shanghai), the period
     the worklist counts weekly rules in; daily rules are checked on every day of it."""
     if today is None:
-        from layers import calendar as lcal
+        from layers.cases import calendar as lcal
 
         today = lcal.now().astimezone(TZ).date()  # the workflow's clock, as the worklist's today
     return today - dt.timedelta(days=today.weekday()), today
@@ -278,7 +278,7 @@ class HotspotWeights:
     """Gi* z and confidence bin of every cell of the active grid over a window of days."""
 
     key: tuple  # (grid id, grid version, window start, window end)
-    fingerprint: tuple  # of the rollup's change log (layers.analytics.DayCache): epoch, count, sum, max
+    fingerprint: tuple  # of the rollup's change log (layers.analytics.heatmap.DayCache): epoch, count, sum, max
     index_of: dict  # cell id -> position
     cell_ids: np.ndarray  # position -> cell id
     z: np.ndarray
@@ -302,11 +302,11 @@ _clock = time.monotonic  # tests move it
 
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
     """Gi* z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
-    supervisors' hot-spot analysis (layers.analytics.hotspots: queen contiguity, all cells, BH-FDR) and
+    supervisors' hot-spot analysis (layers.analytics.heatmap.hotspots: queen contiguity, all cells, BH-FDR) and
     cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
     it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since
     they were computed. A new window (day), grid or epoch (rollup rebuild) recomputes at once."""
-    from layers import analytics as la
+    from layers.analytics import heatmap as la
 
     cfg = worklist_settings()
     start = today - dt.timedelta(days=cfg.hotspot_days - 1)
@@ -332,7 +332,7 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
 
 
 def _weight_doc(z: float | None, b: int) -> dict:
-    from layers.analytics import HOT_LABELS
+    from layers.analytics.heatmap import HOT_LABELS
 
     return {"z": None if z is None else round(z, 3), "bin": b, "label": HOT_LABELS.get(b),
             "weight": round(z, 3) if (z is not None and b > 0) else 0.0}
@@ -345,7 +345,7 @@ def worklist(conn: Connection, city: CityInfo, user, *, today: dt.date | None = 
     """Zones due today in the inspector's area and cases waiting for them on site. Cases: overdue
     first, then by the hot-spot weight of their cell (:func:`hotspot_weights`), then by deadline.
     Zones: most visits to go first, then by the weight of the heaviest hot-spot cell they touch."""
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     now = now or lcal.now()
     today = today or now.astimezone(TZ).date()

@@ -124,7 +124,7 @@ class PhotoStore:
             tmp.write_text(me, encoding="utf-8")
             os.replace(tmp, self.owner_file)
         elif mine != me:
-            from layers.errors import Conflict
+            from layers.core.errors import Conflict
 
             raise Conflict(f"the photo store {self.root} belongs to database '{mine}', not '{me}': "
                            "set CITYGRID_DATA_DIR to this database's data directory")

@@ -43,13 +43,13 @@ from sqlalchemy import Connection, text
 from gis import crs as gcrs
 from gis import exif as gexif
 from gis import photos as gphotos
-from layers import calendar as lcal
-from layers import workflow as lwf
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
-from layers.photostore import PhotoStore, Staged
+from layers.cases import calendar as lcal
+from layers.cases import workflow as lwf
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
+from layers.field.photostore import PhotoStore, Staged
 
-DATA = Path(__file__).resolve().parent / "field_data"
+DATA = Path(__file__).resolve().parent / "data"
 KEY_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")
 
 
@@ -285,7 +285,7 @@ class Located:
 def locate_report(city: CityInfo, grid, inp: ReportInput, photos: list[Photo], *, min_photos: int = 1,
                   cfg: dict | None = None) -> Located:
     """Validate a report and place it (the rules in this module's docstring). Pure: no database;
-    ``grid`` is the city's loaded grid (layers.grid.snapper). InputError (→ 422) when it is refused,
+    ``grid`` is the city's loaded grid (layers.core.grid.snapper). InputError (→ 422) when it is refused,
     including a point outside the city."""
     cfg = cfg or config()
     item = lwf.category(inp.category_code)
@@ -366,7 +366,7 @@ def needs_asset_lookup(inp: ReportInput) -> bool:
 def plan_report(city: CityInfo, grid, loc: Located, inp: ReportInput, asset: dict | None, key: str,
                 req_hash: str) -> dict:
     """The input of the database function ``cg_file_report`` (migration 0012): the report row, the
-    case it opens (layers.workflow.plan_case) and the answer without its ids. Pure."""
+    case it opens (layers.cases.workflow.plan_case) and the answer without its ids. Pure."""
     cfg = config()
     flags = list(loc.flags)
     point, source = loc.device_pt, loc.location_source
@@ -430,7 +430,7 @@ def submit_report(conn: Connection, city: CityInfo, user, inp: ReportInput, phot
     request with the same key blocks on the unique (user, key) until this transaction ends, then
     gets this result (created False).
     """
-    from layers import grid as lgrid
+    from layers.core import grid as lgrid
 
     cfg = config()
     for _attempt in range(3):

@@ -2,10 +2,10 @@
 'verifying' and passes it (verify_ok → 反馈 Handled, ready to close) or fails it (verify_fail → 返工,
 back to the department; a reason is required).
 
-What is reused, not repeated here: photos are checked and rendered by ``layers.reports.prepare_photo``
+What is reused, not repeated here: photos are checked and rendered by ``layers.field.reports.prepare_photo``
 (type from the bytes, size, decompression-bomb guard, full decode, EXIF, public copy, thumbnail);
-the files go to a content-addressed ``layers.photostore.PhotoStore`` (stage → commit → promote); the
-state change is ``layers.workflow.transition`` (role, area and state gates, deadlines, rework count),
+the files go to a content-addressed ``layers.field.photostore.PhotoStore`` (stage → commit → promote); the
+state change is ``layers.cases.workflow.transition`` (role, area and state gates, deadlines, rework count),
 whose event's ``photos`` are the URLs of the stored public copies.
 
 Position rule: the inspector's position (lon/lat in WGS-84, CGCS2000, GCJ-02 or BD-09, with its
@@ -32,15 +32,15 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import exif as gexif
-from layers import calendar as lcal
-from layers import reports as lreports
-from layers import workflow as lwf
-from layers.case_vocab import STATES
-from layers.city import CityInfo
-from layers.errors import Conflict, Forbidden, InputError, NotFound
-from layers.photostore import KINDS, PhotoStore, Staged
-from layers.photostore import recover as recover_store
-from layers.photostore import recover_at_start as recover_store_at_start
+from layers.cases import calendar as lcal
+from layers.cases import workflow as lwf
+from layers.cases.vocab import STATES
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, Forbidden, InputError, NotFound
+from layers.field import reports as lreports
+from layers.field.photostore import KINDS, PhotoStore, Staged
+from layers.field.photostore import recover as recover_store
+from layers.field.photostore import recover_at_start as recover_store_at_start
 
 #: metres (plus the fix's accuracy) beyond which the inspector was not at the case
 FAR_M = 100.0
@@ -348,7 +348,7 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
 
 def recover(conn: Connection, store: PhotoStore) -> dict[str, int]:
     """Bring this store's files in line with the committed rows (at start), by the rule of
-    ``layers.photostore.recover`` applied to ``case_verification_photo``."""
+    ``layers.field.photostore.recover`` applied to ``case_verification_photo``."""
     return recover_store(conn, store, referenced(conn))
 
 

@@ -19,11 +19,11 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import patrol as gpatrol
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
-from layers.files import read_vector
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
+from layers.core.files import read_vector
 
-DATA = Path(__file__).resolve().parent / "field_data"
+DATA = Path(__file__).resolve().parent / "data"
 MEASURES = {"Polygon": "area", "MultiPolygon": "area", "LineString": "length", "MultiLineString": "length",
             "Point": "points", "MultiPoint": "points"}
 

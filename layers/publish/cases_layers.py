@@ -1,4 +1,4 @@
-"""Cases in the layer catalog (layers/catalog.py).
+"""Cases in the layer catalog (layers/publish/catalog.py).
 
 * ``cases`` — one point per located case, for staff. Free text (description, address) and the caller's
   contact never appear: they may carry personal data.
@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from layers.catalog import Field, Layer, register
+from layers.publish.catalog import Field, Layer, register
 
 register(Layer(
     name="cases", title="案件", title_en="Cases (hotline, inspectors, citizens)", theme="cases",

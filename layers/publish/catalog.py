@@ -3,7 +3,7 @@ tiles, with its fields, geometry type, the roles that may read it and its public
 
 Other areas register their layers with one entry each, e.g. in their own module::
 
-    from layers.catalog import Field, Layer, register
+    from layers.publish.catalog import Field, Layer, register
     register(Layer(
         name="cases", title="案卷", title_en="Cases", theme="cases", geometry_type="Point",
         sql="SELECT c.id AS fid, c.code, c.class_code, c.status, c.created_at, c.cell_code, c.geom "
@@ -14,7 +14,7 @@ Other areas register their layers with one entry each, e.g. in their own module:
         roles=frozenset({"operator", "supervisor", "planner", "admin"}), public=True,
         time_field="created_at", class_field="class_code", area_field="cell_code", version_key="cases"))
 
-Where: put the entries in a module ``layers/<area>_layers.py`` (e.g. ``layers/cases_layers.py``); the
+Where: put the entries in a module ``layers/publish/<area>_layers.py`` (e.g. ``layers/publish/cases_layers.py``); the
 catalog imports every such module the first time it is used, so no shared file needs editing.
 
 Rules of an entry:
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
 
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
-from layers.models import ROLES
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
+from layers.core.models import ROLES
 
 FIELD_TYPES = ("str", "int", "float", "bool", "date", "datetime")
 STAFF = frozenset(ROLES)
@@ -182,7 +182,7 @@ register(Layer(
 
 
 def _asset_class_layer(conn: Connection, city: CityInfo, code: str) -> Layer:
-    from layers import assets as la
+    from layers.assets import registry as la
 
     cls = la.classes(conn, city, "component")
     if code not in cls or len(code) != 4:
@@ -200,7 +200,7 @@ _discovered = False
 
 
 def discover() -> None:
-    """Import the other areas' ``layers/*_layers.py`` modules once (they call :func:`register`)."""
+    """Import the other areas' ``layers/publish/*_layers.py`` modules once (they call :func:`register`)."""
     global _discovered
     if _discovered:
         return
@@ -209,14 +209,13 @@ def discover() -> None:
     import logging
     import pkgutil
 
-    import layers
-
-    for info in pkgutil.iter_modules(layers.__path__):
+    import layers.publish
+    for info in pkgutil.iter_modules(layers.publish.__path__):
         if info.name.endswith("_layers"):
             try:
-                importlib.import_module(f"layers.{info.name}")
+                importlib.import_module(f"layers.publish.{info.name}")
             except Exception:  # one area's broken module must not take the catalog down
-                logging.getLogger("citygrid").exception("cannot load published layers of layers.%s", info.name)
+                logging.getLogger("citygrid").exception("cannot load published layers of layers.publish.%s", info.name)
 
 
 def ready(conn: Connection, city: CityInfo, layer: Layer) -> Layer:

@@ -29,9 +29,9 @@ from sqlalchemy import Connection, text
 
 from citygrid import settings
 from gis import crs as gcrs
-from layers.catalog import Field, Filters, Layer, select
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.publish.catalog import Field, Filters, Layer, select
 
 BATCH = 20_000
 
@@ -479,7 +479,7 @@ def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, f
 def get_job(conn: Connection, job_id: str, owner: int | None) -> ExportJob:
     """The job as the caller may see it (someone else's is not found); a running job whose worker is gone
     is marked failed first; an expired one is removed."""
-    from layers.errors import NotFound
+    from layers.core.errors import NotFound
 
     job_id = str(job_id)
     ttl = settings.export().job_ttl_hours

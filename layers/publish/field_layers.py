@@ -1,20 +1,20 @@
-"""Field work's layers in the catalog (layers/catalog.py): key zones, their patrol coverage in the
+"""Field work's layers in the catalog (layers/publish/catalog.py): key zones, their patrol coverage in the
 current period, and patrol tracks for staff.
 
 Coverage of any period is computed on request (GET /api/v1/zones/coverage returns it as GeoJSON). The
-layer ``zone_coverage`` is that same computation (layers.patrols.coverage) for the current period (this
+layer ``zone_coverage`` is that same computation (layers.field.patrols.coverage) for the current period (this
 ISO week so far), kept in the table ``zone_coverage`` (migration 0014) that the catalog's SQL reads:
-``layers.patrols.refresh_coverage_layer`` recomputes it before a read when the period, the zones or the
+``layers.field.patrols.refresh_coverage_layer`` recomputes it before a read when the period, the zones or the
 period's tracks changed.
 """
 
 from __future__ import annotations
 
-from layers.catalog import Field, Layer, register
+from layers.publish.catalog import Field, Layer, register
 
 
 def _refresh_coverage(conn, city) -> None:
-    from layers import patrols
+    from layers.field import patrols
 
     patrols.refresh_coverage_layer(conn, city)
 

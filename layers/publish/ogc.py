@@ -16,9 +16,9 @@ from shapely.geometry import mapping
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers.catalog import Filters, Layer, build_filters, parse_time, select
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
+from layers.publish.catalog import Filters, Layer, build_filters, parse_time, select
 
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",

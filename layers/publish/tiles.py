@@ -23,9 +23,9 @@ from collections import OrderedDict
 
 from sqlalchemy import Connection, text
 
-from layers.catalog import _REGISTRY, Field, Layer, layer_version, select
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.publish.catalog import _REGISTRY, Field, Layer, layer_version, select
 
 EXTENT = 4096
 BUFFER = 64

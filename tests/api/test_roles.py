@@ -8,7 +8,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from api.deps import Allow
-from layers.models import ROLES
+from layers.core.models import ROLES
 from tests.conftest import auth
 
 

@@ -152,8 +152,8 @@ def test_imported_irregular_grid_snaps_like_generated(client, tokens, engine, tm
         c.execute(text("""INSERT INTO bp SELECT i, ST_Transform(ST_SetSRID(ST_MakePoint(x, y), 4326), 4549)
                           FROM unnest(CAST(:x AS float8[]), CAST(:y AS float8[])) WITH ORDINALITY t(x, y, i)"""),
                   {"x": lon.tolist(), "y": lat.tolist()})
-        from layers.city import get_city
-        from layers.grid import active_grid, bulk_snap_table
+        from layers.core.city import get_city
+        from layers.core.grid import active_grid, bulk_snap_table
         bulk_snap_table(c, active_grid(c, get_city(c, "t-irr")), "bp")
         got = dict(c.execute(text("SELECT bp.id - 1, gc.code FROM bp JOIN grid_cell gc ON gc.id = bp.cell_id")).all())
     assert got == {i: cell["code"] for i, cell in enumerate(out) if cell["code"]}

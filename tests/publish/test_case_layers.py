@@ -13,7 +13,7 @@ from tests.conftest import auth
 
 def _open_two_cases(engine, haimen):
     from gis import crs as gcrs
-    from layers import workflow
+    from layers.cases import workflow
 
     x, y = gcrs.transform_xy([121.2001, 121.2301], [31.9301, 31.9301], "EPSG:4326", "EPSG:4549")
     code = next(iter(workflow.catalog()))

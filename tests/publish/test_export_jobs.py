@@ -18,8 +18,8 @@ import shapely
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from tests.assets.test_layers_export import BOX, _db_cells, _name
 from tests.conftest import ROOT
+from tests.publish.test_layers_export import BOX, _db_cells, _name
 
 
 def _wait_done(client, job, headers, timeout=120.0) -> dict:
@@ -46,7 +46,7 @@ def _new_app(db_url):
 
 
 def test_finished_job_survives_a_restart(client, engine, db_url, planner_h, tmp_path):
-    from layers import export as lexp
+    from layers.publish import export as lexp
 
     r = client.post("/api/v1/layers/grid_cells/export-jobs", headers=planner_h,
                     params={"format": "gpkg", "crs": "EPSG:4490", "bbox": BOX})
@@ -82,7 +82,7 @@ def test_finished_job_survives_a_restart(client, engine, db_url, planner_h, tmp_
 def test_interrupted_job_is_failed_at_start_up_and_a_live_one_is_not(client, engine, db_url, planner_h):
     """Two jobs 'running' in the table: one whose worker is gone (no lock: its process died), one still
     being written by a live worker elsewhere (holds the job's advisory lock)."""
-    from layers import export as lexp
+    from layers.publish import export as lexp
 
     with engine.begin() as c:
         planner = c.execute(text("SELECT id FROM app_user WHERE name = 'test_planner'")).scalar_one()
@@ -126,7 +126,7 @@ def _free_port() -> int:
 def test_server_killed_mid_export_then_restarted(engine, db_url, planner_h, tmp_path):
     """A real restart: uvicorn is killed (SIGKILL) while it writes the whole grid; the next server marks the
     job failed at start-up and leaves no partial file; an export started then finishes and downloads."""
-    from layers import export as lexp
+    from layers.publish import export as lexp
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CITYGRID_DB_URL": db_url}
@@ -198,7 +198,7 @@ def test_server_killed_mid_export_then_restarted(engine, db_url, planner_h, tmp_
 
 
 def test_old_jobs_are_removed_with_their_files_after_the_ttl(client, engine, planner_h, monkeypatch):
-    from layers import export as lexp
+    from layers.publish import export as lexp
 
     r = client.post("/api/v1/layers/grid_cells/export-jobs", headers=planner_h,
                     params={"format": "csv", "crs": "EPSG:4326", "bbox": BOX})
@@ -262,9 +262,9 @@ def test_kml_is_wgs84_only(client, engine, planner_h, tmp_path):
 def test_several_layers_only_as_a_multi_layer_format(client, engine, haimen, planner_h):
     """One check (export.check_request) for the direct export and the background job: several layers in a
     single-layer format are refused with a message, before any job is recorded."""
-    from layers import catalog as lcat
-    from layers import export as lexp
-    from layers.errors import InputError
+    from layers.core.errors import InputError
+    from layers.publish import catalog as lcat
+    from layers.publish import export as lexp
 
     with engine.connect() as c:
         before = c.execute(text("SELECT count(*) FROM export_job")).scalar_one()

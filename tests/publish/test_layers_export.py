@@ -23,7 +23,7 @@ BOX = "121.165,31.885,121.175,31.895"  # the old town centre, ~10 × 12 cells
 @pytest.fixture(scope="module")
 def h_assets(engine, helsinki):
     """The Helsinki test city with the real OSM import (points, lines, polygons)."""
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
     from tests.assets.conftest import HELSINKI
     from tests.assets.test_asset_import import MAPPING
 
@@ -141,7 +141,7 @@ def test_assets_shapefile_4490_chinese_and_short_names(client, engine, planner_h
 
 
 def test_shp_field_names():
-    from layers.export import shp_field_names
+    from layers.publish.export import shp_field_names
 
     got = shp_field_names(["community_code", "community_name", "community", "COMMUNITY_", "dept_code1", "a"])
     assert all(len(n) <= 10 for n in got)
@@ -244,7 +244,7 @@ def test_bad_export_requests(client, planner_h, params, status, word):
 
 
 def test_unknown_layer_and_private_layer(client, tokens):
-    from layers import catalog as lcat
+    from layers.publish import catalog as lcat
 
     assert client.get("/api/v1/layers/nope/export").status_code == 404
     assert client.get("/api/v1/layers/asset_9999/export").status_code == 404

@@ -32,7 +32,7 @@ def _cells_in_tile(engine, z, x, y):
 
 @pytest.mark.parametrize("z", [14, 16])
 def test_grid_tile_decodes_to_the_right_cells(client, engine, z):
-    from layers import tiles
+    from layers.publish import tiles
 
     tiles.cache.clear()
     x, y = _tile_of(121.17, 31.89, z)
@@ -70,7 +70,7 @@ def test_grid_tile_decodes_to_the_right_cells(client, engine, z):
 
 
 def test_asset_tile_and_invalidation(client, engine, tokens):
-    from layers import tiles
+    from layers.publish import tiles
 
     z = 16
     lon, lat = 121.1755, 31.8955
@@ -190,7 +190,7 @@ def test_ogc_datetime_and_errors(client):
 
 
 def test_ogc_auth_in_front_of_private_layers(client, tokens):
-    from layers import catalog as lcat
+    from layers.publish import catalog as lcat
 
     secret = lcat.register(lcat.Layer(
         name="test_private_ogc", title="测试", title_en="Test private", theme="test", geometry_type="MultiPolygon",
@@ -236,7 +236,7 @@ def test_tilejson(client):
 def test_grid_tile_low_zoom_keeps_the_cells_and_underivable_fields(client, engine, tokens):
     """At z12 a grid tile has every cell of the tile with the attributes that cannot be derived (the code holds
     the community and street codes), and from z13 every field; the cached answer (fast path) is the same tile."""
-    from layers import tiles
+    from layers.publish import tiles
 
     z = 12
     x, y = _tile_of(121.17, 31.89, z)
