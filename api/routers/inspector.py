@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Allow, DeferredAllow, TokenClaim, get_apool, get_city, get_conn
+from api.uploads import read_photo_upload
 from gis.crs import CRSError
 from layers.cases import workflow as lwf
 from layers.core.city import CityInfo
@@ -61,13 +62,6 @@ def _forbid(fn, *args, **kw):
         raise HTTPException(403, f"无权限 {e}") from None
 
 
-def _read_upload(i: int, f: UploadFile, cap: int) -> bytes:
-    data = f.file.read(cap + 1)
-    if len(data) > cap:
-        raise HTTPException(413, f"{lreports.photo_label(i, f.filename)} is larger than {cap:,} bytes")
-    return data
-
-
 @router.post("/reports", summary="上报 File a report with 1–9 photos (multipart)", status_code=201,
              responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
                         201: {"description": "the report, its case (or the case it was merged into), cell, flags"}})
@@ -91,7 +85,7 @@ def create_report(
         raise HTTPException(422, "photos: send 1 to 9 photos")
     if len(photos) > cfg["max_photos"]:
         raise HTTPException(422, f"{len(photos)} photos: at most {cfg['max_photos']} per report")
-    raw = [_read_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
+    raw = [read_photo_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
     inp = lreports.ReportInput(category_code=category_code.strip(), description=description, lon=lon or None,
                                lat=lat or None, accuracy_m=accuracy or None, crs=crs, device_time=device_time,
                                asset_code=asset_code or None, address=address)

@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
-from api.fastpath import tile_response
+from api.tile_answer import tile_response
 from citygrid import settings
 from layers.core import users as lusers
 from layers.core.city import CityInfo

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
-from api.routers.inspector import _read_upload
+from api.uploads import read_photo_upload
 from layers.core.city import CityInfo
 from layers.field import reports as lreports
 from layers.field import verification as lver
@@ -56,7 +56,7 @@ def verify(
     inp = lver.VerifyInput(result=result, note=reason or note, lon=lon or None, lat=lat or None,
                            accuracy_m=accuracy or None, crs=crs)
     action, _, _ = lver.check_input(city, inp, len(photos), cfg)
-    raw = [_read_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
+    raw = [read_photo_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
     req_hash = lver.request_hash(case_id, inp, raw)
     first = lver.find_existing(conn, user.id, key, req_hash)  # a retry: no decoding, no writing
     if first is not None:

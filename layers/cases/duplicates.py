@@ -13,14 +13,13 @@ import datetime as dt
 from sqlalchemy import Connection, text
 
 from layers.cases import calendar as lcal
+from layers.cases.classes import catalog, limits
 from layers.cases.vocab import FINAL_STATES, OPEN_STATES
 from layers.core.errors import Conflict, InputError, NotFound
 
 
 def rule_for(category_code: str) -> tuple[float, float]:
     """(radius in metres, window in hours) of a class."""
-    from layers.cases.workflow import catalog, limits
-
     d = limits()["duplicate"]
     item = catalog().get(category_code)
     radius = float((item or {}).get("dup_radius_m") or d["radius_m"])

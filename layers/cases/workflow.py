@@ -27,6 +27,7 @@ from sqlalchemy import Connection, text
 
 from layers.cases import calendar as lcal
 from layers.cases import duplicates as ldup
+from layers.cases.classes import catalog, limits
 from layers.cases.vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
 from layers.core import grid as lgrid
 from layers.core.city import CityInfo
@@ -39,40 +40,6 @@ CONTACT_ROLES = frozenset({"operator", "supervisor", "admin", "department"})
 
 
 # -- configuration --------------------------------------------------------------------------------
-
-@lru_cache
-def _catalog_raw() -> list[dict]:
-    return json.loads((DATA / "catalog.json").read_text(encoding="utf-8"))["items"]
-
-
-@lru_cache
-def catalog() -> dict[str, dict]:
-    """code → class, with kind/department/limit/urgency/check/dup rule inherited from its parents."""
-    raw = {i["code"]: dict(i) for i in _catalog_raw()}
-    out: dict[str, dict] = {}
-
-    def resolve(code: str) -> dict:
-        if code in out:
-            return out[code]
-        item = dict(raw[code])
-        parent = resolve(item["parent"]) if item.get("parent") else {}
-        for key in ("kind", "department", "limit", "urgency", "check", "dup_radius_m", "dup_window_h"):
-            if key not in item and key in parent:
-                item[key] = parent[key]
-        item["level"] = parent.get("level", 0) + 1
-        item["path"] = [*parent.get("path", []), item["name"]]
-        out[code] = item
-        return item
-
-    for code in raw:
-        resolve(code)
-    return out
-
-
-@lru_cache
-def limits() -> dict:
-    return json.loads((DATA / "limits.json").read_text(encoding="utf-8"))
-
 
 @lru_cache
 def department_config() -> list[dict]:
