@@ -10,6 +10,7 @@ run:
 
 test:
 	@scripts/bootstrap.sh test
+	$(BIN)/lint-imports   # the layering contract (.importlinter)
 	$(BIN)/citygrid db start
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -20,6 +21,7 @@ bench:
 
 lint:
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 db-stop:
 	$(BIN)/citygrid db stop

@@ -57,8 +57,8 @@ def create_app(database_url: str | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         from api.deps import close_apool
         from citygrid.dbcluster import database_url as resolve_url
-        from layers.db import make_engine
-        from layers.intake import PlaceCache
+        from layers.core.db import make_engine
+        from layers.field.intake import PlaceCache
 
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)

@@ -13,9 +13,9 @@ from fastapi import Depends, Header, HTTPException, Query, Request
 from sqlalchemy import Connection
 
 from citygrid import settings
-from layers import city as lcity
-from layers import users as lusers
-from layers.models import ROLES
+from layers.core import city as lcity
+from layers.core import users as lusers
+from layers.core.models import ROLES
 
 
 def get_conn(request: Request) -> Iterator[Connection]:
@@ -150,7 +150,7 @@ async def apool_of(app):
     """:func:`get_apool` for code that has the app, not a request (a pure-ASGI fast path)."""
     import asyncio
 
-    from layers.db import create_async_pool
+    from layers.core.db import create_async_pool
 
     state = app.state
     loop = asyncio.get_running_loop()

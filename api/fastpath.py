@@ -12,17 +12,16 @@ from urllib.parse import parse_qs
 
 import orjson
 from fastapi import HTTPException
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect, Request
 
 from api.deps import Allow, TokenClaim, apool_of
 from api.routers import inspector
+from api.tile_answer import MEDIA, VARY
 from citygrid import settings
-from layers import tiles as ltiles
+from layers.publish import tiles as ltiles
 
 TILE_PATH = re.compile(r"^/api/v1/tiles/([A-Za-z0-9_]{1,60})/(\d{1,2})/(\d{1,8})/(\d{1,8})\.mvt$")
-MEDIA = "application/vnd.mapbox-vector-tile"
-VARY = "Authorization, Accept-Encoding"
 
 # The headers every cached public tile answer has (besides its ETag, length and encoding).
 _HIT_HEADERS = [(b"cache-control", b"public, max-age=60"), (b"x-tile-cache", b"hit"), (b"vary", VARY.encode())]
@@ -79,22 +78,6 @@ class CachedTileFastPath:
             headers = [(b"etag", tag), *_HIT_200, (b"content-length", str(len(data)).encode())]
         return ({"type": "http.response.start", "status": 200, "headers": headers},
                 {"type": "http.response.body", "body": data})
-
-
-def tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,
-                   accept_encoding: str | None = None) -> Response:
-    """An encoded tile with its ETag (304 when it matches), cache headers, gzip when accepted (the
-    routed answer; the fast path above sends the same headers)."""
-    gzip_ok = len(data) >= ltiles.GZIP_MIN_BYTES and "gzip" in (accept_encoding or "").lower()
-    tag = etag[:-1] + '-gz"' if gzip_ok else etag  # a strong ETag per representation
-    headers = {"ETag": tag, "Cache-Control": f"{'public' if public else 'private'}, max-age=60",
-               "X-Tile-Cache": "hit" if hit else "miss", "Vary": VARY}
-    if if_none_match and tag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    if gzip_ok:
-        headers["Content-Encoding"] = "gzip"
-        data = ltiles.gzipped(etag, data)
-    return Response(data, media_type=MEDIA, headers=headers)
 
 
 REPORT_PATH = "/api/v1/reports/json"

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import HTTPException, UploadFile
 
 from citygrid import settings
+from layers.field import reports as lreports
 
 
 def save_upload(upload: UploadFile, dest: Path, allowed: set[str]) -> Path:
@@ -28,3 +29,11 @@ def save_upload(upload: UploadFile, dest: Path, allowed: set[str]) -> Path:
     if size == 0:
         raise HTTPException(422, f"the uploaded file '{name}' is empty")
     return path
+
+
+def read_photo_upload(i: int, f: UploadFile, cap: int) -> bytes:
+    """The bytes of photo ``i`` of a multipart upload; 413 above ``cap`` bytes (read at most cap + 1)."""
+    data = f.file.read(cap + 1)
+    if len(data) > cap:
+        raise HTTPException(413, f"{lreports.photo_label(i, f.filename)} is larger than {cap:,} bytes")
+    return data

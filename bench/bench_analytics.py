@@ -40,7 +40,7 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
     import libpysal
 
     from gis import hotspots as ghot
-    from layers import analytics as la
+    from layers.analytics import heatmap as la
 
     with engine.connect() as conn:
         arr = la.grid_arrays(conn, city)
@@ -72,9 +72,9 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
 def _bench_city(engine, haimen):
     from sqlalchemy import text
 
-    from layers import city as lcity
-    from layers import rollups
-    from layers.errors import NotFound
+    from layers.analytics import rollups
+    from layers.core import city as lcity
+    from layers.core.errors import NotFound
 
     with engine.begin() as conn:
         try:
@@ -96,10 +96,10 @@ def _bench_city(engine, haimen):
 def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
     from sqlalchemy import text
 
-    from layers import analytics as la
-    from layers import grid as lgrid
-    from layers import rollups
-    from layers.synthetic import CaseBatch, bulk_insert_cases
+    from layers.analytics import heatmap as la
+    from layers.analytics import rollups
+    from layers.core import grid as lgrid
+    from layers.demo.synthetic import CaseBatch, bulk_insert_cases
 
     city = _bench_city(engine, haimen)
     start, end = dt.date(2026, 10, 2), dt.date(2026, 10, 31)
@@ -183,8 +183,8 @@ def bench_dashboard(engine, haimen, t: Table) -> None:
 
     from api.app import create_app
     from citygrid.dbcluster import database_url
-    from layers import synthetic
-    from layers.users import add_user
+    from layers.core.users import add_user
+    from layers.demo import synthetic
 
     with engine.begin() as conn:
         made = synthetic.load_synthetic_year(conn, haimen, log=lambda m: print("  " + m))

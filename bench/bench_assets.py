@@ -82,8 +82,8 @@ def bench_export(engine, city, t: Table, repeat: int) -> None:
     from sqlalchemy import text
 
     from citygrid import dbcluster
-    from layers import catalog as lcat
-    from layers import export as lexp
+    from layers.publish import catalog as lcat
+    from layers.publish import export as lexp
 
     layer = lcat.get_layer(None, city, "grid_cells")
     sql, params, fields = lcat.select(layer, "full", city, geom_sql="ST_Transform(s.geom, 4490)")
@@ -259,7 +259,7 @@ def main() -> int:
     ap.add_argument("--skip-tiles", action="store_true")
     args = ap.parse_args()
 
-    from layers.asset_import import generate_synthetic_inventory
+    from layers.assets.imports import generate_synthetic_inventory
 
     engine, city = demo_engine()
     with engine.begin() as conn:  # the demo's SYNTHETIC inventory (idempotent), for the asset tiles

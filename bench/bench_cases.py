@@ -2,7 +2,7 @@
 
 * CSV import of 100,000 hotline cases into Haimen, end to end (parse, map, locate, snap, deadlines,
   COPY of cases + events + contacts), beside the anchor measured in the same run: the same kind of
-  rows opened one by one with ``layers.workflow.open_case`` (per-row INSERTs). Target ≥ 10,000 cases/s.
+  rows opened one by one with ``layers.cases.workflow.open_case`` (per-row INSERTs). Target ≥ 10,000 cases/s.
   The import runs in a transaction that is rolled back: the demo database keeps nothing (the tables
   are vacuumed before and after, so that no run inserts into the dead rows of the one before).
 * Workflow transitions per second with 20 concurrent clients (threads, one connection and one
@@ -38,7 +38,7 @@ def make_csv(conn, city, n: int, path: Path, seed: int = 2026) -> None:
     import shapely
 
     from gis import crs as gcrs
-    from layers import grid as lgrid
+    from layers.core import grid as lgrid
 
     grid = lgrid.snapper(conn, city)
     rng = np.random.default_rng(seed)
@@ -75,8 +75,8 @@ def vacuum(engine) -> None:
 def bench_import(engine, city, n: int, t: Table) -> None:
     from sqlalchemy import text
 
-    from layers import hotline
-    from layers import workflow as wf
+    from layers.cases import hotline
+    from layers.cases import workflow as wf
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cases.csv"
@@ -134,10 +134,10 @@ def bench_city(engine):
     from shapely.geometry import box
 
     from gis import crs as gcrs
-    from layers import city as lcity
-    from layers import workflow as wf
-    from layers.errors import NotFound
-    from layers.users import add_user
+    from layers.cases import workflow as wf
+    from layers.core import city as lcity
+    from layers.core.errors import NotFound
+    from layers.core.users import add_user
 
     with engine.begin() as conn:
         try:
@@ -157,7 +157,7 @@ def bench_city(engine):
             if row is None:
                 u, _ = add_user(conn, name, role, department=dep)
             else:
-                from layers.users import User
+                from layers.core.users import User
 
                 u = User(*row)
             users[role] = u
@@ -168,12 +168,12 @@ def bench_city(engine):
 def run_clients(engine, city, users, clients: int, cases_per_client: int) -> tuple[int, float]:
     from shapely.geometry import Point
 
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     rng = np.random.default_rng(clients)
     ids: list[list[int]] = []
     with engine.begin() as conn:
-        g = __import__("layers.grid", fromlist=["snapper"]).snapper(conn, city)
+        g = __import__("layers.core.grid", fromlist=["snapper"]).snapper(conn, city)
         cells = rng.integers(0, len(g.geoms), clients * cases_per_client)
         import shapely
 
@@ -222,11 +222,11 @@ def main() -> int:
     ap.add_argument("--import-only", action="store_true", help="only the CSV import (and its anchor)")
     args = ap.parse_args()
     from citygrid.dbcluster import database_url
-    from layers.db import make_engine
+    from layers.core.db import make_engine
 
     engine, city = demo_engine()
     with engine.begin() as conn:
-        from layers import workflow as wf
+        from layers.cases import workflow as wf
 
         wf.ensure_departments(conn, city)
     t = Table("cases: import and workflow")

@@ -187,8 +187,8 @@ def main() -> int:
     from sqlalchemy import text
 
     from citygrid.dbcluster import database_url
-    from layers import users as lusers
-    from layers.reports import config
+    from layers.core import users as lusers
+    from layers.field.reports import config
 
     engine, city = demo_engine()
     url = database_url(log=lambda *_: None)

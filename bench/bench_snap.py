@@ -35,7 +35,7 @@ def main() -> int:
     from sqlalchemy import text
 
     from gis import snap as gsnap
-    from layers import grid as lgrid
+    from layers.core import grid as lgrid
 
     engine, city = demo_engine()
     with engine.connect() as conn:

@@ -24,8 +24,8 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
 def demo_engine():
     """The demo database (``make run``'s), with the Haimen city loaded if it is not there yet."""
     from citygrid.dbcluster import database_url
-    from layers.db import make_engine, migrate
-    from layers.demo import load_haimen
+    from layers.core.db import make_engine, migrate
+    from layers.demo.haimen import load_haimen
 
     engine = make_engine(database_url(log=lambda *_: None), pool_size=2)
     migrate(engine)

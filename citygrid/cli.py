@@ -43,7 +43,7 @@ def cmd_db(args) -> int:
 
 
 def cmd_migrate(_args) -> int:
-    from layers.db import current_revision, migrate
+    from layers.core.db import current_revision, migrate
 
     engine = _engine()
     migrate(engine)
@@ -69,8 +69,8 @@ def _print_demo(tokens: dict) -> None:
 
 
 def cmd_demo(args) -> int:
-    from layers.db import migrate
-    from layers.demo import ensure_demo_users, load_demo
+    from layers.core.db import migrate
+    from layers.demo.haimen import ensure_demo_users, load_demo
 
     engine = _engine()
     migrate(engine)
@@ -83,7 +83,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_city(args) -> int:
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     engine = _engine()
     with engine.begin() as conn:
@@ -97,7 +97,7 @@ def cmd_city(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     engine = _engine()
     with engine.begin() as conn:
@@ -181,8 +181,8 @@ def cmd_calendar(args) -> int:
 
 
 IMPORTERS = {
-    "assets": ("layers.asset_import", "main_import_assets"),
-    "cases": ("layers.hotline", "main_import_cases"),
+    "assets": ("layers.assets.imports", "main_import_assets"),
+    "cases": ("layers.cases.hotline", "main_import_cases"),
 }
 
 
@@ -194,19 +194,19 @@ def cmd_import(args) -> int:
 
 
 def cmd_bulletin(args) -> int:
-    from layers.bulletin import main_bulletin
+    from layers.analytics.bulletin import main_bulletin
 
     return main_bulletin(args.rest) or 0
 
 
 def cmd_alerts(args) -> int:
-    from layers.analytics import main_daily
+    from layers.analytics.heatmap import main_daily
 
     return main_daily(args.rest) or 0
 
 
 def cmd_la311(args) -> int:
-    from layers.synthetic import main_la311
+    from layers.demo.synthetic import main_la311
 
     return main_la311(args.rest) or 0
 
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from citygrid.dbcluster import ClusterError
     from gis.crs import CRSError
-    from layers.errors import Conflict, InputError, NotFound
+    from layers.core.errors import Conflict, InputError, NotFound
 
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -52,7 +52,7 @@ class DatabaseSettings(BaseSettings):
     #: Connections of the asynchronous pool (asyncpg) behind the fast intake of reports.
     async_pool_min: int = 2
     async_pool_max: int = 10
-    #: Batches of reports the intake writes at the same time (layers.intake.ReportWriter).
+    #: Batches of reports the intake writes at the same time (layers.field.intake.ReportWriter).
     intake_lanes: int = Field(2, ge=1, le=64)
 
 

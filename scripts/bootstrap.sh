@@ -35,11 +35,18 @@ if ((${#need_pkgs[@]})); then
   fi
 fi
 
-stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+# Extras per purpose (pyproject.toml): the service needs none; the tests add `test` and `analytics`
+# (reference implementations), the benchmarks `bench` (their anchors, e.g. tipg).
+case $purpose in
+  test)  extras='[test,analytics]' ;;
+  bench) extras='[bench]' ;;
+  *)     extras='' ;;
+esac
+stamp=.venv/.installed-$( (cat pyproject.toml constraints.txt; echo "$extras") | sha1sum | cut -c1-12)
 if [[ ! -f $stamp ]]; then
   [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[test,analytics]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".$extras" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c 'import citygrid, fastapi, geopandas, geoalchemy2, playwright' \
     || { echo "the Python environment did not install" >&2; exit 1; }
   rm -f .venv/.installed-*

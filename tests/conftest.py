@@ -95,7 +95,7 @@ def engine(db_url):
 
 @pytest.fixture(scope="session")
 def haimen(engine):
-    from layers.demo import load_haimen
+    from layers.demo.haimen import load_haimen
 
     with engine.begin() as conn:
         return load_haimen(conn, log=lambda *_: None)
@@ -104,8 +104,8 @@ def haimen(engine):
 @pytest.fixture(scope="session")
 def tokens(engine) -> dict[str, str]:
     """role -> bearer token, one user per role."""
-    from layers.models import ROLES
-    from layers.users import add_user
+    from layers.core.models import ROLES
+    from layers.core.users import add_user
 
     out = {}
     with engine.begin() as conn:
@@ -242,8 +242,8 @@ def browser():
 def metric_city(conn, slug: str, name: str, adcode: str, boundary, *, srid: int = 4549, cell_size: float = 100.0):
     """(city, created): the test city ``slug`` with a regular grid, made from a boundary given in the
     metric CRS ``srid`` on first use in this session's database, found again afterwards."""
-    from layers import city as lcity
-    from layers.errors import NotFound
+    from layers.core import city as lcity
+    from layers.core.errors import NotFound
 
     try:
         return lcity.get_city(conn, slug), False

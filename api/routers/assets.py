@@ -15,10 +15,10 @@ from api.deps import ADMIN, PUBLIC, STAFF, Allow, get_city, get_conn
 from api.uploads import save_upload
 from api.validation import INT32_MAX, MAX_OFFSET, Body
 from gis import crs as gcrs
-from layers import asset_import as limp
-from layers import assets as la
-from layers.city import CityInfo
-from layers.users import User
+from layers.assets import imports as limp
+from layers.assets import registry as la
+from layers.core.city import CityInfo
+from layers.core.users import User
 
 router = APIRouter(prefix="/api/v1", tags=["assets 部件"])
 
@@ -77,7 +77,7 @@ def list_assets(class_code: str | None = Query(None, alias="class", max_length=4
                 crs: str = Query("EPSG:4326", description="output CRS: " + CRS_HELP),
                 include_retired: bool = False, limit: int = Query(100, ge=1, le=5000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                 _=Depends(STAFF), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers.catalog import build_filters
+    from layers.publish.catalog import build_filters
 
     box = build_filters(city, bbox=bbox).bbox_working if bbox else None
     return la.list_assets(conn, city, class_code=class_code, cell_code=cell,

@@ -1,5 +1,5 @@
 """Cases (案卷): intake, the list and detail, every workflow action, dispatch proposals, alerts, the
-"needs location" queue, batch import and public notices. Logic lives in layers/workflow.py."""
+"needs location" queue, batch import and public notices. Logic lives in layers/cases/workflow.py."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from api.deps import Allow, get_city, get_conn
 from api.validation import INT64_MAX, MAX_OFFSET, BigId, Body
 from citygrid import settings
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import duplicates as ldup
-from layers import workflow as wf
-from layers.case_vocab import CHANNELS, EVENTS, RATINGS, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.cases import calendar as lcal
+from layers.cases import duplicates as ldup
+from layers.cases import workflow as wf
+from layers.cases.vocab import CHANNELS, EVENTS, RATINGS, REQUEST_TYPES, STATES
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 router = APIRouter(prefix="/api/v1", tags=["cases 案卷"])
 EARLIEST = dt.datetime(2000, 1, 1)  # the earliest receiving time a case may be given
@@ -99,7 +99,7 @@ def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(g
     location_source = None
     confidence = None
     if loc is None and body.address:
-        from layers import gazetteer
+        from layers.cases import gazetteer
 
         hit = gazetteer.locate_address(conn, city, body.address)
         if hit is not None:
@@ -261,6 +261,6 @@ class NoticeIn(Body):
 @router.post("/notices", summary="便民公告 Publish a public notice", status_code=201)
 def add_notice(body: NoticeIn, user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
                city: CityInfo = Depends(get_city)):
-    from layers import citizen
+    from layers.cases import citizen
 
     return citizen.add_notice(conn, city, body.title, body.body, user, expires_at=body.expires_at)

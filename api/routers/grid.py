@@ -14,8 +14,8 @@ from api.deps import STAFF, get_city, get_conn
 from api.validation import MAX_OFFSET, Body
 from citygrid import settings
 from gis import crs as gcrs
-from layers import grid as lgrid
-from layers.city import CityInfo
+from layers.core import grid as lgrid
+from layers.core.city import CityInfo
 
 router = APIRouter(prefix="/api/v1", tags=["grid 单元网格"])
 

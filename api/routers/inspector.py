@@ -16,12 +16,12 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Allow, DeferredAllow, TokenClaim, get_apool, get_city, get_conn
 from api.validation import INT64_MAX, MAX_OFFSET, Body
 from gis.crs import CRSError
-from layers import intake as lintake
-from layers import photostore as lstore
-from layers import reports as lreports
-from layers import workflow as lwf
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
+from layers.cases import workflow as lwf
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
+from layers.field import intake as lintake
+from layers.field import photostore as lstore
+from layers.field import reports as lreports
 
 log = logging.getLogger("citygrid.field")
 
@@ -37,8 +37,8 @@ async def _lifespan(app):
         lstore.recover_at_start(engine, "field_photo", lstore.PhotoStore.default(), log=log)
         try:
             from citygrid import settings
-            from layers import city as lcity
-            from layers import grid as lgrid
+            from layers.core import city as lcity
+            from layers.core import grid as lgrid
 
             with engine.connect() as conn:
                 slug = settings.api().default_city
@@ -60,13 +60,6 @@ def _forbid(fn, *args, **kw):
         return fn(*args, **kw)
     except lwf.Forbidden as e:
         raise HTTPException(403, f"无权限 {e}") from None
-
-
-def _read_upload(i: int, f: UploadFile, cap: int) -> bytes:
-    data = f.file.read(cap + 1)
-    if len(data) > cap:
-        raise HTTPException(413, f"{lreports.photo_label(i, f.filename)} is larger than {cap:,} bytes")
-    return data
 
 
 @router.post("/reports", summary="上报 File a report with 1–9 photos (multipart)", status_code=201,
@@ -92,7 +85,7 @@ def create_report(
         raise HTTPException(422, "photos: send 1 to 9 photos")
     if len(photos) > cfg["max_photos"]:
         raise HTTPException(422, f"{len(photos)} photos: at most {cfg['max_photos']} per report")
-    raw = [_read_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
+    raw = [read_photo_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
     inp = lreports.ReportInput(category_code=category_code.strip(), description=description, lon=lon or None,
                                lat=lat or None, accuracy_m=accuracy or None, crs=crs, device_time=device_time,
                                asset_code=asset_code or None, address=address)
@@ -138,8 +131,8 @@ def _report_input(body: ReportJson) -> lreports.ReportInput:
 
 def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportInput, key: str) -> dict:
     """The synchronous path, for reports that ask the asset registry: one transaction, committed here."""
-    from layers import city as lcity
-    from layers import users as lusers
+    from layers.core import city as lcity
+    from layers.core import users as lusers
 
     with engine.begin() as conn:
         user = claim.gate.admit(*lusers.check_token(conn, claim.token))
@@ -163,7 +156,7 @@ def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportI
              responses={200: {"description": "a retry with the same Idempotency-Key: the first result"},
                         201: {"description": "the report, its case (or the case it was merged into), cell, flags"}})
 async def create_report_json(request: Request, claim: TokenClaim = Depends(FAST_INSPECTOR)):
-    """The fast intake (layers/intake.py): validated and snapped here, written by one database call
+    """The fast intake (layers/field/intake.py): validated and snapped here, written by one database call
     that also checks the token. Any refusal is preceded by the token check, so a bad request from
     an unknown token is a 401 as everywhere else. (The header and the query parameter are read from
     the request, not declared, as the fast path reads them; the OpenAPI entry declares them.)
@@ -208,7 +201,7 @@ async def read_capped(request: Request, cap: int) -> bytes:
 
 async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency_key: str | None,
                            city: str | None) -> dict:
-    """A JSON report, validated, snapped and written (layers.intake.file_report); the answer is
+    """A JSON report, validated, snapped and written (layers.field.intake.file_report); the answer is
     ``{"status": 201|200, "result": ...}`` or ``{"status": 401}`` / ``{"status": 403, "role": ...}``
     for the token. Raises RequestValidationError / InputError / CRSError / NotFound / Conflict for a
     refused report (nothing written). Shared by the route and its fast path."""
@@ -254,7 +247,7 @@ def upload_track(file: UploadFile = File(..., description="GPX 1.1, or a GeoJSON
                  crs: str = Form("EPSG:4326", max_length=40, description="WGS-84 (default), EPSG:4490, GCJ-02, BD-09"),
                  format: str = Form("auto", pattern="^(auto|gpx|geojson)$"),
                  user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import patrols as lpatrols
+    from layers.field import patrols as lpatrols
 
     cap = lreports.config()["max_track_bytes"]
     data = file.file.read(cap + 1)
@@ -265,6 +258,6 @@ def upload_track(file: UploadFile = File(..., description="GPX 1.1, or a GeoJSON
 
 @router.get("/worklist", summary="今日任务 Zones due today and cases waiting on site, overdue first")
 def my_worklist(user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    from layers import patrols as lpatrols
+    from layers.field import patrols as lpatrols
 
     return lpatrols.worklist(conn, city, user)

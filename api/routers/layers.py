@@ -24,13 +24,13 @@ from api.fastpath import tile_response
 from api.limits import RateLimit
 from api.validation import MAX_OFFSET
 from citygrid import settings
-from layers import catalog as lcat
-from layers import export as lexp
-from layers import ogc as logc
-from layers import tiles as ltiles
-from layers import users as lusers
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.core import users as lusers
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
+from layers.publish import catalog as lcat
+from layers.publish import export as lexp
+from layers.publish import ogc as logc
+from layers.publish import tiles as ltiles
 
 log = logging.getLogger("citygrid")
 
@@ -231,7 +231,7 @@ PUBLIC_TILES = _PublicNoConn()
 
 
 def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None):
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     with engine.begin() as conn:
         user = caller(conn, authorization)

@@ -18,10 +18,10 @@ from sqlalchemy import Connection
 from api.deps import PUBLIC, get_conn
 from api.validation import form_problem
 from citygrid import settings
-from layers import city as lcity
-from layers import open311 as o3
-from layers import users as lusers
-from layers.errors import NotFound
+from layers.cases import open311 as o3
+from layers.core import city as lcity
+from layers.core import users as lusers
+from layers.core.errors import NotFound
 
 router = APIRouter(prefix="/open311/v2", tags=["Open311 GeoReport v2"])
 FORMATS = {"xml": "text/xml; charset=utf-8", "json": "application/json"}

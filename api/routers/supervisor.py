@@ -13,12 +13,12 @@ from sqlalchemy import Connection, text
 
 from api.deps import Allow, get_city, get_conn
 from gis import crs as gcrs
-from layers import analytics as la
-from layers import assessment as lassess
-from layers import bulletin as lbulletin
-from layers import kpi as lkpi
-from layers import rollups
-from layers.city import CityInfo
+from layers.analytics import assessment as lassess
+from layers.analytics import bulletin as lbulletin
+from layers.analytics import heatmap as la
+from layers.analytics import kpi as lkpi
+from layers.analytics import rollups
+from layers.core.city import CityInfo
 
 router = APIRouter(prefix="/api/v1", tags=["supervisor 监督指挥"])
 

@@ -1,5 +1,5 @@
 """On-site verification (核查) with real photos: the inspector's check of a department's work, the
-task it needs on site, and the photos served to staff. Logic in layers/verification.py."""
+task it needs on site, and the photos served to staff. Logic in layers/field/verification.py."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def verify(
     inp = lver.VerifyInput(result=result, note=reason or note, lon=lon or None, lat=lat or None,
                            accuracy_m=accuracy or None, crs=crs)
     action, _, _ = lver.check_input(city, inp, len(photos), cfg)
-    raw = [_read_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
+    raw = [read_photo_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
     req_hash = lver.request_hash(case_id, inp, raw)
     first = lver.find_existing(conn, user.id, key, req_hash)  # a retry: no decoding, no writing
     if first is not None:

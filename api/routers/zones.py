@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
-from layers import patrols as lpatrols
-from layers import zones as lzones
-from layers.city import CityInfo
+from layers.core.city import CityInfo
+from layers.field import patrols as lpatrols
+from layers.field import zones as lzones
 
 router = APIRouter(prefix="/api/v1", tags=["zones 重点区域与巡查"])
 

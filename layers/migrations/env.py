@@ -1,9 +1,9 @@
-"""Alembic environment: the URL comes from the caller (``layers.db.migrate``) or citygrid's settings."""
+"""Alembic environment: the URL comes from the caller (``layers.core.db.migrate``) or citygrid's settings."""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from layers.models import Base
+from layers.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,7 +11,7 @@ from tests.conftest import metric_city
 
 @pytest.fixture(scope="session")
 def acity(engine):
-    from layers import rollups
+    from layers.analytics import rollups
 
     with engine.begin() as conn:
         c, created = metric_city(conn, "atest", "分析测试市", "320699", box(620_000, 3_530_000, 623_000, 3_532_000))
@@ -25,7 +25,8 @@ def bcity(engine):
     """A second small city with committed synthetic data (Aug–Oct 2026) for the API, bulletin and page."""
     import datetime as dt
 
-    from layers import rollups, synthetic
+    from layers.analytics import rollups
+    from layers.demo import synthetic
 
     with engine.begin() as conn:
         c, created = metric_city(conn, "btest", "简报测试市", "320698", box(630_000, 3_540_000, 634_000, 3_543_000))

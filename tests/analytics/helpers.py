@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 
-from layers.synthetic import CaseBatch, bulk_insert_cases
+from layers.demo.synthetic import CaseBatch, bulk_insert_cases
 
 TZ8 = dt.timezone(dt.timedelta(hours=8))
 _seq = itertools.count()
@@ -21,7 +21,7 @@ def cell_xy(conn, city, cols, rows):
     """Centres of the grid cells (col, row) of a regular grid, via its stored geometry."""
     import shapely
 
-    from layers import grid as lgrid
+    from layers.core import grid as lgrid
 
     g = lgrid.snapper(conn, city)
     c0, r0 = int(g.cols.min()), int(g.rows.min())  # (cols, rows) are offsets from the grid's corner

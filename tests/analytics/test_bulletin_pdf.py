@@ -34,7 +34,7 @@ def test_bulletin_pdf_pages_as_images(client, bcity, tokens):
 
 
 def test_bulletin_command_rejects_a_bad_month(capsys):
-    from layers.bulletin import main_bulletin
+    from layers.analytics.bulletin import main_bulletin
 
     assert main_bulletin(["2026-13"]) == 2
     assert "YYYY-MM" in capsys.readouterr().out

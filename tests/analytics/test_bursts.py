@@ -10,7 +10,7 @@ import json
 import numpy as np
 from sqlalchemy import text
 
-from layers import analytics as la
+from layers.analytics import heatmap as la
 from tests.analytics.helpers import at, cell_xy, insert
 
 STUDY = 28

@@ -8,8 +8,8 @@ import datetime as dt
 import numpy as np
 from shapely.geometry import box
 
-from layers import analytics as la
-from layers import rollups
+from layers.analytics import heatmap as la
+from layers.analytics import rollups
 from tests.analytics.helpers import at, insert
 from tests.conftest import metric_city
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from layers import analytics as la
-from layers import grid as lgrid
-from layers import rollups
+from layers.analytics import heatmap as la
+from layers.analytics import rollups
+from layers.core import grid as lgrid
 from tests.analytics.helpers import at, insert
 from tests.conftest import rollup_equals_cases
 
@@ -228,7 +228,7 @@ def test_heat_vector_tile_matches_the_heat_layer(conn, acity):
     import pytest
 
     from gis import crs as gcrs
-    from layers.errors import InputError
+    from layers.core.errors import InputError
 
     rng = np.random.default_rng(5)
     _random_cases(conn, acity, rng, 300, day0=dt.date(2021, 3, 1), days=5)

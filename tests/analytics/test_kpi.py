@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from sqlalchemy import text
 
-from layers import assessment as lassess
-from layers import kpi as lkpi
+from layers.analytics import assessment as lassess
+from layers.analytics import kpi as lkpi
 from tests.analytics.helpers import at, cell_xy, insert
 
 
@@ -96,7 +96,7 @@ def test_assessment_scores_deductions_grades(conn, acity):
 
 
 def test_bad_periods(conn, acity):
-    from layers.errors import InputError
+    from layers.core.errors import InputError
 
     for bad in ("2026-13", "26-10", "{month}", "2026"):
         with pytest.raises(InputError):

@@ -13,7 +13,7 @@ from tests.conftest import SHARED
 
 @pytest.fixture(scope="module")
 def la(engine):
-    from layers import synthetic
+    from layers.demo import synthetic
 
     with engine.begin() as conn:
         city = synthetic.load_la_city(conn, SHARED / "311" / "la_neighborhood_councils.geojson")
@@ -22,9 +22,9 @@ def la(engine):
 
 
 def test_la311_import_hotspots_kpis_bulletin(engine, la):
-    from layers import analytics as lan
-    from layers import bulletin as lb
-    from layers import kpi as lkpi
+    from layers.analytics import bulletin as lb
+    from layers.analytics import heatmap as lan
+    from layers.analytics import kpi as lkpi
 
     city, rep = la
     assert rep["rows"] == 10_000 and rep["no_location"] >= 11

@@ -16,7 +16,7 @@ HELSINKI_BOX = (24.9370, 60.1650, 24.9520, 60.1780)
 
 @pytest.fixture(scope="session")
 def helsinki(engine):
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     slug = f"hel-{uuid.uuid4().hex[:6]}"
     with engine.begin() as conn:

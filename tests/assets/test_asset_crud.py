@@ -40,7 +40,7 @@ def test_catalogs(client):
 
 
 def test_city_catalog_replaces_default(engine, helsinki, tmp_path):
-    from layers import assets as la
+    from layers.assets import registry as la
 
     p = tmp_path / "cat.csv"
     p.write_text("code,name,name_en,geom_kind,official\n01,公用设施,Utilities,any,true\n0101,上水井盖,Cover,point,true\n",
@@ -191,8 +191,8 @@ def test_cells_follow_a_new_grid(engine):
     """A new active grid (finer cells): the assets' cells are derived again by the database."""
     import uuid
 
-    from layers import assets as la
-    from layers import city as lcity
+    from layers.assets import registry as la
+    from layers.core import city as lcity
 
     with engine.begin() as c:
         city = lcity.create_city(c, slug=f"rg-{uuid.uuid4().hex[:6]}", name="网格切换测试", adcode="990102",

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from tests.assets.conftest import HELSINKI, HELSINKI_BOX
 from tests.conftest import ROOT, count
 
-MAPPING = ROOT / "layers" / "catalog_data" / "mappings" / "osm_helsinki.json"
+MAPPING = ROOT / "layers" / "assets" / "data" / "mappings" / "osm_helsinki.json"
 # Independent restatement of the mapping's tag rules, in priority order (tag, value, class).
 TAGS = [("emergency", "fire_hydrant", "0106"), ("highway", "street_lamp", "0107"), ("highway", "bus_stop", "0201"),
         ("highway", "traffic_signals", "0202"), ("highway", "crossing", "0203"), ("amenity", "bench", "0403"),
@@ -76,7 +76,7 @@ def _cells(engine, city):
 
 @pytest.fixture(scope="module")
 def imported(engine, helsinki):
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
 
     with engine.begin() as conn:
         report = import_assets(conn, helsinki, HELSINKI, MAPPING, actor="test")
@@ -107,7 +107,7 @@ def test_helsinki_import_counts_per_class_and_cell(engine, helsinki, imported):
 
 
 def test_reimport_updates_not_duplicates(engine, helsinki, imported):
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
 
     n = count(engine, "SELECT count(*) FROM asset WHERE city_id = :c", c=helsinki.id)
     # someone edits one imported lamp's name; the re-import puts the source's value back and records it
@@ -131,7 +131,7 @@ def test_reimport_updates_not_duplicates(engine, helsinki, imported):
 
 
 def test_atomic_writes_nothing(engine, helsinki, tmp_path):
-    from layers.asset_import import ImportRejected, import_assets
+    from layers.assets.imports import ImportRejected, import_assets
 
     m = json.loads(MAPPING.read_text())
     m["source"] = "osm-atomic"
@@ -168,7 +168,7 @@ FMT_MAPPING = {"layers": {"*": {"id": "ref", "columns": {"name": "name"},
 
 @pytest.mark.parametrize("fmt", ["geojson", "shp", "kml", "csv_lonlat", "csv_wkt", "gpkg"])
 def test_formats(engine, helsinki, tmp_path, fmt):
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
 
     df = _subset(tmp_path)
     inside = df[df.within(shapely.box(*HELSINKI_BOX))]
@@ -218,7 +218,7 @@ def test_formats(engine, helsinki, tmp_path, fmt):
 
 def test_gcj02_csv_into_haimen(engine, haimen, tmp_path):
     from gis import crs as gcrs
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
 
     lon = np.array([121.17, 121.18, 121.19])
     lat = np.array([31.89, 31.895, 31.90])
@@ -239,8 +239,8 @@ def test_gcj02_csv_into_haimen(engine, haimen, tmp_path):
 
 
 def test_bad_files(engine, helsinki, tmp_path):
-    from layers.asset_import import import_assets
-    from layers.errors import InputError
+    from layers.assets.imports import import_assets
+    from layers.core.errors import InputError
 
     m = {**FMT_MAPPING, "source": "bad"}
     before = count(engine, "SELECT count(*) FROM asset")
@@ -269,7 +269,7 @@ def test_bad_files(engine, helsinki, tmp_path):
 
 
 def test_mixed_geometry_and_bad_rows_report(engine, helsinki, tmp_path):
-    from layers.asset_import import import_assets
+    from layers.assets.imports import import_assets
 
     feats = [
         {"type": "Feature", "properties": {"ref": "p1", "kind": "street_lamp"}, "geometry": {"type": "Point", "coordinates": [24.945, 60.170]}},
@@ -304,7 +304,7 @@ def test_cli_import_with_progress(db_url, helsinki, tmp_path):
     m["layers"] = {"parks": m["layers"]["parks"]}
     mp = tmp_path / "m.json"
     mp.write_text(json.dumps(m))
-    code = ("import sys; from layers.asset_import import main_import_assets; "
+    code = ("import sys; from layers.assets.imports import main_import_assets; "
             "sys.exit(main_import_assets(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, str(HELSINKI), "--mapping", str(mp), "--city", helsinki.slug,
                         "--report", str(report)], env=env, capture_output=True, text=True, timeout=120)

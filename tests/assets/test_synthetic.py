@@ -6,7 +6,7 @@ from sqlalchemy import text
 
 
 def test_synthetic_inventory(engine, haimen):
-    from layers.asset_import import SYNTHETIC_SOURCE, generate_synthetic_inventory
+    from layers.assets.imports import SYNTHETIC_SOURCE, generate_synthetic_inventory
 
     with engine.begin() as conn:
         rep = generate_synthetic_inventory(conn, haimen, n=1500, seed=7)

@@ -26,7 +26,7 @@ def working_point(city, lon, lat, src="EPSG:4326") -> Point:
 
 @pytest.fixture(scope="session")
 def departments(engine, haimen):
-    from layers.workflow import ensure_departments
+    from layers.cases.workflow import ensure_departments
 
     with engine.begin() as conn:
         return ensure_departments(conn, haimen)
@@ -34,7 +34,7 @@ def departments(engine, haimen):
 
 @pytest.fixture(scope="session")
 def make_user(engine):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     def make(role, department=None, area_code=None):
         with engine.begin() as conn:
@@ -61,7 +61,7 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     c = Clock(dt.datetime(2026, 4, 30, 16, 0, tzinfo=CST))
     monkeypatch.setattr(lcal, "now", c)

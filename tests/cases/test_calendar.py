@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from layers.calendar import WorkCalendar, calendar
-from layers.errors import InputError
+from layers.cases.calendar import WorkCalendar, calendar
+from layers.core.errors import InputError
 
 CST = ZoneInfo("Asia/Shanghai")
 

@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import text
 
-from layers import gazetteer
+from layers.cases import gazetteer
 from tests.cases.conftest import working_point
 from tests.conftest import auth
 

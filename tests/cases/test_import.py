@@ -10,8 +10,8 @@ import openpyxl
 import pytest
 from sqlalchemy import text
 
-from layers import hotline
-from layers.errors import InputError
+from layers.cases import hotline
+from layers.core.errors import InputError
 from tests.conftest import SHARED, auth, rollup_equals_cases
 
 LA = SHARED / "311" / "la_311_2020-01-01_03.csv"
@@ -19,7 +19,7 @@ LA = SHARED / "311" / "la_311_2020-01-01_03.csv"
 
 @pytest.fixture(scope="module")
 def la_city(engine):
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     slug = f"la-{uuid.uuid4().hex[:6]}"
     with engine.begin() as conn:
@@ -65,7 +65,7 @@ def test_la_file_every_row_accounted_for(engine, la_city):
 def test_boston_default_point_is_unknown(engine, tmp_path):
     from shapely.geometry import box
 
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     slug = f"bos-{uuid.uuid4().hex[:6]}"
     with engine.begin() as conn:

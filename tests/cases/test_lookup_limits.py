@@ -207,7 +207,7 @@ def addr_keys(engine, case_no) -> list[bytes]:
 
 
 def key_of(engine, address: str) -> bytes:
-    from layers.citizen import _addr_key
+    from layers.cases.citizen import _addr_key
 
     with engine.connect() as conn:
         return bytes(_addr_key(conn, address))
@@ -238,7 +238,7 @@ def test_forwarded_for_only_when_the_proxy_is_trusted(from_address, engine, cloc
 
 
 def test_address_counted_by_ipv6_64():
-    from layers.citizen import address_source
+    from layers.cases.citizen import address_source
 
     assert address_source("2001:db8:1:2:aaaa::1") == address_source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert address_source("2001:db8:1:3::1") != address_source("2001:db8:1:2::1")
@@ -321,7 +321,7 @@ def test_a_guess_that_waited_counts_the_failures_written_meanwhile(engine, haime
     import threading
     import time
 
-    from layers import citizen
+    from layers.cases import citizen
 
     ghost, addr = unknown_number(), new_address()
     key = key_of(engine, addr)

@@ -93,7 +93,7 @@ def act(page, action, state):
 
 
 def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens, haimen, engine, spot):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     lon, lat = spot()
     target = cell_at(engine, haimen, lon, lat)

@@ -7,14 +7,14 @@ import uuid
 
 from sqlalchemy import text
 
-from layers.users import User
+from layers.core.users import User
 from tests.conftest import SHARED, auth
 
 PHOTO = SHARED / "photos" / "DSCN0010.jpg"
 
 
 def close_directly(engine, case_no, note="已电话答复 内部备注 internal-note-xyz"):
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     with engine.begin() as conn:
         uid = conn.execute(text("SELECT id FROM app_user WHERE name = 'test_operator'")).scalar_one()
@@ -44,7 +44,7 @@ def test_submit_lookup_rate(client, engine, tokens):
     assert row[:5] == ("微信", "citizen", "citizen", "13600000000", "赵六")
     # GCJ-02 in, WGS-84 stored about 500 m south-west of the GCJ point in this area.
     assert 121.204 < row[5] < 121.208 and 31.911 < row[6] < 31.914
-    from layers.citizen import photo_dir
+    from layers.cases.citizen import photo_dir
 
     stored = (photo_dir() / photos[0]).read_bytes()
     assert stored[:2] == b"\xff\xd8" and b"Exif" not in stored[:64]

@@ -191,9 +191,9 @@ def test_bad_case_input(client, tokens, clock):
 
 
 def test_duplicates_are_merged_across_channels(conn, haimen, clock):
-    from layers import duplicates as ldup
-    from layers import workflow as wf
-    from layers.errors import Conflict
+    from layers.cases import duplicates as ldup
+    from layers.cases import workflow as wf
+    from layers.core.errors import Conflict
 
     at = clock()
     clock.advance(days=5)  # "now" after all the receipts below
@@ -215,7 +215,7 @@ def test_duplicates_are_merged_across_channels(conn, haimen, clock):
                          {"a": a.id, "b": b.id}).all()
     assert sorted(k[0] for k in kinds) == sorted([a.id, b.id])
     # A merged case is never dispatched.
-    from layers.users import User
+    from layers.core.users import User
 
     op = User(0, "op", "operator", None, None)
     with pytest.raises(Conflict, match="merged into"):
@@ -225,7 +225,7 @@ def test_duplicates_are_merged_across_channels(conn, haimen, clock):
 
 
 def test_components_go_to_the_owner_first(conn, haimen, departments, clock):
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     c = wf.open_case(conn, haimen, source="hotline", channel="电话", category_code="010101", received_at=clock(),
                      location=working_point(haimen, 121.25, 31.95))
@@ -254,8 +254,8 @@ def test_alerts_show_overdue_cases(client, tokens, clock, spot, departments):
 
 
 def test_extend_reopen_and_escalation(conn, haimen, departments, clock, tokens):
-    from layers import workflow as wf
-    from layers.users import User
+    from layers.cases import workflow as wf
+    from layers.core.users import User
 
     uid = conn.execute(text("SELECT id FROM app_user WHERE name = 'test_operator'")).scalar_one()
     op = User(uid, "test_operator", "operator", None, None)
@@ -289,7 +289,7 @@ def test_future_received_time_is_refused(client, tokens, clock):
 
 
 def test_asset_owner_comes_first_for_components(conn, haimen, departments, clock):
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     p = working_point(haimen, 121.26, 31.94)
     asset_id = conn.execute(text("""

@@ -29,7 +29,7 @@ def field_var_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def make_inspector(engine):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     def make(role="inspector", area_code=None):
         with engine.begin() as conn:
@@ -41,7 +41,7 @@ def make_inspector(engine):
 
 @pytest.fixture(scope="session")
 def departments(engine, haimen):
-    from layers.workflow import ensure_departments
+    from layers.cases.workflow import ensure_departments
 
     with engine.begin() as conn:
         return ensure_departments(conn, haimen)

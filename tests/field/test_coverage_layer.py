@@ -89,7 +89,7 @@ def _same(df, api, codes):
 
 def test_coverage_layer_exports_what_the_coverage_endpoint_says(client, engine, haimen, tokens, make_inspector,
                                                                 cov_zones, tmp_path):
-    from layers import patrols as lpat
+    from layers.field import patrols as lpat
 
     start, end = lpat.coverage_layer_period()
     sup = auth(tokens["supervisor"])

@@ -1,4 +1,4 @@
-"""The fast intake of JSON reports (layers/intake.py, one call of cg_file_report_as): the same answers
+"""The fast intake of JSON reports (layers/field/intake.py, one call of cg_file_report_as): the same answers
 as the synchronous path, a new grid noticed at once, the token checked before any refusal,
 concurrent retries over real HTTP, duplicates written merged, and the one-statement write."""
 
@@ -58,7 +58,7 @@ def test_a_new_grid_is_noticed_at_once(client, make_inspector, engine):
     """The process caches the city's grid; the database refuses a report snapped with a grid that is
     no longer active (410 inside), so the report is snapped again with the new one."""
     from gis import crs as gcrs
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     with engine.begin() as conn:
         city, _ = metric_city(conn, f"regrid-{uuid.uuid4().hex[:6]}", "换网格测试", "990101",

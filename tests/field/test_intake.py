@@ -24,7 +24,7 @@ TUSCANY = ["DSCN0010.jpg", "DSCN0012.jpg", "DSCN0021.jpg", "DSCN0025.jpg", "DSCN
 @pytest.fixture(scope="module")
 def tuscany(engine):
     """A small test city around the Tuscany photos, with a regular 100 m grid."""
-    from layers import city as lcity
+    from layers.core import city as lcity
 
     slug = f"tuscany-{uuid.uuid4().hex[:6]}"
     box = shapely.box(11.875, 43.462, 11.892, 43.474)
@@ -128,8 +128,8 @@ def _working(city, lon, lat):
 
 
 def test_inspector_report_merges_into_open_hotline_case(client, make_inspector, engine, haimen):
-    from layers import calendar as lcal
-    from layers import workflow as lwf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as lwf
 
     _, h = make_inspector()
     lon, lat = spot()
@@ -151,8 +151,8 @@ def test_inspector_report_merges_into_open_hotline_case(client, make_inspector, 
 
 
 def test_hotline_case_merges_into_open_inspector_report(client, make_inspector, engine, haimen):
-    from layers import calendar as lcal
-    from layers import workflow as lwf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as lwf
 
     _, h = make_inspector()
     lon, lat = spot()

@@ -92,7 +92,7 @@ def test_zone_import_rejects_bad_files(client, tokens, engine):
 
 
 def test_demo_zones_load(engine, haimen):
-    from layers.zones import load_demo_zones
+    from layers.field.zones import load_demo_zones
 
     with engine.begin() as conn:
         first = load_demo_zones(conn, haimen)
@@ -187,8 +187,8 @@ def test_track_bad_input(client, make_inspector, engine):
 
 
 def test_worklist(client, make_inspector, engine, haimen, zones):
-    from layers import calendar as lcal
-    from layers import workflow as lwf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as lwf
 
     user, h = make_inspector(area_code=zones["area"])
     x0, y0 = zones["x0"], zones["y0"]

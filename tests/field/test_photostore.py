@@ -10,8 +10,8 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from layers.errors import Conflict
-from layers.photostore import PhotoStore, recover
+from layers.core.errors import Conflict
+from layers.field.photostore import PhotoStore, recover
 from tests.field.conftest import jpeg
 
 

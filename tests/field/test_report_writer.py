@@ -1,4 +1,4 @@
-"""The intake's group commit (layers.intake.ReportWriter) against the real database: concurrent
+"""The intake's group commit (layers.field.intake.ReportWriter) against the real database: concurrent
 reports are written in fewer calls than reports, each answer is its own report's, a duplicate of a
 report in the same batch is merged into it, and a batch that fails as a whole is written report by
 report."""
@@ -16,8 +16,8 @@ from tests.field.test_reports import spot
 
 def _plan_at(haimen, engine, lon, lat, *, key=None, description="batch", category="E10301"):
     """(key, the input of cg_file_report) for an inspector's report at (lon, lat)."""
-    from layers import grid as lgrid
-    from layers import reports as lreports
+    from layers.core import grid as lgrid
+    from layers.field import reports as lreports
 
     with engine.connect() as c:
         grid = lgrid.snapper(c, haimen)
@@ -33,7 +33,7 @@ def _plans(haimen, engine, n, *, same_place=False):
 
 
 def _run(db_url, coro_fn):
-    from layers.db import create_async_pool
+    from layers.core.db import create_async_pool
 
     async def main():
         pool = await create_async_pool(db_url)
@@ -50,13 +50,13 @@ def _run(db_url, coro_fn):
 
 
 def _token_hash(tokens):
-    from layers.users import hash_token
+    from layers.core.users import hash_token
 
     return hash_token(tokens["inspector"])
 
 
 def test_concurrent_reports_share_calls_and_keep_their_answers(db_url, engine, haimen, tokens):
-    from layers.intake import ReportWriter
+    from layers.field.intake import ReportWriter
 
     plans = _plans(haimen, engine, 30)
     writer = ReportWriter(lanes=1)
@@ -76,7 +76,7 @@ def test_concurrent_reports_share_calls_and_keep_their_answers(db_url, engine, h
 
 
 def test_a_duplicate_in_the_same_batch_is_merged_into_the_first(db_url, engine, haimen, tokens):
-    from layers.intake import ReportWriter
+    from layers.field.intake import ReportWriter
 
     plans = _plans(haimen, engine, 4, same_place=True)
     writer = ReportWriter(lanes=1)
@@ -92,7 +92,7 @@ def test_a_duplicate_in_the_same_batch_is_merged_into_the_first(db_url, engine, 
 
 
 def test_a_failed_batch_is_written_report_by_report(db_url, engine, haimen, tokens, monkeypatch):
-    from layers import intake
+    from layers.field import intake
 
     plans = _plans(haimen, engine, 6)
     monkeypatch.setattr(intake, "BATCH", "SELECT cg_no_such_function($1::jsonb)")
@@ -115,7 +115,7 @@ def test_a_failed_batch_is_written_report_by_report(db_url, engine, haimen, toke
 
 
 def test_an_unknown_token_in_a_batch_is_refused_alone(db_url, engine, haimen, tokens):
-    from layers.intake import ReportWriter
+    from layers.field.intake import ReportWriter
 
     plans = _plans(haimen, engine, 3)
     writer = ReportWriter(lanes=1)
@@ -348,7 +348,7 @@ def test_a_claim_lost_alone_is_answered_as_a_retry(db_url, engine, haimen, token
 def test_a_refused_batch_is_written_one_by_one_by_the_writer(db_url, engine, haimen, tokens):
     """ReportWriter after that refusal: the two reports written alone, K a retry of the first and the
     other merged into its case."""
-    from layers import intake
+    from layers.field import intake
 
     th = _token_hash(tokens)
     lon, lat = spot()

@@ -270,7 +270,7 @@ def test_bad_input_writes_nothing(client, insp, engine, field_var_dir):
 
 
 def test_size_limit(client, insp, monkeypatch):
-    from layers import reports
+    from layers.field import reports
 
     _, h = insp
     monkeypatch.setitem(reports.config(), "max_photo_bytes", 1000)

@@ -27,7 +27,7 @@ def _spot() -> tuple[float, float]:
 
 
 def _user(conn, role, **kw):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     user, tok = add_user(conn, f"verify_{role}_{uuid.uuid4().hex[:8]}", role, **kw)
     return user, auth(tok)
@@ -38,8 +38,8 @@ def verifying(engine, haimen, departments):
     """A case taken by the workflow to 'verifying' (accept → dispatch → start → feedback), the
     department user it was dispatched to, and an inspector of its street."""
     from gis import crs as gcrs
-    from layers import calendar as lcal
-    from layers import workflow as lwf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as lwf
 
     lon, lat = _spot()
     with engine.begin() as conn:
@@ -85,14 +85,14 @@ def _rows(engine, case_id):
 
 
 def _files():
-    from layers.verification import photo_store
+    from layers.field.verification import photo_store
 
     root = photo_store().root
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def test_verify_ok_with_a_real_photo(client, engine, verifying, tokens):
-    from layers.verification import photo_store
+    from layers.field.verification import photo_store
 
     v = verifying
     real = photo("DSCN0010.jpg")  # a real camera JPEG, with an EXIF GPS position far from Haimen
@@ -242,8 +242,8 @@ def test_wrong_inspector_and_wrong_state_are_refused(client, engine, verifying, 
     assert r.status_code == 404 and "no case 999999999" in r.json()["detail"]
     assert _rows(engine, v["id"]) == 0 and _state(engine, v["id"]) == ("verifying", 0) and _files() == files_before
     # A 督办 notice keeps the case waiting for the check; once checked, it waits no more: 409.
-    from layers import workflow as lwf
-    from layers.users import user_for_token
+    from layers.cases import workflow as lwf
+    from layers.core.users import user_for_token
 
     with engine.begin() as conn:
         lwf.transition(conn, v["id"], "supervise", user_for_token(conn, tokens["supervisor"]), note="督办 hurry")
@@ -255,7 +255,7 @@ def test_wrong_inspector_and_wrong_state_are_refused(client, engine, verifying, 
 
 
 def test_bad_input_writes_nothing(client, engine, verifying):
-    from layers.verification import photo_store
+    from layers.field.verification import photo_store
 
     v = verifying
     good = ("DSCN0012.jpg", photo("DSCN0012.jpg"))
@@ -290,8 +290,8 @@ def test_concurrent_retry_gets_the_first_answer(engine, haimen, verifying):
     running): the second waits for the first and answers with its result; one check, one event."""
     import threading
 
-    from layers import reports as lreports
-    from layers import verification as lver
+    from layers.field import reports as lreports
+    from layers.field import verification as lver
 
     v = verifying
     data = photo("DSCN0012.jpg")
@@ -329,8 +329,8 @@ def test_concurrent_retry_gets_the_first_answer(engine, haimen, verifying):
 def test_recover_keeps_committed_and_drops_orphans(client, engine, verifying, tmp_path):
     """A crash between commit and promotion: the committed photo is promoted at start; a staged file of
     a transaction that never committed, and a stored file no row refers to, are deleted."""
-    from layers import verification as lver
-    from layers.photostore import PhotoStore
+    from layers.field import verification as lver
+    from layers.field.photostore import PhotoStore
 
     v = verifying
     r = _post(client, v["id"], v["h"], [("DSCN0012.jpg", photo("DSCN0012.jpg"))], result="ok")

@@ -51,7 +51,7 @@ def _cells(engine, haimen):
 
 def _inject(engine, haimen, cell, n, now):
     """n cases in one cell (at its centroid), one every 20 hours back from ``now``."""
-    from layers import workflow as lwf
+    from layers.cases import workflow as lwf
 
     ids = []
     with engine.begin() as conn:
@@ -68,8 +68,8 @@ def _inject(engine, haimen, cell, n, now):
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Counts the Gi* computations of the worklist (layers.analytics.hotspots calls)."""
-    from layers import analytics as la
+    """Counts the Gi* computations of the worklist (layers.analytics.heatmap.hotspots calls)."""
+    from layers.analytics import heatmap as la
 
     real = la.hotspots
     calls = []
@@ -86,10 +86,10 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
                                     live_server):
     import uuid
 
-    from layers import calendar as lcal
-    from layers import patrols as lpat
-    from layers import workflow as lwf
-    from layers import zones as lzones
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as lwf
+    from layers.field import patrols as lpat
+    from layers.field import zones as lzones
     from tests.conftest import auth
 
     monkeypatch.setenv("CITYGRID_WORKLIST_HOTSPOT_REFRESH_MINUTES", "10")
@@ -218,7 +218,7 @@ def test_worklist_by_hotspot_weight(client, engine, haimen, make_inspector, coun
 def _supervisor_token(engine):
     import uuid
 
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     with engine.begin() as conn:
         _, tok = add_user(conn, f"wl_sup_{uuid.uuid4().hex[:8]}", "supervisor")

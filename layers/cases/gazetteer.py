@@ -1,0 +1,150 @@
+"""The local gazetteer: named places (roads, communities, POIs, key zones, admin areas) to locate
+a case from its address text when it comes without coordinates.
+
+Matching is by containment: the longest place name found in the address wins (a POI or a road
+beats a street office, which beats the district). Each kind has a confidence; below
+``MIN_CONFIDENCE`` the case stays without a location and goes to the "needs location" queue,
+where an operator places it on the map.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+from sqlalchemy import Connection, text
+
+from gis import crs as gcrs
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.core.files import read_vector
+
+#: How far a match by this kind of place pins a case (a district pins nothing useful).
+CONFIDENCE = {"poi": 0.95, "key_zone": 0.9, "community": 0.8, "road": 0.75, "street": 0.4, "district": 0.1,
+              "place": 0.8}
+MIN_CONFIDENCE = 0.7
+KINDS = tuple(CONFIDENCE)
+
+_norm_re = re.compile(r"[\s,，。．.、()（）\-]+")
+
+
+def normalise(s: str) -> str:
+    return _norm_re.sub("", (s or "")).upper()
+
+
+@dataclass
+class Place:
+    name: str
+    kind: str
+    x: float
+    y: float
+    confidence: float
+
+
+class Index:
+    """Names of one city's places, longest first, for matching many addresses in process."""
+
+    def __init__(self, places: list[Place]):
+        self.places = sorted(places, key=lambda p: (-len(normalise(p.name)), -p.confidence))
+        self.keys = [normalise(p.name) for p in self.places]
+
+    def match(self, address: str | None) -> Place | None:
+        a = normalise(address or "")
+        if not a:
+            return None
+        best = None
+        for key, p in zip(self.keys, self.places, strict=True):
+            if len(key) >= 2 and key in a and (best is None or p.confidence > best.confidence):
+                best = p
+                if p.confidence >= 0.9:
+                    break
+        return best
+
+
+_cache: dict[int, tuple[tuple, Index]] = {}
+_lock = threading.Lock()
+
+
+def _version(conn: Connection, city: CityInfo) -> tuple:
+    zones = 0
+    if conn.execute(text("SELECT to_regclass('key_zone') IS NOT NULL")).scalar():
+        zones = conn.execute(text("SELECT coalesce(max(id), 0) + count(*) FROM key_zone WHERE city_id = :c"),
+                             {"c": city.id}).scalar_one()
+    return (conn.execute(text("SELECT coalesce(max(id), 0) + count(*) FROM gazetteer WHERE city_id = :c"),
+                         {"c": city.id}).scalar_one(),
+            conn.execute(text("SELECT count(*) FROM admin_area WHERE city_id = :c"), {"c": city.id}).scalar_one(),
+            zones)
+
+
+def index(conn: Connection, city: CityInfo) -> Index:
+    ver = _version(conn, city)
+    with _lock:
+        hit = _cache.get(city.id)
+    if hit and hit[0] == ver:
+        return hit[1]
+    places = []
+    zones = ""
+    if conn.execute(text("SELECT to_regclass('key_zone') IS NOT NULL")).scalar():
+        zones = """
+            UNION ALL
+            SELECT name, 'key_zone', ST_PointOnSurface(geom) FROM key_zone WHERE city_id = :c AND active"""
+    rows = conn.execute(text("""
+        SELECT name, kind, ST_X(p), ST_Y(p) FROM (
+            SELECT name, kind, CASE WHEN GeometryType(geom) LIKE '%LINESTRING'
+                                    THEN ST_LineInterpolatePoint(ST_LineMerge(geom), 0.5)
+                                    ELSE ST_PointOnSurface(geom) END AS p
+            FROM gazetteer WHERE city_id = :c
+            UNION ALL
+            SELECT name, level, ST_PointOnSurface(geom) FROM admin_area WHERE city_id = :c AND NOT made_up
+            UNION ALL
+            SELECT regexp_replace(name, ' \\(made up\\)$', ''), level, ST_PointOnSurface(geom)
+            FROM admin_area WHERE city_id = :c AND made_up AND level = 'street'""" + zones + """) s
+        WHERE p IS NOT NULL"""), {"c": city.id}).all()
+    for name, kind, x, y in rows:
+        places.append(Place(name, kind, x, y, CONFIDENCE.get(kind, 0.5)))
+    idx = Index(places)
+    with _lock:
+        _cache[city.id] = (ver, idx)
+    return idx
+
+
+def locate_address(conn: Connection, city: CityInfo, address: str | None) -> dict | None:
+    """The place an address names, when confident enough: {point, name, kind, confidence}."""
+    p = index(conn, city).match(address)
+    if p is None or p.confidence < MIN_CONFIDENCE:
+        return None
+    return {"point": shapely.Point(p.x, p.y), "name": p.name, "kind": p.kind, "confidence": p.confidence}
+
+
+def add_places(conn: Connection, city: CityInfo, names, kinds, geoms, *, source: str | None = None) -> int:
+    """Add named places given in the working CRS."""
+    bad = sorted({k for k in kinds if k not in KINDS})
+    if bad:
+        raise InputError(f"unknown place kind '{bad[0]}': one of {', '.join(KINDS)}")
+    rows = []
+    for name, kind, g in zip(names, kinds, geoms, strict=True):
+        name = (str(name) if name is not None else "").strip()
+        if not name or g is None or g.is_empty:
+            continue
+        rows.append(dict(c=city.id, n=name[:200], k=kind, s=source, w=shapely.to_wkb(g, hex=True), srid=city.srid))
+    if rows:
+        conn.execute(text("""INSERT INTO gazetteer (city_id, name, kind, source, geom)
+                             VALUES (:c, :n, :k, :s, ST_SetSRID(ST_GeomFromWKB(decode(:w, 'hex')), :srid))"""), rows)
+    return len(rows)
+
+
+def load_places_file(conn: Connection, city: CityInfo, path: Path, *, name_field: str, kind: str,
+                     crs: str | None = None) -> int:
+    """Load named places from a vector file (roads, POIs, communities …)."""
+    df, file_crs = read_vector(Path(path))
+    src = gcrs.parse_crs(crs) if crs else file_crs
+    if src is None:
+        raise InputError("the places file has no CRS: give one")
+    if name_field not in df.columns:
+        raise InputError(f"the places file has no field '{name_field}'")
+    geoms = np.asarray(gcrs.transform_geometry(np.asarray(df.geometry.values, dtype=object), src, city.working_crs))
+    return add_places(conn, city, df[name_field].tolist(), [kind] * len(df), geoms, source=Path(path).name)
