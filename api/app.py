@@ -20,7 +20,7 @@ from api.headers import PAGES, SecurityHeaders
 from api.limits import BodyLimit, DatabaseUnavailable, RateLimits
 from citygrid import settings
 from gis.crs import CRSError
-from layers.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound, hide_paths
+from layers.core.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound, hide_paths
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 log = logging.getLogger("citygrid")
@@ -63,7 +63,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)
         app.state.places = PlaceCache(app.state.engine)
-        from layers import calendar as lcal
+        from layers.cases import calendar as lcal
 
         lcal.bind(app.state.engine)  # calendar years loaded by any process are seen by this one
 

@@ -68,7 +68,7 @@ class Allow:
 
     def admit(self, user: lusers.User | None, why: str | None = None) -> lusers.User:
         """``user`` (of a token), or 401 when there is none (``why``: unknown, expired, revoked —
-        :func:`layers.users.check_token`), 403 when its role is not allowed."""
+        :func:`layers.core.users.check_token`), 403 when its role is not allowed."""
         if user is None:
             raise self.refused_token(why)
         self.check_role(user.role)

@@ -34,14 +34,14 @@ log = logging.getLogger("citygrid")
 # -- body size -------------------------------------------------------------------------------------
 
 def _field_photos_cap() -> int:
-    from layers import reports
+    from layers.field import reports
 
     cfg = reports.config()
     return cfg["max_photos"] * cfg["max_photo_bytes"] + (1 << 20)
 
 
 def _track_cap() -> int:
-    from layers import reports
+    from layers.field import reports
 
     return reports.config()["max_track_bytes"] + (1 << 20)
 
@@ -156,7 +156,7 @@ class RateLimits:
     def hit(self, scope: str, client: str) -> None:
         """Count one request of ``client`` in ``scope``; HTTPException 429 (with Retry-After) when one of
         the scope's limits is reached (the refused request is not counted)."""
-        from layers.citizen import address_source
+        from layers.cases.citizen import address_source
 
         key = address_source(client)
         rules = self.rules[scope]

@@ -115,7 +115,7 @@ _engines: dict = {}
 def _engine(url: str):
     eng = _engines.get(url)
     if eng is None:
-        from layers.db import make_engine
+        from layers.core.db import make_engine
 
         eng = _engines[url] = make_engine(url, pool_size=1, max_overflow=2)
     return eng
@@ -123,7 +123,7 @@ def _engine(url: str):
 
 def _import_cases(url: str, city, path: str, mapping: str | None, actor, dry_run: bool) -> dict:
     """In the worker process: the import in one transaction of its own (committed unless a dry run)."""
-    from layers import hotline
+    from layers.cases import hotline
 
     with _engine(url).begin() as conn:
         report = hotline.import_cases(conn, city, path, mapping=mapping, actor=actor, dry_run=dry_run, progress=False)
@@ -131,19 +131,19 @@ def _import_cases(url: str, city, path: str, mapping: str | None, actor, dry_run
 
 
 def import_cases(database_url: str, city, path, *, mapping=None, actor=None, dry_run: bool = False) -> dict:
-    """:func:`layers.hotline.import_cases` in a worker process; its report as a dict. Bad input raises
+    """:func:`layers.cases.hotline.import_cases` in a worker process; its report as a dict. Bad input raises
     the importer's own errors (InputError → 422) here; a worker that died is a 503."""
     return _run("imports", _import_cases, database_url, city, str(path), None if mapping is None else str(mapping),
                 actor, dry_run)
 
 
 def _citizen_photo(data: bytes) -> bytes:
-    from layers import citizen
+    from layers.cases import citizen
 
     return citizen.check_photo(data)
 
 
 def citizen_photo(data: bytes) -> bytes:
-    """:func:`layers.citizen.check_photo` (size, type, pixels from the header, full decode, public copy) in
+    """:func:`layers.cases.citizen.check_photo` (size, type, pixels from the header, full decode, public copy) in
     a worker process: decoding a 36 MP photo is seconds of CPU that the server's process does not spend."""
     return _run("photos", _citizen_photo, data)

@@ -232,7 +232,7 @@ def bench_dashboard(engine, haimen, t: Table) -> None:
 
 
 def _demo_year(engine, haimen):
-    from layers import synthetic
+    from layers.demo import synthetic
 
     with engine.begin() as conn:
         made = synthetic.load_synthetic_year(conn, haimen, log=lambda m: print("  " + m))
@@ -247,7 +247,7 @@ def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
     from sqlalchemy import text
 
     from gis import hotspots as ghot
-    from layers import analytics as la
+    from layers.analytics import heatmap as la
 
     _demo_year(engine, city)
     with engine.connect() as conn:
@@ -312,7 +312,7 @@ def bench_scan_null(t: Table, runs: int) -> None:
     from scipy import stats
 
     from gis.bursts import space_time_permutation_scan
-    from layers import analytics as la
+    from layers.analytics import heatmap as la
 
     cfg = la.alert_config()
     rng = np.random.default_rng(365)
@@ -343,7 +343,7 @@ def bench_hotspots_api(engine, city, t: Table, repeat: int) -> None:
 
     from api.app import create_app
     from citygrid.dbcluster import database_url
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     with engine.begin() as conn:
         end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()

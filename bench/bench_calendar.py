@@ -34,8 +34,8 @@ def _old_between(cal, a, b):
 
 
 def main() -> None:
-    from layers import calendar as lcal
-    from layers import workflow as wf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as wf
 
     cal = lcal.calendar()
     now = dt.datetime(2026, 12, 4, 10, tzinfo=dt.UTC)

@@ -11,7 +11,7 @@ database). Requests are sent on a fixed schedule (every 50 ms, not after the pre
 counts for every request it holds up. Target: p99 < 100 ms (before: one 7000×7000 PNG
 stalled health for 2.4 s, five 9 MB JPEGs for 4.1 s).
 
-The same load drives the test ``tests/test_limits.py::test_event_loop_never_blocks``.
+The same load drives the test ``tests/api/test_limits.py::test_event_loop_never_blocks``.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def main() -> None:
 
     from bench.bench_cases import make_csv
     from bench.common import Table, demo_engine
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     engine, city = demo_engine()
     t = Table("Event loop under load: GET /api/v1/health while 4 large uploads and a 50,000-row import run")

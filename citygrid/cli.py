@@ -12,8 +12,8 @@ from citygrid import settings
 
 def _engine():
     from citygrid.dbcluster import database_url
-    from layers import calendar as lcal
-    from layers.db import make_engine
+    from layers.cases import calendar as lcal
+    from layers.core.db import make_engine
 
     engine = make_engine(database_url(), pool_size=2)
     lcal.bind(engine)  # calendar years loaded into the database count in every command
@@ -112,8 +112,8 @@ def cmd_grid(args) -> int:
 
 
 def cmd_users(args) -> int:
-    from layers import users as lusers
-    from layers.errors import Conflict, InputError, NotFound
+    from layers.core import users as lusers
+    from layers.core.errors import Conflict, InputError, NotFound
 
     engine = _engine()
     try:
@@ -147,8 +147,8 @@ def cmd_users(args) -> int:
 
 def cmd_calendar(args) -> int:
     """``citygrid calendar import FILE`` (a year: the State Council notice's holidays and make-up
-    workdays, format of layers/workflow_data/calendar_years/2026.json) and ``citygrid calendar list``."""
-    from layers import calendar as lcal
+    workdays, format of layers/cases/data/calendar_years/2026.json) and ``citygrid calendar list``."""
+    from layers.cases import calendar as lcal
 
     engine = _engine()
     with engine.begin() as conn:
@@ -212,10 +212,10 @@ def cmd_la311(args) -> int:
 
 
 def cmd_notify(args) -> int:
-    """The notification worker: template messages and SMS from the outbox (layers/notify.py)."""
+    """The notification worker: template messages and SMS from the outbox (layers/channels/notify.py)."""
     import logging
 
-    from layers import notify
+    from layers.channels import notify
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     engine = _engine()
@@ -231,8 +231,8 @@ def cmd_notify(args) -> int:
 
 def cmd_wechat(args) -> int:
     """The WeChat account's custom menu (我要反映 / 查询进度 / 便民服务)."""
-    from layers import wechat as lwx
-    from layers.errors import InputError
+    from layers.channels import wechat as lwx
+    from layers.core.errors import InputError
 
     acct = lwx.account(args.city)
     if acct is None or not acct.secret:

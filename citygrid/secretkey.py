@@ -1,7 +1,7 @@
 """The server's secret key: ``CITYGRID_SECRET_KEY``, or a key generated on first use in
 ``<var_dir>/secret_key`` (mode 0600).
 
-It keys the HMAC of the citizens' query codes (layers.workflow.keyed_query_code). It never goes into
+It keys the HMAC of the citizens' query codes (layers.cases.workflow.keyed_query_code). It never goes into
 the database: a copy of the database must not be enough to try the 10^6 query codes of a case.
 Losing it (or changing it) makes every query code issued so far unverifiable: keep the file with the
 service's data, or set the variable from a secret store.

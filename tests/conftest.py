@@ -20,11 +20,11 @@ TEST_DB = os.environ.get("CITYGRID_TEST_DB", "citygrid_test")
 os.environ.setdefault("CITYGRID_DATA_DIR", tempfile.mkdtemp(prefix="citygrid-test-data-"))
 
 # CITYGRID_TEST_NOW=2026-12-20T10:00:00+08:00 runs the suite as if the workflow's clock
-# (layers.calendar.now) read that instant (it still advances with the real clock). Read ONLY here, to
+# (layers.cases.calendar.now) read that instant (it still advances with the real clock). Read ONLY here, to
 # prove that the suite does not depend on the real date (e.g. late December, when a deadline opened
 # "now" runs into the next year); PostgreSQL's now() and subprocesses keep the real clock.
 if os.environ.get("CITYGRID_TEST_NOW"):
-    from layers import calendar as _lcal
+    from layers.cases import calendar as _lcal
 
     _shift = dt.datetime.fromisoformat(os.environ["CITYGRID_TEST_NOW"]) - dt.datetime.now(dt.UTC)
     _lcal.now = lambda: dt.datetime.now(dt.UTC) + _shift
@@ -46,7 +46,7 @@ def load_made_up_years(conn) -> list[int]:
     clock in late December (or in any year after the last shipped notice) gets no deadline (the product
     refuses to guess; the case is flagged calendar_warning) and tests that expect one break with the
     date. Returns the years loaded."""
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     last = lcal.build(lcal.database_years(conn)).last_year
     horizon = (lcal.now().astimezone(ZoneInfo("Asia/Shanghai")).date() + dt.timedelta(days=120)).year + 1
@@ -77,8 +77,8 @@ def db_url() -> str:
 
 @pytest.fixture(scope="session")
 def engine(db_url):
-    from layers import calendar as lcal
-    from layers.db import make_engine, migrate
+    from layers.cases import calendar as lcal
+    from layers.core.db import make_engine, migrate
 
     eng = make_engine(db_url)
     migrate(eng)

@@ -6,7 +6,7 @@ Bounded and deterministic: a few positive and a few negative examples per operat
 Hypothesis, no shrinking, no example database), against the live server on the shared test database.
 The operations run as generated: what they may write (users, cases with a random text …) is what any
 caller may write. Excluded: the admin's revoke/renew of a user's token, which would revoke the tokens
-the rest of the session's tests use (tests/test_tokens.py tests them). The counts are printed at the
+the rest of the session's tests use (tests/core/test_tokens.py tests them). The counts are printed at the
 end of the session."""
 
 from __future__ import annotations

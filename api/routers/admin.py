@@ -15,11 +15,11 @@ from api.deps import ADMIN, get_conn
 from api.uploads import save_upload
 from api.validation import Body, json_problem
 from citygrid import settings
-from layers import city as lcity
-from layers import users as lusers
-from layers.errors import Conflict, InputError
-from layers.files import VECTOR_SUFFIXES
-from layers.models import ROLES
+from layers.core import city as lcity
+from layers.core import users as lusers
+from layers.core.errors import Conflict, InputError
+from layers.core.files import VECTOR_SUFFIXES
+from layers.core.models import ROLES
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin 管理"])
 
@@ -112,7 +112,7 @@ def load_calendar_year(body: dict = BodyParam(..., examples=[{
         user=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     """Stores the year for every worker (table calendar_year; replaces a stored year) and gives open cases
     whose deadline was recorded as unknown their deadline. 422 says what is wrong with the file."""
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     refused = json_problem(body)
     if refused is not None:
@@ -122,7 +122,7 @@ def load_calendar_year(body: dict = BodyParam(..., examples=[{
 
 @router.get("/calendar", summary="工作日历 Configured calendar years and their sources")
 def calendar_years(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     cal = lcal.build(lcal.database_years(conn))
     return {"years": {y: cal.sources.get(y) for y in sorted(cal.years)}, "first_year": cal.first_year,

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, text
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Allow, DeferredAllow, TokenClaim, get_apool, get_city, get_conn
+from api.uploads import read_photo_upload
 from api.validation import INT64_MAX, MAX_OFFSET, Body
 from gis.crs import CRSError
 from layers.cases import workflow as lwf

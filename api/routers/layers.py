@@ -20,8 +20,8 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PUBLIC, Allow, client_address, get_city, get_conn
-from api.fastpath import tile_response
 from api.limits import RateLimit
+from api.tile_answer import tile_response
 from api.validation import MAX_OFFSET
 from citygrid import settings
 from layers.core import users as lusers
@@ -75,7 +75,7 @@ def client_key(request: Request, user: lusers.User | None) -> str:
     digest: no address is stored)."""
     import hashlib
 
-    from layers.citizen import address_source
+    from layers.cases.citizen import address_source
 
     if user is not None:
         return f"user:{user.id}"

@@ -1,7 +1,7 @@
 """Open311 GeoReport v2 at /open311/v2: discovery, services, service definitions, requests (GET and
-POST), tokens; XML and JSON; errors as a list of {code, description}. Logic in layers/open311.py.
+POST), tokens; XML and JSON; errors as a list of {code, description}. Logic in layers/cases/open311.py.
 
-POST needs ``api_key`` — a token of a role that may record cases (layers.open311.FILER_ROLES) — in the
+POST needs ``api_key`` — a token of a role that may record cases (layers.cases.open311.FILER_ROLES) — in the
 form body; one in the URL is refused (URLs end up in proxy and server logs). Request lists page
 (``page``, ``page_size``) and say in their headers how many matched and whether the page is cut."""
 

@@ -15,9 +15,9 @@ from api import offload
 from api.deps import PUBLIC, client_address, get_city, get_conn
 from api.limits import RateLimit
 from api.validation import Body
-from layers import citizen
-from layers.city import CityInfo
-from layers.errors import InputError
+from layers.cases import citizen
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
 
 router = APIRouter(prefix="/api/v1/public", tags=["public 市民"])
 

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import PUBLIC, STAFF, get_apool, get_conn
-from layers import users as lusers
-from layers.models import ROLE_LABELS
+from layers.core import users as lusers
+from layers.core.models import ROLE_LABELS
 
 router = APIRouter(prefix="/api/v1", tags=["system 系统"])
 

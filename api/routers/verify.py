@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Connection
 
 from api.deps import Allow, get_city, get_conn
-from api.routers.inspector import _read_upload
+from api.uploads import read_photo_upload
 from api.validation import INT64_MAX
-from layers import reports as lreports
-from layers import verification as lver
-from layers.city import CityInfo
+from layers.core.city import CityInfo
+from layers.field import reports as lreports
+from layers.field import verification as lver
 
 log = logging.getLogger("citygrid.verify")
 

@@ -3,7 +3,7 @@ by WeChat web authorisation, the signed-in citizen's own cases, and the chat's p
 
 The message server is PUBLIC for the role gate but answers only requests signed with the account's
 token (and, in safe mode, encrypted with its AES key), inside the replay window, with a new nonce:
-anything else is refused (403/400) and nothing is written. Logic in layers/wechat.py.
+anything else is refused (403/400) and nothing is written. Logic in layers/channels/wechat.py.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from sqlalchemy import Connection
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
 from api.validation import INT64_MAX
-from layers import city as lcity
-from layers import wechat as lwx
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.channels import wechat as lwx
+from layers.core import city as lcity
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
 
 log = logging.getLogger("citygrid.wechat")
 COOKIE = "cg_wx"
@@ -41,7 +41,7 @@ async def _lifespan(app):
         if settings.notify().in_app:
             import threading
 
-            from layers import notify
+            from layers.channels import notify
 
             stop = threading.Event()
             task = threading.Thread(target=notify.run_forever, args=(engine,), kwargs={"stop": stop},

@@ -1,6 +1,6 @@
 """Heat, significant hot spots, emerging hot spots and burst alerts over the database.
 
-Cell counts come from the rollup (layers/rollups.py); the statistics are the pure ones of
+Cell counts come from the rollup (layers/analytics/rollups.py); the statistics are the pure ones of
 ``gis/heat.py``, ``gis/exact_hotspots.py`` (hot spots: exact test, chosen scale, FDR) and ``gis/bursts.py``. The grid (cell order, col/row, centroids)
 and its spatial weights are cached per grid version, so a request costs one rollup query plus the
 arithmetic.
@@ -574,11 +574,11 @@ def _signature(*parts) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
 
 
-ALERTS_CONFIG = Path(__file__).with_name("analytics_data") / "alerts.json"
+ALERTS_CONFIG = Path(__file__).with_name("data") / "alerts.json"
 
 
 def alert_config() -> dict:
-    """The alert thresholds (``analytics_data/alerts.json``): min_recurrence_days (default 365: one
+    """The alert thresholds (``data/alerts.json``): min_recurrence_days (default 365: one
     false alert a year per city for a daily scan), analysis_interval_days, n_sim."""
     import json
 

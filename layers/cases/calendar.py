@@ -7,9 +7,9 @@
   receipt (the day of receipt itself does not count).
 
 A workday is a weekday that is not a holiday, or a make-up workday (调休上班) even on a weekend.
-The rules that never change are ``layers/workflow_data/calendar.json``; the holidays and make-up
+The rules that never change are ``layers/cases/data/calendar.json``; the holidays and make-up
 workdays of each year come from that year's State Council notice: shipped files
-(``layers/workflow_data/calendar_years/<year>.json``) and years loaded into the database (table
+(``layers/cases/data/calendar_years/<year>.json``) and years loaded into the database (table
 ``calendar_year``, ``citygrid calendar import FILE`` or ``POST /api/v1/admin/calendar/years``), the
 database winning for a year it has.
 
@@ -40,9 +40,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from layers.errors import CalendarMissing, InputError
+from layers.core.errors import CalendarMissing, InputError
 
-DATA = Path(__file__).resolve().parent / "workflow_data"
+DATA = Path(__file__).resolve().parent / "data"
 YEARS_DIR = DATA / "calendar_years"
 UNITS = {"wh": "工作时 working hours", "eh": "紧急工作时 clock hours", "wd": "工作日 working days"}
 #: The span the day arrays cover (instants outside it are refused as input errors).

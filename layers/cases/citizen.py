@@ -25,12 +25,12 @@ from sqlalchemy import Connection, text
 from citygrid import settings
 from gis import crs as gcrs
 from gis import photos as gphotos
-from layers import calendar as lcal
-from layers import publication
-from layers import workflow as wf
-from layers.case_vocab import EVENTS, RATINGS, STATES
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError, NotFound
+from layers.cases import calendar as lcal
+from layers.cases import workflow as wf
+from layers.cases.vocab import EVENTS, RATINGS, STATES
+from layers.core import publication
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError, NotFound
 
 #: States as the public sees them (no internal detail).
 PUBLIC_STATE = {
@@ -131,7 +131,7 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
 # number for everyone). The counting happens inside the request's transaction under an advisory lock
 # of the address, so concurrent guesses from one address on several workers are counted exactly.
 
-LIMITS_FILE = Path(__file__).resolve().parent / "citizen_data" / "lookup_limits.json"
+LIMITS_FILE = Path(__file__).resolve().parent / "data" / "lookup_limits.json"
 #: First key of the advisory lock of an address (the second: hashtext of its key); apart from the
 #: export jobs'.
 _LOCK_ADDR = 0x6C6B02
@@ -146,7 +146,7 @@ class Limit:
 
 @lru_cache
 def lookup_limits() -> dict[str, Limit]:
-    """``{"per_case_per_address": Limit, "per_address": Limit}`` from ``citizen_data/lookup_limits.json``."""
+    """``{"per_case_per_address": Limit, "per_address": Limit}`` from ``data/lookup_limits.json``."""
     cfg = json.loads(LIMITS_FILE.read_text(encoding="utf-8"))
     out = {}
     for scope in ("per_case_per_address", "per_address"):
@@ -269,7 +269,7 @@ def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> di
                query_code_scheme, close_deadline_at, merged_into
         FROM case_file WHERE city_id = :c AND case_no = :n"""), {"c": city.id, "n": (case_no or "").strip()}).mappings().first()
     # The same answer for an unknown number and a wrong code: nothing to learn by guessing (a keyed
-    # hash is computed either way, with the server's secret key: layers.workflow.stored_query_code).
+    # hash is computed either way, with the server's secret key: layers.cases.workflow.stored_query_code).
     given = wf.stored_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip(),
                                  row["query_code_scheme"] if row else 2)
     if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"].strip(), given):

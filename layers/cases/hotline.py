@@ -655,7 +655,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
 
     def _pending_json(p: np.ndarray, unknown_step: np.ndarray, unknown_close: np.ndarray) -> np.ndarray:
         """', "deadline_pending": {…}' for the cases whose deadline is unknown ('' for the others): what
-        layers.calendar.fill_pending_deadlines computes it from when the year is loaded."""
+        layers.cases.calendar.fill_pending_deadlines computes it from when the year is loaded."""
         out = np.full(len(p), "", dtype=object)
         for r in np.flatnonzero(unknown_step | unknown_close):
             q = p[r]
@@ -812,9 +812,9 @@ def main_import_cases(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     from citygrid.dbcluster import database_url
-    from layers import calendar as lcal
-    from layers.city import get_city
-    from layers.db import make_engine
+    from layers.cases import calendar as lcal
+    from layers.core.city import get_city
+    from layers.core.db import make_engine
 
     engine = make_engine(database_url(), pool_size=2)
     lcal.bind(engine)

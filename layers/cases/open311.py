@@ -2,7 +2,7 @@
 
 Status is only open/closed; the detailed state of the workflow is in ``extended_attributes``. ids
 and codes are strings. Errors are a list of {code, description}. What a request shows is decided by
-the publication policy (layers/publication.py): per channel nothing, or class + cell centroid +
+the publication policy (layers/core/publication.py): per channel nothing, or class + cell centroid +
 state, or that plus the scrubbed description and the address generalised to its road; never a name,
 phone, ID number, e-mail or doorstep, never an exact position.
 
@@ -25,12 +25,12 @@ from shapely.geometry import Point
 from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import publication as pub
-from layers import workflow as wf
-from layers.case_vocab import FINAL_STATES, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
+from layers.cases import calendar as lcal
+from layers.cases import workflow as wf
+from layers.cases.vocab import FINAL_STATES, REQUEST_TYPES, STATES
+from layers.core import publication as pub
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
 
 SPEC = "http://wiki.open311.org/GeoReport_v2"
 #: Roles whose token is a valid ``api_key`` for POST requests (those that may record cases for others).

@@ -26,18 +26,19 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import Connection, text
 
-from layers import calendar as lcal
-from layers import duplicates as ldup
-from layers import grid as lgrid
-from layers import publication
-from layers.case_vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
-from layers.city import CityInfo
-from layers.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
+from layers.cases import calendar as lcal
+from layers.cases import duplicates as ldup
+from layers.cases.classes import catalog, limits
+from layers.cases.vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
+from layers.core import grid as lgrid
+from layers.core import publication
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
 
 DATA = Path(__file__).resolve().parent / "data"
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
 URGENCIES = ("normal", "urgent", "emergency")
-#: Roles that see the caller's contact: those that read the full text (the publication policy, layers/publication.py).
+#: Roles that see the caller's contact: those that read the full text (the publication policy, layers/core/publication.py).
 CONTACT_ROLES = publication.policy().full_text_roles
 
 
@@ -310,7 +311,7 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
     step = step_limit("collected", item["code"], urgency)
     close_lim = close_limit(item["code"], request_type, urgency)
     # A call is never lost for want of a calendar year: the case is recorded, its deadline flagged
-    # unknown (event data 'deadline_pending') until the year is loaded (layers.calendar.import_year).
+    # unknown (event data 'deadline_pending') until the year is loaded (layers.cases.calendar.import_year).
     step_deadline, why_step = lcal.add_or_none(received_at, *step, cal=cal)
     close_deadline, why_close = lcal.add_or_none(received_at, *close_lim, cal=cal)
     pending = _pending(received_at, "collected", step if why_step else None, close_lim if why_close else None,

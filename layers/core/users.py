@@ -21,8 +21,8 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from citygrid import settings
-from layers.errors import Conflict, InputError, NotFound
-from layers.models import ROLES
+from layers.core.errors import Conflict, InputError, NotFound
+from layers.core.models import ROLES
 
 #: Why a token does not open the door: the 401's message (zh-CN first, English beside).
 REFUSED = {

@@ -23,12 +23,12 @@ from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import patrol as gpatrol
-from layers import publication
-from layers import zones as lzones
-from layers.case_vocab import STATES
-from layers.city import CityInfo
-from layers.errors import InputError
-from layers.reports import config
+from layers.cases.vocab import STATES
+from layers.core import publication
+from layers.core.city import CityInfo
+from layers.core.errors import InputError
+from layers.field import zones as lzones
+from layers.field.reports import config
 
 TZ = gpatrol.CHINA_TZ
 
@@ -305,7 +305,7 @@ _clock = time.monotonic  # tests move it
 
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
     """Hot-spot z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
-    supervisors' hot-spot analysis (layers.analytics.hotspots: exact test at the chosen scale, BH-FDR;
+    supervisors' hot-spot analysis (layers.analytics.heatmap.hotspots: exact test at the chosen scale, BH-FDR;
     fewer than 30 cases: no hot spots) and
     cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
     it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since

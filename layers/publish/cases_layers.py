@@ -5,7 +5,7 @@
 * ``case_cells`` — cases counted per unit-grid cell, the form that may be published: no point of any
   case, so no caller's doorstep can be read off it.
 
-What each audience may see of a case is decided in layers/publication.py; a layer registered here for
+What each audience may see of a case is decided in layers/core/publication.py; a layer registered here for
 anonymous readers (``public=True``) must not select points or free text of cases (the PII scan in
 tests/cases/test_pii.py reads every public layer drawn from case tables).
 """

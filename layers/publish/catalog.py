@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, text
 
-from layers import publication
-from layers.city import CityInfo
-from layers.errors import InputError, NotFound
-from layers.models import ROLES
+from layers.core import publication
+from layers.core.city import CityInfo
+from layers.core.errors import InputError, NotFound
+from layers.core.models import ROLES
 
 FIELD_TYPES = ("str", "int", "float", "bool", "date", "datetime")
 STAFF = frozenset(ROLES)

@@ -407,7 +407,7 @@ def job_engine(engine):
     file, so the jobs must not draw on the request pool (whose exhaustion answered other requests 500)
     — and they cannot exhaust their own: at most ``max_jobs_total`` run at once (one connection each,
     as many again for progress and bookkeeping)."""
-    from layers.db import make_engine
+    from layers.core.db import make_engine
 
     url = engine.url.render_as_string(hide_password=False)
     with _JOB_ENGINES_LOCK:
@@ -425,7 +425,7 @@ def cache_key(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]],
     can change unnoticed) or is not exported in its public form."""
     import hashlib
 
-    from layers.catalog import layer_version
+    from layers.publish.catalog import layer_version
 
     parts = []
     for layer, form in layers:

@@ -132,7 +132,7 @@ def test_hotspots_on_a_random_city_through_the_api(client, engine, haimen, sup):
     import shapely
     from sqlalchemy import text
 
-    from layers import rollups
+    from layers.analytics import rollups
     from tests.analytics.helpers import TZ8, insert
     from tests.conftest import metric_city
 

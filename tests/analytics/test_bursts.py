@@ -40,7 +40,7 @@ def test_scan_finds_injected_cluster_and_stores_alert(conn, acity):
     # the default threshold (one false alert a year: recurrence >= 365 days) needs n_sim >= 364
     import pytest
 
-    from layers.errors import InputError
+    from layers.core.errors import InputError
     with pytest.raises(InputError, match="n_sim must be at least 364"):
         la.scan_day(conn, acity, last, n_sim=199)
     # a fast configuration: 199 replicates, alerts recurring by chance at most once in 100 days

@@ -138,7 +138,7 @@ def test_working_seconds_equal_the_step_by_day_reckoning():
 def test_deadlines_equal_the_step_by_day_reckoning():
     import numpy as np
 
-    from layers.calendar import add_many
+    from layers.cases.calendar import add_many
 
     cal = calendar()
     rng = np.random.default_rng(11)
@@ -220,7 +220,7 @@ def test_made_up_workdays_helper():
 def test_shipped_years_name_their_notice():
     """Every shipped year says which State Council notice it comes from; a year calendar.json says is
     not configured (its notice could not be verified) is not shipped."""
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     shipped = lcal.shipped_years()
     assert shipped and sorted(shipped) == list(range(min(shipped), max(shipped) + 1))  # no gap
@@ -237,8 +237,8 @@ def test_shipped_years_name_their_notice():
 def test_a_deadline_past_the_last_configured_year_is_refused():
     import numpy as np
 
-    from layers.calendar import add_many, add_or_none
-    from layers.errors import CalendarMissing
+    from layers.cases.calendar import add_many, add_or_none
+    from layers.core.errors import CalendarMissing
 
     cal = calendar(force=True)
     y = cal.last_year
@@ -266,8 +266,8 @@ def test_a_deadline_past_the_last_configured_year_is_refused():
 
 
 def test_a_loaded_year_is_checked_and_used():
-    from layers import calendar as lcal
-    from layers.errors import CalendarMissing
+    from layers.cases import calendar as lcal
+    from layers.core.errors import CalendarMissing
     from tests.conftest import made_up_year
 
     # Far-future years nobody configures: 2098 configured, 2099 not, then loaded.
@@ -301,7 +301,7 @@ def test_calendar_year_loaded_through_the_api_reaches_every_process(client, toke
 
     from sqlalchemy import text
 
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
     from tests.conftest import auth, made_up_year
 
     cal = lcal.calendar(force=True)
@@ -339,7 +339,7 @@ def test_calendar_year_loaded_through_the_api_reaches_every_process(client, toke
         last = _last_workday(cal, y)
         start = t(last.year, last.month, last.day, 16, 0).astimezone(dt.UTC)
         want = dt.datetime.combine(_made_up_workdays(last, 1), dt.time(9, 0), CST).astimezone(dt.UTC)
-        code = ("import datetime as dt, sys; from layers import calendar as c; from layers.db import make_engine; "
+        code = ("import datetime as dt, sys; from layers import calendar as c; from layers.core.db import make_engine; "
                 f"c.bind(make_engine({db_url!r})); cal = c.calendar(); "
                 f"print(cal.last_year, cal.add(dt.datetime.fromisoformat({start.isoformat()!r}), 2, 'wh').isoformat())")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -356,7 +356,7 @@ def test_needs_location_queue_with_1000_cases_from_2019(client, tokens, engine, 
     import time
     import uuid
 
-    from layers import hotline
+    from layers.cases import hotline
     from tests.conftest import auth
 
     ref = uuid.uuid4().hex[:8]
@@ -393,10 +393,10 @@ def test_actions_at_the_year_end_keep_going_and_extend_is_refused(conn, haimen, 
     reason (→ 503 in the API)."""
     from sqlalchemy import text
 
-    from layers import calendar as lcal
-    from layers import workflow as wf
-    from layers.errors import CalendarMissing
-    from layers.users import User
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as wf
+    from layers.core.errors import CalendarMissing
+    from layers.core.users import User
     from tests.cases.conftest import working_point
     from tests.conftest import made_up_year
 
@@ -436,7 +436,7 @@ def test_cli_calendar_import(engine, tmp_path, monkeypatch, capsys, db_url):
     from sqlalchemy import text
 
     from citygrid import cli, settings
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
     from tests.conftest import made_up_year
 
     monkeypatch.setenv("DATABASE_URL", db_url)

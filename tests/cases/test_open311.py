@@ -210,7 +210,7 @@ def test_media_url_is_stored_and_returned(base, tokens, engine):
 def test_request_lists_page_and_say_when_cut(base, tokens, engine):
     import datetime as dt
 
-    from layers import calendar as lcal
+    from layers.cases import calendar as lcal
 
     # The workflow's clock (the cases' received_at and the default end_date are read from it).
     start = (lcal.now().astimezone(dt.UTC) - dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -261,7 +261,7 @@ def test_xml_never_carries_an_illegal_character(base, tokens, engine):
     from lxml import etree
     from sqlalchemy import text
 
-    from layers import open311 as o3
+    from layers.cases import open311 as o3
 
     bad = "灯坏了\x01\x0b\x00\x1f\ufffe end <&>"
     doc = o3.to_xml("service_requests", [{"description": bad, "service_request_id": "1"}])

@@ -143,7 +143,7 @@ def _public_layers(client):
 
 
 def test_anonymous_output_never_shows_personal_data(app, client, fed, engine):
-    from layers import catalog
+    from layers.publish import catalog
 
     nos = [d["case_no"] for d in fed.values()]
     lons = [d["lon"] for d in fed.values()]
@@ -153,7 +153,7 @@ def test_anonymous_output_never_shows_personal_data(app, client, fed, engine):
     assert "case_cells" in layers and "cases" not in layers  # the cases layer (points) is staff-only
     # Public layers drawn from case data: found by their SQL, so a new one is scanned without editing here.
     with engine.connect() as conn:
-        from layers import city as lcity
+        from layers.core import city as lcity
 
         city = lcity.get_city(conn, "haimen")
         case_layers = [n for n in layers if re.search(r"\bcase_(file|contact|event|media)\b",
@@ -273,7 +273,7 @@ def test_operator_and_supervisor_see_the_full_text(client, tokens, fed, role):
 
 def test_a_channel_set_to_none_is_not_published(client, fed, monkeypatch):
     """The per-channel setting: hotline cases left out of anonymous output altogether; address 'cell'."""
-    from layers import publication as pub
+    from layers.core import publication as pub
 
     base = pub.policy()
     monkeypatch.setattr(pub, "policy", lambda: pub.Policy({**base.channels, "hotline": "none"}, "cell",

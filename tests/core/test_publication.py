@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from layers import publication as pub
-from layers.models import ROLES
+from layers.core import publication as pub
+from layers.core.models import ROLES
 
 
 @pytest.mark.parametrize("raw, token", [
@@ -137,7 +137,7 @@ def test_public_case_by_channel():
 
 
 def test_public_layers_of_cases_publish_no_points_and_no_text():
-    from layers.catalog import Field, Layer, register
+    from layers.publish.catalog import Field, Layer, register
 
     sql = "SELECT c.id AS fid, c.case_no, c.description, c.location AS geom FROM case_file c WHERE c.city_id = :city_id"
     with pytest.raises(ValueError, match="points"):

@@ -39,17 +39,17 @@ from sqlalchemy import Connection, text
 
 from citygrid import settings
 from gis import crs as gcrs
-from layers import calendar as lcal
-from layers import citizen as lcit
-from layers import reports as lreports
-from layers import workflow as wf
-from layers.city import CityInfo
-from layers.errors import Conflict, InputError
-from layers.photostore import PhotoStore, Staged
-from layers.photostore import recover_at_start as recover_store_at_start
+from layers.cases import calendar as lcal
+from layers.cases import citizen as lcit
+from layers.cases import workflow as wf
+from layers.core.city import CityInfo
+from layers.core.errors import Conflict, InputError
+from layers.field import reports as lreports
+from layers.field.photostore import PhotoStore, Staged
+from layers.field.photostore import recover_at_start as recover_store_at_start
 
 log = logging.getLogger("citygrid.wechat")
-DATA = Path(__file__).resolve().parent / "wechat_data"
+DATA = Path(__file__).resolve().parent / "data"
 MAX_BODY = 64 * 1024
 
 
@@ -247,7 +247,7 @@ def photo_url(case_id: int, photo_id: int) -> str:
 
 def photo_file(conn: Connection, city: CityInfo, case_id: int, photo_id: int, variant: str, user) -> tuple[bytes, str]:
     """(bytes, media type) of a chat photo of a case ``user`` may see (the rule of the case list)."""
-    from layers.errors import NotFound
+    from layers.core.errors import NotFound
 
     col = {"public": "public_sha256", "thumb": "thumb_sha256"}.get(variant)
     if col is None:

@@ -254,7 +254,7 @@ def test_every_json_body_model_checks_characters(app):
     from pydantic import BaseModel
 
     from api.validation import Body
-    from tests.test_roles import _flatten
+    from tests.api.test_roles import _flatten
 
     seen = 0
     for route in _flatten(app.routes):

@@ -14,7 +14,7 @@ import pytest
 import xmltodict
 from sqlalchemy import text
 
-from tests.wechat.fakewx import FakeWeChat
+from tests.channels.fakewx import FakeWeChat
 
 APP_ID, SECRET, TOKEN = "wx0123456789abcdef", "test-secret-not-real", "citygrid-test-token"
 AES_KEY = base64.b64encode(hashlib.sha256(b"citygrid wechat test").digest()).decode()[:43]
@@ -36,7 +36,7 @@ def fakewx(monkeypatch, engine, haimen):
             "sdk_app_id": "1400000000", "sign_name": "海门12345", "templates": {"accepted": "101", "dispatched": "102",
                                                                              "closed": "103", "rate": "104"}}))
         monkeypatch.setenv("CITYGRID_NOTIFY_BACKOFF_BASE_S", "60")
-        from layers import notify
+        from layers.channels import notify
 
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM wechat_token"))

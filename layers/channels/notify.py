@@ -39,9 +39,9 @@ import requests
 from sqlalchemy import Connection, text
 
 from citygrid import settings
-from layers import calendar as lcal
-from layers import wechat as lwx
-from layers.citizen import PUBLIC_STATE
+from layers.cases import calendar as lcal
+from layers.cases.citizen import PUBLIC_STATE
+from layers.channels import wechat as lwx
 
 log = logging.getLogger("citygrid.notify")
 

@@ -1,7 +1,7 @@
 """The publication policy: what each audience may see of a case, in one place.
 
 Audiences are ``anonymous`` (no token: Open311, ``/api/v1/public``, public layers, notices) and the
-staff roles. The policy is configuration (``publication_data/policy.json``):
+staff roles. The policy is configuration (``data/publication_policy.json``):
 
 * **anonymous** — per channel (``case_file.source``): ``text`` (class + cell centroid + state + the
   scrubbed description and the generalised address), ``summary`` (class + cell centroid + state) or
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from layers.models import ROLES
+from layers.core.models import ROLES
 
-POLICY_FILE = Path(__file__).resolve().parent / "publication_data" / "policy.json"
+POLICY_FILE = Path(__file__).resolve().parent / "data" / "publication_policy.json"
 CHANNEL_FORMS = ("text", "summary", "none")
 ADDRESS_FORMS = ("road", "cell", "none")
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
@@ -271,7 +271,7 @@ _TEXT_FIELDS = frozenset({"description", "address", "title", "note", "name", "ph
 
 
 def check_public_layer(layer) -> None:
-    """A catalog layer (layers/catalog.py) drawn from case tables may be public only in a form with
+    """A catalog layer (layers/publish/catalog.py) drawn from case tables may be public only in a form with
     no case points and no free text: ValueError otherwise (raised when the layer is registered)."""
     if not layer.public or not _CASE_TABLES.search(layer.sql):
         return
@@ -293,7 +293,7 @@ def check_public_text(conn, city_id: int, *texts: str | None) -> None:
     so those are not scrubbed from notices; a caller's phone is found by its digits."""
     from sqlalchemy import text as sql
 
-    from layers.errors import InputError
+    from layers.core.errors import InputError
 
     joined = "\n".join(t for t in texts if t)
     if not joined:

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from layers.users import User
+from layers.core.users import User
+from tests.channels.conftest import AES_KEY, APP_ID, SECRET, TOKEN, Citizen, Transcript, signed_query
 from tests.conftest import SHARED, auth, count
-from tests.wechat.conftest import AES_KEY, APP_ID, SECRET, TOKEN, Citizen, Transcript, signed_query
 
 PHOTO = SHARED / "photos" / "DSCN0010.jpg"
 # A place in Haimen town as WeChat sends it (GCJ-02).
@@ -21,7 +21,7 @@ LAT, LON, LABEL = 31.9101, 121.2103, "江苏省南通市海门区人民中路（
 
 
 def _user(engine, role):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     with engine.begin() as conn:
         user, tok = add_user(conn, f"wx_{role}_{uuid.uuid4().hex[:8]}", role)
@@ -29,7 +29,7 @@ def _user(engine, role):
 
 
 def _act(engine, case_id, action, actor, **kw):
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     with engine.begin() as conn:
         return wf.transition(conn, case_id, action, actor, **kw)
@@ -38,7 +38,7 @@ def _act(engine, case_id, action, actor, **kw):
 def _send_notifications(engine, transcript, fake, *, after_send=None, label="worker"):
     """One worker (a new instance: a restart) sends what is due; the new template messages are put
     in the transcript as the citizen sees them."""
-    from layers import notify
+    from layers.channels import notify
 
     try:
         return notify.run_once(engine, notify.senders(engine), after_send=after_send)
@@ -51,9 +51,9 @@ def _send_notifications(engine, transcript, fake, *, after_send=None, label="wor
 
 
 def test_whole_conversation(client, engine, haimen, tokens, fakewx, tmp_path):
-    from layers import citizen as lcit
-    from layers import wechat as lwx
-    from layers.workflow import ensure_departments
+    from layers.cases import citizen as lcit
+    from layers.cases.workflow import ensure_departments
+    from layers.channels import wechat as lwx
 
     with engine.begin() as conn:
         ensure_departments(conn, haimen)
@@ -88,7 +88,7 @@ def test_whole_conversation(client, engine, haimen, tokens, fakewx, tmp_path):
                               {"c": case["id"]}).all()
         note = conn.execute(text("""SELECT photos, data->>'photo_from' FROM case_event WHERE case_id = :c AND kind = 'note'"""),
                             {"c": case["id"]}).one()
-        from layers.grid import snapper
+        from layers.core.grid import snapper
         from tests.cases.conftest import working_point
 
         loaded = snapper(conn, haimen)
@@ -278,7 +278,7 @@ def test_h5_sign_in_lists_own_cases(client, engine, haimen, fakewx):
 
 def test_retry_backoff_and_order(client, engine, haimen, fakewx):
     """A send that fails is retried after a backoff; the citizen's later messages wait for it."""
-    from layers import notify
+    from layers.channels import notify
 
     me = _draft_ready(client, engine)
     case_no = me.text("4")["Content"].split("案卷编号：")[1].split("\n")[0]
@@ -308,16 +308,16 @@ def test_retry_backoff_and_order(client, engine, haimen, fakewx):
 def test_sms_for_a_hotline_caller(engine, haimen, fakewx):
     """A hotline caller with a phone hears of the case by SMS from the same outbox; the phone is
     read when sending, never stored in the outbox."""
-    from layers import notify
-    from layers import workflow as wf
-    from layers.workflow import ensure_departments
+    from layers.cases import workflow as wf
+    from layers.cases.workflow import ensure_departments
+    from layers.channels import notify
     from tests.cases.conftest import working_point
 
     phone = "139" + f"{uuid.uuid4().int % 10**8:08d}"
     with engine.begin() as conn:
         ensure_departments(conn, haimen)
         opened = wf.open_case(conn, haimen, source="hotline", channel="电话", category_code="H10201",
-                              received_at=__import__("layers.calendar", fromlist=["now"]).now(),
+                              received_at=__import__("layers.cases.calendar", fromlist=["now"]).now(),
                               location=working_point(haimen, 121.17, 31.89), description="停水了",
                               contact={"name": "测试", "phone": phone})
     sup_user, _ = _user(engine, "supervisor")
@@ -336,8 +336,8 @@ def test_sms_for_a_hotline_caller(engine, haimen, fakewx):
 
 def test_outbox_off_unless_configured_and_old_events(engine, haimen):
     """Without configured channels the trigger writes nothing; an imported old event is not news."""
-    from layers import calendar as lcal
-    from layers import workflow as wf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as wf
     from tests.cases.conftest import working_point
 
     with engine.begin() as conn:
@@ -402,8 +402,8 @@ def test_cli_notify_once(engine, haimen, fakewx, monkeypatch, capsys):
 
 
 def _wechat_case(engine, haimen, openid, lon, lat, category="E10301"):
-    from layers import calendar as lcal
-    from layers import workflow as wf
+    from layers.cases import calendar as lcal
+    from layers.cases import workflow as wf
     from tests.cases.conftest import working_point
 
     with engine.begin() as conn:
@@ -414,8 +414,8 @@ def _wechat_case(engine, haimen, openid, lon, lat, category="E10301"):
 
 def test_concurrent_workers_send_each_once(engine, haimen, fakewx):
     """Three workers at once over the same due rows: each message is posted once, in order per citizen."""
-    from layers import notify
-    from layers.workflow import ensure_departments
+    from layers.cases.workflow import ensure_departments
+    from layers.channels import notify
     from tests.conftest import concurrently
 
     with engine.begin() as conn:
@@ -443,8 +443,8 @@ def test_concurrent_workers_send_each_once(engine, haimen, fakewx):
 
 def test_merged_reporter_hears_too(engine, haimen, fakewx):
     """并单: a second citizen whose report was merged into the first case is told of that case's steps."""
-    from layers import notify
-    from layers.workflow import ensure_departments
+    from layers.cases.workflow import ensure_departments
+    from layers.channels import notify
 
     with engine.begin() as conn:
         ensure_departments(conn, haimen)
@@ -506,7 +506,7 @@ def test_worker_in_the_app(engine, db_url, haimen, fakewx, monkeypatch):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from layers.workflow import ensure_departments
+    from layers.cases.workflow import ensure_departments
 
     monkeypatch.setenv("CITYGRID_NOTIFY_IN_APP", "1")
     monkeypatch.setenv("CITYGRID_NOTIFY_POLL_S", "0.2")
@@ -527,7 +527,7 @@ def test_worker_in_the_app(engine, db_url, haimen, fakewx, monkeypatch):
 def test_cli_creates_the_menu(engine, haimen, fakewx, monkeypatch, capsys):
     """`citygrid wechat menu haimen`: the menu whose keys the dialogue answers, sent to WeChat."""
     from citygrid import cli
-    from layers import wechat as lwx
+    from layers.channels import wechat as lwx
 
     monkeypatch.setattr(cli, "_engine", lambda: engine)
     monkeypatch.setenv("CITYGRID_WECHAT_PUBLIC_BASE", "https://12345.example.cn")
@@ -544,7 +544,7 @@ def test_same_nonce_in_two_processes(engine, haimen, fakewx):
     the other waits for its commit and is refused."""
     import threading
 
-    from layers import wechat as lwx
+    from layers.channels import wechat as lwx
     from tests.conftest import concurrently
 
     acct = lwx.account("haimen")

@@ -55,7 +55,7 @@ def test_event_loop_never_blocks(engine, db_url, load_city, tokens, tmp_path):
     Before: the PNG alone stalled health for 2.4 s (the upload route decoded on the event loop)."""
     from bench.bench_cases import make_csv
     from bench.bench_public_load import HealthProbe, run_load, serve, uploads
-    from layers import citizen
+    from layers.cases import citizen
 
     path = tmp_path / "cases.csv"
     with engine.connect() as conn:
@@ -127,7 +127,7 @@ def test_pixel_cap_is_checked_before_decoding():
 # -- 3. a refused submission leaves no photo behind -------------------------------------------------
 
 def test_refused_submission_leaves_no_photo(client, haimen):
-    from layers import citizen
+    from layers.cases import citizen
 
     before = set(citizen.photo_dir().iterdir())
     r = client.post(SUBMIT, data={"category_code": "E10301", "description": "门口垃圾 rubbish", "lon": "116.40",
@@ -353,8 +353,8 @@ def test_identical_public_export_reuses_the_file_until_the_layer_changes(app, li
 
 
 def test_export_job_caps_per_city_and_client(engine, haimen, monkeypatch):
-    from layers import catalog as lcat
-    from layers import export as lexp
+    from layers.publish import catalog as lcat
+    from layers.publish import export as lexp
 
     monkeypatch.setenv("CITYGRID_EXPORT_MAX_JOBS_PER_CITY", "2")
     monkeypatch.setenv("CITYGRID_EXPORT_MAX_JOBS_PER_CLIENT", "1")

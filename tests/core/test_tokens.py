@@ -28,7 +28,7 @@ REVOKED = "令牌已吊销 token revoked"
 
 
 def new_user(engine, role="inspector", **kw):
-    from layers.users import add_user
+    from layers.core.users import add_user
 
     with engine.begin() as conn:
         return add_user(conn, f"tok_{role}_{uuid.uuid4().hex[:8]}", role, **kw)
@@ -63,7 +63,7 @@ def token_row(engine, user_id: int) -> dict:
 
 def test_new_tokens_expire_after_the_configured_days(engine, monkeypatch):
     from citygrid import settings
-    from layers.errors import InputError
+    from layers.core.errors import InputError
 
     user, _ = new_user(engine)
     row = token_row(engine, user.id)
@@ -111,9 +111,9 @@ def test_the_write_function_answers_401_with_the_reason(engine, db_url, haimen):
 
     import psycopg
 
-    from layers import reports as lreports
-    from layers.grid import snapper
-    from layers.users import hash_token
+    from layers.core.grid import snapper
+    from layers.core.users import hash_token
+    from layers.field import reports as lreports
 
     ok_user, ok = new_user(engine)
     old_user, old = new_user(engine)
@@ -181,7 +181,7 @@ def test_revoke_and_renew_on_the_command_line(client, engine, cli, capsys):
     listing = capsys.readouterr().out
     line = next(x for x in listing.splitlines() if user.name in x)
     assert "token valid" in line and "last used 20" in line
-    from layers.users import hash_token
+    from layers.core.users import hash_token
 
     assert new not in listing and hash_token(new) not in listing and "cg_" not in listing
     # Mistakes are told, not raised.
@@ -192,7 +192,7 @@ def test_revoke_and_renew_on_the_command_line(client, engine, cli, capsys):
 
 
 def test_admin_lists_revokes_and_issues_tokens(client, engine, tokens):
-    from layers.users import hash_token
+    from layers.core.users import hash_token
 
     admin = auth(tokens["admin"])
     user, tok = new_user(engine)
@@ -334,10 +334,10 @@ def test_a_copy_of_the_database_is_not_enough_to_find_a_query_code(client, engin
         assert stored(engine, case_no) == (h, 2)
         assert lookup(client, case_no, qc).status_code == 200
     # The write functions are sent the keyed digest, never the code.
-    from layers import workflow as wf
+    from layers.cases import workflow as wf
 
     with engine.connect() as conn:
-        from layers.city import get_city
+        from layers.core.city import get_city
 
         plan = wf.plan_case(get_city(conn, "haimen"), None, source="citizen", channel="网站", category_code="E10301",
                             received_at=dt.datetime.now(dt.UTC))
@@ -401,9 +401,9 @@ def test_migration_keys_old_codes_and_gives_old_tokens_an_end(db_url):
     from alembic import command
 
     from citygrid import dbcluster, settings
-    from layers import citizen
-    from layers.db import alembic_config, make_engine
-    from layers.users import hash_token, user_for_token
+    from layers.cases import citizen
+    from layers.core.db import alembic_config, make_engine
+    from layers.core.users import hash_token, user_for_token
     from tests.conftest import TEST_DB, _recreate_database
 
     name = f"{TEST_DB}_mig"
