@@ -32,10 +32,10 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
     import libpysal
 
     from gis import hotspots as ghot
-    from layers.analytics import heatmap as la
+    from layers.analytics import cache as lcache
 
     with engine.connect() as conn:
-        arr = la.grid_arrays(conn, city)
+        arr = lcache.grid_arrays(conn, city)
     g = arr.grid
     rng = np.random.default_rng(6)
     # clustered counts: a smooth intensity surface, Poisson draws
@@ -43,7 +43,7 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
     y = rng.poisson(lam).astype(float)
 
     def ours():
-        W = la._queen_of_cells(g)  # col/row arithmetic + exact checks of the boundary-clipped cells
+        W = lcache._queen_of_cells(g)  # col/row arithmetic + exact checks of the boundary-clipped cells
         return ghot.getis_ord_gi_star(y, W)
 
     t_ours, z = best_of(ours, repeat)
@@ -88,6 +88,7 @@ def _bench_city(engine, haimen):
 def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
     from sqlalchemy import text
 
+    from layers.analytics import cache as lcache
     from layers.analytics import heatmap as la
     from layers.analytics import rollups
     from layers.core import grid as lgrid
@@ -125,7 +126,7 @@ def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
     with engine.connect() as conn:
         n = conn.execute(text("SELECT sum(n) FROM case_rollup WHERE city_id = :c AND day BETWEEN :a AND :b"),
                          {"c": city.id, "a": start, "b": end}).scalar()
-        la.grid_arrays(conn, city)  # the grid in memory (once per process)
+        lcache.grid_arrays(conn, city)  # the grid in memory (once per process)
         t_cold = time.perf_counter()
         la.heat(conn, city, start, end)  # first call: loads the day cache from the rollup
         t_cold = time.perf_counter() - t_cold
@@ -134,7 +135,7 @@ def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
         def uncached():  # the anchor: the same from one rollup query per request
             from gis import heat as gheat
 
-            arr = la.grid_arrays(conn, city)
+            arr = lcache.grid_arrays(conn, city)
             ids, cnt = rollups.cell_counts(conn, city, start, end)
             pos = arr.positions(ids)
             g = arr.grid

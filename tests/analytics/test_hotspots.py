@@ -7,7 +7,9 @@ import datetime as dt
 import numpy as np
 from sqlalchemy import text
 
+from layers.analytics import emerging_hot_spots as lemerging
 from layers.analytics import heatmap as la
+from layers.analytics import hot_spots as lhot
 from layers.analytics import rollups
 from layers.core import grid as lgrid
 from tests.analytics.helpers import at, insert
@@ -84,7 +86,7 @@ def test_gi_star_equals_esda_on_db_data(conn, acity):
 
     rng = np.random.default_rng(3)
     _random_cases(conn, acity, rng, 800)
-    h = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    h = lhot.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     arr = h["arrays"]
     g = arr.grid
     # the same counts read independently from case_file, and libpysal's own queen weights on the cells
@@ -99,13 +101,13 @@ def test_gi_star_equals_esda_on_db_data(conn, acity):
     gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
     assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
     assert (h["bins"] > 0).any()  # the blob is a significant hot spot
-    fc = la.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    fc = lhot.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     assert len(fc["features"]) == int((h["bins"] != 0).sum())
     assert all(f["properties"]["bin"] != 0 and f["properties"]["p"] <= 0.1 for f in fc["features"])
     hot = [f for f in fc["features"] if f["properties"]["bin"] == 3]
     assert hot and all("热点 99%" in f["properties"]["label"] for f in hot)
     # distance-band weights work too, and equal esda with libpysal's DistanceBand
-    hd = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10), weights_kind="distance", distance=250)
+    hd = lhot.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10), weights_kind="distance", distance=250)
     wd = libpysal.weights.DistanceBand(np.column_stack([arr.cx, arr.cy]), threshold=250, binary=True,
                                        silence_warnings=True)
     gd = esda.G_Local(y, wd, transform="B", star=True, permutations=0)
@@ -132,7 +134,7 @@ def test_emerging_hotspots(conn, acity):
                     ys.append(y[k])
                     ts.append(at(2020, 5, 4) + dt.timedelta(days=7 * wk + int(rng.integers(0, 7))))
     insert(conn, acity, xs, ys, ts, ["E1"] * len(xs))
-    fc = la.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
+    fc = lemerging.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
     cats = {f["properties"]["code"]: f["properties"]["category"] for f in fc["features"]}
     assert any(c in ("New Hot Spot", "Consecutive Hot Spot") for c in cats.values()), fc["summary"]
 
@@ -156,12 +158,12 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
         xs = np.concatenate([rng.normal(640_400, 200, 300), rng.uniform(638_900, 641_200, 300)])
         ys = np.concatenate([rng.normal(3_550_300, 200, 300), rng.uniform(3_548_900, 3_551_200, 300)])
         insert(conn, city, xs, ys, [at(2020, 2, 1)] * 600, ["R1"] * 600)
-        h = la.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
+        h = lhot.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
         g = h["arrays"].grid
         assert g.index.partial.sum() > 20
         w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                                   silence_warnings=True)
-        assert w.sparse.nnz < la.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
+        assert w.sparse.nnz < lhot.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
         gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
         assert np.max(np.abs(gl.Zs - h["z"])) < 1e-9
         tx.rollback()
