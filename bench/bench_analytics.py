@@ -40,10 +40,10 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
     import libpysal
 
     from gis import hotspots as ghot
-    from layers.analytics import heatmap as la
+    from layers.analytics import cache as lcache
 
     with engine.connect() as conn:
-        arr = la.grid_arrays(conn, city)
+        arr = lcache.grid_arrays(conn, city)
     g = arr.grid
     rng = np.random.default_rng(6)
     # clustered counts: a smooth intensity surface, Poisson draws
@@ -51,7 +51,7 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
     y = rng.poisson(lam).astype(float)
 
     def ours():
-        W = la._queen_of_cells(g)  # col/row arithmetic + exact checks of the boundary-clipped cells
+        W = lcache._queen_of_cells(g)  # col/row arithmetic + exact checks of the boundary-clipped cells
         return ghot.getis_ord_gi_star(y, W)
 
     t_ours, z = best_of(ours, repeat)
@@ -96,6 +96,7 @@ def _bench_city(engine, haimen):
 def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
     from sqlalchemy import text
 
+    from layers.analytics import cache as lcache
     from layers.analytics import heatmap as la
     from layers.analytics import rollups
     from layers.core import grid as lgrid
@@ -133,7 +134,7 @@ def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
     with engine.connect() as conn:
         n = conn.execute(text("SELECT sum(n) FROM case_rollup WHERE city_id = :c AND day BETWEEN :a AND :b"),
                          {"c": city.id, "a": start, "b": end}).scalar()
-        la.grid_arrays(conn, city)  # the grid in memory (once per process)
+        lcache.grid_arrays(conn, city)  # the grid in memory (once per process)
         t_cold = time.perf_counter()
         la.heat(conn, city, start, end)  # first call: loads the day cache from the rollup
         t_cold = time.perf_counter() - t_cold
@@ -142,7 +143,7 @@ def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:
         def uncached():  # the anchor: the same from one rollup query per request
             from gis import heat as gheat
 
-            arr = la.grid_arrays(conn, city)
+            arr = lcache.grid_arrays(conn, city)
             ids, cnt = rollups.cell_counts(conn, city, start, end)
             pos = arr.positions(ids)
             g = arr.grid
@@ -247,18 +248,19 @@ def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
     from sqlalchemy import text
 
     from gis import hotspots as ghot
-    from layers.analytics import heatmap as la
+    from layers.analytics import cache as lcache
+    from layers.analytics import hot_spots as lhot
 
     _demo_year(engine, city)
     with engine.connect() as conn:
         end = conn.execute(text("SELECT max(day) FROM case_rollup WHERE city_id = :c"), {"c": city.id}).scalar()
         start = end - dt.timedelta(days=29)
-        arr = la.grid_arrays(conn, city)
-        x = la.dense_counts(conn, city, arr, start, end)
+        arr = lcache.grid_arrays(conn, city)
+        x = lcache.dense_counts(conn, city, arr, start, end)
 
     def ours():
         arr.weights.pop("area", None)  # cell areas are part of the weights: recomputed every run
-        return la.hotspots_of_counts(arr, x)
+        return lhot.hotspots_of_counts(arr, x)
 
     t_ours, h = best_of(ours, repeat)
 
@@ -283,25 +285,26 @@ def bench_hotspots(engine, city, t: Table, repeat: int) -> None:
     old = []
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        y = np.bincount(rng.choice(arr.n, 3_500, p=la.cell_areas(arr) / la.cell_areas(arr).sum()),
+        y = np.bincount(rng.choice(arr.n, 3_500, p=lhot.cell_areas(arr) / lhot.cell_areas(arr).sum()),
                         minlength=arr.n).astype(float)
-        r = la.hotspots_of_counts(arr, y)
+        r = lhot.hotspots_of_counts(arr, y)
         cells.append(int((r["bins"] > 0).sum()))
-        z = ghot.getis_ord_gi_star(y, la.weights(arr, "queen"))
+        z = ghot.getis_ord_gi_star(y, lcache.weights(arr, "queen"))
         old.append(int((ghot.classify_hotspots(z, fdr=True) > 0).sum()))
     t.add("CSR: 3,500 random cases on the Haimen grid (5 seeds)", f"hot cells {cells}",
           f"normal-approximation Gi* (queen, BH-FDR) {old}",
           f"0 in most runs: {'PASS' if sorted(cells)[2] == 0 else 'MISS'}")
     # emerging hot spots on 12 random weeks (~800 cases a week, as the demo)
     from gis import exact_hotspots as gex
+    from layers.analytics import hot_spots as lhot
 
     rng = np.random.default_rng(7)
-    share = la.cell_areas(arr) / la.cell_areas(arr).sum()
+    share = lhot.cell_areas(arr) / lhot.cell_areas(arr).sum()
     cube = np.stack([np.bincount(rng.choice(arr.n, 800, p=share), minlength=arr.n) for _ in range(12)]).astype(float)
-    cols, rows, size = la.analysis_keys(arr)
-    cats, scale, _ = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=la.cell_areas(arr))
+    cols, rows, size = lhot.analysis_keys(arr)
+    cats, scale, _ = gex.exact_emerging(cube, cols, rows, arr.cx, arr.cy, size, base=lhot.cell_areas(arr))
     flagged = int((cats[scale.unit] != ghot.NO_PATTERN).sum())
-    old_flagged = int((ghot.emerging_hotspots(cube, la.weights(arr, "queen")) != ghot.NO_PATTERN).sum())
+    old_flagged = int((ghot.emerging_hotspots(cube, lcache.weights(arr, "queen")) != ghot.NO_PATTERN).sum())
     t.add("CSR: emerging hot spots, 12 random weeks × 800 cases", f"cells with a pattern {flagged}",
           f"normal-approximation space-time Gi* {old_flagged}", f"≈ 0: {'PASS' if flagged <= 0.01 * arr.n else 'MISS'}")
 
@@ -312,9 +315,9 @@ def bench_scan_null(t: Table, runs: int) -> None:
     from scipy import stats
 
     from gis.bursts import space_time_permutation_scan
-    from layers.analytics import heatmap as la
+    from layers.analytics import alerts as lalerts
 
-    cfg = la.alert_config()
+    cfg = lalerts.alert_config()
     rng = np.random.default_rng(365)
     cc, rr = np.meshgrid(np.arange(30), np.arange(20))
     cx, cy = cc.ravel() * 100.0, rr.ravel() * 100.0

@@ -200,7 +200,7 @@ def cmd_bulletin(args) -> int:
 
 
 def cmd_alerts(args) -> int:
-    from layers.analytics.heatmap import main_daily
+    from layers.analytics.alerts import main_daily
 
     return main_daily(args.rest) or 0
 

@@ -13,10 +13,15 @@ from sqlalchemy import Connection, text
 
 from api.deps import Allow, get_city, get_conn
 from gis import crs as gcrs
+from layers.analytics import alerts as lalerts
 from layers.analytics import assessment as lassess
 from layers.analytics import bulletin as lbulletin
+from layers.analytics import cache as lcache
+from layers.analytics import emerging_hot_spots as lemerging
 from layers.analytics import heatmap as la
+from layers.analytics import hot_spots as lhot
 from layers.analytics import kpi as lkpi
+from layers.analytics import maps as lmaps
 from layers.analytics import rollups
 from layers.core.city import CityInfo
 
@@ -66,7 +71,7 @@ def _crs(value: str) -> str:
 
 
 def _geojson(fc: dict) -> Response:
-    return Response(la.dump_geojson(fc), media_type=GEOJSON)
+    return Response(lcache.dump_geojson(fc), media_type=GEOJSON)
 
 
 START = Query(None, description="起始日 first day YYYY-MM-DD (default: 30 days before end)", max_length=10)
@@ -118,7 +123,7 @@ def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functi
              dissolve: bool = Query(False, description="one polygon per confidence bin instead of one per cell"),
              crs: str = CRS):
     s, e = _window(conn, city, start, end)
-    fc = la.hotspots_geojson(conn, city, s, e, categories=_list(category), channels=_list(channel),
+    fc = lhot.hotspots_geojson(conn, city, s, e, categories=_list(category), channels=_list(channel),
                              unit_m=unit, fdr=fdr, dst=_crs(crs), dissolve=dissolve)
     fc.update(start=str(s), end=str(e))
     return _geojson(fc)
@@ -129,7 +134,7 @@ def emerging(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functi
              end: str | None = END, steps: int = Query(12, ge=3, le=60), step_days: int = Query(7, ge=1, le=31),
              category: str | None = CATS, crs: str = CRS):
     e = _date(end, "end") or _latest_day(conn, city)
-    return _geojson(la.emerging_geojson(conn, city, e, steps=steps, step_days=step_days,
+    return _geojson(lemerging.emerging_geojson(conn, city, e, steps=steps, step_days=step_days,
                                         categories=_list(category), dst=_crs(crs)))
 
 
@@ -138,13 +143,13 @@ def case_cells(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="func
                start: str | None = START, end: str | None = END, category: str | None = CATS,
                channel: str | None = CHANS, limit: int = Query(2000, ge=1, le=50000), crs: str = CRS):
     s, e = _window(conn, city, start, end)
-    arr = la.grid_arrays(conn, city)
+    arr = lcache.grid_arrays(conn, city)
     ids, n = rollups.cell_counts(conn, city, s, e, categories=_list(category), channels=_list(channel))
     pos = arr.positions(ids)
     ok = pos >= 0
     pos, n = pos[ok], n[ok]
     order = (-n).argsort(kind="stable")[:limit]
-    fc = la.cells_geojson(arr, city, pos[order], [{"count": int(v)} for v in n[order]], _crs(crs))
+    fc = lcache.cells_geojson(arr, city, pos[order], [{"count": int(v)} for v in n[order]], _crs(crs))
     fc.update(start=str(s), end=str(e), total=int(n.sum()))
     return _geojson(fc)
 
@@ -193,7 +198,7 @@ def assessment(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope=
 def alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
            since: str | None = Query(None, max_length=10), until: str | None = Query(None, max_length=10),
            kind: str | None = Query(None, pattern="^(scan|surge|petition)$"), limit: int = Query(100, ge=1, le=1000)):
-    return {"alerts": la.alert_feed(conn, city, since=_date(since, "since"), until=_date(until, "until"),
+    return {"alerts": lalerts.alert_feed(conn, city, since=_date(since, "since"), until=_date(until, "until"),
                                     kind=kind, limit=limit)}
 
 
@@ -204,7 +209,7 @@ def run_alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope=
                n_sim: int | None = Query(None, ge=99, le=9999, description="Monte Carlo replicates (default 999; "
                                          "n_sim + 1 must reach the alert threshold's recurrence interval)")):
     d = _date(day, "day") or _latest_day(conn, city)
-    res = la.run_daily(conn, city, d, n_sim=n_sim)
+    res = lalerts.run_daily(conn, city, d, n_sim=n_sim)
     return {"day": str(d), "scan": sum(not a.get("continued") for a in res["scan"]),
             "scan_continued": sum(bool(a.get("continued")) for a in res["scan"]),
             "surge": len(res["surge"]), "petition": len(res["petition"])}
@@ -245,5 +250,5 @@ def folium_page(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="fun
     s, e = _window(conn, city, start, end)
     cats = _list(category)
     heat_fc = la.heat_geojson(conn, city, s, e, categories=cats)
-    hot_fc = la.hotspots_geojson(conn, city, s, e, categories=cats)
-    return HTMLResponse(la.folium_map(heat_fc, hot_fc, title=f"{city.name} 热力与热点 {s} – {e}"))
+    hot_fc = lhot.hotspots_geojson(conn, city, s, e, categories=cats)
+    return HTMLResponse(lmaps.folium_map(heat_fc, hot_fc, title=f"{city.name} 热力与热点 {s} – {e}"))

@@ -22,8 +22,11 @@ from string import Template
 import numpy as np
 from sqlalchemy import Connection, text
 
+from layers.analytics import alerts as lalerts
 from layers.analytics import assessment as lassess
+from layers.analytics import cache as lcache
 from layers.analytics import heatmap as la
+from layers.analytics import hot_spots as lhot
 from layers.analytics import kpi as lkpi
 from layers.analytics import rollups
 from layers.core.city import CityInfo
@@ -86,7 +89,7 @@ def collect(conn: Connection, city: CityInfo, month: str) -> dict:
         LEFT JOIN admin_area a ON a.id = g.area_id
         WHERE r.city_id = :c AND r.day BETWEEN :a AND :b AND r.cell_id <> 0
         GROUP BY g.code, a.name ORDER BY 2 DESC, 1 LIMIT 10"""), {"c": city.id, "a": start, "b": last})]
-    alerts = la.alert_feed(conn, city, since=start, until=last, limit=50)
+    alerts = lalerts.alert_feed(conn, city, since=start, until=last, limit=50)
     return {"month": month, "start": start, "end": last, "kpis": cur, "prev": prev, "streets": streets,
             "departments": deps, "top_cats": top_cats, "top_cells": top_cells, "alerts": alerts,
             "patrol": _patrol(conn, city, start, end)}
@@ -125,7 +128,7 @@ def _mpl():
     return plt
 
 
-def _raster(arr: la.GridArrays, values: np.ndarray, fill=np.nan):
+def _raster(arr: lcache.GridArrays, values: np.ndarray, fill=np.nan):
     g = arr.grid
     if g.info.kind != "regular":
         return None
@@ -180,7 +183,7 @@ def map_images(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -
     ax.set_aspect("equal")
     out["heat"] = _png(fig)
 
-    hs = la.hotspots(conn, city, start, end)
+    hs = lhot.hotspots(conn, city, start, end)
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
@@ -326,7 +329,7 @@ def render_xlsx(conn: Connection, city: CityInfo, month: str, *, data: dict | No
 
 def alert_report_html(conn: Connection, city: CityInfo, alert_id: int) -> str:
     """专报: one alert as a printable page (cells, window, counts, p-value; no personal data)."""
-    rows = [a for a in la.alert_feed(conn, city, limit=1000) if a["id"] == alert_id]
+    rows = [a for a in lalerts.alert_feed(conn, city, limit=1000) if a["id"] == alert_id]
     if not rows:
         raise NotFound(f"no alert {alert_id} in city '{city.slug}'")
     a = rows[0]

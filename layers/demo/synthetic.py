@@ -439,7 +439,7 @@ def main_la311(argv: list[str] | None = None) -> int:
     from citygrid import settings
     from citygrid.dbcluster import database_url
     from layers.analytics import bulletin as lbulletin
-    from layers.analytics import heatmap as la
+    from layers.analytics import hot_spots as lhot
     from layers.analytics import kpi as lkpi
     from layers.core.db import make_engine, migrate
 
@@ -453,7 +453,7 @@ def main_la311(argv: list[str] | None = None) -> int:
         city = load_la_city(conn, data / "la_neighborhood_councils.geojson")
         print("import:", load_la311(conn, city, data / "la_311_2020-01-01_03.csv"))
         d0, d1 = dt.date(2020, 1, 1), dt.date(2020, 1, 3)
-        hs = la.hotspots_geojson(conn, city, d0, d1)
+        hs = lhot.hotspots_geojson(conn, city, d0, d1)
         print("hot spots:", hs["summary"])
         k = lkpi.kpis(conn, city, d0, d1 + dt.timedelta(days=1),
                       as_of=dt.datetime(2020, 1, 31, tzinfo=dt.UTC))["all"]

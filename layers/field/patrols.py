@@ -280,7 +280,7 @@ class HotspotWeights:
     gis.exact_hotspots) and confidence bin of every cell of the active grid over a window of days."""
 
     key: tuple  # (grid id, grid version, window start, window end)
-    fingerprint: tuple  # of the rollup's change log (layers.analytics.heatmap.DayCache): epoch, count, sum, max
+    fingerprint: tuple  # of the rollup's change log (layers.analytics.cache.DayCache): epoch, count, sum, max
     index_of: dict  # cell id -> position
     cell_ids: np.ndarray  # position -> cell id
     z: np.ndarray
@@ -305,18 +305,19 @@ _clock = time.monotonic  # tests move it
 
 def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> HotspotWeights:
     """Hot-spot z and bins of every cell over the ``hotspot_days`` days ending ``today``, computed by the
-    supervisors' hot-spot analysis (layers.analytics.heatmap.hotspots: exact test at the chosen scale, BH-FDR;
+    supervisors' hot-spot analysis (layers.analytics.hot_spots.hotspots: exact test at the chosen scale, BH-FDR;
     fewer than 30 cases: no hot spots) and
     cached per process per city. Kept while the rollup's change log is unchanged; when new cases move
     it, the cached weights are served (marked stale) until ``hotspot_refresh_minutes`` have passed since
     they were computed. A new window (day), grid or epoch (rollup rebuild) recomputes at once."""
-    from layers.analytics import heatmap as la
+    from layers.analytics import cache as lcache
+    from layers.analytics import hot_spots as lhot
 
     cfg = worklist_settings()
     start = today - dt.timedelta(days=cfg.hotspot_days - 1)
-    arr = la.grid_arrays(conn, city)
+    arr = lcache.grid_arrays(conn, city)
     key = (arr.grid.info.id, arr.grid.info.version, start, today)
-    fp = la.rollup_fingerprint(conn, city)
+    fp = lcache.rollup_fingerprint(conn, city)
     with _hot_guard:
         lock = _hot_locks.setdefault(city.id, threading.Lock())
     with lock:
@@ -326,7 +327,7 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
                 return hit
             if _clock() - hit.computed_mono < cfg.hotspot_refresh_minutes * 60:
                 return replace(hit, stale=True)  # the cached object is shared: never marked
-        h = la.hotspots(conn, city, start, today, unit_m=cfg.hotspot_unit_m)
+        h = lhot.hotspots(conn, city, start, today, unit_m=cfg.hotspot_unit_m)
         w = HotspotWeights(key, fp, arr.index_of, np.asarray(arr.grid.ids, dtype=np.int64), h["z"], h["bins"],
                            dt.datetime.now(dt.UTC), _clock(),
                            report={"cases": h["report"]["cases"], "too_few_cases": h["too_few"],
@@ -338,7 +339,7 @@ def hotspot_weights(conn: Connection, city: CityInfo, today: dt.date) -> Hotspot
 
 
 def _weight_doc(z: float | None, b: int) -> dict:
-    from layers.analytics.heatmap import HOT_LABELS
+    from layers.analytics.hot_spots import HOT_LABELS
 
     return {"z": None if z is None else round(z, 3), "bin": b, "label": HOT_LABELS.get(b),
             "weight": round(z, 3) if (z is not None and b > 0) else 0.0}

@@ -10,7 +10,7 @@ import json
 import numpy as np
 from sqlalchemy import text
 
-from layers.analytics import heatmap as la
+from layers.analytics import alerts as lalerts
 from tests.analytics.helpers import at, cell_xy, insert
 
 STUDY = 28
@@ -42,9 +42,9 @@ def test_scan_finds_injected_cluster_and_stores_alert(conn, acity):
 
     from layers.core.errors import InputError
     with pytest.raises(InputError, match="n_sim must be at least 364"):
-        la.scan_day(conn, acity, last, n_sim=199)
+        lalerts.scan_day(conn, acity, last, n_sim=199)
     # a fast configuration: 199 replicates, alerts recurring by chance at most once in 100 days
-    alerts = la.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
+    alerts = lalerts.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
     assert alerts, "the injected cluster is found"
     top = alerts[0]
     assert set(cid.tolist()) <= set(top["cell_ids"]) and len(top["cell_ids"]) <= 9
@@ -56,16 +56,16 @@ def test_scan_finds_injected_cluster_and_stores_alert(conn, acity):
     n = f"{top['recurrence_days']:,.0f}"
     assert top["details"]["recurrence_text"].startswith("在没有聚集的城市里，这样强的聚集")
     assert f"{n} 天" in top["details"]["recurrence_text"] and f"once in {n} days" in top["details"]["recurrence_text"]
-    feed = la.alert_feed(conn, acity, kind="scan")
+    feed = lalerts.alert_feed(conn, acity, kind="scan")
     assert feed[0]["id"] == top["id"] and feed[0]["cells"] == len(top["cell_ids"])
     assert feed[0]["recurrence_text"] == top["details"]["recurrence_text"]
     # rerunning the same day updates the same alert instead of duplicating it
-    la.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
+    lalerts.scan_day(conn, acity, last, n_sim=199, min_recurrence_days=100)
     assert conn.execute(text("SELECT count(*) FROM analytics_alert WHERE city_id = :c AND kind = 'scan' "
                              "AND detected_on = :d"), {"c": acity.id, "d": last}).scalar() == len(alerts)
     # the next day the cluster is still in the 7-day window: the same alert, seen again, not a new one
     nxt = last + dt.timedelta(days=1)
-    again = la.scan_day(conn, acity, nxt, n_sim=199, min_recurrence_days=100)
+    again = lalerts.scan_day(conn, acity, nxt, n_sim=199, min_recurrence_days=100)
     assert any(a.get("continued") and a["id"] == top["id"] for a in again), (top, again)
     details = conn.execute(text("SELECT details FROM analytics_alert WHERE id = :i"), {"i": top["id"]}).scalar()
     assert details["last_seen"] == str(nxt)
@@ -87,7 +87,7 @@ def test_scan_on_shuffled_data_stays_at_its_rate(conn, acity):
         xs[hot] = rng.uniform(620_000, 620_500, hot.sum())
         ds = rng.permutation(np.repeat(np.arange(STUDY), 300 // STUDY + 1)[:300])
         _put(conn, acity, day0, xs, ys, ds, cat=f"N{r}")
-        alerts = la.scan_day(conn, acity, day0 + dt.timedelta(days=STUDY - 1), category=f"N{r}", n_sim=99,
+        alerts = lalerts.scan_day(conn, acity, day0 + dt.timedelta(days=STUDY - 1), category=f"N{r}", n_sim=99,
                              alpha=0.05, store=False)
         alarms += bool(alerts)
     assert alarms <= 4, alarms
@@ -110,10 +110,10 @@ def test_surge_rule_per_class(conn, acity):
         times += [at(day.year, day.month, day.day, 10)] * n
         cats += [cat] * n
     insert(conn, acity, xs, ys, times, cats, prefix="SU")
-    alerts = la.surge_day(conn, acity, day)
+    alerts = lalerts.surge_day(conn, acity, day)
     assert [a["category_code"] for a in alerts] == ["U1"]
     assert alerts[0]["observed"] == 20 and alerts[0]["expected"] == 4.5
-    assert la.alert_feed(conn, acity, kind="surge")[0]["category_code"] == "U1"
+    assert lalerts.alert_feed(conn, acity, kind="surge")[0]["category_code"] == "U1"
 
 
 def test_petition_risk_without_personal_data(conn, acity):
@@ -125,7 +125,7 @@ def test_petition_risk_without_personal_data(conn, acity):
     # the same place and class, four times, different callers
     insert(conn, acity, [x[3]] * 4, [y[3]] * 4, [at(2022, 3, d) for d in (1, 3, 6, 8)], ["P9"] * 4,
            phones=[f"1380000{k:04d}" for k in range(4)], prefix="PP")
-    alerts = la.petition_risks(conn, acity, day)
+    alerts = lalerts.petition_risks(conn, acity, day)
     kinds = sorted(a["details"]["reason"][:4] for a in alerts)
     assert kinds == ["同一地点", "同一来电"]
     caller = next(a for a in alerts if a["details"]["reason"].startswith("同一来电"))
@@ -133,8 +133,8 @@ def test_petition_risk_without_personal_data(conn, acity):
     place = next(a for a in alerts if a["details"]["reason"].startswith("同一地点"))
     assert place["observed"] == 4 and place["category_code"] == "P9"
     # the next day the same groups are the same alerts, updated
-    nxt = la.petition_risks(conn, acity, day + dt.timedelta(days=1))
+    nxt = lalerts.petition_risks(conn, acity, day + dt.timedelta(days=1))
     assert len(nxt) == 2 and all(a.get("continued") for a in nxt)
-    assert len(la.alert_feed(conn, acity, kind="petition")) == 2
-    stored = json.dumps(la.alert_feed(conn, acity, kind="petition"), default=str, ensure_ascii=False)
+    assert len(lalerts.alert_feed(conn, acity, kind="petition")) == 2
+    stored = json.dumps(lalerts.alert_feed(conn, acity, kind="petition"), default=str, ensure_ascii=False)
     assert "1390000" not in stored and "1380000" not in stored

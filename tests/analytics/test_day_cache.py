@@ -8,7 +8,7 @@ import datetime as dt
 import numpy as np
 from shapely.geometry import box
 
-from layers.analytics import heatmap as la
+from layers.analytics import cache as lcache
 from layers.analytics import rollups
 from tests.analytics.helpers import at, insert
 from tests.conftest import metric_city
@@ -34,30 +34,30 @@ def test_day_cache_follows_the_rollup(engine):
     with engine.begin() as conn:
         add(conn, 200, 2)
     with engine.connect() as conn:
-        arr = la.grid_arrays(conn, city)
-        x = la.dense_counts(conn, city, arr, a, b)
+        arr = lcache.grid_arrays(conn, city)
+        x = lcache.dense_counts(conn, city, arr, a, b)
         assert x.sum() == 200 and np.array_equal(x, _sql_counts(conn, city, arr, a, b))
-        cache = next(c for k, c in la._day_caches.items() if k[0] == city.id)
+        cache = next(c for k, c in lcache._day_caches.items() if k[0] == city.id)
         loaded = cache.loaded_at
     with engine.begin() as conn:
         add(conn, 50, 2)
         add(conn, 30, 7)
     with engine.connect() as conn:
-        x = la.dense_counts(conn, city, arr, a, b)
+        x = lcache.dense_counts(conn, city, arr, a, b)
         assert x.sum() == 280 and np.array_equal(x, _sql_counts(conn, city, arr, a, b))
         assert cache.loaded_at == loaded  # incremental, not a full reload
-        assert la.dense_counts(conn, city, arr, dt.date(2024, 5, 7), dt.date(2024, 5, 7)).sum() == 30
+        assert lcache.dense_counts(conn, city, arr, dt.date(2024, 5, 7), dt.date(2024, 5, 7)).sum() == 30
     with engine.connect() as conn:  # a transaction that wrote sees its own cases, and leaves no trace
         tx = conn.begin()
         add(conn, 70, 3)
-        assert la.dense_counts(conn, city, arr, a, b).sum() == 350
+        assert lcache.dense_counts(conn, city, arr, a, b).sum() == 350
         tx.rollback()
     with engine.connect() as conn:
-        assert la.dense_counts(conn, city, arr, a, b).sum() == 280
+        assert lcache.dense_counts(conn, city, arr, a, b).sum() == 280
     with engine.begin() as conn:
         rollups.rebuild(conn, city)
     with engine.connect() as conn:
-        x = la.dense_counts(conn, city, arr, a, b)
+        x = lcache.dense_counts(conn, city, arr, a, b)
         assert x.sum() == 280 and cache.loaded_at > loaded
 
 
@@ -85,17 +85,17 @@ def test_concurrent_intake_does_not_wait_and_compaction_keeps_the_cache_exact(en
         t2.commit()
         t1.commit()
     with engine.connect() as conn:
-        arr = la.grid_arrays(conn, city)
-        assert la.dense_counts(conn, city, arr, a, b).sum() == 12
+        arr = lcache.grid_arrays(conn, city)
+        assert lcache.dense_counts(conn, city, arr, a, b).sum() == 12
     for _ in range(3):
         with engine.begin() as conn:
             add(conn, 4, 5, "K1")
     with engine.begin() as conn:
-        removed = la.compact_change_log(conn, city)
+        removed = lcache.compact_change_log(conn, city)
         left = conn.execute(text("SELECT count(*) FROM case_rollup_change WHERE city_id = :c"), {"c": city.id}).scalar_one()
     assert removed >= 3 and left == 2  # one row per day left
     with engine.begin() as conn:
         add(conn, 3, 5, "K2")
     with engine.connect() as conn:
-        x = la.dense_counts(conn, city, arr, a, b)
+        x = lcache.dense_counts(conn, city, arr, a, b)
         assert x.sum() == 27 and np.array_equal(x, _sql_counts(conn, city, arr, a, b))

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from layers.analytics import cache as lcache
+from layers.analytics import emerging_hot_spots as lemerging
 from layers.analytics import heatmap as la
+from layers.analytics import hot_spots as lhot
 from layers.analytics import rollups
 from layers.core import grid as lgrid
 from tests.analytics.helpers import at, insert
@@ -92,7 +95,7 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
 
     rng = np.random.default_rng(3)
     _random_cases(conn, acity, rng, 800)
-    h = la.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    h = lhot.hotspots(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     arr = h["arrays"]
     g = arr.grid
     # the same counts read independently from case_file
@@ -118,7 +121,7 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
         i = int(np.flatnonzero(r.scale.unit == u)[0])
         assert h["p"][i] == pytest.approx(min(1.0, 2 * min(p_hot, p_cold)), rel=1e-9)
     assert (h["bins"] > 0).any()  # the blob is a significant hot spot
-    fc = la.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
+    fc = lhot.hotspots_geojson(conn, acity, dt.date(2020, 1, 1), dt.date(2020, 1, 10))
     assert fc["status"] == "ok" and fc["cases"] == int(y.sum()) and fc["scale"]["unit_m"] >= 100
     assert len(fc["features"]) == int((r.bins != 0).sum())  # one feature per significant unit
     assert sum(f["properties"]["cells"] for f in fc["features"]) == int((h["bins"] != 0).sum())
@@ -128,8 +131,8 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
     f0 = fc["features"][0]["properties"]
     members = np.flatnonzero(r.scale.unit == f0["unit"])
     assert f0["cells"] == members.size and f0["count"] == int(y[members].sum())
-    geom = la._unit_geoms(arr, r, np.array([f0["unit"]]))[0]
-    assert geom.area == pytest.approx(la.cell_areas(arr)[members].sum(), rel=1e-9)
+    geom = lhot._unit_geoms(arr, r, np.array([f0["unit"]]))[0]
+    assert geom.area == pytest.approx(lhot.cell_areas(arr)[members].sum(), rel=1e-9)
     assert shapely.covers(geom, shapely.centroid(g.geoms[members])).all()
     hot = [f for f in fc["features"] if f["properties"]["bin"] == 3]
     assert hot and all("热点 99%" in f["properties"]["label"] for f in hot)
@@ -139,11 +142,11 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
     w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                               silence_warnings=True)
     gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gl.Zs - la.ghot.getis_ord_gi_star(y, la.weights(arr, "queen")))) < 1e-9
+    assert np.max(np.abs(gl.Zs - lhot.ghot.getis_ord_gi_star(y, lcache.weights(arr, "queen")))) < 1e-9
     wd = libpysal.weights.DistanceBand(np.column_stack([arr.cx, arr.cy]), threshold=250, binary=True,
                                        silence_warnings=True)
     gd = esda.G_Local(y, wd, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gd.Zs - la.ghot.getis_ord_gi_star(y, la.weights(arr, "distance", 250)))) < 1e-9
+    assert np.max(np.abs(gd.Zs - lhot.ghot.getis_ord_gi_star(y, lcache.weights(arr, "distance", 250)))) < 1e-9
 
 
 def test_too_few_cases_is_an_answer_not_a_map(conn, acity):
@@ -151,11 +154,11 @@ def test_too_few_cases_is_an_answer_not_a_map(conn, acity):
 
     x, y, _ = cell_xy(conn, acity, [3] * 29, [4] * 29)
     insert(conn, acity, x, y, [at(2019, 5, 2)] * 29, ["F1"] * 29)
-    fc = la.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
+    fc = lhot.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
     assert fc["status"] == "too_few_cases" and fc["cases"] == 29 and fc["features"] == []
     assert "案件过少" in fc["message"] and "Too few cases" in fc["message"]
     insert(conn, acity, x[:1], y[:1], [at(2019, 5, 2)], ["F1"])
-    fc = la.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
+    fc = lhot.hotspots_geojson(conn, acity, dt.date(2019, 5, 1), dt.date(2019, 5, 3))
     assert fc["status"] == "ok" and fc["cases"] == 30
 
 
@@ -179,7 +182,7 @@ def test_emerging_hotspots(conn, acity):
                     ys.append(y[k])
                     ts.append(at(2020, 5, 4) + dt.timedelta(days=7 * wk + int(rng.integers(0, 7))))
     insert(conn, acity, xs, ys, ts, ["E1"] * len(xs))
-    fc = la.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
+    fc = lemerging.emerging_geojson(conn, acity, end, steps=8, step_days=7, categories=["E1"])
     cats = [f["properties"]["category"] for f in fc["features"]]
     assert any(c in ("New Hot Spot", "Consecutive Hot Spot") for c in cats), fc["summary"]
     assert fc["status"] == "ok" and fc["scale"]["unit_m"] >= 100
@@ -206,19 +209,19 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
         xs = np.concatenate([rng.normal(640_400, 200, 300), rng.uniform(638_900, 641_200, 300)])
         ys = np.concatenate([rng.normal(3_550_300, 200, 300), rng.uniform(3_548_900, 3_551_200, 300)])
         insert(conn, city, xs, ys, [at(2020, 2, 1)] * 600, ["R1"] * 600)
-        h = la.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
+        h = lhot.hotspots(conn, city, dt.date(2020, 2, 1), dt.date(2020, 2, 1))
         g = h["arrays"].grid
         assert (h["bins"] > 0).any() and h["report"]["neighbours"] >= 8
         assert g.index.partial.sum() > 20
         w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                                   silence_warnings=True)
-        assert w.sparse.nnz < la.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
+        assert w.sparse.nnz < lhot.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
         gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
-        assert np.max(np.abs(gl.Zs - la.ghot.getis_ord_gi_star(h["counts"], la.weights(h["arrays"])))) < 1e-9
+        assert np.max(np.abs(gl.Zs - lhot.ghot.getis_ord_gi_star(h["counts"], lcache.weights(h["arrays"])))) < 1e-9
         # the clipped cells' areas (PostGIS) are the base of the exact test
         area = dict(conn.execute(text("SELECT id, ST_Area(geom) FROM grid_cell WHERE grid_id = :g"),
                                  {"g": g.info.id}).all())
-        assert np.allclose(la.cell_areas(h["arrays"]), [area[int(i)] for i in g.ids], rtol=1e-9)
+        assert np.allclose(lhot.cell_areas(h["arrays"]), [area[int(i)] for i in g.ids], rtol=1e-9)
         tx.rollback()
 
 

@@ -23,7 +23,7 @@ def la(engine):
 
 def test_la311_import_hotspots_kpis_bulletin(engine, la):
     from layers.analytics import bulletin as lb
-    from layers.analytics import heatmap as lan
+    from layers.analytics import hot_spots as lhot
     from layers.analytics import kpi as lkpi
 
     city, rep = la
@@ -45,7 +45,7 @@ def test_la311_import_hotspots_kpis_bulletin(engine, la):
         assert set(days) <= {dt.date(2020, 1, d) for d in (1, 2, 3)} and sum(days.values()) == rep["written"] + \
             rep["already_there"]
         d0, d1 = dt.date(2020, 1, 1), dt.date(2020, 1, 3)
-        hs = lan.hotspots(conn, city, d0, d1)
+        hs = lhot.hotspots(conn, city, d0, d1)
         assert hs["counts"].sum() == located and (hs["bins"] == 3).sum() > 10
         # hot spots sit where the counts are: the hot analysis units (all their cells, empty ones included)
         # hold well over their share of the city's cases, and every hot neighbourhood is above its expectation

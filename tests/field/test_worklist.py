@@ -68,17 +68,17 @@ def _inject(engine, haimen, cell, n, now):
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Counts the Gi* computations of the worklist (layers.analytics.heatmap.hotspots calls)."""
-    from layers.analytics import heatmap as la
+    """Counts the Gi* computations of the worklist (layers.analytics.hot_spots.hotspots calls)."""
+    from layers.analytics import hot_spots as lhot
 
-    real = la.hotspots
+    real = lhot.hotspots
     calls = []
 
     def spy(*a, **kw):
         calls.append(a[2:4])
         return real(*a, **kw)
 
-    monkeypatch.setattr(la, "hotspots", spy)
+    monkeypatch.setattr(lhot, "hotspots", spy)
     return calls
 
 
