@@ -89,8 +89,25 @@ def engine(db_url):
     # dropped, and years a test loads or deletes are seen within lcal.REFRESH_SECONDS (at once with
     # calendar(force=True), and a refused deadline always looks again).
     lcal.bind(eng)
+    _SESSION_ENGINE.append(eng)
     yield eng
     eng.dispose()
+
+
+_SESSION_ENGINE: list = []
+
+
+@pytest.fixture(autouse=True)
+def _calendar_reads_the_test_database():
+    """The process's calendar is one per process (a server binds it to its database). A test that starts
+    an app on another database (a closed port, the external server) or runs the CLI rebinds it: bind it
+    back to the test database afterwards, so later tests see the test years."""
+    yield
+    if _SESSION_ENGINE:
+        from layers.cases import calendar as lcal
+
+        if lcal._current.engine is not _SESSION_ENGINE[0]:
+            lcal.bind(_SESSION_ENGINE[0])
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from gis import hotspots as ghot
 from layers.analytics import cache as lcache
 from layers.analytics import emerging_hot_spots as lemerging
 from layers.analytics import heatmap as la
@@ -142,11 +143,11 @@ def test_hotspots_on_db_data_equal_scipy_and_weights_equal_libpysal(conn, acity)
     w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                               silence_warnings=True)
     gl = esda.G_Local(y, w, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gl.Zs - lhot.ghot.getis_ord_gi_star(y, lcache.weights(arr, "queen")))) < 1e-9
+    assert np.max(np.abs(gl.Zs - ghot.getis_ord_gi_star(y, lcache.weights(arr, "queen")))) < 1e-9
     wd = libpysal.weights.DistanceBand(np.column_stack([arr.cx, arr.cy]), threshold=250, binary=True,
                                        silence_warnings=True)
     gd = esda.G_Local(y, wd, transform="B", star=True, permutations=0)
-    assert np.max(np.abs(gd.Zs - lhot.ghot.getis_ord_gi_star(y, lcache.weights(arr, "distance", 250)))) < 1e-9
+    assert np.max(np.abs(gd.Zs - ghot.getis_ord_gi_star(y, lcache.weights(arr, "distance", 250)))) < 1e-9
 
 
 def test_too_few_cases_is_an_answer_not_a_map(conn, acity):
@@ -215,9 +216,9 @@ def test_gi_star_equals_esda_on_a_clipped_grid(engine):
         assert g.index.partial.sum() > 20
         w = libpysal.weights.Queen.from_dataframe(gpd.GeoDataFrame(geometry=g.geoms), use_index=False,
                                                   silence_warnings=True)
-        assert w.sparse.nnz < lhot.ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
+        assert w.sparse.nnz < ghot.queen_weights_regular(g.cols, g.rows).nnz  # clipping removed some pairs
         gl = esda.G_Local(h["counts"], w, transform="B", star=True, permutations=0)
-        assert np.max(np.abs(gl.Zs - lhot.ghot.getis_ord_gi_star(h["counts"], lcache.weights(h["arrays"])))) < 1e-9
+        assert np.max(np.abs(gl.Zs - ghot.getis_ord_gi_star(h["counts"], lcache.weights(h["arrays"])))) < 1e-9
         # the clipped cells' areas (PostGIS) are the base of the exact test
         area = dict(conn.execute(text("SELECT id, ST_Area(geom) FROM grid_cell WHERE grid_id = :g"),
                                  {"g": g.info.id}).all())

@@ -339,7 +339,7 @@ def test_calendar_year_loaded_through_the_api_reaches_every_process(client, toke
         last = _last_workday(cal, y)
         start = t(last.year, last.month, last.day, 16, 0).astimezone(dt.UTC)
         want = dt.datetime.combine(_made_up_workdays(last, 1), dt.time(9, 0), CST).astimezone(dt.UTC)
-        code = ("import datetime as dt, sys; from layers import calendar as c; from layers.core.db import make_engine; "
+        code = ("import datetime as dt, sys; from layers.cases import calendar as c; from layers.core.db import make_engine; "
                 f"c.bind(make_engine({db_url!r})); cal = c.calendar(); "
                 f"print(cal.last_year, cal.add(dt.datetime.fromisoformat({start.isoformat()!r}), 2, 'wh').isoformat())")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
