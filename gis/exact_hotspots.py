@@ -186,6 +186,15 @@ def unit_geometries(scale: Scale, cell_geoms, units, cache: dict | None = None):
     return out
 
 
+def dissolve_units(geoms):
+    """One (multi)polygon from analysis units' polygons (a map's light layer). A general union, not a
+    coverage union: a whole unit (its k x k square) beside a unit clipped by the city's edge has no
+    vertices at the cell corners along their common edge, which ``coverage_union_all`` refuses."""
+    import shapely
+
+    return shapely.union_all(np.asarray(geoms, dtype=object))
+
+
 def aggregate(cols, rows, cx, cy, base, k: int, cell_size: float) -> Scale:
     """Group base cells (grid keys ``cols``, ``rows``) into ``k x k`` blocks: the analysis units."""
     c = np.asarray(cols, dtype=np.int64) // int(k)

@@ -10,6 +10,7 @@ import shapely
 from sqlalchemy import Connection
 
 from gis import crs as gcrs
+from gis import exact_hotspots as gex
 from layers.analytics.cache import GridArrays, _to_crs, dense_counts, grid_arrays
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
@@ -123,7 +124,7 @@ def hotspots_geojson(conn: Connection, city: CityInfo, start, end, *, categories
         geoms = _unit_geoms(arr, r, sel)
         if dissolve:
             levels = sorted(set(r.bins[sel].tolist()))
-            fc = _geojson_of([shapely.coverage_union_all(geoms[r.bins[sel] == k]) for k in levels], city, dst,
+            fc = _geojson_of([gex.dissolve_units(geoms[r.bins[sel] == k]) for k in levels], city, dst,
                              [{"bin": int(k), "label": HOT_LABELS[int(k)], "class": int(k),
                                "units": int((r.bins[sel] == k).sum()),
                                "cells": int(ncell[sel][r.bins[sel] == k].sum())} for k in levels])

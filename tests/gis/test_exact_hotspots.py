@@ -223,3 +223,26 @@ def test_scan_false_alert_rate_at_a_recurrence_threshold():
                                          max_cells=20)
         alerts += any(c.recurrence_days >= ri_min for c in cl)
     assert alerts <= stats.binom.ppf(0.999, runs, 1 / ri_min), alerts
+
+
+def test_dissolving_whole_units_beside_clipped_ones():
+    """A whole unit is drawn as its k x k square, a unit cut by the city's edge as the union of its
+    clipped cells: along their common edge only the latter has vertices at the cell corners. The
+    dissolved layer is still their exact union (a coverage union refused it: the dashboard got a 500)."""
+    import shapely
+
+    size, k = 100.0, 2
+    boundary = shapely.Polygon([(0, 0), (400, 0), (400, 130), (0, 170)])  # a slanted north edge
+    cols, rows = np.meshgrid(np.arange(4), np.arange(2))
+    cols, rows = cols.ravel(), rows.ravel()
+    cells = shapely.intersection(shapely.box(cols * size, rows * size, (cols + 1) * size, (rows + 1) * size), boundary)
+    base = shapely.area(cells)
+    scale = gex.aggregate(cols, rows, cols * size + 50, rows * size + 50, base, k, size)
+    geoms = gex.unit_geometries(scale, cells, np.arange(scale.m))
+    assert scale.m == 2 and not all(g.equals(shapely.box(*g.bounds)) for g in geoms)
+    whole = shapely.box(0, 0, 400, 100)
+    mixed = np.array([shapely.box(0, 0, 200, 200), shapely.union_all(cells[cols >= 2])], dtype=object)
+    for parts in (geoms, mixed):
+        out = gex.dissolve_units(parts)
+        assert out.is_valid and out.area == pytest.approx(sum(shapely.area(parts)), rel=1e-9)
+    assert gex.dissolve_units(mixed).contains(whole)
