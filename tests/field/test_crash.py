@@ -3,6 +3,7 @@ remains after the restart (the start-up recovery promotes or deletes staged file
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -61,6 +62,7 @@ def test_sigkill_during_uploads(db_url, haimen, engine, make_inspector, tmp_path
     acked: dict[str, int] = {}
     lock = threading.Lock()
     killed = threading.Event()
+    refused: list[str] = []  # what the uploads that were not acknowledged got (for the failure message)
 
     def upload(i):
         key, data = payloads[i]
@@ -69,8 +71,13 @@ def test_sigkill_during_uploads(db_url, haimen, engine, make_inspector, tmp_path
                 r = c.post(f"{base}/api/v1/reports", headers={**h, "Idempotency-Key": key},
                            data={"category_code": "E10201", "lon": lon + i * 1e-5, "lat": lat, "accuracy": 5},
                            files=[("photos", ("p.jpg", data, "image/jpeg"))])
-        except httpx.HTTPError:
+        except httpx.HTTPError as e:
+            with lock:
+                refused.append(type(e).__name__)
             return
+        if r.status_code not in (200, 201):
+            with lock:
+                refused.append(f"{r.status_code} {r.text[:120]}")
         if r.status_code in (200, 201):
             with lock:
                 acked[key] = r.json()["id"]
@@ -84,7 +91,7 @@ def test_sigkill_during_uploads(db_url, haimen, engine, make_inspector, tmp_path
         if not killed.is_set():
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        assert 40 <= len(acked) < n, len(acked)
+        assert 40 <= len(acked) < n, (len(acked), collections.Counter(refused).most_common(5))
 
         proc = _start(db_url, var, port)  # recovery runs at start
         store = var / "photos"
