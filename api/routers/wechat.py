@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from sqlalchemy import Connection
 
 from api.deps import PUBLIC, Allow, get_city, get_conn
+from api.limits import RateLimit
 from api.validation import INT64_MAX
 from layers.channels import wechat as lwx
 from layers.core import city as lcity
@@ -178,10 +179,13 @@ def oauth_start(request: Request, city: str = Path(..., max_length=40), next: st
 @router.get("/wechat/{city}/oauth", name="oauth_back", summary="网页授权回调 WeChat sign-in: code → openid")
 def oauth_back(request: Request, city: str = Path(..., max_length=40), code: str | None = Query(None, max_length=200),
                next: str | None = Query(None, max_length=200), _=Depends(PUBLIC),
-               conn: Connection = Depends(get_conn, scope="function")):
+               _limit=Depends(RateLimit("lookup"))):
+    # Anonymous, and each request costs a call to WeChat: limited per address like the look-ups, and
+    # no database connection is held while WeChat answers.
     acct = _account(city)
-    info = lcity.get_city(conn, city)
-    token = lwx.sign_in(conn, info, acct, code or "", _back_url(request, city))
+    openid = lwx.openid_for_code(acct, code or "", _back_url(request, city))
+    with request.app.state.engine.begin() as conn:
+        token = lwx.open_session(conn, lcity.get_city(conn, city), openid)
     target = _next(next)
     sep = "&" if "?" in target else "?"
     r = RedirectResponse(f"{target}{sep}city={quote(city)}", status_code=302)

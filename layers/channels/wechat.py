@@ -607,9 +607,9 @@ def oauth(acct: Account, redirect_uri: str, state: str = ""):
     return o
 
 
-def sign_in(conn: Connection, city: CityInfo, acct: Account, code: str, redirect_uri: str) -> str:
-    """Exchange an authorisation code for the openid (sns/oauth2/access_token) and open a session;
-    returns the session token (kept by the browser as a cookie; only its hash is stored)."""
+def openid_for_code(acct: Account, code: str, redirect_uri: str) -> str:
+    """Exchange an authorisation code for the openid (sns/oauth2/access_token): a call to WeChat,
+    made before any database connection is taken."""
     from wechatpy.exceptions import WeChatOAuthException
 
     if not code or len(code) > 200:
@@ -621,6 +621,12 @@ def sign_in(conn: Connection, city: CityInfo, acct: Account, code: str, redirect
     openid = str(res.get("openid") or "")
     if not openid or len(openid) > 80:
         raise InputError("WeChat answered no openid")
+    return openid
+
+
+def open_session(conn: Connection, city: CityInfo, openid: str) -> str:
+    """A session of the H5 page for ``openid``; returns its token (kept by the browser as a cookie;
+    only its hash is stored). Expired sessions are removed on the way."""
     token = secrets.token_urlsafe(32)
     conn.execute(text("""INSERT INTO wechat_session (token_hash, city_id, openid, expires_at)
                          VALUES (:h, :c, :o, now() + make_interval(days => :d))"""),
