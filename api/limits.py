@@ -84,6 +84,25 @@ def _json_answer(status: int, detail: str, headers: dict[str, str] | None = None
             {"type": "http.response.body", "body": body})
 
 
+class _TrackedSend:
+    """``send`` that remembers whether the answer has begun (after that, an error cannot be answered
+    any more: it is raised on)."""
+
+    def __init__(self, send):
+        self.send, self.started = send, False
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+async def _answer(send, status: int, detail: str, headers: dict[str, str]) -> None:
+    start, body = _json_answer(status, detail, headers)
+    await send(start)
+    await send(body)
+
+
 class BodyLimit:
     """Pure ASGI middleware: the body cap of :func:`body_cap`. A request whose Content-Length is over the
     cap is answered 413 at once (its body never read; the connection is closed after the answer); a body
@@ -106,12 +125,8 @@ class BodyLimit:
                     length = None
                 break
         if length is not None and length > cap:
-            start, body = _json_answer(413, BodyTooLarge(cap).detail, {"Connection": "close"})
-            await send(start)
-            await send(body)
-            return
+            return await _answer(send, 413, BodyTooLarge(cap).detail, {"Connection": "close"})
         seen = 0
-        started = False
 
         async def counted():
             nonlocal seen
@@ -122,20 +137,13 @@ class BodyLimit:
                     raise BodyTooLarge(cap)
             return message
 
-        async def tracked(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
             await self.app(scope, counted, tracked)
         except BodyTooLarge as e:
-            if started:
+            if tracked.started:
                 raise
-            start, body = _json_answer(413, e.detail, {"Connection": "close"})
-            await send(start)
-            await send(body)
+            await _answer(send, 413, e.detail, {"Connection": "close"})
 
 
 # -- rate limits -----------------------------------------------------------------------------------
@@ -247,21 +255,11 @@ class DatabaseUnavailable:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def tracked(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
             await self.app(scope, receive, tracked)
         except Exception as e:
-            if started or not is_unavailable(e):
+            if tracked.started or not is_unavailable(e):
                 raise
             log.warning("database unavailable (%s %s): %s", scope["method"], scope["path"], type(e).__name__)
-            start, body = _json_answer(503, UNAVAILABLE_DETAIL,
-                                       {"Retry-After": str(settings.api().db_retry_after_s)})
-            await send(start)
-            await send(body)
+            await _answer(send, 503, UNAVAILABLE_DETAIL, {"Retry-After": str(settings.api().db_retry_after_s)})
