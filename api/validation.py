@@ -141,7 +141,7 @@ def _path_parameter(scope) -> str | None:
     from starlette.routing import Match
 
     app = scope.get("app")
-    for route in _flatten(getattr(getattr(app, "router", None), "routes", [])):
+    for route in flatten_routes(getattr(getattr(app, "router", None), "routes", [])):
         try:
             match, child = route.matches(scope)
         except Exception:  # noqa: BLE001 - a route that cannot judge this path
@@ -153,11 +153,12 @@ def _path_parameter(scope) -> str | None:
     return None
 
 
-def _flatten(routes):
+def flatten_routes(routes):
+    """Every route of an app's route list, the routes of included routers included."""
     for r in routes:
         inner = getattr(r, "original_router", None)  # FastAPI ≥ 0.16x keeps included routers whole
         if inner is not None:
-            yield from _flatten(inner.routes)
+            yield from flatten_routes(inner.routes)
         else:
             yield r
 

@@ -8,6 +8,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from api.deps import Allow
+from api.validation import flatten_routes
 from layers.core.models import ROLES
 from tests.conftest import auth
 
@@ -18,17 +19,8 @@ def _gate(route: APIRoute) -> Allow:
     return gates[0]
 
 
-def _flatten(routes):
-    for r in routes:
-        inner = getattr(r, "original_router", None)  # FastAPI ≥ 0.16x keeps included routers whole
-        if inner is not None:
-            yield from _flatten(inner.routes)
-        else:
-            yield r
-
-
 def _api_routes(app):
-    return [r for r in _flatten(app.routes) if isinstance(r, APIRoute) and r.path.startswith("/api/")]
+    return [r for r in flatten_routes(app.routes) if isinstance(r, APIRoute) and r.path.startswith("/api/")]
 
 
 def _url(path: str) -> str:

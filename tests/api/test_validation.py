@@ -253,11 +253,10 @@ def test_every_json_body_model_checks_characters(app):
     """Every route's JSON body is a :class:`api.validation.Body` (or a list/union of them)."""
     from pydantic import BaseModel
 
-    from api.validation import Body
-    from tests.api.test_roles import _flatten
+    from api.validation import Body, flatten_routes
 
     seen = 0
-    for route in _flatten(app.routes):
+    for route in flatten_routes(app.routes):
         if not isinstance(route, APIRoute) or route.body_field is None:
             continue
         annotation = route.body_field.field_info.annotation

@@ -125,12 +125,9 @@ def _scan(responses, fed, *, exact=True):
 
 
 def _public_routes(app):
-    def flatten(routes):
-        for r in routes:
-            inner = getattr(r, "original_router", None)
-            yield from flatten(inner.routes) if inner is not None else [r]
+    from api.validation import flatten_routes
 
-    for r in flatten(app.routes):
+    for r in flatten_routes(app.routes):
         if not isinstance(r, APIRoute) or "GET" not in r.methods:
             continue
         gates = [d.call for d in r.dependant.dependencies if isinstance(d.call, Allow)]
