@@ -29,6 +29,7 @@ class FakeWeChat:
         self.codes: dict[str, str] = {}  # oauth code -> openid
         self.browser_openid: str | None = None  # who is "in WeChat" for the authorize page
         self.template_calls: list[dict] = []  # every POST, repeats included
+        self.oauth_calls = 0  # code → openid exchanges asked for
         self.delivered: list[dict] = []  # what the citizens see (one per openid + client_msg_id)
         self.fail_template: list[int] = []
         self.sms_calls: list[dict] = []
@@ -100,6 +101,7 @@ class FakeWeChat:
                         self.end_headers()
                         return None
                     if u.path == "/sns/oauth2/access_token":
+                        fake.oauth_calls += 1
                         if (q.get("appid") != fake.app_id or q.get("secret") != fake.secret
                                 or q.get("grant_type") != "authorization_code"):
                             return self._json({"errcode": 40013, "errmsg": "invalid appid"})

@@ -564,3 +564,26 @@ def test_same_nonce_in_two_processes(engine, haimen, fakewx):
 
     results = concurrently(2, attempt)
     assert sorted(results) == ["ok", "this nonce was used before: a replay"]
+
+
+def test_sign_in_callback_is_limited_per_address(engine, db_url, haimen, fakewx, monkeypatch):
+    """The sign-in callback is anonymous and each request costs a call to WeChat: past the look-up
+    limit of an address it is refused (429) before WeChat is asked."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from citygrid import settings
+
+    monkeypatch.setenv("CITYGRID_API_RATE_LIMIT_LOOKUP", "3/minute")
+    settings.api.cache_clear()
+    try:
+        with TestClient(create_app(db_url)) as c:  # an app of its own: its counters start at 0
+            before = fakewx.oauth_calls
+            got = [c.get("/wechat/haimen/oauth", params={"code": f"bogus{i}"}, follow_redirects=False)
+                   for i in range(4)]
+            assert [r.status_code for r in got] == [422, 422, 422, 429]
+            assert int(got[3].headers["Retry-After"]) >= 1
+            assert fakewx.oauth_calls - before == 3  # the refused request never reached WeChat
+    finally:
+        monkeypatch.delenv("CITYGRID_API_RATE_LIMIT_LOOKUP")
+        settings.api.cache_clear()  # later apps read the real settings
