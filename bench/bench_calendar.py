@@ -17,20 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Table  # noqa: E402
-
-
-def _old_between(cal, a, b):
-    a, b = cal.local(a), cal.local(b)
-    if b < a:
-        return -_old_between(cal, b, a)
-    total, d = 0.0, a.date()
-    while d <= b.date():
-        for s, e in cal.periods_on(d):
-            lo, hi = max(s, a), min(e, b)
-            if hi > lo:
-                total += (hi - lo).total_seconds()
-        d += dt.timedelta(days=1)
-    return total
+from tests.cases.test_calendar import _old_between  # noqa: E402 - the step-by-day reckoning, the anchor
 
 
 def main() -> None:
