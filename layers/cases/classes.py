@@ -27,7 +27,8 @@ def catalog() -> dict[str, dict]:
             return out[code]
         item = dict(raw[code])
         parent = resolve(item["parent"]) if item.get("parent") else {}
-        for key in ("kind", "department", "limit", "urgency", "check", "dup_radius_m", "dup_window_h"):
+        for key in ("kind", "department", "limit", "urgency", "check", "dup_radius_m", "dup_window_h",
+                    "feedback_photos_required"):
             if key not in item and key in parent:
                 item[key] = parent[key]
         item["level"] = parent.get("level", 0) + 1

@@ -519,7 +519,10 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         sets["department_id"] = None
         dep_id = case["department_id"]
     elif action == "feedback":
-        needs_check = catalog().get(case["category_code"], {}).get("check", True)
+        item = catalog().get(case["category_code"], {})
+        if item.get("feedback_photos_required") and not kw.get("after_photos"):
+            raise InputError(feedback_photos_message(item))
+        needs_check = item.get("check", True)
         new_state = "verifying" if needs_check else "feedback"
     elif action == "verify_fail":
         sets["rework_count"] = case["rework_count"] + 1
@@ -598,6 +601,13 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
             "from_state": state, "state": new_state, "department_id": after["department_id"],
             "step_deadline_at": _iso(after["step_deadline_at"]), "close_deadline_at": _iso(after["close_deadline_at"]),
             "data": data, **({"calendar_warning": why} if why else {})}
+
+
+def feedback_photos_message(item: dict) -> str:
+    """Why a feedback of a class whose 处置反馈 needs photos was refused (zh-CN first)."""
+    return (f"「{item.get('name', item.get('code'))}」类案件的处置反馈须上传至少一张处置后照片，请在反馈时上传照片 — "
+            "this class needs at least one 'after' photo with the feedback: upload it with "
+            "POST /api/v1/cases/{id}/feedback")
 
 
 def _prev_state(conn: Connection, case_id: int) -> str:

@@ -37,6 +37,7 @@ POLICY_FILE = Path(__file__).resolve().parent / "data" / "publication_policy.jso
 CHANNEL_FORMS = ("text", "summary", "none")
 ADDRESS_FORMS = ("road", "cell", "none")
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
+PHOTO_KINDS = ("report", "before", "after", "verification")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Policy:
     address: str
     full_text_roles: frozenset
     scrubbed_text_roles: frozenset
+    lookup_photos: frozenset = frozenset()
 
     def channel(self, source: str | None) -> str:
         """'text', 'summary' or 'none' for anonymous output of a case from ``source``."""
@@ -67,12 +69,22 @@ def load_policy(path: Path = POLICY_FILE) -> Policy:
     full, scrubbed = frozenset(cfg["full_text_roles"]), frozenset(cfg["scrubbed_text_roles"])
     if (full | scrubbed) != set(ROLES) or full & scrubbed:
         raise ValueError(f"{path}: every role {ROLES} must be in exactly one of full_text_roles, scrubbed_text_roles")
-    return Policy(channels, address, full, scrubbed)
+    photos = frozenset(cfg.get("lookup_photos") or ())
+    if not photos <= set(PHOTO_KINDS):
+        raise ValueError(f"{path}: lookup_photos must be among {PHOTO_KINDS}, got {sorted(photos)}")
+    return Policy(channels, address, full, scrubbed, photos)
 
 
 @lru_cache
 def policy() -> Policy:
     return load_policy()
+
+
+def lookup_photo_kinds(source: str | None) -> frozenset:
+    """The photo kinds of a case (:data:`PHOTO_KINDS`) the citizen who reported it sees through the
+    look-up (case number + query code): the policy's ``lookup_photos`` when the case's channel is
+    published at all, else none. Anonymous output (no query code) never shows photos."""
+    return frozenset() if policy().channel(source) == "none" else policy().lookup_photos
 
 
 def text_form(role: str | None) -> str:
