@@ -77,6 +77,8 @@ def create_report(
     device_time: str | None = Form(None, max_length=40, description="when the device took it (ISO 8601)"),
     asset_code: str | None = Form(None, max_length=16, description="the 16-digit code of the asset concerned"),
     address: str | None = Form(None, max_length=500),
+    location_source: str | None = Form(None, pattern="^(gps|manual)?$",
+                                       description="manual: lon/lat pinned by hand on the map (no GPS fix); flagged manual_pin"),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=100),
     user=Depends(INSPECTOR), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
 ):
@@ -89,7 +91,10 @@ def create_report(
     raw = [read_photo_upload(i, f, cfg["max_photo_bytes"]) for i, f in enumerate(photos)]
     inp = lreports.ReportInput(category_code=category_code.strip(), description=description, lon=lon or None,
                                lat=lat or None, accuracy_m=accuracy or None, crs=crs, device_time=device_time,
-                               asset_code=asset_code or None, address=address)
+                               asset_code=asset_code or None, address=address,
+                               extra_flags=["manual_pin"] if location_source == "manual" else [])
+    if location_source == "manual" and lon in (None, ""):
+        raise HTTPException(422, "手动选点需要经纬度 — a manual pin needs lon and lat")
     req_hash = lreports.request_hash(inp, raw)
     first = lreports.find_existing(conn, user.id, key, req_hash)  # a retry: no decoding, no writing
     if first is not None:

@@ -47,6 +47,7 @@ from layers.field.photostore import recover_at_start as recover_store_at_start
 
 KIND_LABELS = {"report": "上报照片", "before": "处置前", "after": "处置后", "verification": "核查照片"}
 KIND_LABELS_EN = {"report": "Reported", "before": "Before", "after": "After", "verification": "On-site check"}
+STEP_LABELS = {"received": "上报 Reported", "onsite_check": "核实 Confirmed on site"}
 SOURCES = ("report", "citizen", "wechat", "feedback", "verification")
 VARIANTS = ("thumb", "public")
 THUMB_PX = 320
@@ -91,7 +92,7 @@ def _item(case_id: int, kind: str, source: str, ref: str, at, step: str, *, merg
           base: str | None = None) -> dict:
     base = base or f"/api/v1/cases/{case_id}/photos/{source}/{ref}"
     return {"id": f"{source}:{ref}", "kind": kind, "kind_label": KIND_LABELS[kind], "kind_label_en": KIND_LABELS_EN[kind],
-            "source": source, "ref": ref, "at": _iso(at), "step": step, "step_label": EVENTS.get(step, step),
+            "source": source, "ref": ref, "at": _iso(at), "step": step, "step_label": STEP_LABELS.get(step) or EVENTS.get(step, "照片 Photo"),
             "thumb_url": base + "/thumb", "url": base + "/public", "merged_from": merged_from}
 
 
@@ -141,12 +142,12 @@ def collect(conn: Connection, case_id: int, kinds=publication.PHOTO_KINDS) -> li
             if not any(o["id"] == f"feedback:{ref}" for o in out):
                 out.append(_item(case_id, step, "feedback", ref, at, "feedback"))
     if "verification" in kinds:
-        for vid, seq, at, result in conn.execute(text("""
-                SELECT v.id, p.seq, v.verified_at, v.result FROM case_verification_photo p
-                JOIN case_verification v ON v.id = p.verification_id
+        for vid, seq, at, result, kind in conn.execute(text("""
+                SELECT v.id, p.seq, v.verified_at, v.result, e.kind FROM case_verification_photo p
+                JOIN case_verification v ON v.id = p.verification_id LEFT JOIN case_event e ON e.id = v.event_id
                 WHERE v.case_id = :c AND v.response IS NOT NULL ORDER BY v.verified_at, v.id, p.seq"""), {"c": case_id}):
-            out.append(_item(case_id, "verification", "verification", f"{vid}.{seq}", at,
-                             "verify_ok" if result == "ok" else "verify_fail"))
+            step = "onsite_check" if kind == "note" else ("verify_ok" if result == "ok" else "verify_fail")
+            out.append(_item(case_id, "verification", "verification", f"{vid}.{seq}", at, step))
     out.sort(key=lambda o: (o["at"] or "", SOURCES.index(o["source"]) if o["source"] in SOURCES else 9))
     return out
 

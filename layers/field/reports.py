@@ -136,7 +136,8 @@ class ReportInput:
     def canonical(self) -> dict:
         return {"category_code": self.category_code, "description": self.description, "lon": self.lon,
                 "lat": self.lat, "accuracy_m": self.accuracy_m, "crs": self.crs, "device_time": self.device_time,
-                "asset_code": self.asset_code, "address": self.address}
+                "asset_code": self.asset_code, "address": self.address,
+                **({"flags": sorted(self.extra_flags)} if self.extra_flags else {})}
 
 
 def check_key(key: str | None) -> str:

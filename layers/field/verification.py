@@ -45,6 +45,11 @@ from layers.field.photostore import recover_at_start as recover_store_at_start
 #: metres (plus the fix's accuracy) beyond which the inspector was not at the case
 FAR_M = 100.0
 RESULTS = {"ok": "verify_ok", "fail": "verify_fail"}
+#: states an on-site check applies to: 核查 of a department's work ('verifying': verify_ok / verify_fail),
+#: and 核实 of a new report ('collected': confirmed 属实 / not found 不属实, for the operator who accepts
+#: or rejects it; the state does not change, the check is an event 'note' with its photos)
+CHECKABLE = ("verifying", "collected")
+CONFIRM = {"ok": "confirmed", "fail": "not_found"}
 #: roles that see every verification of their city (inspectors: their own and their area's;
 #: a department: its own cases'); the original photos only their inspector, supervisors and admins
 ALL_SEEING = frozenset({"operator", "supervisor", "admin"})
@@ -150,9 +155,9 @@ def precheck(conn: Connection, city: CityInfo, case_id: int, action: str, user) 
     (404), not this user's (403: role, area), not waiting for a check (409). Returns the case."""
     case = _case(conn, city, case_id)
     lwf.authorize(conn, case, action, user)
-    if case["state"] != "verifying":
+    if case["state"] not in CHECKABLE:
         raise Conflict(f"case {case['case_no']} is {STATES.get(case['state'], case['state'])}: only a case waiting "
-                       "for the on-site check (核查 Verifying) can be verified")
+                       "for the on-site check (核查 Verifying) or a new report to confirm (核实 Collected) can be checked")
     return case
 
 
@@ -235,11 +240,21 @@ def verify_case(conn: Connection, city: CityInfo, case_id: int, user, inp: Verif
                           "exif_flags": p.exif.flags, "exif_distance_m": p.exif_distance_m,
                           "public_url": photo_url(vid, p.seq, "public"), "thumb_url": photo_url(vid, p.seq, "thumb")})
 
-    moved = lwf.transition(conn, case_id, action, user, note=note, photos=[p["public_url"] for p in photo_out],
-                           at=verified_at)
+    if case["state"] == "collected":  # 核实: the report confirmed or not found on site; the operator decides
+        lwf.authorize(conn, lwf._load(conn, case_id, lock=True), action, user)
+        event_id = lwf._event(conn, case_id, verified_at, "note", user, "collected", "collected", None, note,
+                              [p["public_url"] for p in photo_out],
+                              {"onsite_check": CONFIRM[result_code], "verification_id": vid})
+        deadline = conn.execute(text("SELECT step_deadline_at FROM case_file WHERE id = :i"), {"i": case_id}).scalar()
+        moved = {"event_id": event_id, "from_state": "collected", "state": "collected", "data": {},
+                 "step_deadline_at": lwf._iso(deadline)}
+    else:
+        moved = lwf.transition(conn, case_id, action, user, note=note, photos=[p["public_url"] for p in photo_out],
+                               at=verified_at)
     result = {
         "id": vid, "idempotency_key": key, "case_id": case_id, "case_no": case["case_no"],
-        "result": result_code, "action": action, "note": note, "event_id": moved["event_id"],
+        "result": result_code, "action": action if case["state"] != "collected" else CONFIRM[result_code],
+        "check": "核实" if case["state"] == "collected" else "核查", "note": note, "event_id": moved["event_id"],
         "from_state": moved["from_state"], "state": moved["state"],
         "state_label": STATES.get(moved["state"], moved["state"]), "rework": moved["data"].get("rework"),
         "step_deadline_at": moved["step_deadline_at"], "verified_at": verified_at.astimezone(dt.UTC).isoformat(),
@@ -303,6 +318,12 @@ def task(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
     d = lwf.case_detail(conn, city, case_id, user)  # 404 / 403 by the role's visibility
     feedback = next((e for e in reversed(d["events"]) if e["kind"] == "feedback"), None)
     actions = {a["action"] for a in lwf.allowed_actions(conn, case_id, user)}
+    if d["state"] == "collected" and "verify_ok" in lwf.ROLE_ACTIONS.get(getattr(user, "role", None), ()):
+        try:  # 核实 of a new report: the same role and area gate as 核查
+            lwf.authorize(conn, lwf._load(conn, case_id), "verify_ok", user)
+            actions |= {"verify_ok", "verify_fail"}
+        except Forbidden:
+            pass
     keep = ("id", "case_no", "state", "state_label", "category_code", "category_name", "title", "description",
             "address", "cell_code", "urgency", "department_code", "department_name", "step_deadline_at", "clock",
             "rework_count", "lon", "lat")
@@ -311,6 +332,7 @@ def task(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
         "feedback": None if feedback is None else {k: feedback[k] for k in ("at", "note", "department", "photos")},
         "verifications": for_case(conn, case_id),
         "can_verify": {"ok": "verify_ok" in actions, "fail": "verify_fail" in actions},
+        "check": "核实" if d["state"] == "collected" else "核查",
         "fail_needs_reason": "verify_fail" in lwf.NEEDS_REASON,
         "far_m": FAR_M, "max_photos": lreports.config()["max_photos"],
     }

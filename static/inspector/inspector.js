@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { lang: localStorage.getItem("citygrid_lang") || "zh", fix: null, photos: [], sending: false };
+const state = { lang: localStorage.getItem("citygrid_lang") || "zh", fix: null, photos: [], sending: false, pin: null };
 const GATE_M = 30;
 
 // ---- language -------------------------------------------------------------------------------
@@ -69,9 +69,38 @@ function watchLocation() {
       showFix();
       if (vstate.id && vstate.task) { showDistance(); verifyMap(); }
     },
-    (e) => { $("loc").textContent = t("无法定位", "no location") + ` (${e.message}); ` + t("将使用照片 EXIF", "photo EXIF will be used"); },
+    (e) => {
+      if (state.fix) return;  // a later timeout while a fix is known: keep it
+      $("loc").textContent = t("无法定位", "no location") + "; " + t("请在地图上手动选点, 或使用照片 EXIF", "pin the place by hand, or the photos' EXIF is used");
+      openPin();
+    },
     { enableHighAccuracy: true, maximumAge: 10000, timeout: 30000 });
 }
+
+// ---- a pin by hand when there is no GPS fix ----------------------------------------------------
+let pinMap = null, pinMarker = null;
+function showPin() {
+  const p = state.pin, box = $("pin-info");
+  if (!p) { box.className = "muted"; box.textContent = t("尚未选点", "no pin yet"); return; }
+  box.className = "ok";
+  box.textContent = t("手动选点", "Pinned by hand") + `: ${p.lon.toFixed(6)}, ${p.lat.toFixed(6)}` +
+    (state.fix ? "" : " · " + t("上报将标记为手动选点", "the report is marked as pinned by hand"));
+}
+function openPin() {
+  $("pin-box").hidden = false;
+  if (!pinMap) {
+    pinMap = L.map("pinmap", { attributionControl: false }).setView([31.89, 121.17], 14);
+    pinMap.on("click", (e) => {
+      state.pin = { lon: e.latlng.lng, lat: e.latlng.lat };
+      if (pinMarker) pinMarker.setLatLng(e.latlng);
+      else pinMarker = L.marker(e.latlng, { title: t("手动选点", "pinned by hand") }).addTo(pinMap);
+      showPin();
+    });
+  }
+  setTimeout(() => pinMap.invalidateSize(), 50);
+  showPin();
+}
+$("pin-btn").onclick = () => { if ($("pin-box").hidden) openPin(); else $("pin-box").hidden = true; };
 
 // ---- categories -----------------------------------------------------------------------------
 let catalog = [];
@@ -85,6 +114,10 @@ async function loadCatalog() {
   } catch (e) { /* offline: the cached catalog */ }
   if (!catalog.length) catalog = JSON.parse(localStorage.getItem("citygrid_catalog") || "[]");
   fillCategories();
+}
+function categoryName(code) {
+  const c = catalog.find((i) => i.code === code);
+  return c ? (state.lang === "zh" ? c.name : (c.name_en || c.name)) : t("类别", "class");
 }
 function fillCategories() {
   const sel = $("category");
@@ -144,7 +177,8 @@ async function renderOutbox() {
   $("outbox").innerHTML = "";
   for (const it of items) {
     const li = document.createElement("li");
-    li.textContent = `${it.fields.category_code} · ${it.photos.length} ` + t("张照片", "photos") +
+    li.textContent = `${categoryName(it.fields.category_code)} · ${it.photos.length} ` + t("张照片", "photos") +
+      (it.fields.location_source === "manual" ? " · " + t("手动选点", "pinned by hand") : "") +
       ` · ${new Date(it.created).toLocaleString()}` + (it.error ? ` · ${it.error}` : "");
     li.dataset.key = it.key;
     $("outbox").appendChild(li);
@@ -194,24 +228,27 @@ function showResult(r) {
   const merged = r.case.merged_into ? t(` 已并入 ${r.case.merged_into_no}`, ` merged into ${r.case.merged_into_no}`) : "";
   $("status").className = "ok";
   $("status").textContent = t("已上报", "Reported") + `: ${r.case.case_no} · ` + t("网格", "cell") + ` ${r.cell_code}` + merged +
-    (r.flags.length ? ` · ${r.flags.join(", ")}` : "");
+    (r.flags.length ? ` · ${r.flags.map(flagText).join(", ")}` : "");
 }
 function showError(msg) { $("status").className = "bad"; $("status").textContent = t("被拒绝", "Refused") + `: ${msg}`; }
 
 $("submit").onclick = async () => {
   if (!state.photos.length) { showError(t("请至少拍一张照片", "take at least one photo")); return; }
   const f = state.fix;
+  const pin = !f && state.pin;  // no GPS fix: the place pinned by hand, marked as such
   const item = {
     key: newKey(), created: Date.now(),
     fields: {
       category_code: $("category").value, description: $("description").value.trim(),
-      lon: f ? f.lon : "", lat: f ? f.lat : "", accuracy: f ? f.accuracy : "", crs: "EPSG:4326",
+      lon: f ? f.lon : (pin ? pin.lon : ""), lat: f ? f.lat : (pin ? pin.lat : ""), accuracy: f ? f.accuracy : "",
+      crs: "EPSG:4326", location_source: f ? "gps" : (pin ? "manual" : ""),
       device_time: new Date(f ? f.at : Date.now()).toISOString(),
     },
     photos: state.photos.map((p) => ({ name: p.name, blob: p })),
   };
   await outboxPut(item);  // first into the outbox: nothing is lost if the network drops now
   state.photos = []; $("photos").value = ""; $("previews").innerHTML = ""; $("description").value = "";
+  if (pin) { state.pin = null; if (pinMarker) { pinMarker.remove(); pinMarker = null; } showPin(); }
   await renderOutbox();
   if (!navigator.onLine) {
     $("status").className = "warn";
@@ -242,8 +279,14 @@ async function loadWorklist() {
   let w;
   try {
     const r = await fetch("/api/v1/worklist", { headers: authHeaders() });
-    if (!r.ok) { $("zones").innerHTML = `<li class="bad">HTTP ${r.status}</li>`; return; }
+    if (!r.ok) { $("zones").innerHTML = `<li class="bad">${t("任务无法加载", "tasks unavailable")} (HTTP ${r.status})</li>`; return; }
     w = await r.json();
+    const cached = r.headers.get("X-Citygrid-Cached");  // the service worker's copy: offline
+    $("work-cached").hidden = !cached;
+    if (cached) {
+      const when = Date.parse(cached) ? new Date(cached).toLocaleString() : "";
+      $("work-cached").textContent = t(`离线: 显示已保存的任务 (${when})`, `Offline: the tasks saved ${when}`);
+    }
   } catch (e) { $("zones").innerHTML = `<li class="warn">${t("离线", "offline")}</li>`; return; }
   layer.clearLayers();
   const bounds = [];
@@ -266,17 +309,19 @@ async function loadWorklist() {
     const li = document.createElement("li");
     if (c.overdue) li.className = "overdue";
     li.dataset.case = c.id;
-    if (c.state === "verifying") {  // 核查: the department reports it fixed; check it on site
-      const b = document.createElement("button");
-      b.type = "button";
-      b.className = "verify-btn";
-      b.dataset.case = c.id;
-      b.textContent = t("核查", "Check");
-      b.onclick = () => openVerify(c.id);
-      li.appendChild(b);
-    }
-    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " : ""}${c.case_no} · ${c.category_name || c.category_code} · ${c.task}` +
-      hotBadge(c.hotspot)));
+    // Every task has its action: 核查 (the department reports it fixed: check it on site) or
+    // 核实 (a new report: confirm it on site for the operator); both open the on-site check with photos.
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "verify-btn" + (c.state === "collected" ? " confirm" : "");
+    b.dataset.case = c.id;
+    b.dataset.task = c.state === "collected" ? "confirm" : "check";
+    b.textContent = c.state === "collected" ? t("核实", "Confirm") : t("核查", "Check");
+    b.onclick = () => openVerify(c.id);
+    li.appendChild(b);
+    const task = c.state === "collected" ? t("核实上报", "confirm the report") : t("核查处置", "check the fix");
+    li.appendChild(document.createTextNode(`${c.overdue ? "⚠ " + t("超期", "overdue") + " " : ""}${c.case_no} · ` +
+      `${c.category_name || t("类别", "class")} · ${task}` + hotBadge(c.hotspot)));
     $("cases").appendChild(li);
   }
   if (bounds.length) map.fitBounds(bounds.reduce((a, b) => a.extend(b)), { maxZoom: 16 });
@@ -299,7 +344,12 @@ const FLAGS = {
   no_position: ["无定位", "no position"], accuracy_unknown: ["精度未知", "accuracy unknown"],
   accuracy_over_gate: ["定位精度不足", "accuracy above the gate"], case_not_located: ["案件无位置", "the case has no location"],
 };
-function flagText(f) { return FLAGS[f] ? t(FLAGS[f][0], FLAGS[f][1]) + ` (${f})` : f; }
+Object.assign(FLAGS, {
+  manual_pin: ["手动选点", "pinned by hand"], exif_device_mismatch: ["照片位置与定位不符", "photo EXIF far from the fix"],
+  location_from_exif: ["位置取自照片", "place from the photo"], device_time_skew: ["设备时间偏差", "device clock off"],
+  asset_far: ["部件较远", "asset far"], no_photos: ["无照片", "no photos"],
+});
+function flagText(f) { return FLAGS[f] ? t(FLAGS[f][0], FLAGS[f][1]) : t("其他标记", "other flag"); }
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -335,6 +385,8 @@ async function openVerify(id) {
   $("worklist").hidden = true;
   $("verify").hidden = false;
   renderVerify();
+  $("vphotos-box").innerHTML = "";
+  if (window.CasePhotos) CasePhotos.show($("vphotos-box"), id, { headers: authHeaders });
   try {
     const r = await fetch(`/api/v1/cases/${id}/verify`, { headers: authHeaders() });
     const j = await r.json().catch(() => null);
@@ -400,13 +452,13 @@ function showDistance() {
   const task = vstate.task, f = state.fix, box = $("vdist");
   if (!task) { box.textContent = ""; return; }
   if (task.case.lat == null) { box.className = "warn"; box.textContent = t("案件无位置", "the case has no location"); return; }
-  if (!f) { box.className = "warn"; box.textContent = t("无定位: 提交时将标记 no_position", "no fix: the check will be flagged no_position"); return; }
+  if (!f) { box.className = "warn"; box.textContent = t("无定位: 提交时将标记「无定位」", "no fix: the check will be flagged as without position"); return; }
   const d = Math.round(distanceM(f.lon, f.lat, task.case.lon, task.case.lat));
   const farM = task.far_m || FAR_M_DEFAULT;
   const far = d > farM + (f.accuracy || 0);
   box.className = far ? "warn" : "ok";
   box.textContent = (state.lang === "zh" ? `距案件 ${d} m (精度 ±${Math.round(f.accuracy)} m)` : `${d} m from the case (±${Math.round(f.accuracy)} m)`) +
-    (far ? t(` · 超过 ${farM} m, 将标记 far_from_case`, ` · beyond ${farM} m: flagged far_from_case`) : " ✓");
+    (far ? t(` · 超过 ${farM} m, 将标记「离案件过远」`, ` · beyond ${farM} m: flagged as far from the case`) : " ✓");
 }
 
 function showOnline() {
@@ -447,10 +499,9 @@ function renderVerify() {
     dd.dataset.field = name;
     dl.appendChild(dd);
   }
-  if (fb && fb.photos && fb.photos.length) {
-    dl.appendChild(el("dt", t("反馈照片", "Feedback photos")));
-    dl.appendChild(el("dd", fb.photos.join(", ")));
-  }
+  const confirm = task.check === "核实";  // a new report to confirm, not a department's fix to check
+  $("vok").textContent = confirm ? t("✓ 属实", "✓ Confirmed") : t("✓ 通过", "✓ Pass");
+  $("vfail").textContent = confirm ? t("✗ 不属实", "✗ Not found") : t("✗ 不通过 (返工)", "✗ Fail (rework)");
   showDistance();
   verifyMap();
   showOnline();
@@ -459,8 +510,10 @@ function renderVerify() {
 }
 
 function resultText(r) {
-  const zh = r.result === "ok" ? "核查通过" : "核查不通过, 已返工";
-  const en = r.result === "ok" ? "Check passed" : "Check failed: sent back for rework";
+  const confirm = r.check === "核实";
+  const zh = confirm ? (r.result === "ok" ? "核实: 属实" : "核实: 不属实") : (r.result === "ok" ? "核查通过" : "核查不通过, 已返工");
+  const en = confirm ? (r.result === "ok" ? "Confirmed on site" : "Not found on site")
+    : (r.result === "ok" ? "Check passed" : "Check failed: sent back for rework");
   return t(zh, en) + ` · ${r.case_no} → ${r.state_label}` +
     (r.rework ? t(` (第 ${r.rework} 次返工)`, ` (rework ${r.rework})`) : "");
 }
@@ -535,6 +588,7 @@ async function sendVerify(result) {
       vshow(j.result === "ok" ? "ok" : "warn", t("已提交", "Submitted") + ` · ${j.case_no}` +
         (r.status === 200 ? t(" (重发: 首次结果)", " (resent: the first result)") : ""));
       renderVerify();
+      if (window.CasePhotos) CasePhotos.show($("vphotos-box"), vstate.id, { headers: authHeaders });
     } else {
       vshow("bad", t("被拒绝", "Refused") + ` (HTTP ${r.status}): ${apiDetail(j, r.status)}`);
     }
@@ -555,6 +609,10 @@ function init() {
   loadCatalog();
   renderOutbox();
   if (navigator.onLine) flush();
+}
+// The service worker keeps the page, its scripts and the day's worklist available offline.
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("/inspector-sw.js", { scope: "/inspector" }).catch(() => { /* not offered: online only */ });
 }
 applyLang();
 watchLocation();

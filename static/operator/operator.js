@@ -295,6 +295,11 @@
     if (d.rating) facts.push(["评价 Rating", (st.catalog.ratings[d.rating] || "") + " " + d.rating]);
     if (d.rework_count) facts.push(["返工 Rework", String(d.rework_count)]);
     $("d-facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+    // Photos of every kind (static/common/photos.js): thumbnails and the viewer.
+    if (window.CasePhotos) {
+      if (!$("d-photos-box")) $("d-facts").insertAdjacentHTML("afterend", `<div id="d-photos-box"></div>`);
+      CasePhotos.show($("d-photos-box"), d.id, { headers: () => ({ Authorization: "Bearer " + token() }), city });
+    }
     // Caller data: the API sends it only to the roles allowed to see it.
     $("d-contact").innerHTML = d.contact ? `<dl><dt>来电人 Caller</dt><dd id="d-caller">${esc(d.contact.name || "—")} · ${esc(d.contact.phone || "—")}</dd></dl>` : "";
     renderProposal();
@@ -352,7 +357,8 @@
       extra.push(`<div class="row"><label>延期量 <span>Amount</span><input type="number" id="d-amount" min="0" step="0.5" value="1"></label>
         <label>单位 <span>Unit</span><select id="d-unit">${Object.entries(UNIT_LABELS).map(([k, v]) => `<option value="${k}"${k === "wd" ? " selected" : ""}>${esc(v)}</option>`).join("")}</select></label></div>`);
     }
-    if (names.some((n) => n === "verify_ok" || n === "verify_fail" || n === "feedback")) {
+    if (names.includes("feedback") && window.CasePhotos) extra.push(CasePhotos.feedbackFields());  // before/after upload
+    if (names.some((n) => n === "verify_ok" || n === "verify_fail")) {
       extra.push(`<label>照片编号 <span>Photo references, comma separated (核查需照片 a check needs one)</span><input type="text" id="d-photos"></label>`);
     }
     $("d-extra").innerHTML = extra.join("");
@@ -377,7 +383,9 @@
     if ($("d-photos") && $("d-photos").value.trim()) body.photos = $("d-photos").value.split(",").map((s) => s.trim()).filter(Boolean);
     button.disabled = true;
     try {
-      const r = await api(`/api/v1/cases/${d.id}/actions/${action}`, { method: "POST", json: body });
+      const r = action === "feedback" && window.CasePhotos  // multipart, with the photos
+        ? await CasePhotos.sendFeedback(d.id, note, { headers: () => ({ Authorization: "Bearer " + token() }), city })
+        : await api(`/api/v1/cases/${d.id}/actions/${action}`, { method: "POST", json: body });
       await openCase(d.id);
       say("d-result", "ok", `${esc(ACTION_LABELS[action] || action)}: ${esc(st.catalog.states[r.from_state] || r.from_state)} → ` +
         `<b id="d-new-state">${esc(st.catalog.states[r.state] || r.state)}</b>` +

@@ -1,0 +1,62 @@
+// The inspector page's service worker (served at /inspector-sw.js, scope /inspector): the page, its
+// scripts and styles, and the day's worklist stay available offline. Network first (the newest code and
+// tasks whenever there is a connection), the cached copy when there is none; a cached API answer says
+// so in the header "X-Citygrid-Cached" (when it was fetched). Reports made offline are the page's
+// IndexedDB outbox's business, not this worker's.
+"use strict";
+const VERSION = "inspector-v1";
+const SHELL = [
+  "/inspector",
+  "/static/inspector/inspector.js",
+  "/static/inspector/inspector.css",
+  "/static/common/photos.js",
+  "/static/vendor/leaflet/leaflet.js",
+  "/static/vendor/leaflet/leaflet.css",
+];
+// API answers kept for offline use: the worklist, the class catalog, the page's configuration.
+const API = ["/api/v1/worklist", "/api/v1/catalog", "/api/v1/config"];
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(caches.open(VERSION).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(caches.keys()
+    .then((keys) => Promise.all(keys.filter((k) => k !== VERSION).map((k) => caches.delete(k))))
+    .then(() => self.clients.claim()));
+});
+
+async function networkFirst(request, key, api) {
+  const cache = await caches.open(VERSION);
+  try {
+    const fresh = await fetch(request);
+    if (fresh.ok) {
+      const copy = fresh.clone();
+      const headers = new Headers(copy.headers);
+      headers.set("X-Citygrid-Fetched", new Date().toISOString());
+      await cache.put(key, new Response(await copy.blob(), { status: copy.status, statusText: copy.statusText, headers }));
+    }
+    return fresh;
+  } catch (err) {
+    const hit = await cache.match(key, { ignoreSearch: !api });
+    if (!hit) throw err;
+    if (!api) return hit;
+    const headers = new Headers(hit.headers);
+    headers.set("X-Citygrid-Cached", hit.headers.get("X-Citygrid-Fetched") || "1");
+    return new Response(await hit.blob(), { status: hit.status, statusText: hit.statusText, headers });
+  }
+}
+
+self.addEventListener("fetch", (event) => {
+  const req = event.request;
+  if (req.method !== "GET") return;
+  const url = new URL(req.url);
+  if (url.origin !== self.location.origin) return;
+  if (req.mode === "navigate" && url.pathname === "/inspector") {
+    event.respondWith(networkFirst(req, "/inspector", false));
+  } else if (SHELL.includes(url.pathname) || url.pathname.startsWith("/static/vendor/leaflet/")) {
+    event.respondWith(networkFirst(req, url.pathname, false));
+  } else if (API.includes(url.pathname)) {
+    event.respondWith(networkFirst(req, url.pathname, true));  // one user per device: the path is the key
+  }
+});
