@@ -16,7 +16,8 @@ behind the reports' and checks' own routes (their inspector, supervisors, admins
 with Pillow when a photo was stored (reports, chat, checks, feedback); a citizen's copy gets its thumbnail
 on first request, cached under ``<data_dir>/photo_thumbs`` by the sha256 of its bytes (content-addressed).
 
-Who sees them: staff who may see the case (the rule of the case list, ``workflow.visibility``); the
+Who sees them: staff who may see the case (the rule of the case list, ``workflow.visibility``, and an
+inspector the cases they checked on site); the
 citizen who reported it, through the look-up, the kinds ``publication.lookup_photo_kinds`` allows, at
 signed addresses that expire (:func:`sign`); anonymous output none.
 """
@@ -160,6 +161,13 @@ def check_staff(conn: Connection, city: CityInfo, case_id: int, user) -> None:
     row = conn.execute(text(f"SELECT 1 FROM case_file c WHERE c.id = :i AND c.city_id = :city AND {where}"),
                        {**params, "i": case_id, "city": city.id}).first()
     if row is not None:
+        return
+    # An inspector keeps seeing the photos of a case they checked on site, once it has moved on (the
+    # rule of their own verifications: layers.field.verification.may_see).
+    if getattr(user, "role", None) == "inspector" and conn.execute(text(
+            "SELECT 1 FROM case_verification v JOIN case_file c ON c.id = v.case_id "
+            "WHERE v.case_id = :i AND v.user_id = :u AND c.city_id = :city LIMIT 1"),
+            {"i": case_id, "u": user.id, "city": city.id}).first():
         return
     if conn.execute(text("SELECT 1 FROM case_file WHERE id = :i AND city_id = :c"), {"i": case_id, "c": city.id}).first():
         raise Forbidden(f"案件 {case_id} 不在您的角色可查看的范围内 — case {case_id} is not among the cases your role may see")

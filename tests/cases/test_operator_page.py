@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import auth
+from tests.conftest import SHARED, auth
 
 pytestmark = pytest.mark.usefixtures("departments")
 
@@ -157,7 +157,7 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
     act(dep, "start", "processing")
     assert case_row(engine, case_id)["state"] == "processing"
     dep.fill("#d-note", "已清运 cleared")
-    dep.fill("#d-photos", "after.jpg")
+    dep.set_input_files("#cp-after", str(SHARED / "photos" / "DSCN0021.jpg"))  # 处置后 photo (static/common/photos.js)
     act(dep, "feedback", "verifying")
     assert case_row(engine, case_id)["state"] == "verifying"
 
