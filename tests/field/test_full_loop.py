@@ -173,6 +173,10 @@ def test_full_loop_through_the_pages_with_photos(browser, live_server, engine, t
     pub.fill("#query-code", query_code)
     pub.click("#lookup-btn")
     pub.wait_for_selector("#rate-form:not([hidden])", timeout=20_000)
+    # the reporter sees their photo and the department's, as the publication policy allows (no 核查照片)
+    assert {k: _thumbs(pub, "#lookup-photos", k) for k in ("report", "before", "after")} == \
+        {"report": 1, "before": 1, "after": 2}
+    assert pub.locator("#lookup-photos img.cp-thumb[data-kind=verification]").count() == 0
     pub.select_option("#rating", "satisfied")
     pub.click("#rate-btn")
     pub.wait_for_selector("#rating-text", timeout=20_000)
