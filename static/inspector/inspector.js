@@ -480,7 +480,7 @@ function renderVerify() {
   if (!task) { dl.appendChild(el("dd", t("加载中…", "Loading…"), "muted")); showOnline(); return; }
   const c = task.case, fb = task.feedback;
   const rows = [
-    ["category", t("类别", "Category"), `${c.category_name || ""} (${c.category_code})`],
+    ["category", t("类别", "Category"), c.category_name || "—"],
     ["address", t("地址", "Address"), c.address || "—"],
     ["description", t("描述", "Description"), c.description || "—"],
     ["department", t("处置部门", "Department"), c.department_name || c.department_code || "—"],

@@ -47,6 +47,12 @@ async function networkFirst(request, key, api) {
   }
 }
 
+async function userKey(req) {
+  const cred = req.headers.get("Authorization") || "session";
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(cred));
+  return Array.from(new Uint8Array(d).slice(0, 12), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 self.addEventListener("fetch", (event) => {
   const req = event.request;
   if (req.method !== "GET") return;
@@ -57,6 +63,8 @@ self.addEventListener("fetch", (event) => {
   } else if (SHELL.includes(url.pathname) || url.pathname.startsWith("/static/vendor/leaflet/")) {
     event.respondWith(networkFirst(req, url.pathname, false));
   } else if (API.includes(url.pathname)) {
-    event.respondWith(networkFirst(req, url.pathname, true));  // one user per device: the path is the key
+    // Kept per signed-in user (a digest of the credentials, never the token itself): another user of the
+    // same device never gets this one's worklist offline.
+    event.respondWith(userKey(req).then((who) => networkFirst(req, `${url.pathname}?u=${who}`, true)));
   }
 });

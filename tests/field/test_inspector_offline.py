@@ -50,7 +50,7 @@ def _controlled(page):
     page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller !== null", timeout=20_000)
 
 
-def test_service_worker_keeps_page_and_worklist_offline(browser, live_server, collected):
+def test_service_worker_keeps_page_and_worklist_offline(browser, live_server, engine, collected):
     c = collected
     ctx, page, errors = inspector_context(browser, c["h"], lang="zh")
     page.goto(live_server + "/inspector")
@@ -73,9 +73,19 @@ def test_service_worker_keeps_page_and_worklist_offline(browser, live_server, co
     assert page.locator(f"{row} button.verify-btn").inner_text().startswith("核实")
     cached = page.inner_text("#work-cached")
     assert page.locator("#work-cached").is_visible() and "离线" in cached
-    # The outbox still works offline: a report is kept, not lost.
     page.click("#tabs button[data-tab=report]")
     page.wait_for_function("document.querySelectorAll('#category option').length > 5")
+    # Another user signed in on the same phone never gets this one's saved worklist.
+    from layers.core.users import add_user
+
+    with engine.begin() as conn:
+        _, other = add_user(conn, f"off_insp2_{uuid.uuid4().hex[:8]}", "inspector")
+    fetched = page.evaluate("""async (t) => {
+        const get = (tok) => fetch('/api/v1/worklist', {headers: {Authorization: 'Bearer ' + tok}})
+            .then((r) => r.headers.get('X-Citygrid-Cached') ? 'cached' : 'network', () => 'failed');
+        return [await get(localStorage.getItem('citygrid_token')), await get(t)];
+    }""", other)
+    assert fetched == ["cached", "failed"]
     assert not errors, errors
     ctx.close()
 

@@ -365,7 +365,7 @@ def test_inspector_page_verifies_a_case(browser, live_server, engine, verifying,
     assert v["case_no"] in page.inner_text("#vcaseno")
     assert "已清运 cleared" in page.inner_text("#vcase dd[data-field=feedback]")
     assert "核查测试路" in page.inner_text("#vcase dd[data-field=address]")
-    assert "E10101" in page.inner_text("#vcase dd[data-field=category]")
+    assert page.inner_text("#vcase dd[data-field=category]") == "生活垃圾暴露"  # the class in words, not its code
     page.wait_for_function("document.getElementById('vdist').textContent.includes('距案件')")
     assert "✓" in page.inner_text("#vdist")  # ~11 m from the case
     assert page.locator("#vmap path.leaflet-interactive").count() >= 2  # the case and me
