@@ -182,3 +182,57 @@ def test_citizen_sees_the_policy_kinds_through_the_lookup(client, engine, proces
     other = got[0]["url"].replace("/public?", "/thumb?")
     assert client.get(other).status_code == 403
     assert client.post("/api/v1/public/photos", json={"case_no": c["case_no"], "query_code": "000000x"}).status_code == 404
+
+
+def test_report_sources_merged_open311_and_inspector_area(client, engine, haimen, departments, processing,
+                                                          field_var_dir):
+    """An inspector's report photos, those of a report merged into the case (并单), an Open311 address
+    (listed, never fetched); an inspector outside the case's area sees nothing; thumbnails of a
+    citizen's copy are cached by the sha256 of the copy."""
+    import hashlib
+
+    from tests.field.conftest import jpeg as make
+
+    c = processing
+    with engine.begin() as conn:
+        street = conn.execute(text("SELECT cell_code FROM case_file WHERE id = :i"), {"i": c["id"]}).scalar_one()[:9]
+        _, insp_h = _user(conn, "inspector", area_code=street)
+        _, far_h = _user(conn, "inspector", area_code="320684999")
+    # An inspector reports the same problem 5 m away: merged into the case (并单), its 2 photos listed with it.
+    r = client.post("/api/v1/reports", data={"category_code": "E40101", "lon": c["lon"] + 0.00005, "lat": c["lat"],
+                                             "accuracy": 5, "description": "积水"},
+                    files=[("photos", ("r0.jpg", make(541), "image/jpeg")), ("photos", ("r1.jpg", make(542), "image/jpeg"))],
+                    headers=insp_h)
+    assert r.status_code == 201, r.text
+    assert r.json()["case"]["merged_into"] == c["id"] or r.json()["case"]["id"] == c["id"], r.json()["case"]
+    body = client.get(f"/api/v1/cases/{c['id']}/photos", headers=c["op"]).json()
+    reports = [p for p in body["photos"] if p["kind"] == "report"]
+    assert [p["source"] for p in reports] == ["citizen", "report", "report"]
+    assert all(p["merged_from"] for p in reports if p["source"] == "report")
+    for p in reports:
+        _no_exif(client.get(p["thumb_url"], headers=c["op"]).content)
+    # The citizen's look-up never shows another reporter's merged photos.
+    mine = client.post("/api/v1/public/photos", json={"case_no": c["case_no"], "query_code": c["query_code"]}).json()
+    assert [p["kind"] for p in mine["photos"]] == ["report"]
+    # The content-addressed thumbnail cache of the citizen's copy.
+    citizen = reports[0]
+    copy = client.get(citizen["url"], headers=c["op"]).content
+    sha = hashlib.sha256(copy).hexdigest()
+    cached = field_var_dir / "photo_thumbs" / sha[:2] / f"{sha}.jpg"
+    assert cached.is_file() and cached.read_bytes() == client.get(citizen["thumb_url"], headers=c["op"]).content
+    # An inspector of another area: refused (the rule of the case list).
+    assert client.get(f"/api/v1/cases/{c['id']}/photos", headers=far_h).status_code == 403
+
+    # Open311: the media_url is listed as an outside address, for staff only.
+    with engine.begin() as conn:
+        _, op_tok = _user(conn, "operator")
+    url = "https://img.example.org/p/flood.jpg"
+    r = client.post("/open311/v2/requests.json", data={"api_key": op_tok["Authorization"].split()[1],
+                                                       "service_code": "E10301", "lat": "31.93", "long": "121.12",
+                                                       "media_url": url})
+    assert r.status_code == 200, r.text
+    with engine.connect() as conn:
+        oid = conn.execute(text("SELECT id FROM case_file WHERE case_no = :n"),
+                           {"n": r.json()[0]["service_request_id"]}).scalar_one()
+    listed = client.get(f"/api/v1/cases/{oid}/photos", headers=c["op"]).json()["photos"]
+    assert [(p["kind"], p["external_url"], p["thumb_url"]) for p in listed] == [("report", url, None)]
