@@ -51,9 +51,11 @@
     if (!opts || !opts.city) return url;
     return url + (url.includes("?") ? "&" : "?") + "city=" + encodeURIComponent(opts.city);
   }
-  function kindLabel(p) { return (KIND[p.kind] || [p.kind_label || "照片", ""])[0]; }
+  // zh-CN first; English when the page is switched to it (<html lang="en">).
+  function en() { return (document.documentElement.lang || "").toLowerCase().startsWith("en"); }
+  function kindLabel(p) { const k = KIND[p.kind] || [p.kind_label || "照片", p.kind_label_en || "Photo"]; return en() ? k[1] : k[0]; }
   function caption(p, i, n) {
-    const step = STEP[p.step] ? STEP[p.step][0] : (p.step_label || "");
+    const step = STEP[p.step] ? STEP[p.step][en() ? 1 : 0] : (p.step_label || "");
     return `${kindLabel(p)} · ${step}${p.at ? " · " + fmt(p.at) : ""}${n ? ` · ${i + 1}/${n}` : ""}`;
   }
 

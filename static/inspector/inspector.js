@@ -500,8 +500,9 @@ function renderVerify() {
     dl.appendChild(dd);
   }
   const confirm = task.check === "核实";  // a new report to confirm, not a department's fix to check
-  $("vok").textContent = confirm ? t("✓ 属实", "✓ Confirmed") : t("✓ 通过", "✓ Pass");
-  $("vfail").textContent = confirm ? t("✗ 不属实", "✗ Not found") : t("✗ 不通过 (返工)", "✗ Fail (rework)");
+  const mark = (sym, zh, en) => `${sym} ` + t(zh, en);
+  $("vok").textContent = confirm ? mark("✓", "属实", "Confirmed") : mark("✓", "通过", "Pass");
+  $("vfail").textContent = confirm ? mark("✗", "不属实", "Not found") : mark("✗", "不通过 (返工)", "Fail (rework)");
   showDistance();
   verifyMap();
   showOnline();

@@ -128,6 +128,7 @@ def test_full_loop_through_the_pages_with_photos(browser, live_server, engine, t
     _act(dep, "feedback", "verifying")
     assert _thumbs(dep, "#d-photos-box", "before") == 1 and _thumbs(dep, "#d-photos-box", "after") == 2
     assert "处置前" in dep.inner_text("#d-photos-box") and "处置后" in dep.inner_text("#d-photos-box")
+    dep.screenshot(path=str(tmp_path / "department-feedback-photos.png"))
 
     # 4. The inspector checks on site with a photo, from the worklist's 核查 button.
     insp = _page(browser, live_server, "/inspector", insp_token, mobile=True, errors=errors, failed=failed,
@@ -144,6 +145,7 @@ def test_full_loop_through_the_pages_with_photos(browser, live_server, engine, t
     insp.click("#vok")
     insp.wait_for_function("document.getElementById('vresult').textContent.includes('核查通过')", timeout=20_000)
     assert _thumbs(insp, "#vphotos-box", "verification") == 1
+    insp.screenshot(path=str(tmp_path / "inspector-check-photos.png"), full_page=True)
     assert _case(engine, case_no)["state"] == "feedback"
 
     # 5. The operator sees every kind of photo, looks through them in the viewer, and closes.
@@ -177,6 +179,7 @@ def test_full_loop_through_the_pages_with_photos(browser, live_server, engine, t
     assert {k: _thumbs(pub, "#lookup-photos", k) for k in ("report", "before", "after")} == \
         {"report": 1, "before": 1, "after": 2}
     assert pub.locator("#lookup-photos img.cp-thumb[data-kind=verification]").count() == 0
+    pub.screenshot(path=str(tmp_path / "public-lookup-photos.png"), full_page=True)
     pub.select_option("#rating", "satisfied")
     pub.click("#rate-btn")
     pub.wait_for_selector("#rating-text", timeout=20_000)
