@@ -6,6 +6,7 @@
 //   CasePhotos.render(box, photos, {headers})       draw a list already fetched (the citizen's look-up: signed URLs)
 //   CasePhotos.feedbackFields()                     HTML of the before/after file inputs (#cp-before, #cp-after)
 //   CasePhotos.sendFeedback(caseId, note, {headers, city})  → the answer; throws Error(status: message)
+//   CasePhotos.verifyFields() / sendVerify(caseId, "ok"|"fail", note, opts)  核查 with photos (#cp-verify)
 //
 // Pictures are fetched with the caller's headers (a bearer token, or none with the session cookie) and shown
 // as blobs. Everything served is a re-encoded copy without EXIF.
@@ -200,15 +201,37 @@
       <label>处置后照片 <span>After</span> <input type="file" id="cp-after" accept="image/*" capture="environment" multiple></label>
     </div>`;
   }
-  async function sendFeedback(caseId, note, opts) {
-    const fd = new FormData();
-    if (note) fd.append("note", note);
-    for (const [field, id] of [["before", "cp-before"], ["after", "cp-after"]]) {
+  function files(fd, pairs) {
+    for (const [field, id] of pairs) {
       const input = document.getElementById(id);
       for (const f of (input && input.files) || []) fd.append(field, f, f.name);
     }
-    const r = await fetch(withCity(`/api/v1/cases/${caseId}/feedback`, opts), {
-      method: "POST", body: fd, headers: hdrs(opts), credentials: "same-origin" });
+  }
+  async function sendFeedback(caseId, note, opts) {
+    const fd = new FormData();
+    if (note) fd.append("note", note);
+    files(fd, [["before", "cp-before"], ["after", "cp-after"]]);
+    return post(`/api/v1/cases/${caseId}/feedback`, fd, opts);
+  }
+  // 核查 from the back office (a supervisor on the operator page): photos of the site, as the inspector's.
+  function verifyFields() {
+    style();
+    return `<div class="cp-fields"><label>核查照片 <span>Photos of the site (1–9)</span>
+      <input type="file" id="cp-verify" accept="image/*" multiple></label></div>`;
+  }
+  const verifyKeys = new Map();  // one Idempotency-Key per case, result and note: a resend is never twice
+  async function sendVerify(caseId, result, note, opts) {
+    const fd = new FormData();
+    fd.append("result", result);
+    if (note) fd.append("note", note);
+    files(fd, [["photos", "cp-verify"]]);
+    const k = `${caseId}:${result}:${note || ""}`;
+    if (!verifyKeys.has(k)) verifyKeys.set(k, crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
+    return post(`/api/v1/cases/${caseId}/verify`, fd, opts, { "Idempotency-Key": verifyKeys.get(k) });
+  }
+  async function post(url, fd, opts, extra) {
+    const r = await fetch(withCity(url, opts), {
+      method: "POST", body: fd, headers: { ...hdrs(opts), ...(extra || {}) }, credentials: "same-origin" });
     let j = null;
     try { j = await r.json(); } catch (_) { j = null; }
     if (!r.ok) {
@@ -222,5 +245,5 @@
     return j;
   }
 
-  window.CasePhotos = { show, render, open, feedbackFields, sendFeedback, KIND };
+  window.CasePhotos = { show, render, open, feedbackFields, sendFeedback, verifyFields, sendVerify, KIND };
 })();

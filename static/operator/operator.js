@@ -358,9 +358,7 @@
         <label>单位 <span>Unit</span><select id="d-unit">${Object.entries(UNIT_LABELS).map(([k, v]) => `<option value="${k}"${k === "wd" ? " selected" : ""}>${esc(v)}</option>`).join("")}</select></label></div>`);
     }
     if (names.includes("feedback") && window.CasePhotos) extra.push(CasePhotos.feedbackFields());  // before/after upload
-    if (names.some((n) => n === "verify_ok" || n === "verify_fail")) {
-      extra.push(`<label>照片编号 <span>Photo references, comma separated (核查需照片 a check needs one)</span><input type="text" id="d-photos"></label>`);
-    }
+    if (names.some((n) => n === "verify_ok" || n === "verify_fail") && window.CasePhotos) extra.push(CasePhotos.verifyFields());
     $("d-extra").innerHTML = extra.join("");
     $("d-buttons").innerHTML = acts.map((a) =>
       `<button type="button" data-action="${esc(a.action)}" class="${a.needs_reason ? "needs" : ""}" title="${a.needs_reason ? "需填写理由 needs a reason" : ""}">${esc(ACTION_LABELS[a.action] || a.action)}</button>`).join("");
@@ -380,11 +378,11 @@
     }
     if (action === "rate") body.rating = $("d-rating").value;
     if (action === "extend") { body.amount = parseFloat($("d-amount").value); body.unit = $("d-unit").value; }
-    if ($("d-photos") && $("d-photos").value.trim()) body.photos = $("d-photos").value.split(",").map((s) => s.trim()).filter(Boolean);
     button.disabled = true;
     try {
-      const r = action === "feedback" && window.CasePhotos  // multipart, with the photos
-        ? await CasePhotos.sendFeedback(d.id, note, { headers: () => ({ Authorization: "Bearer " + token() }), city })
+      const po = { headers: () => ({ Authorization: "Bearer " + token() }), city };  // multipart, with the photos:
+      const r = action === "feedback" ? await CasePhotos.sendFeedback(d.id, note, po)
+        : action.startsWith("verify_") ? await CasePhotos.sendVerify(d.id, action === "verify_ok" ? "ok" : "fail", note, po)
         : await api(`/api/v1/cases/${d.id}/actions/${action}`, { method: "POST", json: body });
       await openCase(d.id);
       say("d-result", "ok", `${esc(ACTION_LABELS[action] || action)}: ${esc(st.catalog.states[r.from_state] || r.from_state)} → ` +
