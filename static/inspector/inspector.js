@@ -543,7 +543,9 @@ function renderHistory() {
   if (!list.length) return;
   box.appendChild(el("h2", t("以往核查", "Earlier checks")));
   for (const v of list) {
-    box.appendChild(el("div", `${new Date(v.verified_at).toLocaleString()} · ${v.result === "ok" ? t("通过", "passed") : t("不通过", "failed")}` +
+    const ok = v.result === "ok", confirm = v.check === "核实";
+    const word = confirm ? (ok ? t("核实: 属实", "confirmed") : t("核实: 不属实", "not found")) : (ok ? t("通过", "passed") : t("不通过", "failed"));
+    box.appendChild(el("div", `${new Date(v.verified_at).toLocaleString()} · ${word}` +
       (v.note ? ` · ${v.note}` : ""), "card muted"));
   }
 }

@@ -236,3 +236,35 @@ def test_report_sources_merged_open311_and_inspector_area(client, engine, haimen
                            {"n": r.json()[0]["service_request_id"]}).scalar_one()
     listed = client.get(f"/api/v1/cases/{oid}/photos", headers=c["op"]).json()["photos"]
     assert [(p["kind"], p["external_url"], p["thumb_url"]) for p in listed] == [("report", url, None)]
+
+
+def test_wechat_chat_photos_are_listed_and_served_without_exif(client, engine, haimen, processing, field_var_dir):
+    """A photo the citizen sent in the WeChat chat (wechat_photo, its own store): a 上报照片 of the case."""
+    from gis import photos as gphotos
+    from layers.field.photostore import PhotoStore
+
+    c = processing
+    raw = photo("DSCN0021.jpg")
+    public = gphotos.public_copy(raw)
+    thumb = gphotos.thumbnail(public)
+    shas = [gphotos.sha256_hex(b) for b in (raw, public, thumb)]
+    store = PhotoStore(field_var_dir / "wechat_photos")
+    with engine.begin() as conn:
+        store.claim(conn)
+        staged = store.new_stage()
+        for kind, sha, data in zip(("original", "public", "thumb"), shas, (raw, public, thumb), strict=True):
+            store.stage(staged, kind, sha, data)
+        pid = conn.execute(text("""
+            INSERT INTO wechat_photo (city_id, openid, case_id, media_id, sha256, public_sha256, thumb_sha256,
+                                      media_type, size_bytes, width, height, exif_status)
+            VALUES (:city, 'o-test-photos', :case, 'm1', :s0, :s1, :s2, 'jpeg', :n, 640, 480, 'ok') RETURNING id"""),
+            {"city": haimen.id, "case": c["id"], "s0": shas[0], "s1": shas[1], "s2": shas[2], "n": len(raw)}).scalar_one()
+    staged.promote()
+    listed = client.get(f"/api/v1/cases/{c['id']}/photos", headers=c["op"]).json()["photos"]
+    chat = [p for p in listed if p["source"] == "wechat"]
+    assert [(p["kind"], p["ref"], p["kind_label"]) for p in chat] == [("report", str(pid), "上报照片")]
+    got = client.get(chat[0]["thumb_url"], headers=c["dept"])
+    assert got.status_code == 200 and got.content == thumb
+    assert max(_no_exif(got.content).size) <= 320
+    _no_exif(client.get(chat[0]["url"], headers=c["dept"]).content)
+    assert client.get(chat[0]["url"], headers=c["other"]).status_code == 403
