@@ -33,7 +33,14 @@ $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; loca
 }
 function token() { return localStorage.getItem("citygrid_token") || ""; }
 function authHeaders() { return { Authorization: "Bearer " + token() }; }
+// Forget the worklist saved for offline use (sign-in of another user, sign-out: call it there too).
+function forgetOffline() {
+  const sw = navigator.serviceWorker && navigator.serviceWorker.controller;
+  if (sw) sw.postMessage("forget");
+}
+window.citygridForgetOffline = forgetOffline;
 $("save-token").onclick = () => {
+  forgetOffline();
   localStorage.setItem("citygrid_token", $("token").value.trim());
   $("login").hidden = !!token();
   init();

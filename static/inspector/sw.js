@@ -47,6 +47,15 @@ async function networkFirst(request, key, api) {
   }
 }
 
+// Sign-out or another user: the page asks to forget the saved API answers (the page and scripts stay).
+self.addEventListener("message", (event) => {
+  if (event.data !== "forget") return;
+  event.waitUntil(caches.open(VERSION).then(async (cache) => {
+    for (const r of await cache.keys()) if (API.includes(new URL(r.url).pathname)) await cache.delete(r);
+    if (event.source) event.source.postMessage("forgotten");
+  }));
+});
+
 async function userKey(req) {
   const cred = req.headers.get("Authorization") || "session";
   const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(cred));

@@ -86,6 +86,14 @@ def test_service_worker_keeps_page_and_worklist_offline(browser, live_server, en
         return [await get(localStorage.getItem('citygrid_token')), await get(t)];
     }""", other)
     assert fetched == ["cached", "failed"]
+    # Signing out forgets the saved worklist (the page stays).
+    page.evaluate("""() => new Promise((res) => {
+        navigator.serviceWorker.addEventListener('message', (e) => e.data === 'forgotten' && res());
+        citygridForgetOffline();
+    })""")
+    again = page.evaluate("""() => fetch('/api/v1/worklist', {headers: {Authorization: 'Bearer ' + localStorage.getItem('citygrid_token')}})
+        .then(() => 'answered', () => 'failed')""")
+    assert again == "failed"
     assert not errors, errors
     ctx.close()
 
