@@ -59,9 +59,9 @@ def cmd_db_backup(args) -> int:
 
         what = args.target or "status"
         if what == "start":
-            print(json.dumps(replica.start(), indent=1))
+            print(json.dumps(replica.start(log=lambda m: print(m, file=sys.stderr)), indent=1))
         elif what == "stop":
-            replica.stop()
+            replica.stop(log=lambda m: print(m, file=sys.stderr))
         elif what == "status":
             st = replica.status()
             print(json.dumps(st, indent=1))
@@ -72,13 +72,16 @@ def cmd_db_backup(args) -> int:
         return 0
     from citygrid import backup
 
+    def log(msg):  # progress on stderr: stdout is the JSON answer
+        print(msg, file=sys.stderr)
+
     if args.action == "backup":
-        print(json.dumps(backup.backup(args.type or "full"), indent=1))
+        print(json.dumps(backup.backup(args.type or "full", log=log), indent=1))
     elif args.action == "backups":
-        print(json.dumps(backup.backups(), indent=1))
+        print(json.dumps(backup.backups(log=log), indent=1))
     else:
         to = backup.parse_time(args.to) if args.to else None
-        print(json.dumps(backup.restore(to=to, force=args.force), indent=1))
+        print(json.dumps(backup.restore(to=to, force=args.force, log=log), indent=1))
     return 0
 
 
