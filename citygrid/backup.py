@@ -454,6 +454,9 @@ def restore(to: dt.datetime | None = None, force: bool = False, log=print) -> di
         log("stopping the cluster for the restore")
         _pg_ctl(cluster, "-m", "fast", "-w", "stop")
     write_conf(cluster)
+    if not cluster.pgdata.is_dir():  # the disaster case: the cluster's files are gone (or destroyed)
+        _mkdir_for(cluster.pgdata, cluster.os_user)
+        os.chmod(cluster.pgdata, 0o700)
     # Nothing on disk is lost: the files as they are now are kept in the repository.
     snapshot_files(cluster, "pre-restore-" + dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S%f"))
     args = ["restore"]
