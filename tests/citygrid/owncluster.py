@@ -57,8 +57,9 @@ def make(prefix: str, port: int) -> OwnCluster:
     return c
 
 
-def remove(c: OwnCluster) -> None:
-    c.cli("db", "replica", "stop", check=False)
+def remove(c: OwnCluster, replica: bool = False) -> None:
+    if replica:
+        c.cli("db", "replica", "stop", check=False)
     c.cli("db", "stop", check=False)
     shutil.rmtree(c.root, ignore_errors=True)
 
@@ -73,7 +74,7 @@ def prepare_database(url: str):
     engine = make_engine(url, pool_size=2)
     migrate(engine)
     with engine.begin() as conn:
-        city = load_haimen(conn, log=lambda *_: None)
+        city = load_haimen(conn, cell_size=500.0, log=lambda *_: None)  # 500 m cells: a quick set-up
         load_made_up_years(conn)
         _, token = add_user(conn, "backup_inspector", "inspector")
     return engine, city, token

@@ -100,6 +100,16 @@ def test_restore_to_an_instant_brings_back_exactly_the_first_writes(cluster, mon
         Path(lost).unlink()
         engine.dispose()
 
+        # Bad instants are refused with a message: not a time, in the future, before the oldest backup.
+        from citygrid.backup import parse_time
+        from citygrid.dbcluster import ClusterError
+
+        with pytest.raises(ClusterError, match="is not a time"):
+            parse_time("yesterday-ish")
+        for bad, says in (((dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat(), "in the future"),
+                          ("2020-01-01T00:00:00+08:00", "before the oldest backup")):
+            r = cluster.cli("db", "restore", "--to", bad, "--force", check=False)
+            assert r.returncode == 2 and says in r.stderr, r.stderr
         # A running cluster is not overwritten without --force, and nothing changes.
         refused = cluster.cli("db", "restore", "--to", instant.isoformat(), check=False)
         assert refused.returncode == 2 and "--force" in refused.stderr

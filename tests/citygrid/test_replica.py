@@ -25,7 +25,7 @@ def cluster():
     c.cli("db", "start", CITYGRID_DB_REPLICA_PORT="54372")
     yield c
     c.cli("db", "replica", "stop", check=False, CITYGRID_DB_REPLICA_PORT="54372")
-    owncluster.remove(c)
+    owncluster.remove(c)  # (the replica: stopped above, on its port)
 
 
 def _replica_sql(status: dict, sql: str):
