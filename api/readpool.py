@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import Request
 from sqlalchemy import Connection, text
@@ -27,6 +30,11 @@ from citygrid import settings
 
 COOKIE = "citygrid_wal"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The request being served (set by WalMark): its WAL floor and where its reads went. A context variable,
+#: so that code run in a worker thread without the request (the tiles) still knows them.
+_current: contextvars.ContextVar[dict | None] = contextvars.ContextVar("citygrid_read", default=None)
+#: primary engine -> its read pool (for code that has the engine, not the app)
+_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def parse_lsn(value: str | None) -> int | None:
@@ -95,6 +103,7 @@ def open_read_pool(app) -> None:
     from layers.core.db import make_read_engine
 
     app.state.read_pool = ReadPool(make_read_engine(normalise_url(url)))
+    _pools[app.state.engine] = app.state.read_pool
 
 
 def close_read_pool(app) -> None:
@@ -103,7 +112,7 @@ def close_read_pool(app) -> None:
         pool.engine.dispose()
 
 
-def wal_floor(request: Request, pool: ReadPool) -> int | None:
+def wal_floor(request, pool: ReadPool) -> int | None:
     """The WAL position the caller's reads must see: its last write (token, cookie), if any."""
     known = [pool.last(caller_key(request.headers)), parse_lsn(request.cookies.get(COOKIE))]
     known = [k for k in known if k is not None]
@@ -141,12 +150,39 @@ def get_read_conn(request: Request) -> Iterator[Connection]:
     conn = _replica_conn(pool, wal_floor(request, pool)) if pool is not None else None
     where = "replica" if conn is not None else "primary"
     request.state.read_from = where  # WalMark puts it in the answer's X-Citygrid-Read header
+    _note_where(where)
     if conn is None:
         with request.app.state.engine.begin() as primary:
             yield primary
         return
     with conn, conn.begin():
         yield conn
+
+
+def _note_where(where: str) -> None:
+    cur = _current.get()
+    if cur is not None:
+        cur["where"] = where
+
+
+@contextmanager
+def reading(engine, fallback: Connection | None = None, replica_ok: bool = True) -> Iterator[Connection]:
+    """:func:`get_read_conn` for code that has the primary ``engine`` (not the request), e.g. in a worker
+    thread: the replica's connection in a transaction when it has the current request's writes (and
+    ``replica_ok``: False for rows that must be read on the primary, a computed layer just refreshed);
+    else ``fallback`` (a primary connection the caller already holds) or a transaction of the primary's."""
+    pool: ReadPool | None = _pools.get(engine) if replica_ok else None
+    cur = _current.get()
+    conn = _replica_conn(pool, cur.get("floor") if cur else None) if pool is not None else None
+    _note_where("replica" if conn is not None else "primary")
+    if conn is not None:
+        with conn, conn.begin():
+            yield conn
+    elif fallback is not None:
+        yield fallback
+    else:
+        with engine.begin() as c:
+            yield c
 
 
 class WalMark:
@@ -164,11 +200,17 @@ class WalMark:
             return await self.app(scope, receive, send)
         write = scope["method"] not in SAFE
         scope.setdefault("state", {})  # shared with the request below: get_read_conn's note lands here
+        from starlette.requests import HTTPConnection
+
+        conn = HTTPConnection(scope)
+        floor = wal_floor(conn, pool)
+        cur = {"floor": floor}
+        token = _current.set(cur)
 
         async def send_marked(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                where = scope.get("state", {}).get("read_from")
+                where = scope.get("state", {}).get("read_from") or cur.get("where")
                 if where:  # which server answered a read (set by get_read_conn)
                     headers.append((b"x-citygrid-read", where.encode()))
                 if write and message["status"] < 400:
@@ -184,7 +226,10 @@ class WalMark:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_marked)
+        try:
+            await self.app(scope, receive, send_marked)
+        finally:
+            _current.reset(token)
 
 
 async def _current_lsn(app) -> int | None:

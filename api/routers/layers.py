@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from api import readpool
 from api.deps import PUBLIC, Allow, client_address, get_city, get_conn, get_read_conn
 from api.limits import RateLimit
 from api.tile_answer import tile_response
@@ -248,7 +249,9 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
         city = lcity.get_city(conn, slug)
         layer = lcat.get_layer(conn, city, name)
         form = _form(layer, user)
-        data, etag, hit = ltiles.get_tile(conn, city, lcat.ready(conn, city, layer), form, z, x, y)
+        lcat.ready(conn, city, layer)
+        with readpool.reading(engine, conn, replica_ok=layer.refresh is None) as rconn:  # the read replica
+            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y)
     ltiles.watch_for(engine)  # start listening for layer changes (the fast path needs it)
     ltiles.remember(engine, slug, city, layer)
     return data, etag, hit, form == "public" and user is None

@@ -53,6 +53,22 @@ def _items(client, headers=None, cookies=None) -> tuple[str, set[int]]:
     return r.headers["x-citygrid-read"], {f["id"] for f in r.json()["features"]}
 
 
+def _tile(client, headers, z: int = 12) -> tuple[str, set[int]]:
+    """(who answered, case ids) of the cases layer's vector tile holding the test's cases."""
+    import math
+
+    import mapbox_vector_tile
+
+    lon, lat = 121.16, 31.88
+    x = int((lon + 180) / 360 * 2**z)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * 2**z)
+    client.cookies.clear()
+    r = client.get(f"/api/v1/tiles/cases/{z}/{x}/{y}.mvt", headers=headers)
+    assert r.status_code == 200, r.text
+    layer = mapbox_vector_tile.decode(r.content).get("cases", {"features": []})
+    return r.headers["x-citygrid-read"], {f["id"] for f in layer["features"]}
+
+
 def test_own_writes_from_the_primary_others_from_the_lagging_standby(cluster, monkeypatch):
     from fastapi.testclient import TestClient
 
@@ -90,6 +106,9 @@ def test_own_writes_from_the_primary_others_from_the_lagging_standby(cluster, mo
             assert _items(client, op) == ("primary", {first, second})
             # ... while another user's heavy read is served by the standby, which has not replayed it
             assert _items(client, sup) == ("replica", {first})
+            # vector tiles too: the operator's tile has the new case, the supervisor's (standby) not yet
+            assert _tile(client, op) == ("primary", {first, second})
+            assert _tile(client, sup) == ("replica", {first})
             # analytics too: the supervisor's statistics come from the standby (one case so far there)
             r = client.get("/api/v1/supervisor/summary", headers=sup)
             assert r.status_code == 200 and r.headers["x-citygrid-read"] == "replica"
