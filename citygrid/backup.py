@@ -453,6 +453,11 @@ def restore(to: dt.datetime | None = None, force: bool = False, log=print) -> di
             _flush_wal(cluster)
         log("stopping the cluster for the restore")
         _pg_ctl(cluster, "-m", "fast", "-w", "stop")
+    from citygrid import replica
+
+    if replica.locate(log=log)[1].running():  # it follows the old timeline: make it again afterwards
+        log("stopping the read replica (make it again after the restore: citygrid db replica start)")
+        replica.stop(log=log)
     write_conf(cluster)
     if not cluster.pgdata.is_dir():  # the disaster case: the cluster's files are gone (or destroyed)
         _mkdir_for(cluster.pgdata, cluster.os_user)
