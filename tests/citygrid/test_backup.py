@@ -80,6 +80,10 @@ def test_restore_to_an_instant_brings_back_exactly_the_first_writes(cluster, mon
             before = _photo_files(engine, cluster.data, [r["id"] for r in first])
             assert len(before) == 3 * 2 * 3 and all(before.values())
 
+            # a file that is not content-addressed (an export job's file) before the backup
+            early_export = cluster.data / "exports" / "job-early" / "cases.csv"
+            early_export.parent.mkdir(parents=True)
+            early_export.write_text("id,state\n1,received\n")
             out = json.loads(cluster.cli("db", "backup", "--type", "full").stdout)
             assert out["type"] == "full" and out["files"] >= 18 and out["files_new"] >= 18
             listed = json.loads(cluster.cli("db", "backups").stdout)
@@ -91,6 +95,9 @@ def test_restore_to_an_instant_brings_back_exactly_the_first_writes(cluster, mon
             instant = dt.datetime.now(dt.UTC)
             time.sleep(0.3)
             later = [_report(client, h, k) for k in range(5, 8)]
+            late_export = cluster.data / "exports" / "job-late" / "cases.csv"
+            late_export.parent.mkdir(parents=True)
+            late_export.write_text("id,state\n2,received\n")
             kept = first + middle
             kept_files = _photo_files(engine, cluster.data, [r["id"] for r in kept])
             later_files = _photo_files(engine, cluster.data, [r["id"] for r in later])
@@ -100,6 +107,7 @@ def test_restore_to_an_instant_brings_back_exactly_the_first_writes(cluster, mon
         Path(lost).unlink()
         engine.dispose()
 
+        early_export.unlink()  # lost: the restore brings it back
         # Bad instants are refused with a message: not a time, in the future, before the oldest backup.
         from citygrid.backup import parse_time
         from citygrid.dbcluster import ClusterError
@@ -137,6 +145,8 @@ def test_restore_to_an_instant_brings_back_exactly_the_first_writes(cluster, mon
                 assert (cluster.data / "photos" / "original" / sha[:2] / sha).read_bytes() == b
         for path in later_files:
             assert not Path(path).exists(), path
+        assert early_export.read_text() == "id,state\n1,received\n"
+        assert not late_export.exists()  # written after the instant
         stored = {p.name for p in (cluster.data / "photos").glob("*/*/*")}
         with engine.connect() as conn:
             refs = {s for row in conn.execute(text("SELECT sha256, public_sha256, thumb_sha256 FROM field_photo"))
