@@ -236,9 +236,7 @@ def ensure_archive_mode(cluster: Cluster) -> bool:
     with conf.open("a") as f:
         f.write(f"\n{ARCHIVE_MARK} (citygrid db backup sets archive_command to pgBackRest's archive-push)\n"
                 "archive_mode = on\n"
-                "archive_command = 'true'\n"
-                "wal_level = replica\n"
-                "max_wal_senders = 10\n")
+                "archive_command = 'true'\n")  # wal_level replica, max_wal_senders 10: the defaults
     return True
 
 
