@@ -57,10 +57,20 @@ def make(prefix: str, port: int) -> OwnCluster:
     return c
 
 
-def remove(c: OwnCluster, replica: bool = False) -> None:
-    if replica:
-        c.cli("db", "replica", "stop", check=False)
-    c.cli("db", "stop", check=False)
+def remove(c: OwnCluster) -> None:
+    """Stop the temporary cluster(s) at once (immediate: its files are deleted next) and delete them."""
+    from citygrid.dbcluster import PG_ROOT, installed_majors
+
+    pg_ctl = PG_ROOT / str(installed_majors()[0]) / "bin" / "pg_ctl"
+    for pgdata in (c.var / "pg" / "data", c.var / "replica" / "data"):
+        if (pgdata / "postmaster.pid").exists():
+            owner = pgdata.stat().st_uid
+            cmd = [str(pg_ctl), "-D", str(pgdata), "-m", "immediate", "-w", "stop"]
+            if os.geteuid() == 0 and owner != 0:
+                import pwd
+
+                cmd = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *cmd]
+            subprocess.run(cmd, capture_output=True, timeout=120)
     shutil.rmtree(c.root, ignore_errors=True)
 
 
