@@ -23,6 +23,9 @@ def _engine():
 def cmd_db(args) -> int:
     from citygrid import dbcluster
 
+    if getattr(args, "target", None) and args.action != "replica":
+        print(f"citygrid db {args.action}: unexpected argument '{args.target}'", file=sys.stderr)
+        return 2
     if args.action in DB_BACKUP_ACTIONS:
         return cmd_db_backup(args)
     if settings.database().url and args.action != "url":
