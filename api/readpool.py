@@ -4,7 +4,8 @@
   :func:`get_read_conn` is :func:`api.deps.get_conn`'s transaction on the primary, as before.
 * :class:`WalMark` (pure ASGI, outermost) remembers, after every successful write request (POST, PUT,
   PATCH, DELETE), the primary's WAL position: per bearer token in this process, and in a cookie
-  (``citygrid_wal``) that the browser sends back to every worker.
+  (``citygrid_wal``) that the browser sends back to every worker, and in the answer's ``X-Citygrid-Wal``
+  header (an API client may send it back: its reads then see that write on any worker).
 * :func:`get_read_conn` gives a connection to the replica when it has replayed the caller's last write
   (``pg_last_wal_replay_lsn()`` ≥ that position) — else, or when the replica cannot be reached (it is
   then left alone for a few seconds), a transaction on the primary. ``request.state.read_from`` and the
@@ -29,6 +30,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from citygrid import settings
 
 COOKIE = "citygrid_wal"
+#: The same position as a header: answered on every write, and read on a request that sends it back (API
+#: clients without cookies that want their writes read back on any worker process).
+HEADER = "x-citygrid-wal"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The request being served (set by WalMark): its WAL floor and where its reads went. A context variable,
 #: so that code run in a worker thread without the request (the tiles) still knows them.
@@ -114,7 +118,8 @@ def close_read_pool(app) -> None:
 
 def wal_floor(request, pool: ReadPool) -> int | None:
     """The WAL position the caller's reads must see: its last write (token, cookie), if any."""
-    known = [pool.last(caller_key(request.headers)), parse_lsn(request.cookies.get(COOKIE))]
+    known = [pool.last(caller_key(request.headers)), parse_lsn(request.cookies.get(COOKIE)),
+             parse_lsn(request.headers.get(HEADER))]
     known = [k for k in known if k is not None]
     return max(known) if known else None
 
@@ -223,6 +228,7 @@ class WalMark:
                             pool.note(key, lsn)
                         cookie = f"{COOKIE}={format_lsn(lsn)}; Path=/; Max-Age=600; HttpOnly; SameSite=Strict"
                         headers.append((b"set-cookie", cookie.encode()))
+                        headers.append((HEADER.encode(), format_lsn(lsn).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -40,6 +40,7 @@ def _new_case(client, headers, k: int) -> int:
             "contact": {"name": "张三", "phone": "13800000000"}}
     r = client.post("/api/v1/cases", json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
     assert r.status_code == 201, r.text
+    assert r.headers["x-citygrid-wal"] == client.cookies.get("citygrid_wal")  # the write's WAL position
     return r.json()["id"]
 
 
@@ -116,6 +117,8 @@ def test_own_writes_from_the_primary_others_from_the_lagging_standby(cluster, mo
             assert r.status_code == 200 and r.headers["x-citygrid-read"] == "replica", r.text
             # the cookie carries the position to any worker: a browser sending it reads from the primary
             assert _items(client, sup, cookies={"citygrid_wal": cookie}) == ("primary", {first, second})
+            # so does the X-Citygrid-Wal header, sent back by an API client without cookies
+            assert _items(client, {**sup, "X-Citygrid-Wal": cookie}) == ("primary", {first, second})
             assert json.loads(cluster.cli("db", "replica", "status", CITYGRID_DB_REPLICA_PORT="54372").stdout
                               )["replay_paused"] is True
 
