@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import api.routers
-from api import validation
+from api import readpool, validation
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from api.headers import PAGES, SecurityHeaders
 from api.limits import BodyLimit, DatabaseUnavailable, RateLimits
@@ -63,6 +63,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         app.state.database_url = database_url or resolve_url()
         app.state.engine = make_engine(app.state.database_url)
         app.state.places = PlaceCache(app.state.engine)
+        readpool.open_read_pool(app)  # CITYGRID_DB_READ_URL: read-only heavy work on the replica
         from layers.cases import calendar as lcal
 
         lcal.bind(app.state.engine)  # calendar years loaded by any process are seen by this one
@@ -80,6 +81,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
             offload.shutdown()
             await close_apool(app)
+            readpool.close_read_pool(app)
             app.state.engine.dispose()
 
     app = FastAPI(
@@ -114,6 +116,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(DatabaseUnavailable)
     app.add_middleware(SecurityHeaders, static=STATIC, basemap_url=settings.api().basemap_url)
+    app.add_middleware(readpool.WalMark)  # outermost: the WAL position of every write (the read replica)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -29,6 +29,11 @@ def get_conn(request: Request) -> Iterator[Connection]:
         yield conn
 
 
+# Read-only heavy work (tiles, exports, OGC items, analytics, bulletins) may use the read replica:
+# ``Depends(get_read_conn, scope="function")`` (api/readpool.py; the primary without CITYGRID_DB_READ_URL).
+from api.readpool import get_read_conn  # noqa: E402,F401  (the read replica's hook)
+
+
 def get_city(conn: Connection = Depends(get_conn, scope="function"),
              city: str | None = Query(None, description="城市 City slug (default: the configured city)",
                                       max_length=40)) -> lcity.CityInfo:

@@ -23,6 +23,11 @@ def _engine():
 def cmd_db(args) -> int:
     from citygrid import dbcluster
 
+    if getattr(args, "target", None) and args.action != "replica":
+        print(f"citygrid db {args.action}: unexpected argument '{args.target}'", file=sys.stderr)
+        return 2
+    if args.action in DB_BACKUP_ACTIONS:
+        return cmd_db_backup(args)
     if settings.database().url and args.action != "url":
         print("DATABASE_URL is set: citygrid uses that server and does not manage a cluster of its own.")
         return 0
@@ -39,6 +44,47 @@ def cmd_db(args) -> int:
         dbcluster.destroy()
     elif args.action == "url":
         print(dbcluster.database_url(start_if_needed=False))
+    return 0
+
+
+DB_BACKUP_ACTIONS = ("backup", "backups", "restore", "replica")
+
+
+def cmd_db_backup(args) -> int:
+    """``citygrid db backup|backups|restore|replica``: pgBackRest backups of the own cluster and its file
+    stores (citygrid/backup.py), and its read replica (citygrid/replica.py)."""
+    if settings.database().url:
+        print("DATABASE_URL is set: back up that server with pgBackRest on its host (docs/OPERATIONS.md); "
+              "citygrid manages backups and replicas of its own cluster only.", file=sys.stderr)
+        return 2
+    if args.action == "replica":
+        from citygrid import replica
+
+        what = args.target or "status"
+        if what == "start":
+            print(json.dumps(replica.start(log=lambda m: print(m, file=sys.stderr)), indent=1))
+        elif what == "stop":
+            replica.stop(log=lambda m: print(m, file=sys.stderr))
+        elif what == "status":
+            st = replica.status()
+            print(json.dumps(st, indent=1))
+            return 0 if st["running"] else 3
+        else:
+            print("citygrid db replica start|stop|status", file=sys.stderr)
+            return 2
+        return 0
+    from citygrid import backup
+
+    def log(msg):  # progress on stderr: stdout is the JSON answer
+        print(msg, file=sys.stderr)
+
+    if args.action == "backup":
+        print(json.dumps(backup.backup(args.type or "full", log=log), indent=1))
+    elif args.action == "backups":
+        print(json.dumps(backup.backups(log=log), indent=1))
+    else:
+        to = backup.parse_time(args.to) if args.to else None
+        print(json.dumps(backup.restore(to=to, force=args.force, log=log), indent=1))
     return 0
 
 
@@ -277,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="the project's own PostgreSQL + PostGIS cluster")
-    db.add_argument("action", choices=["start", "stop", "status", "destroy", "url"])
+    db.add_argument("action", choices=["start", "stop", "status", "destroy", "url", *DB_BACKUP_ACTIONS],
+                    help="backup [--type full|diff|incr], backups (list), restore [--to TIME] [--force], "
+                         "replica start|stop|status")
+    db.add_argument("target", nargs="?", help="replica: start, stop or status")
+    db.add_argument("--type", choices=["full", "diff", "incr"], help="backup: full (default), diff or incr")
+    db.add_argument("--to", metavar="TIME", help="restore: the instant (ISO 8601, e.g. 2026-12-05T10:30:00+08:00)")
+    db.add_argument("--force", action="store_true", help="restore: stop a running cluster and overwrite it")
     db.set_defaults(func=cmd_db)
 
     sub.add_parser("migrate", help="bring the schema up to date").set_defaults(func=cmd_migrate)

@@ -217,6 +217,27 @@ def init(cluster: Cluster, log=print) -> None:
                 "checkpoint_timeout = 15min\n"
                 f"wal_compression = {_wal_compression(cluster)}\n"
                 "jit = off\n")
+    ensure_archive_mode(cluster)
+
+
+#: The marker of the WAL archiving block in postgresql.conf (see :func:`ensure_archive_mode`).
+ARCHIVE_MARK = "# citygrid: WAL archiving"
+
+
+def ensure_archive_mode(cluster: Cluster) -> bool:
+    """``archive_mode = on`` in the cluster's configuration (while it is stopped: the setting needs a
+    start). The archive command stays a no-op (``true``: WAL is recycled as before) until the first
+    ``citygrid db backup`` points it at pgBackRest (ALTER SYSTEM + reload, no restart), so that a
+    cluster without backups neither keeps WAL nor pays for archiving it. Clusters made by an older
+    version get the block at their next start. Returns whether the configuration was changed."""
+    conf = cluster.pgdata / "postgresql.conf"
+    if not conf.exists() or ARCHIVE_MARK in conf.read_text(errors="replace"):
+        return False
+    with conf.open("a") as f:
+        f.write(f"\n{ARCHIVE_MARK} (citygrid db backup sets archive_command to pgBackRest's archive-push)\n"
+                "archive_mode = on\n"
+                "archive_command = 'true'\n")  # wal_level replica, max_wal_senders 10: the defaults
+    return True
 
 
 def _wal_compression(cluster) -> str:
@@ -236,6 +257,7 @@ def start(log=print, install: bool = True) -> Cluster:
     cluster.socket_dir.mkdir(parents=True, exist_ok=True)
     _chown(cluster.socket_dir, cluster.os_user)
     if not cluster.running():
+        ensure_archive_mode(cluster)
         cluster.logfile.touch(exist_ok=True)
         _chown(cluster.logfile, cluster.os_user)
         r = cluster._run([str(cluster.bindir / "pg_ctl"), "-D", str(cluster.pgdata), "-l", str(cluster.logfile),

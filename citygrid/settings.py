@@ -244,3 +244,40 @@ def wechat() -> WechatSettings:
 
 def notify() -> NotifySettings:
     return NotifySettings()
+
+
+class BackupSettings(BaseSettings):
+    """Backups of the own cluster with pgBackRest (``citygrid db backup``, :mod:`citygrid.backup`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_BACKUP_")
+
+    #: The pgBackRest repository (and the file stores' copies in ``<repo>/files``); default
+    #: ``<var_dir>/backup``. The cluster's OS user must be able to write it.
+    repo: Path | None = None
+    #: Full backups kept (older ones, their differentials and their WAL are expired).
+    retention_full: int = Field(2, ge=1, le=100)
+    #: pgBackRest's compression (lz4: fast; gz, zst, bz2, none) and parallel processes.
+    compress_type: str = "lz4"
+    process_max: int = Field(2, ge=1, le=32)
+    #: Seconds to wait for a WAL segment to reach the repository (pgbackrest archive-timeout).
+    archive_timeout_s: int = Field(60, ge=1, le=3600)
+
+
+def backup() -> BackupSettings:
+    return BackupSettings()
+
+
+class ReplicaSettings(BaseSettings):
+    """The read replica: a streaming hot standby of the own cluster (``citygrid db replica``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_DB_")
+
+    #: Where read-only heavy work goes (tiles, exports, OGC items, analytics, bulletins); unset: the
+    #: primary. A user's own writes are still read from the primary until the replica has replayed them.
+    read_url: str | None = None
+    #: The own standby's port (its socket lives beside its data, ``<var_dir>/replica``).
+    replica_port: int = 54339
+
+
+def replica() -> ReplicaSettings:
+    return ReplicaSettings()

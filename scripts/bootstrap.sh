@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what citygrid needs on a Debian machine, then the Python environment in .venv.
-#   scripts/bootstrap.sh run    the service (PostGIS itself is installed by `citygrid db start`)
+#   scripts/bootstrap.sh run    the service + pgBackRest (PostGIS itself is installed by `citygrid db start`)
 #   scripts/bootstrap.sh test   + Chromium, CJK fonts, GDAL (ogr2ogr) for the tests
 #   scripts/bootstrap.sh bench  + wrk and GDAL for the benchmarks
 # As root it installs missing Debian packages; as another user it prints the command and stops.
@@ -16,6 +16,7 @@ need() { # need COMMAND-OR-PATH PACKAGE
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null || need python3 python3
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+need pgbackrest pgbackrest  # backups of the own cluster (citygrid db backup; the restore test)
 case $purpose in
   test)  need /usr/bin/chromium chromium; need /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc fonts-noto-cjk
          need ogr2ogr gdal-bin ;;

@@ -19,7 +19,8 @@ from sqlalchemy import Connection
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import PUBLIC, Allow, client_address, get_city, get_conn
+from api import readpool
+from api.deps import PUBLIC, Allow, client_address, get_city, get_conn, get_read_conn
 from api.limits import RateLimit
 from api.tile_answer import tile_response
 from api.validation import MAX_OFFSET
@@ -109,6 +110,12 @@ def _send(path: FsPath, filename: str, media: str, tmp: str, counts: dict) -> Fi
                         background=BackgroundTask(shutil.rmtree, tmp, ignore_errors=True))
 
 
+def _reader(conn: Connection, rconn: Connection, layers) -> Connection:
+    """The read replica's connection (api/readpool.py) for layers read as stored; the primary's for a
+    computed layer, whose rows ``lcat.ready`` has just brought up to date there."""
+    return conn if any(layer.refresh is not None for layer in layers) else rconn
+
+
 def _export(conn, city, pairs, format, crs, bbox, bbox_crs, since, until, class_code, area, bundle=None):
     fmt, out_crs = lexp.check_request(format, crs)
     filters = lcat.build_filters(city, bbox=bbox, bbox_crs=bbox_crs, since=since, until=until,
@@ -135,11 +142,13 @@ def export_layer(name: str = Path(..., max_length=60),
                  class_code: str | None = Query(None, alias="class", description="class code prefix"),
                  area: str | None = Query(None, description="admin area (6/9/12 digits) or cell code prefix"),
                  _=Depends(PUBLIC), user=Depends(caller), _limit=Depends(limit_anonymous_export),
-                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+                 rconn: Connection = Depends(get_read_conn, scope="function")):
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
     lcat.ready(conn, city, layer)
-    return _export(conn, city, [(layer, form)], format, crs, bbox, bbox_crs, since, until, class_code, area)
+    return _export(_reader(conn, rconn, [layer]), city, [(layer, form)], format, crs, bbox, bbox_crs, since, until,
+                   class_code, area)
 
 
 @router.get("/themes/{theme}/export", summary="导出专题 A whole theme as one multi-layer GeoPackage",
@@ -149,7 +158,8 @@ def export_theme(theme: str = Path(..., max_length=40), format: str = Query("gpk
                  bbox: str | None = None, bbox_crs: str = Query("EPSG:4326", alias="bbox-crs"),
                  area: str | None = None,
                  _=Depends(PUBLIC), user=Depends(caller), _limit=Depends(limit_anonymous_export),
-                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+                 rconn: Connection = Depends(get_read_conn, scope="function")):
     names = lcat.themes().get(theme)
     if not names:
         raise NotFound(f"no theme '{theme[:40]}': one of {', '.join(lcat.themes())}")
@@ -162,7 +172,8 @@ def export_theme(theme: str = Path(..., max_length=40), format: str = Query("gpk
     if not pairs:
         raise HTTPException(401 if user is None else 403, f"no layer of theme '{theme}' is readable for you",
                             headers={"WWW-Authenticate": "Bearer"} if user is None else None)
-    return _export(conn, city, pairs, format, crs, bbox, bbox_crs, None, None, None, area, bundle=f"theme_{theme}")
+    return _export(_reader(conn, rconn, [p[0] for p in pairs]), city, pairs, format, crs, bbox, bbox_crs, None, None,
+                   None, area, bundle=f"theme_{theme}")
 
 
 @router.post("/layers/{name}/export-jobs", status_code=202,
@@ -238,7 +249,9 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
         city = lcity.get_city(conn, slug)
         layer = lcat.get_layer(conn, city, name)
         form = _form(layer, user)
-        data, etag, hit = ltiles.get_tile(conn, city, lcat.ready(conn, city, layer), form, z, x, y)
+        lcat.ready(conn, city, layer)
+        with readpool.reading(engine, conn, replica_ok=layer.refresh is None) as rconn:  # the read replica
+            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y)
     ltiles.watch_for(engine)  # start listening for layer changes (the fast path needs it)
     ltiles.remember(engine, slug, city, layer)
     return data, etag, hit, form == "public" and user is None
@@ -371,11 +384,11 @@ def ogc_items(request: Request, name: str = Path(..., max_length=60), f: str | N
               datetime: str | None = Query(None, max_length=80), limit: int = Query(10, ge=1, le=logc.MAX_LIMIT),
               offset: int = Query(0, ge=0, le=MAX_OFFSET), crs: str | None = None,
               _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
-              city: CityInfo = Depends(get_city)):
-    layer = lcat.get_layer(conn, city, name)
+              city: CityInfo = Depends(get_city), rconn: Connection = Depends(get_read_conn, scope="function")):
+    layer = lcat.ready(conn, city, lcat.get_layer(conn, city, name))
     form = _form(layer, user)
     base = str(request.base_url).rstrip("/") + OGC
-    doc, content_crs = logc.items(conn, city, lcat.ready(conn, city, layer), form, base=base, q=_q(request), bbox=bbox, bbox_crs=bbox_crs,
+    doc, content_crs = logc.items(_reader(conn, rconn, [layer]), city, layer, form, base=base, q=_q(request), bbox=bbox, bbox_crs=bbox_crs,
                                   datetime_=datetime, limit=limit, offset=offset, crs=crs)
     return _respond(request, f, layer.title, doc, "application/geo+json", {"Content-Crs": f"<{content_crs}>"})
 
@@ -384,8 +397,8 @@ def ogc_items(request: Request, name: str = Path(..., max_length=60), f: str | N
 def ogc_item(request: Request, name: str = Path(..., max_length=60), fid: str = Path(..., max_length=20),
              f: str | None = None, crs: str | None = None,
              _=Depends(PUBLIC), user=Depends(caller), conn: Connection = Depends(get_conn, scope="function"),
-             city: CityInfo = Depends(get_city)):
-    layer = lcat.get_layer(conn, city, name)
+             city: CityInfo = Depends(get_city), rconn: Connection = Depends(get_read_conn, scope="function")):
+    layer = lcat.ready(conn, city, lcat.get_layer(conn, city, name))
     form = _form(layer, user)
-    doc, content_crs = logc.item(conn, city, lcat.ready(conn, city, layer), form, fid, crs)
+    doc, content_crs = logc.item(_reader(conn, rconn, [layer]), city, layer, form, fid, crs)
     return _respond(request, f, layer.title, doc, "application/geo+json", {"Content-Crs": f"<{content_crs}>"})

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import Connection, text
 
-from api.deps import Allow, get_city, get_conn
+from api.deps import Allow, get_city, get_conn, get_read_conn
 from gis import crs as gcrs
 from layers.analytics import alerts as lalerts
 from layers.analytics import assessment as lassess
@@ -155,7 +155,7 @@ def case_cells(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="func
 
 
 @router.get("/supervisor/summary", summary="统计 Counts per day, class and channel (for charts)")
-def summary(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def summary(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
             start: str | None = START, end: str | None = END):
     s, e = _window(conn, city, start, end)
     names = lkpi.group_names(conn, city, "category")
@@ -174,7 +174,7 @@ def _period(month: str | None, start: str | None, end: str | None, conn, city) -
 
 
 @router.get("/supervisor/kpis", summary="考核指标 KPIs from the case events, per unit")
-def kpis(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def kpis(_=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
          month: str | None = Query(None, description="月份 YYYY-MM (else start/end)", max_length=7),
          start: str | None = START, end: str | None = END,
          by: str = Query("all", pattern="^(all|district|street|department|category)$")):
@@ -186,7 +186,7 @@ def kpis(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="funct
 
 
 @router.get("/supervisor/assessment", summary="考核排名 Scores, deductions, grades and ranking (考核办法)")
-def assessment(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def assessment(_=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
                month: str | None = Query(None, max_length=7), start: str | None = START, end: str | None = END,
                by: str = Query("street", pattern="^(district|street|department|category)$")):
     s, e = _period(month, start, end, conn, city)
@@ -226,7 +226,7 @@ _MONTH = re.compile(r"^(\d{4}-\d{2})\.(pdf|html|xlsx)$")
 
 
 @router.get("/bulletins/{name}", summary="月度简报 The monthly bulletin: 2026-10.pdf, 2026-10.html or 2026-10.xlsx")
-def bulletin(name: str = Path(..., max_length=20), _=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
+def bulletin(name: str = Path(..., max_length=20), _=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"),
              city: CityInfo = Depends(get_city)):
     m = _MONTH.match(name)
     if not m:

@@ -90,3 +90,26 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         heads = MigrationContext.configure(conn).get_current_heads()
     return ",".join(sorted(heads)) or None
+
+
+def make_read_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    """An engine for the read replica (``CITYGRID_DB_READ_URL``): read-only sessions, a short connect
+    timeout (a replica that is away costs a moment, then reads go to the primary)."""
+    cfg = settings.database()
+    engine = create_engine(
+        url,
+        pool_size=pool_size or cfg.pool_size,
+        max_overflow=cfg.max_overflow,
+        pool_timeout=5.0,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 3,
+                      "options": f"-c statement_timeout={cfg.statement_timeout_ms} -c TimeZone=UTC "
+                                 "-c default_transaction_read_only=on"},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _set_app_name(dbapi_conn, _record):  # pragma: no cover - trivial
+        dbapi_conn.execute("SET application_name = 'citygrid-read'")
+        dbapi_conn.commit()
+
+    return engine
