@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 
 from gis import crs as gcrs
 from gis import heat as gheat
+from layers.analytics import rollups
 from layers.analytics.cache import (
     cells_geojson,
     dense_counts,
@@ -30,7 +31,7 @@ HEAT_BANDS = (0.02, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9)  # lower edges of the 8
 # ----------------------------------------------------------------------------------------------
 
 def heat(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, categories=None, channels=None,
-         bandwidth: float | None = None) -> dict:
+         bandwidth: float | None = None, area: str | None = None) -> dict:
     """Quartic KDE of the window's cases on the grid (count per km²), from the rollup.
 
     Bandwidth default: the ArcGIS spatial Silverman rule on the weighted cell centres
@@ -43,6 +44,9 @@ def heat(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, cate
         raise InputError("bandwidth must be between 10 and 20000 m")
     arr = grid_arrays(conn, city)
     x = dense_counts(conn, city, arr, start, end, categories, channels)
+    mask = rollups.area_mask(arr.grid.codes, area)
+    if mask is not None:
+        x = np.where(mask, x, 0.0)
     pos = np.flatnonzero(x)
     n = x[pos]
     g = arr.grid
@@ -61,11 +65,11 @@ def heat(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, cate
 
 
 def heat_geojson(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
-                 bandwidth=None, min_share: float = 0.02, max_cells: int = 20000, dst="EPSG:4326",
+                 bandwidth=None, area=None, min_share: float = 0.02, max_cells: int = 20000, dst="EPSG:4326",
                  dissolve: bool = False) -> dict:
     """Cells whose density is at least ``min_share`` of the maximum (at most ``max_cells``); with
     ``dissolve`` the 8 heat classes (HEAT_BANDS) as one polygon each."""
-    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth)
+    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth, area=area)
     d = h["density"]
     arr = h["arrays"]
     if h["total"] == 0:
@@ -109,14 +113,14 @@ def tile_bounds_3857(z: int, x: int, y: int) -> tuple[float, float, float, float
 
 
 def heat_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: int, *, categories=None,
-              channels=None, bandwidth=None, min_share: float = 0.02) -> bytes:
+              channels=None, bandwidth=None, area=None, min_share: float = 0.02) -> bytes:
     """The heat of the window as a Mapbox Vector Tile: layer ``heat``, one polygon per cell whose
     density is at least ``min_share`` of the maximum, with ``density`` (cases/km²) and ``level``
     (share of the maximum). Cells are picked by their centres with a one-cell margin, then clipped."""
     import mapbox_vector_tile
 
     bounds = tile_bounds_3857(z, x, y)
-    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth)
+    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth, area=area)
     features = []
     if h["total"]:
         d, arr = h["density"], h["arrays"]
