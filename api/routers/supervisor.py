@@ -132,7 +132,7 @@ def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functi
              crs: str = CRS):
     s, e = _window(conn, city, start, end)
     fc = lhot.hotspots_geojson(conn, city, s, e, **flt, unit_m=unit, fdr=fdr, dst=_crs(crs), dissolve=dissolve)
-    fc.update(start=str(s), end=str(e))
+    fc.update(start=str(s), end=str(e), counts=rollups.window_counts(conn, city, s, e, **flt))
     return _geojson(fc)
 
 
@@ -181,7 +181,11 @@ def options(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functio
                          {"c": city.id}).scalars().all()
     areas = conn.execute(text("""SELECT code, name, level FROM admin_area WHERE city_id = :c
                                  AND level IN ('district', 'street') ORDER BY code"""), {"c": city.id}).all()
-    return {"categories": [{"key": k, "name": v} for k, v in sorted(names.items())],
+    box = conn.execute(text("""SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM (SELECT ST_Transform(
+        ST_SetSRID(ST_Extent(geom), :srid), 4326) AS b FROM admin_area WHERE city_id = :c AND level = 'district') t"""),
+                       {"c": city.id, "srid": city.srid}).one()
+    return {"bbox": None if box[0] is None else [round(float(v), 6) for v in box],
+            "categories": [{"key": k, "name": v} for k, v in sorted(names.items())],
             "channels": [c for c in chans if c],
             "areas": [{"code": c, "name": n, "level": lv} for c, n, lv in areas],
             "definition": rollups.DEFINITION, "definition_en": rollups.DEFINITION_EN}
@@ -242,6 +246,12 @@ def run_alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope=
 def alert_report(alert_id: int = Path(..., ge=1, le=2**62), _=Depends(SUPERVISE),
                  conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return HTMLResponse(lbulletin.alert_report_html(conn, city, alert_id))
+
+
+@router.get("/bulletins", summary="简报中心 The months with a bulletin (PDF, XLSX, HTML), newest first")
+def bulletin_list(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
+                  city: CityInfo = Depends(get_city)):
+    return {"months": lbulletin.months(conn, city)}
 
 
 _MONTH = re.compile(r"^(\d{4}-\d{2})\.(pdf|html|xlsx)$")
