@@ -224,7 +224,7 @@ def test_page_on_a_phone_and_the_hot_spot_legends(browser, live_server, bcity, t
     assert "冷点（99% 置信）" in page.inner_text(".legend-hot")
     page.uncheck("#show-cold")
     # the emerging layer: its own legend in words, never raw JSON or English category keys
-    page.click(".leaflet-control-layers-toggle") if page.locator(".leaflet-control-layers-toggle").is_visible() else None
+    page.hover(".leaflet-control-layers")  # collapsed on a phone: opens on touch/hover
     page.click("text=时空热点趋势 Emerging hot spots")
     page.wait_for_function("document.getElementById('map-status').textContent.includes('时空热点趋势')", timeout=60_000)
     status = page.inner_text("#map-status")
