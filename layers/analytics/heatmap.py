@@ -6,10 +6,12 @@ cells or dissolved classes, and as vector tiles. Statistics: ``gis/heat.py``; th
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import shapely
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from gis import crs as gcrs
 from gis import heat as gheat
@@ -19,6 +21,7 @@ from layers.analytics.cache import (
     dense_counts,
     dissolved_geojson,
     grid_arrays,
+    rollup_fingerprint,
 )
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
@@ -112,15 +115,51 @@ def tile_bounds_3857(z: int, x: int, y: int) -> tuple[float, float, float, float
     return minx, maxy - size, minx + size, maxy
 
 
+#: Cells drawn smaller than this many pixels (of a 256-px tile) are merged per heat class in a tile.
+DISSOLVE_BELOW_PX = 6.0
+_HEAT_CACHE: OrderedDict = OrderedDict()
+_HEAT_CACHE_SIZE = 12
+_heat_lock = threading.Lock()
+
+
+def heat_for_tiles(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
+                   bandwidth=None, area=None) -> dict:
+    """:func:`heat`, remembered in the process for the tiles of one view (a map asks for a dozen
+    tiles of the same heat): keyed by the window, the filters, the grid version and the rollup's
+    change-log fingerprint (any committed change of cases anywhere moves it, in any process). A
+    transaction that has written computes afresh."""
+    clean = conn.execute(text("SELECT pg_current_xact_id_if_assigned() IS NULL")).scalar()
+    if not clean:
+        return heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth, area=area)
+    arr = grid_arrays(conn, city)
+    key = (city.id, arr.grid.info.id, arr.grid.info.version, start, end, tuple(categories or ()),
+           tuple(channels or ()), area, bandwidth, rollup_fingerprint(conn, city))
+    with _heat_lock:
+        hit = _HEAT_CACHE.get(key)
+        if hit is not None:
+            _HEAT_CACHE.move_to_end(key)
+            return hit
+    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth, area=area)
+    with _heat_lock:
+        _HEAT_CACHE[key] = h
+        while len(_HEAT_CACHE) > _HEAT_CACHE_SIZE:
+            _HEAT_CACHE.popitem(last=False)
+    return h
+
+
 def heat_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: int, *, categories=None,
-              channels=None, bandwidth=None, area=None, min_share: float = 0.02) -> bytes:
+              channels=None, bandwidth=None, area=None, min_share: float = HEAT_BANDS[0]) -> bytes:
     """The heat of the window as a Mapbox Vector Tile: layer ``heat``, one polygon per cell whose
     density is at least ``min_share`` of the maximum, with ``density`` (cases/km²) and ``level``
-    (share of the maximum). Cells are picked by their centres with a one-cell margin, then clipped."""
+    (share of the maximum). Cells are picked by their centres with a one-cell margin, then clipped.
+    Where cells are drawn smaller than ``DISSOLVE_BELOW_PX`` pixels (a whole city in one tile), the
+    tile holds one polygon per heat class instead (``level`` = the class's lower edge, HEAT_BANDS;
+    ``density`` = its lower edge in cases/km²; ``cells``), which draws the same colours."""
     import mapbox_vector_tile
 
     bounds = tile_bounds_3857(z, x, y)
-    h = heat(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth, area=area)
+    h = heat_for_tiles(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth,
+                       area=area)
     features = []
     if h["total"]:
         d, arr = h["density"], h["arrays"]
@@ -128,10 +167,22 @@ def heat_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: i
         box = gcrs.transform_geometry(shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 8),
                                       "EPSG:3857", city.working_crs)
         bx0, by0, bx1, by1 = box.bounds
-        pad = (arr.grid.info.cell_size or float(np.sqrt(np.median(shapely.area(arr.grid.geoms))))) * 1.5
+        size = arr.grid.info.cell_size or float(np.sqrt(np.median(shapely.area(arr.grid.geoms))))
+        pad = size * 1.5
         sel = np.flatnonzero((d >= min_share * top) & (arr.cx >= bx0 - pad) & (arr.cx <= bx1 + pad)
                              & (arr.cy >= by0 - pad) & (arr.cy <= by1 + pad))
-        if sel.size:
+        if sel.size and size / ((bx1 - bx0) / 256) < DISSOLVE_BELOW_PX:
+            band = np.searchsorted(np.array(HEAT_BANDS), d[sel] / top, side="right") - 1
+            for k in sorted(set(band.tolist())):
+                part = sel[band == k]
+                geom = shapely.coverage_union_all(arr.grid.geoms[part]) if arr.grid.info.kind == "regular" \
+                    else shapely.union_all(arr.grid.geoms[part])
+                g = shapely.clip_by_rect(gcrs.transform_geometry(geom, city.working_crs, "EPSG:3857"), *bounds)
+                if g.is_empty or g.area == 0:
+                    continue
+                features.append({"geometry": g, "properties": {
+                    "level": HEAT_BANDS[k], "density": round(HEAT_BANDS[k] * top, 3), "cells": int(part.size)}})
+        elif sel.size:
             geoms = gcrs.transform_geometry(arr.grid.geoms[sel], city.working_crs, "EPSG:3857")
             clipped = shapely.clip_by_rect(geoms, *bounds)
             for i, g in zip(sel, clipped, strict=True):

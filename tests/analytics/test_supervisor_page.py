@@ -122,6 +122,15 @@ def test_heat_tiles_carry_the_filters(client, scity, tokens):
     assert r_all.status_code == r_none.status_code == 200
     assert mapbox_vector_tile.decode(r_all.content)["heat"]["features"]
     assert not mapbox_vector_tile.decode(r_none.content).get("heat", {}).get("features")
+    # zoomed out (cells of a few pixels), a tile holds one polygon per heat class
+    from layers.analytics.heatmap import HEAT_BANDS
+
+    z = 9
+    x, y = int((lon + 180) / 360 * 2 ** z), int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * 2 ** z)
+    low = mapbox_vector_tile.decode(client.get(f"/api/v1/supervisor/heat/tiles/{z}/{x}/{y}.mvt", params=_q(),
+                                               headers=h).content)["heat"]["features"]
+    assert 1 <= len(low) <= len(HEAT_BANDS) and {f["properties"]["level"] for f in low} <= set(HEAT_BANDS)
+    assert sum(f["properties"]["cells"] for f in low) >= EXPECT[None]["located"]
 
 
 def test_bulletin_months_listed(client, bcity, tokens):
