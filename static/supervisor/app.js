@@ -224,9 +224,9 @@
     const el = $("chart-day");
     const days = s.by_day.map((d) => d.key), vals = s.by_day.map((d) => d.n);
     chartOf("chart-day").setOption({
-      animation: false, grid: { left: 48, right: 16, top: 30, bottom: days.length > 31 ? 64 : 44 },
+      animation: false, grid: { left: 48, right: 16, top: 30, bottom: days.length > 31 ? 68 : 48 },
       tooltip: { trigger: "axis", valueFormatter: (v) => `${v} 件` },
-      xAxis: Object.assign({ type: "category", data: days, name: "日期", nameLocation: "middle", nameGap: 28, axisLabel: { hideOverlap: true, formatter: (v) => v.slice(5) } }, axisName),
+      xAxis: Object.assign({ type: "category", data: days, name: "日期", nameLocation: "middle", nameGap: 32, axisLabel: { hideOverlap: true, margin: 12, formatter: (v) => v.slice(5) } }, axisName),
       yAxis: Object.assign({ type: "value", name: "受理量（件）", minInterval: 1 }, axisName),
       dataZoom: days.length > 31 ? [{ type: "inside" }, { type: "slider", height: 14, bottom: 4 }] : [],
       series: [{ type: "line", name: "受理量", data: vals, showSymbol: days.length <= 31, lineStyle: { color: "#8b0000", width: 2 }, itemStyle: { color: "#8b0000" } }],
@@ -242,9 +242,9 @@
     if (rest) rows.push({ name: "其他类别", n: rest });
     rows.reverse();  // largest on top
     chartOf("chart-cat").setOption({
-      animation: false, grid: { left: 8, right: 40, top: 28, bottom: 32, containLabel: true },
+      animation: false, grid: { left: 8, right: 40, top: 28, bottom: 40, containLabel: true },
       tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, valueFormatter: (v) => `${v} 件` },
-      xAxis: Object.assign({ type: "value", name: "件数（件）", nameLocation: "middle", nameGap: 22, minInterval: 1 }, axisName),
+      xAxis: Object.assign({ type: "value", name: "件数（件）", nameLocation: "middle", nameGap: 30, minInterval: 1, axisLabel: { hideOverlap: true } }, axisName),
       yAxis: Object.assign({ type: "category", data: rows.map((r) => r.name), name: "类别", axisLabel: { width: 110, overflow: "truncate", interval: 0 } }, axisName),
       series: [{ type: "bar", data: rows.map((r) => r.n), itemStyle: { color: "#c0392b" }, label: { show: true, position: "right", fontSize: 10 } }],
     }, true);
@@ -266,7 +266,7 @@
   async function loadSummary() {
     const s = await api("/api/v1/supervisor/summary", filt());
     if (!state.start) { state.start = s.start; state.end = s.end; $("start").value = s.start; $("end").value = s.end; }
-    $("definition").textContent = `统计口径：${s.definition}（${s.start} 至 ${s.end}：受理 ${fmt(s.counts.received)} 件，其中有网格位置 ${fmt(s.counts.located)} 件` +
+    $("definition").textContent = `${s.definition}（${s.start} 至 ${s.end}：受理 ${fmt(s.counts.received)} 件，其中有网格位置 ${fmt(s.counts.located)} 件` +
       (s.counts.merged ? `；另有 ${fmt(s.counts.merged)} 件重复诉求已并单，不重复计` : "") + "）";
     $("definition").dataset.received = String(s.counts.received);
     drawDay(s); drawCat(s); drawChannel(s);

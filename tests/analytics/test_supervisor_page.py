@@ -179,6 +179,21 @@ def _read(page) -> dict:
             "definition": page.inner_text("#definition")}
 
 
+def _label_overlaps(page) -> list[str]:
+    """Pairs of chart labels (SVG text) drawn over each other."""
+    return page.evaluate("""() => ['chart-day', 'chart-cat', 'chart-channel'].flatMap(id => {
+        const t = [...document.querySelectorAll('#' + id + ' svg text')].filter(e => {
+            const b = e.getBoundingClientRect(); return b.width > 0 && b.height > 0; });
+        const r = t.map(e => e.getBoundingClientRect());
+        const out = [];
+        for (let i = 0; i < r.length; i++) for (let j = i + 1; j < r.length; j++) {
+            const w = Math.min(r[i].right, r[j].right) - Math.max(r[i].left, r[j].left);
+            const h = Math.min(r[i].bottom, r[j].bottom) - Math.max(r[i].top, r[j].top);
+            if (w > 2 && h > 2) out.push(id + ':' + t[i].textContent + '/' + t[j].textContent);
+        }
+        return out; })""")
+
+
 def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server, scity, tokens, client):
     h = auth(tokens["supervisor"])
     page = _open(browser, live_server, tokens, "stest")
@@ -207,6 +222,7 @@ def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server,
     # the cards and charts changed with the class filter
     assert seen["K1"]["cards"]["立案率"] == "100.0%" and seen["K2"]["cards"]["立案率"] == "25.0%"
     assert seen[""]["cards"]["立案率"] == "66.7%"
+    assert _label_overlaps(page) == []
     # class names in words, no class codes in the visible text
     body = page.inner_text("body")
     assert NAMES["K1"] in page.inner_text("#chart-cat") or NAMES["K1"] in page.inner_text("#category")
@@ -226,6 +242,8 @@ def test_page_on_a_phone_and_the_hot_spot_legends(browser, live_server, bcity, t
     for id_ in ("chart-day", "chart-cat", "chart-channel"):
         w = page.locator(f"#{id_} svg").first.bounding_box()["width"]
         assert 300 <= w <= 390, (id_, w)
+    # charts are vector (SVG: sharp at any pixel ratio) and none of their labels overlap
+    assert _label_overlaps(page) == []
     # the hot spot legend shows hot bins only until cold spots are asked for
     legend = page.inner_text(".legend-hot")
     assert "热点" in legend and "冷点（" not in legend
@@ -249,6 +267,7 @@ def test_bulletin_centre_downloads_a_pdf(browser, live_server, bcity, tokens, tm
     import pypdfium2 as pdfium
 
     page = _open(browser, live_server, tokens, "btest")
+    assert _label_overlaps(page) == []  # 30 days of a real-sized month at 1366 px
     row = page.locator("#bulletin-list tr[data-month='2026-10']")
     assert row.count() == 1
     responses = []
