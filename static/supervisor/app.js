@@ -105,7 +105,10 @@
   let heatTiles = null, bbox = null;
   function resetHeat() {
     if (heatTiles) heatGroup.removeLayer(heatTiles);
-    heatTiles = makeHeat(); heatGroup.addLayer(heatTiles);
+    heatTiles = makeHeat();
+    window.heatReady = false;
+    heatTiles.on("load", () => { window.heatReady = true; });
+    heatGroup.addLayer(heatTiles);
   }
   layers.heat.addTo(map);
   layers.hot.addTo(map);
