@@ -218,6 +218,17 @@ def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server,
                 assert int(shown.replace(",", "")) == v["value"], name
             else:
                 assert shown == ("—" if v["value"] is None else f"{100 * v['value']:.1f}%"), name
+        # the charts draw the API's answer for the same filter, point by point
+        summ = client.get("/api/v1/supervisor/summary", params=_q(cat or None), headers=h).json()
+        drawn = page.evaluate("""() => {
+            const o = (id) => echarts.getInstanceByDom(document.getElementById(id)).getOption();
+            const d = o('chart-day'), c = o('chart-cat'), ch = o('chart-channel');
+            return {day: Object.fromEntries(d.xAxis[0].data.map((k, i) => [k, d.series[0].data[i]])),
+                    cat: Object.fromEntries(c.yAxis[0].data.map((k, i) => [k, c.series[0].data[i]])),
+                    channel: Object.fromEntries(ch.xAxis[0].data.map((k, i) => [k, ch.series[0].data[i]]))}; }""")
+        assert drawn["day"] == {d["key"]: d["n"] for d in summ["by_day"]}
+        assert drawn["cat"] == {c["name"]: c["n"] for c in summ["by_category"]}
+        assert drawn["channel"] == {c["key"]: c["n"] for c in summ["by_channel"]}
         seen[cat] = got
     # the cards and charts changed with the class filter
     assert seen["K1"]["cards"]["立案率"] == "100.0%" and seen["K2"]["cards"]["立案率"] == "25.0%"
