@@ -206,6 +206,8 @@ def kpis(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="funct
     s, e = _period(month, start, end, conn, city)
     names = lkpi.group_names(conn, city, by)
     out = lkpi.kpis(conn, city, s, e, by, **flt)
+    if by == "all" and not out:  # no case in the window: the city's KPIs are zeros (rates undefined), not absent
+        out = {"all": lkpi.kpis_from_facts({f: 0 for f in lkpi.FACTS} | {"rework_deduction": 0.0})}
     return {"start": str(s), "end": str(e - dt.timedelta(days=1)), "by": by,
             "units": [{"unit": u, "name": names.get(u, u), "kpis": k} for u, k in out.items()],
             "definition": rollups.DEFINITION, "definition_en": rollups.DEFINITION_EN}

@@ -101,6 +101,8 @@ def test_area_filter_and_bad_filters(client, scity, tokens):
     assert k["units"][0]["kpis"]["受理量"]["value"] == EXPECT[None]["located"]
     none = client.get("/api/v1/supervisor/summary", params=_q(area="320697999"), headers=h).json()
     assert none["counts"]["received"] == 0 and none["by_day"] == []
+    k0 = client.get("/api/v1/supervisor/kpis", params=_q(area="320697999"), headers=h).json()["units"][0]["kpis"]
+    assert k0["受理量"]["value"] == 0 and k0["立案率"]["value"] is None
     for path in ("summary", "kpis", "hotspots", "heat/tiles/12/3430/1670.mvt"):
         r = client.get(f"/api/v1/supervisor/{path}", params=_q(area="32x"), headers=h)
         assert r.status_code == 422 and "area" in r.text, (path, r.text)
