@@ -124,11 +124,18 @@
   const hotLegend = control("bottomright", "legend-hot");
   const emLegend = control("bottomright", "legend-emerging");
   heatLegend.addTo(map); hotLegend.addTo(map);
-  heatLegend.div.innerHTML = "<b>热力 案件密度</b><br>" + ramp.map((c, i) => `<i style="background:${c}"></i>${i === 0 ? "低" : i === ramp.length - 1 ? "高" : ""}`).join("");
+  // Each legend folds (<details>): open on a wide screen, folded on a phone so the map stays visible.
+  const legendOpen = {};
+  function fold(name, title, body, always) {
+    const open = legendOpen[name] == null ? (always || window.innerWidth >= 700) : legendOpen[name];
+    return `<details data-legend="${name}"${open ? " open" : ""}><summary><b>${title}</b></summary>${body}</details>`;
+  }
+  document.addEventListener("toggle", (ev) => { const d = ev.target; if (d.dataset && d.dataset.legend) legendOpen[d.dataset.legend] = d.open; }, true);
+  heatLegend.div.innerHTML = fold("heat", "热力 案件密度", ramp.map((c, i) => `<i style="background:${c}"></i>${i === 0 ? "低" : i === ramp.length - 1 ? "高" : ""}`).join(""));
   function drawHotLegend() {
     const bins = showCold ? [3, 2, 1, -1, -2, -3] : [3, 2, 1];
-    hotLegend.div.innerHTML = "<b>热点分析 Hot spots</b><br>" + bins.map((b) => `<i style="background:${binColor[b]}"></i>${binWords[b]}`).join("<br>") +
-      `<br><label><input type="checkbox" id="show-cold"${showCold ? " checked" : ""}> 显示冷点 Show cold spots</label>`;
+    hotLegend.div.innerHTML = fold("hot", "热点分析 Hot spots", bins.map((b) => `<i style="background:${binColor[b]}"></i>${binWords[b]}`).join("<br>") +
+      `<br><label><input type="checkbox" id="show-cold"${showCold ? " checked" : ""}> 显示冷点 Show cold spots</label>`);
     $("show-cold").addEventListener("change", (ev) => { showCold = ev.target.checked; redrawSpots(); });
   }
   drawHotLegend();
@@ -137,9 +144,9 @@
     const rows = (fc && fc.legend) || [];
     const shown = rows.filter((r) => showCold || !r.cold);
     const hidden = rows.filter((r) => r.cold).reduce((a, r) => a + r.cells, 0);
-    emLegend.div.innerHTML = "<b>时空热点趋势 Emerging</b><br>" + (shown.length ? shown.map((r) =>
+    emLegend.div.innerHTML = fold("emerging", "时空热点趋势 Emerging", (shown.length ? shown.map((r) =>
       `<i style="background:${emColor(r.category)}"></i>${esc(r.name || (EMERGING[r.category] || ["其他趋势"])[0])}（${fmt(r.cells)} 格）`).join("<br>") : "无显著趋势") +
-      (!showCold && hidden ? `<br><small>冷点 ${fmt(hidden)} 格已隐藏</small>` : "");
+      (!showCold && hidden ? `<br><small>冷点 ${fmt(hidden)} 格已隐藏</small>` : ""), true);
   }
   function redrawSpots() {
     drawHotLegend();

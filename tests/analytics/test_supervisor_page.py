@@ -146,8 +146,9 @@ def test_bulletin_months_listed(client, bcity, tokens):
 
 # ---------------------------------------------------------------------------------------------- the page
 
-def _open(browser, live_server, tokens, slug, width=1366, height=900):
-    page = browser.new_page(locale="zh-CN", viewport={"width": width, "height": height}, accept_downloads=True)
+def _open(browser, live_server, tokens, slug, width=1366, height=900, scale=1):
+    page = browser.new_page(locale="zh-CN", viewport={"width": width, "height": height}, accept_downloads=True,
+                            device_scale_factor=scale)
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.requests = []
@@ -250,7 +251,7 @@ def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server,
 
 
 def test_page_on_a_phone_and_the_hot_spot_legends(browser, live_server, bcity, tokens, tmp_path):
-    page = _open(browser, live_server, tokens, "btest", width=390, height=844)
+    page = _open(browser, live_server, tokens, "btest", width=390, height=844, scale=3)  # a high-DPI phone
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for id_ in ("chart-day", "chart-cat", "chart-channel"):
         w = page.locator(f"#{id_} svg").first.bounding_box()["width"]
@@ -260,6 +261,9 @@ def test_page_on_a_phone_and_the_hot_spot_legends(browser, live_server, bcity, t
     # the hot spot legend shows hot bins only until cold spots are asked for
     legend = page.inner_text(".legend-hot")
     assert "热点" in legend and "冷点（" not in legend
+    assert page.evaluate("document.querySelector('.legend-hot details').open") is False  # folded on a phone
+    page.click(".legend-hot summary")
+    assert "热点（99% 置信）" in page.inner_text(".legend-hot")
     page.check("#show-cold")
     assert "冷点（99% 置信）" in page.inner_text(".legend-hot")
     page.uncheck("#show-cold")
