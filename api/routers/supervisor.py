@@ -115,11 +115,26 @@ def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**22
               if_none_match: str | None = Header(None, include_in_schema=False)):
     s, e = _window(conn, city, start, end)
     data = la.heat_tile(conn, city, s, e, z, x, y, **flt, bandwidth=bandwidth)
+    return _tile_response(data, if_none_match)
+
+
+def _tile_response(data: bytes, if_none_match: str | None) -> Response:
     etag = '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=60", "Vary": "Authorization"}
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=60", "Vary": "Authorization, Cookie"}
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="application/vnd.mapbox-vector-tile", headers=headers)
+
+
+@router.get("/supervisor/cells/tiles/{z}/{x}/{y}.mvt", summary="案件网格瓦片 Cases per cell as vector tiles (MVT)",
+            response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
+def cases_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**22 - 1),
+               y: int = Path(..., ge=0, le=2**22 - 1), _=Depends(VIEW),
+               conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+               start: str | None = START, end: str | None = END, flt: dict = FILTERS,
+               if_none_match: str | None = Header(None, include_in_schema=False)):
+    s, e = _window(conn, city, start, end)
+    return _tile_response(la.cases_tile(conn, city, s, e, z, x, y, **flt), if_none_match)
 
 
 @router.get("/supervisor/hotspots", summary="热点分析 Significant hot/cold spots (exact test at a chosen scale, FDR)")

@@ -147,49 +147,81 @@ def heat_for_tiles(conn: Connection, city: CityInfo, start, end, *, categories=N
     return h
 
 
+def _cells_tile(arr, city: CityInfo, bounds, keep: np.ndarray, classes: np.ndarray, class_props: dict,
+                cell_props, layer: str) -> bytes:
+    """A Mapbox Vector Tile of the grid's cells where ``keep``: one polygon per cell (``cell_props(i)``),
+    or, where cells are drawn smaller than ``DISSOLVE_BELOW_PX`` pixels, one polygon per class
+    (``class_props[k]`` and ``cells``). Cells are picked by their centres with a margin, then clipped."""
+    import mapbox_vector_tile
+
+    box = gcrs.transform_geometry(shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 8),
+                                  "EPSG:3857", city.working_crs)
+    bx0, by0, bx1, by1 = box.bounds
+    size = arr.grid.info.cell_size or float(np.sqrt(np.median(shapely.area(arr.grid.geoms))))
+    pad = size * 1.5
+    sel = np.flatnonzero(keep & (arr.cx >= bx0 - pad) & (arr.cx <= bx1 + pad) & (arr.cy >= by0 - pad)
+                         & (arr.cy <= by1 + pad))
+    features = []
+    if sel.size and size / ((bx1 - bx0) / 256) < DISSOLVE_BELOW_PX:
+        cls = classes[sel]
+        for k in sorted(set(cls.tolist())):
+            part = sel[cls == k]
+            geom = shapely.coverage_union_all(arr.grid.geoms[part]) if arr.grid.info.kind == "regular" \
+                else shapely.union_all(arr.grid.geoms[part])
+            g = shapely.clip_by_rect(gcrs.transform_geometry(geom, city.working_crs, "EPSG:3857"), *bounds)
+            if not g.is_empty and g.area > 0:
+                features.append({"geometry": g, "properties": {**class_props[int(k)], "cells": int(part.size)}})
+    elif sel.size:
+        geoms = gcrs.transform_geometry(arr.grid.geoms[sel], city.working_crs, "EPSG:3857")
+        for i, g in zip(sel, shapely.clip_by_rect(geoms, *bounds), strict=True):
+            if not g.is_empty and g.area > 0:
+                features.append({"geometry": g, "properties": {"code": str(arr.grid.codes[i]), **cell_props(int(i))}})
+    return mapbox_vector_tile.encode([{"name": layer, "features": features}],
+                                     default_options={"quantize_bounds": bounds, "extents": 4096})
+
+
 def heat_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: int, *, categories=None,
               channels=None, bandwidth=None, area=None, min_share: float = HEAT_BANDS[0]) -> bytes:
     """The heat of the window as a Mapbox Vector Tile: layer ``heat``, one polygon per cell whose
     density is at least ``min_share`` of the maximum, with ``density`` (cases/km²) and ``level``
-    (share of the maximum). Cells are picked by their centres with a one-cell margin, then clipped.
-    Where cells are drawn smaller than ``DISSOLVE_BELOW_PX`` pixels (a whole city in one tile), the
-    tile holds one polygon per heat class instead (``level`` = the class's lower edge, HEAT_BANDS;
-    ``density`` = its lower edge in cases/km²; ``cells``), which draws the same colours."""
-    import mapbox_vector_tile
-
+    (share of the maximum). Where cells are drawn smaller than ``DISSOLVE_BELOW_PX`` pixels (a whole
+    city in one tile), one polygon per heat class instead (``level`` = the class's lower edge,
+    HEAT_BANDS; ``density`` = its lower edge in cases/km²; ``cells``), which draws the same colours."""
     bounds = tile_bounds_3857(z, x, y)
     h = heat_for_tiles(conn, city, start, end, categories=categories, channels=channels, bandwidth=bandwidth,
                        area=area)
-    features = []
-    if h["total"]:
-        d, arr = h["density"], h["arrays"]
-        top = float(d.max())
-        box = gcrs.transform_geometry(shapely.segmentize(shapely.box(*bounds), (bounds[2] - bounds[0]) / 8),
-                                      "EPSG:3857", city.working_crs)
-        bx0, by0, bx1, by1 = box.bounds
-        size = arr.grid.info.cell_size or float(np.sqrt(np.median(shapely.area(arr.grid.geoms))))
-        pad = size * 1.5
-        sel = np.flatnonzero((d >= min_share * top) & (arr.cx >= bx0 - pad) & (arr.cx <= bx1 + pad)
-                             & (arr.cy >= by0 - pad) & (arr.cy <= by1 + pad))
-        if sel.size and size / ((bx1 - bx0) / 256) < DISSOLVE_BELOW_PX:
-            band = np.searchsorted(np.array(HEAT_BANDS), d[sel] / top, side="right") - 1
-            for k in sorted(set(band.tolist())):
-                part = sel[band == k]
-                geom = shapely.coverage_union_all(arr.grid.geoms[part]) if arr.grid.info.kind == "regular" \
-                    else shapely.union_all(arr.grid.geoms[part])
-                g = shapely.clip_by_rect(gcrs.transform_geometry(geom, city.working_crs, "EPSG:3857"), *bounds)
-                if g.is_empty or g.area == 0:
-                    continue
-                features.append({"geometry": g, "properties": {
-                    "level": HEAT_BANDS[k], "density": round(HEAT_BANDS[k] * top, 3), "cells": int(part.size)}})
-        elif sel.size:
-            geoms = gcrs.transform_geometry(arr.grid.geoms[sel], city.working_crs, "EPSG:3857")
-            clipped = shapely.clip_by_rect(geoms, *bounds)
-            for i, g in zip(sel, clipped, strict=True):
-                if g.is_empty or g.area == 0:
-                    continue
-                features.append({"geometry": g, "properties": {
-                    "code": str(arr.grid.codes[i]), "density": round(float(d[i]), 3),
-                    "level": round(float(d[i]) / top, 4)}})
-    return mapbox_vector_tile.encode([{"name": "heat", "features": features}],
-                                     default_options={"quantize_bounds": bounds, "extents": 4096})
+    arr = h["arrays"]
+    if not h["total"]:
+        return _cells_tile(arr, city, bounds, np.zeros(arr.n, dtype=bool), np.zeros(arr.n, dtype=int), {}, None,
+                           "heat")
+    d = h["density"]
+    top = float(d.max())
+    band = np.searchsorted(np.array(HEAT_BANDS), d / top, side="right") - 1
+    return _cells_tile(arr, city, bounds, d >= min_share * top, band,
+                       {k: {"level": HEAT_BANDS[k], "density": round(HEAT_BANDS[k] * top, 3)}
+                        for k in range(len(HEAT_BANDS))},
+                       lambda i: {"density": round(float(d[i]), 3), "level": round(float(d[i]) / top, 4)}, "heat")
+
+
+#: Classes of the cases-per-cell layer: lower edges of the counts (the page colours them alike).
+COUNT_CLASSES = (1, 2, 5)
+
+
+def cases_tile(conn: Connection, city: CityInfo, start, end, z: int, x: int, y: int, *, categories=None,
+               channels=None, area=None) -> bytes:
+    """The window's cases per cell as a Mapbox Vector Tile: layer ``cases``, one polygon per cell with
+    cases (``count``), or one per count class (``count_from`` = 1, 2, 5; ``cells``) where cells are a
+    few pixels. Counts under the supervisors' one definition (``layers.analytics.rollups``)."""
+    from layers.analytics import rollups
+
+    bounds = tile_bounds_3857(z, x, y)
+    arr = grid_arrays(conn, city)
+    ids, n = rollups.cell_counts(conn, city, start, end, categories=categories, channels=channels, area=area)
+    pos = arr.positions(ids)
+    ok = pos >= 0
+    cnt = np.zeros(arr.n)
+    np.add.at(cnt, pos[ok], n[ok])
+    cls = np.searchsorted(np.array(COUNT_CLASSES), cnt, side="right") - 1
+    return _cells_tile(arr, city, bounds, cnt > 0, cls, {k: {"count_from": v, "class": k}
+                                                         for k, v in enumerate(COUNT_CLASSES)},
+                       lambda i: {"count": int(cnt[i])}, "cases")

@@ -65,14 +65,27 @@
   let showCold = false;
 
   function heatColor(level) { let k = 0; for (let i = 0; i < bands.length; i++) if (level >= bands[i]) k = i; return ramp[k]; }
-  function heatUrl() {
+  function tileUrl(kind) {
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(filt())) if (v) p.set(k, v);
     if (city) p.set("city", city);
-    return "/api/v1/supervisor/heat/tiles/{z}/{x}/{y}.mvt?" + p.toString();
+    return `/api/v1/supervisor/${kind}/tiles/{z}/{x}/{y}.mvt?` + p.toString();
+  }
+  const caseColor = (n) => (n >= 5 ? "#08519c" : n >= 2 ? "#4292c6" : "#9ecae1");
+  function makeCases() {
+    const t = L.vectorGrid.protobuf(tileUrl("cells"), {
+      rendererFactory: L.canvas.tile, maxNativeZoom: 18, interactive: true,
+      fetchOptions: { headers: authHeaders(), credentials: "same-origin" },
+      vectorTileLayerStyles: { cases: (p) => ({ fill: true, fillColor: caseColor(p.count || p.count_from), fillOpacity: 0.6, color: "#08306b", weight: 0.3 }) },
+    });
+    t.on("click", (e) => {
+      const p = e.layer.properties;
+      L.popup().setLatLng(e.latlng).setContent(p.count != null ? `本网格 ${fmt(p.count)} 件` : `每格 ${p.count_from} 件${p.count_from === 5 ? "以上" : p.count_from === 2 ? "–4 件" : ""} · ${fmt(p.cells)} 个网格（放大查看单个网格）`).openOn(map);
+    });
+    return t;
   }
   function makeHeat() {
-    return L.vectorGrid.protobuf(heatUrl(), {
+    return L.vectorGrid.protobuf(tileUrl("heat"), {
       rendererFactory: L.canvas.tile, maxNativeZoom: 18, interactive: false, pane: "overlayPane",
       fetchOptions: { headers: authHeaders(), credentials: "same-origin" },
       vectorTileLayerStyles: { heat: (p) => ({ fill: true, fillColor: heatColor(p.level), fillOpacity: 0.7, stroke: false, weight: 0 }) },
@@ -86,10 +99,7 @@
       style: (f) => ({ color: "#555", weight: 0.3, fillOpacity: 0.75, fillColor: binColor[f.properties.bin] }),
       onEachFeature: (f, l) => l.bindTooltip(`${binWords[f.properties.bin] || ""} · ${f.properties.cells} 个网格`),
     }),
-    cases: L.geoJSON(null, {
-      style: (f) => ({ color: "#08306b", weight: 0.3, fillOpacity: 0.6, fillColor: f.properties.count >= 5 ? "#08519c" : f.properties.count >= 2 ? "#4292c6" : "#9ecae1" }),
-      onEachFeature: (f, l) => l.bindTooltip(`${f.properties.count} 件`),
-    }),
+    cases: L.layerGroup(),  // vector tiles of the cases per cell, made when shown
     grid: L.geoJSON(null, { style: { color: "#666", weight: 0.5, fill: false } }),
     zones: L.geoJSON(null, {  // key zones coloured by whether their patrol frequency was met on the last day
       style: (f) => ({ color: f.properties.frequency_met ? "#1a9850" : "#d73027", weight: 2.5, fillOpacity: 0.15 }),
@@ -174,10 +184,9 @@
     $("map-status").textContent = "时空热点趋势 Emerging：" + (fc.status === "too_few_cases" ? `案件太少，无法分析（${fmt(fc.cases)} 件）`
       : (parts.length ? parts.join("，") : "无显著趋势") + (fc.scale ? ` · 分析单元 ${fc.scale.unit_m} 米` : "") + ` · ${fc.start} 至 ${fc.end}`);
   }
-  async function loadCases() {  // aggregated per cell, fetched only while the layer is shown
+  async function loadCases() {  // aggregated per cell as vector tiles, fetched only while the layer is shown
     if (!map.hasLayer(layers.cases) || layers.cases.loaded) return;
-    const fc = await api("/api/v1/supervisor/cells", filt());
-    layers.cases.clearLayers(); layers.cases.addData(fc); layers.cases.loaded = true;
+    layers.cases.clearLayers(); layers.cases.addLayer(makeCases()); layers.cases.loaded = true;
   }
   async function loadZones() {  // patrol coverage of the key zones on the window's last day
     if (!map.hasLayer(layers.zones)) return;

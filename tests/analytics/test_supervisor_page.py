@@ -135,6 +135,39 @@ def test_heat_tiles_carry_the_filters(client, scity, tokens):
     assert sum(f["properties"]["cells"] for f in low) >= EXPECT[None]["located"]
 
 
+@pytest.mark.parametrize("cat", [None, "K2"])
+def test_cases_per_cell_tiles(client, scity, tokens, cat):
+    """The cases-per-cell layer as vector tiles: per cell when zoomed in (counts sum to the map's count),
+    one polygon per count class when zoomed out."""
+    import math
+
+    import mapbox_vector_tile
+    from pyproj import Transformer
+
+    h = auth(tokens["supervisor"])
+    tr = Transformer.from_crs(4549, 4326, always_xy=True)
+    (lon0, lat0), (lon1, lat1) = tr.transform(640_000, 3_550_000), tr.transform(642_000, 3_551_000)
+
+    def tile(lon, lat, z):
+        n = 2 ** z
+        return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+
+    z = 15
+    (x0, y0), (x1, y1) = tile(lon0, lat1, z), tile(lon1, lat0, z)
+    counts = {}
+    for x in range(x0, x1 + 1):
+        for y in range(y0, y1 + 1):
+            r = client.get(f"/api/v1/supervisor/cells/tiles/{z}/{x}/{y}.mvt", params=_q(cat), headers=h)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.mapbox-vector-tile"
+            for f in mapbox_vector_tile.decode(r.content).get("cases", {}).get("features", []):
+                counts[f["properties"]["code"]] = f["properties"]["count"]
+    assert sum(counts.values()) == EXPECT[cat]["located"] and all(len(c) == 15 for c in counts)
+    x, y = tile((lon0 + lon1) / 2, (lat0 + lat1) / 2, 9)
+    low = mapbox_vector_tile.decode(client.get(f"/api/v1/supervisor/cells/tiles/9/{x}/{y}.mvt", params=_q(cat),
+                                               headers=h).content)["cases"]["features"]
+    assert [(f["properties"]["count_from"], f["properties"]["cells"]) for f in low] == [(1, len(counts))]
+
+
 def test_bulletin_months_listed(client, bcity, tokens):
     r = client.get("/api/v1/bulletins", params={"city": "btest"}, headers=auth(tokens["supervisor"]))
     assert r.status_code == 200
@@ -246,6 +279,10 @@ def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server,
     assert any(".mvt" in u and "/supervisor/heat/tiles/" in u for u in page.requests)
     assert not any("/api/v1/supervisor/heat?" in u for u in page.requests)
     assert any("category=K2" in u for u in page.requests if ".mvt" in u)  # the tiles carry the filter
+    # the cases per cell come as vector tiles too, with the filter
+    with page.expect_response(lambda r: "/api/v1/supervisor/cells/tiles/" in r.url and "category=K2" in r.url
+                              and r.status == 200):
+        page.click("text=案件网格 Cases per cell")
     assert not page.errors, page.errors
     page.close()
 
