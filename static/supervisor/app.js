@@ -163,8 +163,16 @@
     if (lastHot) { layers.hot.clearLayers(); layers.hot.addData(lastHot); }
     if (lastEmerging) { layers.emerging.clearLayers(); layers.emerging.addData(lastEmerging); drawEmergingLegend(lastEmerging); }
   }
-  map.on("overlayadd", (e) => { if (e.layer === layers.emerging) emLegend.addTo(map); });
-  map.on("overlayremove", (e) => { if (e.layer === layers.emerging) emLegend.remove(); });
+  const casesLegend = control("bottomleft", "legend-cases");
+  map.on("overlayadd", (e) => {
+    if (e.layer === layers.emerging) emLegend.addTo(map);
+    if (e.layer === layers.cases) {
+      casesLegend.addTo(map);
+      casesLegend.div.innerHTML = fold("cases", "案件网格 每格件数", [[1, "1 件"], [2, "2–4 件"], [5, "5 件及以上"]]
+        .map(([n, t]) => `<i style="background:${caseColor(n)}"></i>${t}`).join("<br>"), true);
+    }
+  });
+  map.on("overlayremove", (e) => { if (e.layer === layers.emerging) emLegend.remove(); if (e.layer === layers.cases) casesLegend.remove(); });
 
   async function loadGrid() {
     if (!map.hasLayer(layers.grid)) return;

@@ -283,6 +283,7 @@ def test_page_counts_reconcile_and_follow_the_class_filter(browser, live_server,
     with page.expect_response(lambda r: "/api/v1/supervisor/cells/tiles/" in r.url and "category=K2" in r.url
                               and r.status == 200):
         page.click("text=案件网格 Cases per cell")
+    assert "5 件及以上" in page.inner_text(".legend-cases")
     assert not page.errors, page.errors
     page.close()
 
