@@ -18,6 +18,7 @@ import html
 import io
 from pathlib import Path
 from string import Template
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from sqlalchemy import Connection, text
@@ -57,6 +58,21 @@ def _change(cur: dict, prev: dict) -> str:
         return "—"
     d = 100 * (cur["value"] - prev["value"])
     return f"{'+' if d >= 0 else ''}{d:.1f} 个百分点 pp"
+
+
+def months(conn: Connection, city: CityInfo, limit: int = 36) -> list[dict]:
+    """The months a bulletin can be made of (those with cases), newest first: month, cases received
+    (the rollup's definition) and whether the month is over (a running month is a preliminary bulletin)."""
+    today = dt.datetime.now(ZoneInfo(rollups.timezone(conn, city))).date()
+    rows = conn.execute(text("""
+        SELECT to_char(date_trunc('month', day), 'YYYY-MM') AS m, sum(n) FROM case_rollup
+        WHERE city_id = :c GROUP BY 1 ORDER BY 1 DESC LIMIT :n"""), {"c": city.id, "n": limit}).all()
+    out = []
+    for m, n in rows:
+        _, end = lkpi.month_bounds(m)
+        out.append({"month": m, "received": int(n), "complete": end <= today,
+                    "files": {f: f"{m}.{f}" for f in ("pdf", "xlsx", "html")}})
+    return out
 
 
 def _prev_month(month: str) -> str:

@@ -27,7 +27,7 @@ EMERGING_ZH = {
 
 
 def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12, step_days: int = 7,
-             categories=None) -> dict:
+             categories=None, channels=None, area=None) -> dict:
     """Emerging hot spots over ``steps`` periods of ``step_days`` days ending on ``end``, on the
     exact test (``gis.exact_hotspots.exact_emerging``)."""
     from gis import exact_hotspots as gex
@@ -36,7 +36,8 @@ def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12,
         raise InputError("steps must be 3..60 and step_days 1..31")
     arr = grid_arrays(conn, city)
     start = end - dt.timedelta(days=steps * step_days - 1)
-    ids, day, n = rollups.cell_day_counts(conn, city, start, end, categories=categories)
+    ids, day, n = rollups.cell_day_counts(conn, city, start, end, categories=categories, channels=channels,
+                                             area=area)
     pos = arr.positions(ids)
     ok = pos >= 0
     cube = np.zeros((steps, arr.n))
@@ -51,9 +52,11 @@ def emerging(conn: Connection, city: CityInfo, end: dt.date, *, steps: int = 12,
             "scale": scale, "unit_categories": cats}
 
 
-def emerging_geojson(conn, city, end, *, steps=12, step_days=7, categories=None, dst="EPSG:4326") -> dict:
+def emerging_geojson(conn, city, end, *, steps=12, step_days=7, categories=None, channels=None, area=None,
+                     dst="EPSG:4326") -> dict:
     """One feature per analysis unit with a pattern; ``summary`` counts cells per category."""
-    e = emerging(conn, city, end, steps=steps, step_days=step_days, categories=categories)
+    e = emerging(conn, city, end, steps=steps, step_days=step_days, categories=categories, channels=channels,
+                 area=area)
     cats = e["categories"]
     sel = np.flatnonzero(cats != ghot.NO_PATTERN)
     if e["too_few"]:
@@ -63,10 +66,13 @@ def emerging_geojson(conn, city, end, *, steps=12, step_days=7, categories=None,
         us = np.flatnonzero(uc != ghot.NO_PATTERN)
         ncell = np.bincount(scale.unit, minlength=scale.m)
         fc = _geojson_of(_unit_geoms(e["arrays"], scale, us), city, dst, [
-            {"unit": int(u), "category": uc[u], "label": f"{EMERGING_ZH.get(uc[u], '')} {uc[u]}",
+            {"unit": int(u), "category": uc[u], "name": EMERGING_ZH.get(uc[u], uc[u]),
+             "label": f"{EMERGING_ZH.get(uc[u], '')} {uc[u]}",
              "cells": int(ncell[u])} for u in us])
     names, counts = np.unique(cats[sel], return_counts=True) if sel.size else ([], [])
-    fc.update(summary={str(k): int(v) for k, v in zip(names, counts, strict=True)}, start=str(e["start"]),
+    fc.update(summary={str(k): int(v) for k, v in zip(names, counts, strict=True)},
+              legend=[{"category": str(k), "name": EMERGING_ZH.get(str(k), str(k)), "cold": "Cold" in str(k),
+                       "cells": int(v)} for k, v in zip(names, counts, strict=True)], start=str(e["start"]),
               end=str(end), steps=steps, step_days=step_days)
     rep = e["report"]
     if e["too_few"]:

@@ -11,6 +11,7 @@ from sqlalchemy import Connection
 
 from gis import crs as gcrs
 from gis import exact_hotspots as gex
+from layers.analytics import rollups
 from layers.analytics.cache import GridArrays, _to_crs, dense_counts, grid_arrays
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
@@ -97,7 +98,7 @@ HOT_LABELS = {3: "热点 99% Hot spot 99%", 2: "热点 95% Hot spot 95%", 1: "�
 # ----------------------------------------------------------------------------------------------
 
 def hotspots(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
-             unit_m: float | None = None, fdr: bool = True) -> dict:
+             unit_m: float | None = None, fdr: bool = True, area: str | None = None) -> dict:
     """Significant hot/cold spots by the exact conditional test at a chosen scale
     (``gis.exact_hotspots``: binomial given the window's total and the neighbourhood's share of the
     city's area, BH-FDR, bins ±1..3). Returns per-cell arrays (grid order; every cell carries the
@@ -105,14 +106,18 @@ def hotspots(conn: Connection, city: CityInfo, start, end, *, categories=None, c
     30 cases: no analysis, every bin 0)."""
     arr = grid_arrays(conn, city)
     x = dense_counts(conn, city, arr, start, end, categories, channels)
+    mask = rollups.area_mask(arr.grid.codes, area)
+    if mask is not None:
+        x = np.where(mask, x, 0.0)
     return hotspots_of_counts(arr, x, unit_m=unit_m, fdr=fdr)
 
 
 def hotspots_geojson(conn: Connection, city: CityInfo, start, end, *, categories=None, channels=None,
-                     unit_m=None, fdr=True, dst="EPSG:4326", dissolve: bool = False) -> dict:
+                     unit_m=None, fdr=True, dst="EPSG:4326", dissolve: bool = False, area=None) -> dict:
     """The significant analysis units as polygons (one feature per unit: its p, z, observed and
     expected neighbourhood counts, its cells), or with ``dissolve`` one (multi)polygon per bin."""
-    h = hotspots(conn, city, start, end, categories=categories, channels=channels, unit_m=unit_m, fdr=fdr)
+    h = hotspots(conn, city, start, end, categories=categories, channels=channels, unit_m=unit_m, fdr=fdr,
+                 area=area)
     b, x = h["bins"], h["counts"]
     if h["too_few"]:
         fc = {"type": "FeatureCollection", "features": []}

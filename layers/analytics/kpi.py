@@ -1,11 +1,12 @@
 """KPIs from the audit log (``case_event`` only) per district, street, department, class and period.
 
-The cohort of a period is the cases *received* in it (their ``received`` event falls in
-[start, end)); their facts are read from their events up to ``as_of`` (default: the end of the
+The cohort of a period is the cases *received* in it under the one definition of
+``layers.analytics.rollups`` (``received_at`` in [start, end) local days, merged duplicates 并单 not
+counted, the same class/channel/area filters as the map and the charts); their facts are read from their events up to ``as_of`` (default: the end of the
 period; a bulletin made later may pass a later date). Facts per case:
 
 =================  =====================================================================
-received           a 'received' event in the period (the cohort)
+received           received in the period (the cohort; its 'received' event has the same time)
 accepted/rejected  an 'accepted' / 'rejected' event (立案 / 不予立案)
 dispatched         a 'dispatched' event; dispatch_ok = dispatched and never 'returned' (回退)
 handled            a 'feedback' event; handled_on_time = the first feedback met its step
@@ -86,9 +87,8 @@ def _local_midnight(d: dt.date, tz: str) -> dt.datetime:
 
 FACTS_SQL = """
 WITH cohort AS (
-    SELECT e.case_id FROM case_event e JOIN case_file f ON f.id = e.case_id
-    WHERE f.city_id = :city AND e.kind = 'received' AND e.at >= :t0 AND e.at < :t1
-    GROUP BY e.case_id
+    SELECT f.id AS case_id FROM case_file f
+    WHERE f.city_id = :city AND f.received_at >= :t0 AND f.received_at < :t1 AND f.merged_into IS NULL {filters}
 ), ev AS (
     SELECT e.* FROM case_event e JOIN cohort c ON c.case_id = e.case_id WHERE e.at < :asof
 ), per AS (
@@ -144,8 +144,10 @@ GROUP BY 1 ORDER BY 1
 
 
 def facts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: str = "all",
-          as_of: dt.datetime | None = None, cfg: dict | None = None) -> dict[str, dict]:
-    """group key → fact counts, for cases received on local days start ≤ day < end."""
+          as_of: dt.datetime | None = None, cfg: dict | None = None, *, categories=None, channels=None,
+          area=None) -> dict[str, dict]:
+    """group key → fact counts, for cases received on local days start ≤ day < end (optionally of
+    the given classes, channels and area only)."""
     if by not in GROUPS:
         raise InputError(f"by must be one of {', '.join(GROUPS)}")
     if end <= start:
@@ -154,8 +156,9 @@ def facts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: st
     tz = rollups.timezone(conn, city)
     t0, t1 = _local_midnight(start, tz), _local_midnight(end, tz)
     rw = next((d for d in cfg["assessment"]["deductions"] if d["fact"] == "rework_times"), {})
-    rows = conn.execute(text(FACTS_SQL.format(group=GROUPS[by])), {
-        "city": city.id, "t0": t0, "t1": t1, "asof": as_of or t1,
+    fsql, fparams = rollups.filter_sql(categories, channels, area, "f.")
+    rows = conn.execute(text(FACTS_SQL.format(group=GROUPS[by], filters=fsql)), {
+        **fparams, "city": city.id, "t0": t0, "t1": t1, "asof": as_of or t1,
         "heavy": int(rw.get("heavy_from", 10**6)), "heavy_pc": float(rw.get("heavy_per_case", 0)),
         "light_pc": float(rw.get("per_case", 0))}).mappings().all()
     out = {}
@@ -183,10 +186,11 @@ def kpis_from_facts(f: dict, cfg: dict | None = None) -> dict[str, dict]:
 
 
 def kpis(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: str = "all",
-         as_of: dt.datetime | None = None) -> dict[str, dict]:
+         as_of: dt.datetime | None = None, *, categories=None, channels=None, area=None) -> dict[str, dict]:
     """group → KPI name → {value, num, den}."""
     cfg = config()
-    return {g: kpis_from_facts(f, cfg) for g, f in facts(conn, city, start, end, by, as_of, cfg).items()}
+    return {g: kpis_from_facts(f, cfg) for g, f in facts(conn, city, start, end, by, as_of, cfg, categories=categories,
+                                                        channels=channels, area=area).items()}
 
 
 def group_names(conn: Connection, city: CityInfo, by: str) -> dict[str, str]:

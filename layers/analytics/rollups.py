@@ -1,5 +1,12 @@
 """Case rollups: counts per cell × local day × class × channel (table ``case_rollup``).
 
+**Received in the window** (the one definition behind the supervisors' map, KPIs and charts): a case
+whose ``received_at`` falls on a local day start..end of the city's time zone (= ``[start 00:00,
+end + 1 day 00:00)`` local time), that is not a merged duplicate (并单: a merged call is counted once,
+in its original case). Filters: classes, channels and an administrative area (district 6 / street 9 /
+community 12 digits) matched by the code of the case's cell; a case without a cell has no area and
+is counted city-wide only (the map cannot place it: ``window_counts`` says how many).
+
 Kept current by statement-level triggers on ``case_file`` (migration 0005): every INSERT, UPDATE
 (cell, class, channel, time or 并单 changed) or DELETE adjusts the counts set-based through transition
 tables, in the same transaction as the change. Every window and filter of the supervisors' view is
@@ -10,6 +17,7 @@ scratch (repair, or after changing the city's time zone).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -61,22 +69,79 @@ def check_window(start: dt.date, end: dt.date) -> None:
         raise InputError(f"the window is longer than {MAX_DAYS} days")
 
 
-def _filters(categories, channels) -> tuple[str, dict]:
+_AREA = re.compile(r"^[0-9]{6}([0-9]{3}([0-9]{3})?)?$")
+
+DEFINITION = ("受理量口径：受理时间（本地日）在所选起止日之间（含首尾日）的案件；重复诉求并单后只计原案一次；"
+              "按类别、渠道、区域筛选。地图、指标卡和图表使用同一口径。")
+DEFINITION_EN = ("Received in the window: cases whose received time falls on a local day from the first to the "
+                 "last day (both included); merged duplicates (并单) count once, in their original case; the same "
+                 "class, channel and area filters apply to the map, the KPI cards and the charts.")
+
+
+def check_area(area: str | None) -> str | None:
+    """An administrative area code (district 6, street 9, community 12 digits), or None."""
+    if area is None or area == "":
+        return None
+    if not _AREA.match(area):
+        raise InputError(f"area must be a district (6 digits), street (9) or community (12) code, got '{area[:20]}'")
+    return area
+
+
+def filter_sql(categories, channels, area=None, prefix: str = "") -> tuple[str, dict]:
+    """SQL conditions of the supervisors' filters on a table with category_code, channel and cell_id
+    (``prefix``: the table's alias with its dot)."""
     sql, params = "", {}
     if categories:
-        sql += " AND category_code = ANY(:cats)"
+        sql += f" AND {prefix}category_code = ANY(:cats)"
         params["cats"] = list(categories)
     if channels:
-        sql += " AND channel = ANY(:chans)"
+        sql += f" AND {prefix}channel = ANY(:chans)"
         params["chans"] = list(channels)
+    if check_area(area):
+        sql += f" AND {prefix}cell_id IN (SELECT id FROM grid_cell WHERE code LIKE :area_prefix)"
+        params["area_prefix"] = area + "%"
     return sql, params
 
 
+def area_mask(codes, area: str | None) -> np.ndarray | None:
+    """Cells (in the given code order) inside the area, by the same rule as the SQL filter (the cell
+    code starts with the area code); None without an area."""
+    if not check_area(area):
+        return None
+    return np.fromiter((str(c).startswith(area) for c in codes), dtype=bool, count=len(codes))
+
+
+def local_bounds(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start 00:00, end + 1 day 00:00) in the city's time zone: the instants of local days start..end."""
+    tz = ZoneInfo(timezone(conn, city))
+    e1 = end + dt.timedelta(days=1)
+    return (dt.datetime(start.year, start.month, start.day, tzinfo=tz), dt.datetime(e1.year, e1.month, e1.day, tzinfo=tz))
+
+
+def window_counts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, categories=None,
+                  channels=None, area=None) -> dict:
+    """The window's cases under the one definition: ``received`` (all, as the KPI 受理量 and the
+    charts count them), ``located`` (in a cell: what the map shows), ``unlocated`` (no cell), and
+    ``merged`` (duplicates merged into another case, not counted)."""
+    check_window(start, end)
+    f, p = filter_sql(categories, channels, area)
+    row = conn.execute(text(f"""
+        SELECT COALESCE(sum(n), 0), COALESCE(sum(n) FILTER (WHERE cell_id <> 0), 0) FROM case_rollup
+        WHERE city_id = :c AND day BETWEEN :a AND :b {f}"""), {"c": city.id, "a": start, "b": end, **p}).one()
+    t0, t1 = local_bounds(conn, city, start, end)
+    f2, p2 = filter_sql(categories, channels, area, "f.")
+    merged = conn.execute(text(f"""
+        SELECT count(*) FROM case_file f WHERE f.city_id = :c AND f.received_at >= :t0 AND f.received_at < :t1
+        AND f.merged_into IS NOT NULL {f2}"""), {"c": city.id, "t0": t0, "t1": t1, **p2}).scalar_one()
+    return {"received": int(row[0]), "located": int(row[1]), "unlocated": int(row[0]) - int(row[1]),
+            "merged": int(merged)}
+
+
 def cell_counts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, categories=None,
-                channels=None) -> tuple[np.ndarray, np.ndarray]:
+                channels=None, area=None) -> tuple[np.ndarray, np.ndarray]:
     """(cell ids, counts) of cases received on days start..end (inclusive), cells with ≥ 1 case."""
     check_window(start, end)
-    f, p = _filters(categories, channels)
+    f, p = filter_sql(categories, channels, area)
     rows = conn.execute(text(f"""
         SELECT cell_id, sum(n) FROM case_rollup
         WHERE city_id = :c AND day BETWEEN :a AND :b AND cell_id <> 0 {f}
@@ -87,10 +152,10 @@ def cell_counts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, 
 
 
 def cell_day_counts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, *, categories=None,
-                    channels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    channels=None, area=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell ids, day index from ``start``, counts): sparse cell × day triples."""
     check_window(start, end)
-    f, p = _filters(categories, channels)
+    f, p = filter_sql(categories, channels, area)
     rows = conn.execute(text(f"""
         SELECT cell_id, day - CAST(:a AS date), sum(n) FROM case_rollup
         WHERE city_id = :c AND day BETWEEN :a AND :b AND cell_id <> 0 {f}
@@ -112,13 +177,17 @@ def class_day_counts(conn: Connection, city: CityInfo, start: dt.date, end: dt.d
     return out
 
 
-def totals(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: str) -> list[dict]:
-    """Counts grouped by 'day', 'category' or 'channel' over the window."""
+def totals(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: str, *, categories=None,
+           channels=None, area=None) -> list[dict]:
+    """Counts grouped by 'day', 'category' or 'channel' over the window (cases with or without a
+    cell), under the supervisors' filters."""
     check_window(start, end)
     col = {"day": "day", "category": "category_code", "channel": "channel"}.get(by)
     if col is None:
         raise InputError("by must be one of day, category, channel")
+    f, p = filter_sql(categories, channels, area)
     rows = conn.execute(text(f"""
-        SELECT {col}, sum(n) FROM case_rollup WHERE city_id = :c AND day BETWEEN :a AND :b
-        GROUP BY 1 ORDER BY {'1' if by == 'day' else '2 DESC, 1'}"""), {"c": city.id, "a": start, "b": end}).all()
+        SELECT {col}, sum(n) FROM case_rollup WHERE city_id = :c AND day BETWEEN :a AND :b {f}
+        GROUP BY 1 ORDER BY {'1' if by == 'day' else '2 DESC, 1'}"""),
+        {"c": city.id, "a": start, "b": end, **p}).all()
     return [{"key": str(k), "n": int(n)} for k, n in rows]
