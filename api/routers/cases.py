@@ -95,6 +95,7 @@ class CaseIn(Body):
 @router.post("/cases", summary="受理 Record a case (hotline call, inspector report)", status_code=201)
 def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(get_conn, scope="function"),
                 city: CityInfo = Depends(get_city)):
+    wf.check_call(body.description, body.address, body.location)  # the call form: what and where
     loc = to_working(city, body.location)
     location_source = None
     confidence = None

@@ -215,7 +215,8 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
 def test_needs_location_queue_placed_on_the_map(live_server, browser, tokens, haimen, engine, spot):
     text_ = f"路灯不亮 street light out, caller could not say where {uuid.uuid4().hex[:8]}"
     r = httpx.post(f"{live_server}/api/v1/cases", headers=auth(tokens["operator"]),
-                   json={"category_code": "E10101", "channel": "电话", "description": text_})
+                   json={"category_code": "E10101", "channel": "电话", "description": text_,
+                         "address": "不明地点 nowhere known"})
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["needs_location"] is True and made["cell_code"] is None
