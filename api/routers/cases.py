@@ -218,9 +218,11 @@ def catalog(_=Depends(STAFF_ALL)):
 
 @router.get("/departments", summary="部门 Departments of the city")
 def departments(_=Depends(STAFF_ALL), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    rows = conn.execute(text("SELECT id, code, name, kind, area_code FROM department WHERE city_id = :c ORDER BY id"),
-                        {"c": city.id}).mappings().all()
-    return {"departments": [dict(r) for r in rows]}
+    rows = conn.execute(text("SELECT id, code, name, kind, area_code FROM department WHERE city_id = :c AND active "
+                             "ORDER BY kind <> 'department', id"), {"c": city.id}).mappings().all()
+    staffed = wf.staffed_departments(conn, city.id)
+    # staffed: someone works there (a user of the department); unstaffed ones are flagged 无人员 on the page
+    return {"departments": [{**dict(r), "staffed": r["code"] in staffed or r["name"] in staffed} for r in rows]}
 
 
 @router.post("/departments/setup", summary="部门初始化 Create the configured departments and street offices")

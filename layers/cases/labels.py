@@ -69,7 +69,7 @@ def page_catalog(conn: Connection, city: CityInfo) -> dict:
     out["areas"] = areas
     deps = {}
     for code, name, kind, area_code in conn.execute(text(
-            "SELECT code, name, kind, area_code FROM department WHERE city_id = :c AND active ORDER BY id"),
+            "SELECT code, name, kind, area_code FROM department WHERE city_id = :c ORDER BY id"),
             {"c": city.id}):
         if kind == "street" and area_code in areas:
             a = areas[area_code]

@@ -173,7 +173,26 @@ def propose_department(conn: Connection, case_id: int) -> dict:
     else:
         order, rule = [owner, territory], "部件先属主、后属地 components: owner first, then territory"
     cands = [c for c in order if c is not None]
-    return {"rule": rule, "kind": kind, "proposed": cands[0] if cands else None, "candidates": cands}
+    # Only a department someone works in can act on a case: the first staffed candidate is proposed;
+    # when none is staffed, the first is, flagged unstaffed (无人员) for the dispatcher to see.
+    staffed = staffed_departments(conn, city_id, [c["code"] for c in cands] + [c["name"] for c in cands])
+    for c in cands:
+        c["staffed"] = c["code"] in staffed or c["name"] in staffed
+    ready = [c for c in cands if c["staffed"]]
+    proposed = ready[0] if ready else (cands[0] if cands else None)
+    return {"rule": rule, "kind": kind, "proposed": proposed, "candidates": cands,
+            "unstaffed": bool(proposed is not None and not proposed["staffed"])}
+
+
+def staffed_departments(conn: Connection, city_id: int, refs: list[str] | None = None) -> set[str]:
+    """The department codes or names (as ``app_user.department`` holds them) with at least one active
+    department user; only among ``refs`` when given."""
+    sql = "SELECT DISTINCT department FROM app_user WHERE role = 'department' AND active AND department IS NOT NULL"
+    params: dict = {}
+    if refs is not None:
+        sql += " AND department = ANY(:refs)"
+        params["refs"] = list(refs)
+    return {r[0] for r in conn.execute(text(sql), params)}
 
 
 # -- opening a case ----------------------------------------------------------------------------

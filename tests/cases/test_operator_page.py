@@ -101,7 +101,7 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
 
     # 受理: the operator records the call on the page, the location by a click on the map.
     op = open_page(browser, live_server, "/operator", tokens["operator"])
-    assert "operator" in op.inner_text("#who")
+    assert op.inner_text("#who").endswith("· 受理员")  # the role in words, not its code
     op.select_option("#channel", "电话")
     op.select_option("#request-type", "投诉")
     op.select_option("#category", "E10101")
@@ -259,11 +259,12 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     page.select_option("#category", "E10101")
     page.fill("#description", text_)
     click_map(page, 121.60, 31.60, zoom=12)  # in the sea east of Haimen
-    page.wait_for_function("document.getElementById('record-loc').textContent.includes('outside')", timeout=10000)
+    page.wait_for_selector("#record-loc[data-outside='1']", timeout=10000)
+    assert "不在本市范围内" in page.inner_text("#record-loc")
     page.click("#record-submit")
     page.wait_for_selector("#record-result .err", timeout=10000)
     msg = page.inner_text("#record-result")
-    assert "422" in msg and "outside the city" in msg
+    assert "所选位置不在本市范围内" in msg and "outside" not in msg  # the API's 422, in Chinese
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM case_file WHERE description = :d"), {"d": text_}).scalar() == 0
 
@@ -282,7 +283,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     # 不予立案 without a reason: the API's 422 message, the case unchanged.
     page.click("#d-buttons button[data-action='reject']")
     page.wait_for_selector("#d-result .err", timeout=10000)
-    assert "'reject' needs a reason" in page.inner_text("#d-result")
+    assert "须填写原因" in page.inner_text("#d-result") and "不予立案" in page.inner_text("#d-result")
     assert case_row(engine, case_id)["state"] == "collected"
 
     # Dispatch to another department than proposed without a reason: refused, with the message.
@@ -291,7 +292,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     assert page.is_visible("#d-override-row")
     page.click("#d-buttons button[data-action='dispatch']")
     page.wait_for_selector("#d-result .err", timeout=10000)
-    assert "give override_reason" in page.inner_text("#d-result")
+    assert "须填写改派理由" in page.inner_text("#d-result")
     row = case_row(engine, case_id)
     assert row["state"] == "accepted" and row["department_id"] is None
     # With the reason it goes, and the reason is in the event.
@@ -309,7 +310,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     bad.evaluate("localStorage.setItem('citygrid_token', 'cg_nonsense')")
     bad.reload()
     bad.wait_for_selector("#error:not([hidden])", timeout=10000)
-    assert "401" in bad.inner_text("#error") and bad.is_visible("#login")
+    assert "未知令牌" in bad.inner_text("#error") and bad.is_visible("#login")
     assert page.js_errors == []
     page.context.close()
     bad.context.close()
