@@ -314,3 +314,51 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     assert page.js_errors == []
     page.context.close()
     bad.context.close()
+
+
+def test_words_not_codes_and_the_language_switch(live_server, browser, tokens, haimen, engine, spot):
+    """The call form refuses an empty call on the page (nothing sent), a case's detail says its state,
+    source, class, department and timeline in words, and the 中文/EN switch redraws it in English."""
+    page = open_page(browser, live_server, "/operator", tokens["operator"])
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if r.method == "POST" and "/api/v1/cases" in r.url else None)
+    page.click("#record-submit")
+    page.wait_for_selector("#record-result .err")
+    msg = page.inner_text("#record-result")
+    assert "请选择类别" in msg and "请填写问题描述" in msg and "请填写地址或在地图上选择位置" in msg
+    assert page.get_attribute("#description", "aria-invalid") == "true" and requests == []
+    # a class urgent by nature shows its urgency on the form; lower ones cannot be chosen
+    page.select_option("#category", "010101")
+    assert page.input_value("#urgency") == "emergency" and page.is_visible("#urgency-note")
+    assert page.eval_on_selector("#urgency option[value='normal']", "o => o.disabled") is True
+    page.select_option("#category", "E10101")
+    assert page.eval_on_selector("#urgency option[value='normal']", "o => o.disabled") is False
+    page.select_option("#urgency", "urgent")
+    page.fill("#description", f"语言切换 language switch {uuid.uuid4().hex[:6]}")
+    lon, lat = spot()
+    pick_cell(page, cell_at(engine, haimen, lon, lat))
+    page.click("#record-submit")
+    page.wait_for_selector("#new-case-no", timeout=10000)
+    case_no = page.inner_text("#new-case-no").strip()
+    with engine.connect() as c:
+        case_id, urgency = c.execute(text("SELECT id, urgency FROM case_file WHERE case_no = :n"), {"n": case_no}).one()
+    assert urgency == "urgent"  # exactly as chosen
+    page.wait_for_selector(f"#detail-body[data-case-id='{case_id}']")
+    detail = page.inner_text("#detail-body")
+    for words in ("信息收集", "12345热线", "生活垃圾暴露", "紧急", "受理"):
+        assert words in detail, words
+    for code in ("collected", "hotline", "E10101", "urgent", "received", "operator"):
+        assert code not in detail, code
+    page.click("#lang")
+    page.wait_for_function("document.documentElement.lang === 'en'")
+    assert page.inner_text("h1") == "Operator workbench"
+    detail = page.inner_text("#detail-body")
+    assert "Collected" in detail and "Household rubbish exposed" in detail and "Hotline" in detail
+    assert "信息收集" not in detail
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.inner_text("h1") == "Operator workbench"  # the choice is kept
+    page.click("#lang")
+    assert page.inner_text("h1") == "受理派遣工作台"
+    assert page.js_errors == []
+    page.context.close()

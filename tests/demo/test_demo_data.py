@@ -94,3 +94,34 @@ def test_one_department_list(engine, demo):
     # the configuration itself has no duplicate codes or names
     conf = department_config()
     assert len({d["code"] for d in conf}) == len({d["name"] for d in conf}) == len(conf)
+
+
+def test_migration_0024_merges_old_duplicates(conn, demo):
+    """The duplicates the old demo loader made (ST<street>, 环卫处 HW …) are merged into the configured
+    departments: their cases and users move, they become inactive, the configured ones stay."""
+    import importlib
+
+    from layers.core.users import add_user
+
+    merge = importlib.import_module("layers.migrations.versions.0024_department_dedup").MERGE
+    street = conn.execute(text("SELECT code FROM admin_area WHERE city_id = :c AND level = 'street' ORDER BY code LIMIT 1"),
+                          {"c": demo.id}).scalar()
+    ids = {}
+    for code, name, kind, area in (("HW", "环卫处", "department", None), (f"ST{street}", "某街道办事处", "street", street)):
+        ids[code] = conn.execute(text("""INSERT INTO department (city_id, code, name, kind, area_code)
+                                         VALUES (:c, :code, :name, :kind, :a) RETURNING id"""),
+                                 {"c": demo.id, "code": code, "name": name, "kind": kind, "a": area}).scalar()
+    case_ids = conn.execute(text("""SELECT id FROM case_file WHERE city_id = :c AND source_ref LIKE 'synthetic:%'
+                                    ORDER BY id LIMIT 2"""), {"c": demo.id}).scalars().all()
+    for cid, code in zip(case_ids, ids, strict=True):
+        conn.execute(text("UPDATE case_file SET department_id = :d WHERE id = :i"), {"d": ids[code], "i": cid})
+    user, _ = add_user(conn, "migration_0024_hw", "department", department="HW")
+    for sql in merge:
+        conn.execute(text(sql))
+    got = dict(conn.execute(text("""SELECT c.id, d.code FROM case_file c JOIN department d ON d.id = c.department_id
+                                    WHERE c.id = ANY(:i)"""), {"i": case_ids}).all())
+    assert got == {case_ids[0]: "sanitation", case_ids[1]: f"street-{street}"}
+    assert conn.execute(text("SELECT department FROM app_user WHERE id = :i"), {"i": user.id}).scalar() == "sanitation"
+    active = dict(conn.execute(text("SELECT code, active FROM department WHERE city_id = :c AND code = ANY(:k)"),
+                               {"c": demo.id, "k": ["HW", f"ST{street}", "sanitation", f"street-{street}"]}).all())
+    assert active == {"HW": False, f"ST{street}": False, "sanitation": True, f"street-{street}": True}

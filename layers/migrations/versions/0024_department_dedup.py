@@ -20,20 +20,26 @@ depends_on = None
 
 PAIRS = "('HW', 'sanitation'), ('SZ', 'roads'), ('CG', 'urban_mgmt')"
 
-
-def upgrade() -> None:
-    op.execute(f"""
-    CREATE TEMP TABLE dep_merge ON COMMIT DROP AS
+#: The merge, statement by statement (also run by tests/demo/test_demo_data.py on made-up duplicates).
+MERGE = [
+    f"""CREATE TEMP TABLE dep_merge ON COMMIT DROP AS
     SELECT dup.id AS dup_id, dup.code AS dup_code, keep.id AS keep_id, keep.code AS keep_code
     FROM department dup
     JOIN department keep ON keep.city_id = dup.city_id AND keep.active AND keep.id <> dup.id
      AND (keep.code = (SELECT p.k FROM (VALUES {PAIRS}) AS p(d, k) WHERE p.d = dup.code)
           OR (dup.code ~ '^ST[0-9]{{9}}$' AND dup.kind = 'street' AND keep.code = 'street-' || substr(dup.code, 3)))
-    WHERE dup.active""")
-    op.execute("UPDATE case_file c SET department_id = m.keep_id FROM dep_merge m WHERE c.department_id = m.dup_id")
-    op.execute("""UPDATE app_user u SET department = m.keep_code FROM dep_merge m, department d
-                  WHERE d.id = m.dup_id AND u.department IN (m.dup_code, d.name)""")
-    op.execute("UPDATE department d SET active = false FROM dep_merge m WHERE d.id = m.dup_id")
+    WHERE dup.active""",
+    "UPDATE case_file c SET department_id = m.keep_id FROM dep_merge m WHERE c.department_id = m.dup_id",
+    """UPDATE app_user u SET department = m.keep_code FROM dep_merge m, department d
+       WHERE d.id = m.dup_id AND u.department IN (m.dup_code, d.name)""",
+    "UPDATE department d SET active = false FROM dep_merge m WHERE d.id = m.dup_id",
+    "DROP TABLE dep_merge",
+]
+
+
+def upgrade() -> None:
+    for sql in MERGE:
+        op.execute(sql)
 
 
 def downgrade() -> None:
