@@ -134,6 +134,7 @@ def more_views(page, page_name: str, scene: dict) -> list[str]:
         page.click(f"#case-list li[data-id='{cid}']")
         page.wait_for_selector(f"#detail-body[data-case-id='{cid}'] #d-events li", timeout=15_000)
         texts.append(page.evaluate("() => document.body.innerText"))
+        page.screenshot(path=str(OUT / "screenshots" / "operator-case-1366x900.png"), full_page=True)
         page.click(f"#case-list li[data-id='{scene['cases'][1]}']")  # accepted: the dispatch proposal
         page.wait_for_selector(f"#detail-body[data-case-id='{scene['cases'][1]}'] #d-candidates li", timeout=15_000)
         texts.append(page.evaluate("() => document.body.innerText"))
