@@ -169,6 +169,8 @@
     const parents = new Set(items.map((i) => i.parent).filter(Boolean));
     return items.filter((i) => !parents.has(i.code));
   }
+  // The street or town a cell lies in (the first 9 digits of its code), by name.
+  function street(cellCode) { return W("areas", String(cellCode || "").slice(0, 9), T("本市", "the city")); }
   // A class by its name (never its code): the catalog's words, else the name the case carries.
   function className(c) { return W("classes", c.category_code, c.category_name || T("未分类", "unclassified")); }
   function classPath(i, byCode) {
@@ -210,7 +212,7 @@
     if (!p) return T("未定位 — 可点击地图选点", "none — click the map to pick a point");
     const xy = `${p.latlng.lng.toFixed(6)}, ${p.latlng.lat.toFixed(6)}`;
     if (!p.cell) return xy + " …";
-    return `${xy} · ` + (p.cell.code ? `${T("网格", "cell")} ${p.cell.code}（${W("areas", p.cell.code, "")}）` : T("不在本市范围内", "outside the city"));
+    return `${xy} · ` + (p.cell.code ? `${T("网格", "cell")} ${p.cell.code}（${street(p.cell.code)}）` : T("不在本市范围内", "outside the city"));
   }
 
   async function recordPick(latlng) {
@@ -268,7 +270,7 @@
       let extra = "";
       if (d.merged_into) extra += `<div>${T("已并单：与近期邻近的同类案卷合并", "Merged into an open case of the same class nearby")}</div>`;
       if (d.needs_location) extra += `<div>${T("未定位：已进入待定位队列", "No location: the case waits in the needs-location queue")}</div>`;
-      else extra += `<div>${T("网格", "Cell")} <b>${esc(d.cell_code)}</b>（${esc(W("areas", d.cell_code, ""))}）</div>`;
+      else extra += `<div>${T("网格", "Cell")} <b>${esc(d.cell_code)}</b>（${esc(street(d.cell_code))}）</div>`;
       say("record-result", "ok", `${T("已受理。案卷编号", "Recorded. Case number")}：<span class="code" id="new-case-no">${esc(d.case_no)}</span><br>
         ${T("查询码", "Query code")}：<span class="code" id="new-query-code">${esc(d.query_code)}</span>
         <div><b>${T("请告知来电人编号和查询码（只显示这一次）", "Tell the caller both: the query code is shown only now.")}</b></div>
@@ -338,7 +340,7 @@
       [T("类别", "Class"), className(d)], [T("来源", "Source"), `${W("sources", d.source)}${d.channel ? " · " + W("channels", d.channel, d.channel) : ""}`],
       [T("诉求类型", "Type"), d.request_type ? W("request_types", d.request_type, d.request_type) : "—"], [T("紧急程度", "Urgency"), W("urgencies", d.urgency)],
       [T("受理时间", "Received"), fmt(d.received_at)], [T("地址", "Address"), d.address || "—"], [T("问题描述", "Description"), d.description || "—"],
-      [T("网格", "Cell"), d.cell_code ? `${d.cell_code}（${W("areas", d.cell_code, "")}）` : T("未定位", "not located")],
+      [T("网格", "Cell"), d.cell_code ? `${d.cell_code}（${street(d.cell_code)}）` : T("未定位", "not located")],
       [T("处置部门", "Department"), d.department_code ? W("departments", d.department_code, d.department_name) : "—"],
     ];
     if (d.merged_into) facts.push([T("并入", "Merged into"), String(d.merged_into)]);

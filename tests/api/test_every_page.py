@@ -8,7 +8,8 @@ matched as whole words: none may show.
 English is allowed beside the Chinese ("结案率 Closure rate"), so a code that is a plain English word
 (``rate``, ``received``, ``closed``) counts when it stands as a code stands — alone, between
 separators (``collected → accepted · operator``, ``(hotline)``) — and not inside an English phrase,
-i.e. when the nearest character on either side, across spaces only, is not a Latin letter. A code
+i.e. when the nearest character on either side, across spaces and brackets, is not a Latin letter
+("回访率 Follow-up (visit) rate" is English; "来源 (hotline)" is a code). A code
 that is no word (``exif_device_mismatch``, ``street-320614001``, ``E10102``) counts wherever it is."""
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def raw_hits(pattern: re.Pattern, visible: str) -> list[re.Match]:
     for m in pattern.finditer(visible):
         word = m.group(0)
         if re.fullmatch(r"[a-z]+", word):
-            before = visible[:m.start()].rstrip(" ")[-1:]
-            after = visible[m.end():].lstrip(" ")[:1]
+            before = visible[:m.start()].rstrip(" ()")[-1:]
+            after = visible[m.end():].lstrip(" ()")[:1]
             if re.fullmatch(r"[A-Za-z]", before or "-") or re.fullmatch(r"[A-Za-z]", after or "-"):
                 continue  # a word of an English phrase beside the Chinese
         out.append(m)
