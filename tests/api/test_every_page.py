@@ -3,7 +3,7 @@ and 390×844 (``test-output/screenshots/<page>-<w>x<h>.png``, git-ignored), no h
 first-render times written to ``test-output/render-times.json``, and a scan of the visible text in
 zh-CN mode, once the page's data has loaded, for the raw codes of the vocabulary (states, events,
 actions, roles, sources, urgencies, ratings, flags, class codes, admin-area slugs, department codes),
-matched as whole words: none may show.
+matched as whole words: none may show; and no uncaught script error.
 
 English is allowed beside the Chinese ("结案率 Closure rate"), so a code that is a plain English word
 (``rate``, ``received``, ``closed``) counts when it stands as a code stands — alone, between
@@ -121,7 +121,7 @@ def open_signed_in(browser, base: str, page_name: str, token: str | None, size: 
                                "data_loaded_ms": round(loaded_ms, 1)}
 
 
-def more_views(page, page_name: str, scene: dict) -> list[str]:
+def more_views(page, page_name: str, scene: dict, size: tuple[int, int]) -> list[str]:
     """The visible text of the page's other views, after the first: on /operator the case list and
     a dispatched case's detail (facts, proposal, timeline)."""
     texts = []
@@ -135,7 +135,7 @@ def more_views(page, page_name: str, scene: dict) -> list[str]:
         page.click(f"#case-list li[data-id='{cid}']")
         page.wait_for_selector(f"#detail-body[data-case-id='{cid}'] #d-events li", timeout=15_000)
         texts.append(page.evaluate("() => document.body.innerText"))
-        page.screenshot(path=str(OUT / "screenshots" / "operator-case-1366x900.png"), full_page=True)
+        page.screenshot(path=str(OUT / "screenshots" / f"operator-case-{size[0]}x{size[1]}.png"), full_page=True)
         page.click(f"#case-list li[data-id='{scene['cases'][1]}']")  # accepted: the dispatch proposal
         page.wait_for_selector(f"#detail-body[data-case-id='{scene['cases'][1]}'] #d-candidates li", timeout=15_000)
         texts.append(page.evaluate("() => document.body.innerText"))
@@ -165,15 +165,22 @@ def test_every_page_fits_and_shows_no_raw_code(page_name, browser, live_server, 
                                    "window.innerWidth]")
             if max(widths[0], widths[1]) > widths[2]:
                 found[f"scrolls sideways at {size[0]}x{size[1]}"] = widths
+            visible = page.evaluate("() => document.body.innerText")
+            assert visible.strip(), f"/{page_name} shows nothing"
+            views = more_views(page, page_name, scene, size)
+            visible = "\n".join([visible, *views])
+            widths = page.evaluate("() => [document.documentElement.scrollWidth, document.body.scrollWidth, "
+                                   "window.innerWidth]")
+            if views and max(widths[0], widths[1]) > widths[2]:  # in the page's other views too
+                found[f"scrolls sideways at {size[0]}x{size[1]} (other views)"] = widths
             if size == SIZES[0]:
-                visible = page.evaluate("() => document.body.innerText")
-                assert visible.strip(), f"/{page_name} shows nothing"
-                visible = "\n".join([visible, *more_views(page, page_name, scene)])
                 matches = raw_hits(scene["pattern"], visible)
                 if matches:
                     found["codes"] = sorted({m.group(0) for m in matches})
                     found[f"{size[0]}x{size[1]}"] = [visible[max(0, m.start() - 30):m.end() + 30].replace("\n", " ⏎ ")
                                                      for m in matches[:12]]
+            if errors:
+                found[f"script errors at {size[0]}x{size[1]}"] = errors[:5]
         finally:
             ctx.close()
     assert not found, f"/{page_name}: {json.dumps(found, ensure_ascii=False, indent=1)}"
