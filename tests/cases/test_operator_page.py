@@ -130,10 +130,13 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
     assert sorted(op.eval_on_selector_all("#d-buttons button", "bs => bs.map(b => b.dataset.action)")) == \
         ["accept", "reject", "void"]
 
-    # 立案 then 派遣 to the proposed department (事件先属地: the street office of the cell).
+    # 立案 then 派遣 to the proposed department (事件先属地: the street office of the cell, which has a
+    # user: proposals go only to staffed departments).
+    street = f"street-{target['code'][:9]}"
+    with engine.begin() as c:
+        _, dep_token = add_user(c, f"op_page_dept_{uuid.uuid4().hex[:6]}", "department", department=street)
     act(op, "accept", "accepted")
     assert case_row(engine, case_id)["state"] == "accepted"
-    street = f"street-{target['code'][:9]}"
     assert "事件先属地" in op.inner_text("#d-rule")
     assert op.input_value("#d-department") == street
     assert op.is_hidden("#d-override-row")
@@ -145,8 +148,6 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
                                        ("dispatched", "accepted", "dispatched", "operator", street)]
 
     # 处置: a user of that department signs in, starts and reports it done.
-    with engine.begin() as c:
-        _, dep_token = add_user(c, f"op_page_dept_{uuid.uuid4().hex[:6]}", "department", department=street)
     dep = open_page(browser, live_server, "/operator", dep_token)
     assert dep.is_hidden("#tabs [data-tab='record']") and dep.is_hidden("#tabs [data-tab='queue']")
     dep.wait_for_selector(f"#case-list li[data-id='{case_id}']", timeout=10000)
@@ -288,7 +289,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
 
     # Dispatch to another department than proposed without a reason: refused, with the message.
     act(page, "accept", "accepted")
-    page.select_option("#d-department", "sanitation")
+    page.select_option("#d-department", "water")  # never the proposal of this class
     assert page.is_visible("#d-override-row")
     page.click("#d-buttons button[data-action='dispatch']")
     page.wait_for_selector("#d-result .err", timeout=10000)
@@ -296,13 +297,13 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     row = case_row(engine, case_id)
     assert row["state"] == "accepted" and row["department_id"] is None
     # With the reason it goes, and the reason is in the event.
-    page.fill("#d-override", "环卫处负责该路段 the sanitation office has this road")
+    page.fill("#d-override", "自来水公司负责该处 the water company has this spot")
     act(page, "dispatch", "dispatched")
-    assert case_row(engine, case_id)["department_code"] == "sanitation"
+    assert case_row(engine, case_id)["department_code"] == "water"
     with engine.connect() as c:
         why = c.execute(text("SELECT data->>'override_reason' FROM case_event WHERE case_id = :i AND kind = 'dispatched'"),
                         {"i": case_id}).scalar_one()
-    assert why.startswith("环卫处负责")
+    assert why.startswith("自来水公司负责")
     assert [e[0] for e in events(engine, case_id)] == ["received", "accepted", "dispatched"]
 
     # A bad token: the sign-in form and the API's 401 message.
