@@ -60,7 +60,8 @@ def _handler(status: int):
 
 async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     """HTTPException of the routers and dependencies (401, 403, 413, 429 …): the same body."""
-    return JSONResponse(api_errors.body(e.status_code, e.detail, getattr(e, "code", None)),
+    # A router may pass on a coded layer error's code and Chinese text (e.code, e.message_zh).
+    return JSONResponse(api_errors.body(e.status_code, e.detail, getattr(e, "code", None), getattr(e, "message_zh", None)),
                         status_code=e.status_code, headers=getattr(e, "headers", None))
 
 

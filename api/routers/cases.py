@@ -41,7 +41,9 @@ def forbid(fn, *args, **kw):
     try:
         return fn(*args, **kw)
     except wf.Forbidden as e:
-        raise HTTPException(403, f"无权限 {e}") from None
+        refused = HTTPException(403, f"无权限 {e}")
+        refused.code, refused.message_zh = e.code, e.message_zh  # the layer's code and Chinese text
+        raise refused from None
 
 
 class Location(Body):

@@ -778,8 +778,9 @@ def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
         exists = conn.execute(text("SELECT 1 FROM case_file WHERE id = :i AND city_id = :c"),
                               {"i": case_id, "c": city.id}).first()
         if exists:
-            raise Forbidden(f"case {case_id} is not among the cases your role may see")
-        raise NotFound(f"no case {case_id} in {city.slug}")
+            raise Forbidden(f"case {case_id} is not among the cases your role may see", code="case_not_visible",
+                            case=case_id)
+        raise NotFound(f"no case {case_id} in {city.slug}", code="case_not_found", case=case_id)
     out = _row_out(dict(row), lcal.now())
     out["events"] = events(conn, case_id)
     if getattr(user, "role", None) in CONTACT_ROLES:

@@ -98,6 +98,9 @@ def test_layer_errors_have_codes(client, tokens, spot):
     body = coded(client.post(f"/api/v1/cases/{cid}/actions/reject", json={}, headers=op), 409)
     coded(client.post(f"/api/v1/cases/{cid}/actions/void", json={}, headers=op), 422, "reason_missing")
     coded(client.post(f"/api/v1/cases/{cid}/actions/start", json={}, headers=auth(tokens["planner"])), 403)
+    # a department's user and another department's case: the layer's code and words through the router
+    body = coded(client.get(f"/api/v1/cases/{cid}", headers=auth(tokens["department"])), 403, "case_not_visible")
+    assert body["message"] == f"您无权查看案件 {cid}" and body["detail"].startswith("无权限 ")
 
 
 def test_http_errors_have_codes(client, tokens):
