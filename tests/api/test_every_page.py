@@ -86,6 +86,18 @@ def scene(engine, haimen, tokens, live_server):
             r = httpx.post(f"{live_server}/api/v1/cases/{cid}/actions/{step}", headers=op, json={}, timeout=60)
             assert r.status_code == 200, r.text
         made.append(cid)
+    # One case handled by its department and waiting for the inspector's check (核查): a task on the
+    # inspector's worklist, events by a department.
+    from layers.core.users import add_user
+
+    with engine.begin() as c:
+        dep_code = c.execute(text("SELECT d.code FROM case_file f JOIN department d ON d.id = f.department_id "
+                                  "WHERE f.id = :i"), {"i": made[3]}).scalar_one()
+        _, dep_token = add_user(c, f"every_page_dept_{dep_code}"[:60], "department", department=dep_code)
+    for step, body in (("start", {}), ("feedback", {"note": "已处理", "photos": ["after.jpg"]})):
+        r = httpx.post(f"{live_server}/api/v1/cases/{made[3]}/actions/{step}", headers=auth(dep_token), json=body,
+                       timeout=60)
+        assert r.status_code == 200, r.text
     with engine.connect() as c:
         pattern = raw_code_pattern(c, haimen)
     OUT.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
@@ -122,9 +134,15 @@ def open_signed_in(browser, base: str, page_name: str, token: str | None, size: 
 
 
 def more_views(page, page_name: str, scene: dict, size: tuple[int, int]) -> list[str]:
-    """The visible text of the page's other views, after the first: on /operator the case list and
-    a dispatched case's detail (facts, proposal, timeline)."""
+    """The visible text of the page's other views, after the first: the inspector's worklist; on
+    /operator the case list and a dispatched case's detail (facts, proposal, timeline)."""
     texts = []
+    if page_name == "inspector":  # the day's worklist (a 核查 task waits: the scene's handled case)
+        page.click("#tabs [data-tab='work']")
+        page.wait_for_load_state("networkidle", timeout=30_000)
+        page.wait_for_timeout(300)
+        texts.append(page.evaluate("() => document.body.innerText"))
+        page.screenshot(path=str(OUT / "screenshots" / f"inspector-work-{size[0]}x{size[1]}.png"), full_page=True)
     if page_name == "operator":
         page.click("#tabs [data-tab='list']")
         page.select_option("#f-state", "")
