@@ -12,15 +12,25 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import api.routers
+from api import errors as api_errors
 from api import readpool, validation
 from api.fastpath import CachedTileFastPath, ReportIntakeFastPath
 from api.headers import PAGES, SecurityHeaders
 from api.limits import BodyLimit, DatabaseUnavailable, RateLimits
 from citygrid import settings
 from gis.crs import CRSError
-from layers.core.errors import CalendarMissing, Conflict, Forbidden, InputError, NotFound, hide_paths
+from layers.core.errors import (
+    CalendarMissing,
+    CodedError,
+    Conflict,
+    Forbidden,
+    InputError,
+    NotFound,
+    hide_paths,
+)
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 log = logging.getLogger("citygrid")
@@ -37,10 +47,22 @@ def routers() -> list:
 
 
 def _handler(status: int):
+    """The answer of an error raised below the routers: ``detail`` (English, as always), a stable
+    ``code``, ``message`` in Chinese and ``message_en`` (api/errors.py)."""
     async def handle(_: Request, e: Exception) -> JSONResponse:
-        return JSONResponse({"detail": hide_paths(str(e))}, status_code=status)
+        if isinstance(e, CodedError):
+            return JSONResponse(api_errors.coded_body(e), status_code=status)
+        code = "crs_invalid" if isinstance(e, CRSError) else None
+        return JSONResponse(api_errors.body(status, hide_paths(str(e)), code), status_code=status)
 
     return handle
+
+
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    """HTTPException of the routers and dependencies (401, 403, 413, 429 …): the same body."""
+    # A router may pass on a coded layer error's code and Chinese text (e.code, e.message_zh).
+    return JSONResponse(api_errors.body(e.status_code, e.detail, getattr(e, "code", None), getattr(e, "message_zh", None)),
+                        status_code=e.status_code, headers=getattr(e, "headers", None))
 
 
 def _page(name: str):
@@ -98,6 +120,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         app.add_exception_handler(exc, _handler(status))
     # A deadline that needs a calendar year nobody loaded: the operator is told to load it.
     app.add_exception_handler(CalendarMissing, _handler(503))
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError):

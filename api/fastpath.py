@@ -122,7 +122,9 @@ class ReportIntakeFastPath:
         try:
             raw = await inspector.read_capped(Request(scope, receive), inspector.MAX_JSON_REPORT_BYTES)
         except HTTPException as e:  # 413
-            await JSONResponse({"detail": e.detail}, status_code=e.status_code)(scope, receive, send)
+            from api.errors import body as error_body
+
+            await JSONResponse(error_body(e.status_code, e.detail), status_code=e.status_code)(scope, receive, send)
             return
         except ClientDisconnect:
             return

@@ -77,7 +77,9 @@ class BodyTooLarge(HTTPException):
 
 
 def _json_answer(status: int, detail: str, headers: dict[str, str] | None = None):
-    body = json.dumps({"detail": detail}, ensure_ascii=False).encode()
+    from api.errors import body as error_body  # detail + code + Chinese message, as every error answer
+
+    body = json.dumps(error_body(status, detail), ensure_ascii=False).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return ({"type": "http.response.start", "status": status, "headers": raw},

@@ -112,21 +112,62 @@ class Body(BaseModel):
         return value
 
 
+def _zh_problem(err: dict) -> str:
+    """One validation problem in Chinese, by pydantic's error type (``missing`` → 缺少字段…)."""
+    from layers.core.errors import field_label
+
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+    name = field_label(loc[-1]) if loc else ""
+    where = "“" + (".".join(loc[:-1] + [name]) if loc else "请求") + "”"
+    kind = str(err.get("type") or "")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return f"缺少字段{where}"
+    if kind == "json_invalid":
+        return "请求内容不是有效的 JSON"
+    if kind == "extra_forbidden":
+        return f"不认识的字段{where}"
+    if kind == "control_character":
+        return f"{where}含有不允许的控制字符"
+    if kind == "string_too_long":
+        return f"{where}太长（最多 {ctx.get('max_length', '?')} 个字符）"
+    if kind == "string_too_short":
+        return f"{where}不能为空" if ctx.get("min_length") in (1, None) else \
+            f"{where}太短（至少 {ctx.get('min_length')} 个字符）"
+    if kind in ("too_long", "too_short"):
+        return f"{where}的条数不对"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = {"greater_than": "大于", "greater_than_equal": "不小于", "less_than": "小于",
+                 "less_than_equal": "不大于"}[kind]
+        limit = next(iter(ctx.values()), "?")
+        return f"{where}超出范围（须{bound} {limit}）"
+    if kind in ("literal_error", "enum"):
+        return f"{where}的取值不对（可选：{ctx.get('expected', '?')}）"
+    if kind.endswith(("_type", "_parsing")) or kind in ("date_from_datetime_inexact", "url_parsing", "int_from_float"):
+        return f"{where}格式不对"
+    if kind in ("value_error", "assertion_error"):
+        msg = str(err.get("msg") or "").removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        return f"{where}取值不对：{msg}"
+    return f"{where}有误：{err.get('msg')}"
+
+
 def error_body(errors: Iterable[dict], limit: int = 10) -> dict:
-    """The body of a 422: what is wrong in words (``detail``) and the errors themselves (at most ``limit``),
-    without echoing the input back."""
+    """The body of a 422: what is wrong in words (``detail``, English; ``message``, Chinese; the code
+    ``validation_error``) and the errors themselves (at most ``limit``), without echoing the input back."""
     errors = list(errors)
     shown = errors[:limit]
-    problems = []
+    problems, problems_zh = [], []
     for err in shown:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         msg = str(err.get("msg"))
         problems.append(msg if msg.startswith(f"{where}: ") or not where else f"{where}: {msg}")
+        problems_zh.append(_zh_problem(err))
     more = len(errors) - len(shown)
     detail = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
-    return {"detail": detail,
-            "errors": [{"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
-                       for err in shown]}
+    message = "输入有误：" + "；".join(problems_zh) + (f"；另有 {more} 处" if more > 0 else "")
+    return {"detail": detail, "code": "validation_error", "message": message, "message_en": detail,
+            "errors": [{"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type"),
+                        "message": zh} for err, zh in zip(shown, problems_zh, strict=True)]}
 
 
 def _refuse(loc: list, problem: str) -> RequestValidationError:
@@ -239,9 +280,14 @@ ERROR_SCHEMA = {
     "title": "HTTPValidationError",
     "type": "object",
     "description": "422: what is wrong with the request. `detail` says it in words (field: problem; …); "
-                   "`errors` lists the problems found by validation (at most 10).",
+                   "`code` is `validation_error`; `message` says it in Chinese, `message_en` in English; "
+                   "`errors` lists the problems found by validation (at most 10). Every error answer of the "
+                   "API carries `detail`, `code`, `message` and `message_en` (docs/ERRORS.md).",
     "properties": {
         "detail": {"title": "Detail", "type": "string"},
+        "code": {"title": "Code", "type": "string", "description": "stable error code (docs/ERRORS.md)"},
+        "message": {"title": "Message", "type": "string", "description": "what is wrong, in Chinese"},
+        "message_en": {"title": "Message (English)", "type": "string"},
         "errors": {"title": "Errors", "type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}},
     },
     "required": ["detail"],

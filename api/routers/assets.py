@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from sqlalchemy import Connection
 
+from api import errors as api_errors
 from api.deps import ADMIN, PUBLIC, STAFF, Allow, get_city, get_conn
 from api.uploads import save_upload
 from api.validation import INT32_MAX, MAX_OFFSET, Body
@@ -133,4 +134,4 @@ def import_assets(file: UploadFile = File(..., description="GeoPackage, zipped S
         try:
             return limp.import_assets(conn, city, data, mpath, actor=_actor(user), atomic=atomic, crs=crs)
         except limp.ImportRejected as e:  # raised before anything is written
-            return JSONResponse({"detail": str(e), "report": e.report}, status_code=422)
+            return JSONResponse({**api_errors.coded_body(e), "report": e.report}, status_code=422)

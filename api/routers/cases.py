@@ -41,7 +41,9 @@ def forbid(fn, *args, **kw):
     try:
         return fn(*args, **kw)
     except wf.Forbidden as e:
-        raise HTTPException(403, f"无权限 {e}") from None
+        refused = HTTPException(403, f"无权限 {e}")
+        refused.code, refused.message_zh = e.code, e.message_zh  # the layer's code and Chinese text
+        raise refused from None
 
 
 class Location(Body):
@@ -95,6 +97,7 @@ class CaseIn(Body):
 @router.post("/cases", summary="受理 Record a case (hotline call, inspector report)", status_code=201)
 def create_case(body: CaseIn, user=Depends(INTAKE), conn: Connection = Depends(get_conn, scope="function"),
                 city: CityInfo = Depends(get_city)):
+    wf.check_call(body.description, body.address, body.location)  # the call form: what and where
     loc = to_working(city, body.location)
     location_source = None
     confidence = None
@@ -217,9 +220,11 @@ def catalog(_=Depends(STAFF_ALL)):
 
 @router.get("/departments", summary="部门 Departments of the city")
 def departments(_=Depends(STAFF_ALL), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
-    rows = conn.execute(text("SELECT id, code, name, kind, area_code FROM department WHERE city_id = :c ORDER BY id"),
-                        {"c": city.id}).mappings().all()
-    return {"departments": [dict(r) for r in rows]}
+    rows = conn.execute(text("SELECT id, code, name, kind, area_code FROM department WHERE city_id = :c AND active "
+                             "ORDER BY kind <> 'department', id"), {"c": city.id}).mappings().all()
+    staffed = wf.staffed_departments(conn, city.id)
+    # staffed: someone works there (a user of the department); unstaffed ones are flagged 无人员 on the page
+    return {"departments": [{**dict(r), "staffed": r["code"] in staffed or r["name"] in staffed} for r in rows]}
 
 
 @router.post("/departments/setup", summary="部门初始化 Create the configured departments and street offices")

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from sqlalchemy import Connection
 
+from api import errors as api_errors
 from api import offload
 from api.deps import PUBLIC, client_address, get_city, get_conn
 from api.limits import RateLimit
@@ -67,10 +68,11 @@ def _limited(call):
     try:
         return call()
     except citizen.TooManyAttempts as e:
-        return JSONResponse({"detail": str(e), "retry_after": e.retry_after, "retry_at": e.retry_at.isoformat(),
+        return JSONResponse({**api_errors.body(429, str(e), "too_many_requests"),
+                             "retry_after": e.retry_after, "retry_at": e.retry_at.isoformat(),
                              "limit": e.scope}, status_code=429, headers={"Retry-After": str(e.retry_after)})
     except citizen.WrongCode as e:
-        return JSONResponse({"detail": str(e)}, status_code=404)
+        return JSONResponse(api_errors.coded_body(e), status_code=404)
 
 
 @router.post("/status", summary="进度查询 Status of a request by case number + query code", responses=LIMITED)

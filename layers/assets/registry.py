@@ -303,7 +303,7 @@ def create_asset(conn: Connection, city: CityInfo, values: dict, geometry, *, ac
             raise Conflict(f"an asset with source '{vals.get('source')}' id '{source_id}' exists already") from None
         raise
     if row.cell_id is None:
-        raise InputError("the geometry is outside the city's grid")
+        raise InputError("the geometry is outside the city's grid", code="location_outside_city")
     _history(conn, row.id, actor, "create", {k: v for k, v in cols.items() if v is not None})
     return get_asset(conn, city, code)
 
@@ -345,7 +345,7 @@ def update_asset(conn: Connection, city: CityInfo, code: str, values: dict, geom
     new = conn.execute(text(f"UPDATE asset SET {sets} WHERE id = :id RETURNING cell_id, cell_code"),
                        {**params, "id": old["id"]}).one()
     if new.cell_id is None:
-        raise InputError("the new geometry is outside the city's grid")
+        raise InputError("the new geometry is outside the city's grid", code="location_outside_city")
     if new.cell_code != old["cell_code"]:
         changes["cell_code"] = [old["cell_code"], new.cell_code]
     _history(conn, old["id"], actor, "update", changes)

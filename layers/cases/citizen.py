@@ -56,11 +56,12 @@ def check_photo(data: bytes) -> bytes:
     """Check an uploaded photo (size, type, bomb — from its header, before decoding —, damage) and
     return a re-encoded copy without EXIF; nothing is written (InputError when refused)."""
     if len(data) > MAX_PHOTO_BYTES:
-        raise InputError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
+        raise InputError(f"the photo is larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB", code="photo_too_large",
+                         mb=MAX_PHOTO_BYTES // (1024 * 1024))
     try:
         return gphotos.public_copy(data)
     except gphotos.PhotoError as e:
-        raise InputError(f"photo refused: {e}") from None
+        raise InputError(f"photo refused: {e}", code="photo_refused") from None
 
 
 def keep_photo(copy: bytes) -> str:
@@ -84,17 +85,17 @@ def submit(conn: Connection, city: CityInfo, *, category_code: str, description:
     uploaded bytes, checked here; or ``photo_copy``: the result of :func:`check_photo` made elsewhere."""
     description = (description or "").strip()
     if not description:
-        raise InputError("describe the problem (description is empty)")
+        raise InputError("describe the problem (description is empty)", code="call_description_missing")
     if channel not in ("微信", "网站", "APP"):
-        raise InputError("channel must be 微信, 网站 or APP")
+        raise InputError("channel must be 微信, 网站 or APP", code="unknown_channel", value=channel)
     loc = None
     if (lon is None) != (lat is None):
-        raise InputError("give both lon and lat, or neither")
+        raise InputError("give both lon and lat, or neither", code="location_pair")
     if lon is not None:
         src = gcrs.parse_crs(crs)
         bad = gcrs.validate_lonlat(np.array([lon]), np.array([lat]))
         if bad is not None:
-            raise InputError(f"location ({lon}, {lat}) is not a valid lon/lat: {bad[0]}")
+            raise InputError(f"location ({lon}, {lat}) is not a valid lon/lat: {bad[0]}", code="location_invalid")
         x, y = gcrs.transform_xy(np.array([lon]), np.array([lat]), src, city.working_crs)
         loc = Point(float(x[0]), float(y[0]))
     src_name = "citizen"
@@ -258,9 +259,12 @@ def _guarded_find(conn: Connection, city: CityInfo, case_no: str, query_code: st
     left = min(left)
     if left > 0:
         hint = f"（还可再试 {left} 次 {left} more tr{'y' if left == 1 else 'ies'} before look-ups are paused）"
+        zh = f"案卷编号或查询码不正确（还可再试 {left} 次）"
     else:
         hint = "（查询已暂停 look-ups are now paused for a while）"
-    raise WrongCode(f"案卷编号或查询码不正确 no case with this case number and query code {hint}")
+        zh = "案卷编号或查询码不正确（查询已暂停，请稍后再试）"
+    raise WrongCode(f"案卷编号或查询码不正确 no case with this case number and query code {hint}",
+                    code="case_code_wrong", zh=zh)
 
 
 def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> dict:
@@ -273,7 +277,7 @@ def _find(conn: Connection, city: CityInfo, case_no: str, query_code: str) -> di
     given = wf.stored_query_code(row["case_no"] if row else (case_no or ""), (query_code or "").strip(),
                                  row["query_code_scheme"] if row else 2)
     if row is None or row["query_code_hash"] is None or not hmac.compare_digest(row["query_code_hash"].strip(), given):
-        raise NotFound("no case with this case number and query code")
+        raise NotFound("no case with this case number and query code", code="case_code_wrong")
     return dict(row)
 
 
@@ -311,11 +315,13 @@ def rate_row(conn: Connection, row: dict, rating: str, comment: str | None = Non
     """Rate the case of ``row`` (found by number and code, or by the citizen's WeChat openid): the
     rule of every citizen's rating — closed, not rated yet, one of RATINGS."""
     if rating not in RATINGS:
-        raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})")
+        raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})",
+                         code="rating_invalid")
     if row["state"] != "closed":
-        raise Conflict(f"case {row['case_no']} is not closed yet ({PUBLIC_STATE.get(row['state'])}): rate it when it is")
+        raise Conflict(f"case {row['case_no']} is not closed yet ({PUBLIC_STATE.get(row['state'])}): rate it when it is",
+                       code="not_closed_yet", case=row["case_no"])
     if row["rating"] is not None:
-        raise Conflict(f"case {row['case_no']} is rated already")
+        raise Conflict(f"case {row['case_no']} is rated already", code="already_rated", case=row["case_no"])
     at = lcal.now()
     conn.execute(text("UPDATE case_file SET rating = :r, updated_at = :at WHERE id = :i"),
                  {"r": rating, "i": row["id"], "at": at})
@@ -328,7 +334,7 @@ def add_notice(conn: Connection, city: CityInfo, title: str, body: str, author, 
                expires_at: dt.datetime | None = None) -> dict:
     title, body = (title or "").strip(), (body or "").strip()
     if not title or not body:
-        raise InputError("a notice needs a title and a body")
+        raise InputError("a notice needs a title and a body", code="notice_incomplete")
     publication.check_public_text(conn, city.id, title, body)  # no caller's personal data in public
     row = conn.execute(text("""
         INSERT INTO notice (city_id, title, body, author_id, expires_at, published_at)

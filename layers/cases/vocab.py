@@ -51,3 +51,36 @@ EVENTS = {
 CHANNELS = ("电话", "微信", "网站", "APP", "信件", "领导信箱", "督查员", "其他")
 REQUEST_TYPES = ("咨询", "求助", "投诉", "举报", "建议")
 RATINGS = {"satisfied": "满意", "basic": "基本满意", "unsatisfied": "不满意"}
+
+# -- labels of the other codes a page may show (zh-CN first, English beside) -------------------------
+# The message catalog of the pages (GET /api/v1/i18n, static/common/i18n.js) is made from these.
+
+ACTION_LABELS = {
+    "accept": "立案 Accept", "reject": "不予立案 Reject", "dispatch": "派遣 Dispatch", "return": "回退 Return",
+    "start": "签收 Start", "feedback": "处置反馈 Report done", "verify_ok": "核查通过 Verified",
+    "verify_fail": "核查不通过 Rework", "close": "结案 Close", "rate": "评价 Rate", "extend": "延期 Extend",
+    "defer": "缓办 Defer", "suspend": "挂账 Park", "resume": "恢复 Resume", "supervise": "督办 Supervise",
+    "reopen": "重办 Reopen", "void": "作废 Void",
+}
+SOURCE_LABELS = {
+    "hotline": "12345热线 Hotline", "inspector": "监督员上报 Inspector", "citizen": "市民上报 Citizen",
+    "open311": "Open311 接口 Open311", "other": "其他 Other", "operator": "话务员 Operator",
+    "wechat": "微信公众号 WeChat", "import": "导入 Import",
+}
+URGENCY_LABELS = {"normal": "一般 Normal", "urgent": "紧急 Urgent", "emergency": "特急 Emergency"}
+ROLE_LABELS = {
+    "inspector": "监督员 Inspector", "operator": "受理员 Operator", "department": "处置部门 Department",
+    "supervisor": "指挥长 Supervisor", "planner": "规划分析 Planner", "admin": "管理员 Administrator",
+    "system": "系统 System", "citizen": "市民 Citizen",
+}
+#: Flags of an inspector's report and of its location (layers/field/reports.py).
+FLAG_LABELS = {
+    "no_position": "无定位 No position", "accuracy_unknown": "定位精度未知 Accuracy unknown",
+    "accuracy_over_gate": "定位精度不足 Position too inaccurate", "far_from_case": "离案件位置过远 Far from the case",
+    "case_not_located": "案件未定位 Case not located", "exif_far_from_case": "照片位置离案件过远 Photo far from the case",
+    "no_photos": "无照片 No photos", "location_from_exif": "位置取自照片 Location from the photo",
+    "exif_device_mismatch": "照片位置与设备定位不符 Photo and device positions differ",
+    "device_time_skew": "设备时间偏差 Device clock off", "asset_far": "离部件过远 Far from the asset",
+}
+UNIT_LABELS = {"wh": "工作时 working hours", "eh": "紧急工作时 urgent hours", "wd": "工作日 working days"}
+CLOCK_LABELS = {"green": "正常 On time", "yellow": "预警 Due soon", "red": "超时 Overdue"}

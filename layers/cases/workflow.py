@@ -29,17 +29,30 @@ from sqlalchemy import Connection, text
 from layers.cases import calendar as lcal
 from layers.cases import duplicates as ldup
 from layers.cases.classes import catalog, limits
-from layers.cases.vocab import CHANNELS, FINAL_STATES, OPEN_STATES, RATINGS, REQUEST_TYPES, STATES
+from layers.cases.vocab import (
+    ACTION_LABELS,
+    CHANNELS,
+    FINAL_STATES,
+    OPEN_STATES,
+    RATINGS,
+    REQUEST_TYPES,
+    STATES,
+)
 from layers.core import grid as lgrid
 from layers.core import publication
 from layers.core.city import CityInfo
-from layers.core.errors import Conflict, Forbidden, InputError, NotFound  # noqa: F401 - Forbidden is re-exported
+from layers.core.errors import Conflict, Forbidden, InputError, NotFound, field_label  # noqa: F401 - Forbidden is re-exported
 
 DATA = Path(__file__).resolve().parent / "data"
 SOURCES = ("hotline", "inspector", "citizen", "open311", "other")
 URGENCIES = ("normal", "urgent", "emergency")
 #: Roles that see the caller's contact: those that read the full text (the publication policy, layers/core/publication.py).
 CONTACT_ROLES = publication.policy().full_text_roles
+
+
+def _zh(label: str) -> str:
+    """The Chinese part of a "中文 English" label (the vocabulary's labels)."""
+    return label.split(" ", 1)[0] if label else label
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -52,7 +65,8 @@ def department_config() -> list[dict]:
 def category(code: str) -> dict:
     item = catalog().get((code or "").strip())
     if item is None:
-        raise InputError(f"unknown category '{code}': see GET /api/v1/catalog for the codes")
+        raise InputError(f"unknown category '{code}': see GET /api/v1/catalog for the codes",
+                         code="unknown_class", value=code)
     return item
 
 
@@ -114,7 +128,7 @@ def _department(conn: Connection, city_id: int, ref) -> dict:
         row = conn.execute(text("SELECT id, code, name, kind FROM department WHERE city_id = :c AND code = :i AND active"),
                            {"c": city_id, "i": str(ref)}).first()
     if row is None:
-        raise InputError(f"no active department '{ref}' in this city")
+        raise InputError(f"no active department '{ref}' in this city", code="unknown_department", ref=ref)
     return {"id": row[0], "code": row[1], "name": row[2], "kind": row[3]}
 
 
@@ -128,7 +142,7 @@ def propose_department(conn: Connection, case_id: int) -> dict:
     row = conn.execute(text("SELECT city_id, category_code, area_code, cell_code, asset_id FROM case_file WHERE id = :i"),
                        {"i": case_id}).first()
     if row is None:
-        raise NotFound(f"no case {case_id}")
+        raise NotFound(f"no case {case_id}", code="case_not_found", case=case_id)
     city_id, cat, area_code, cell_code, asset_id = row
     item = catalog().get(cat, {})
     kind = item.get("kind", "event")
@@ -159,7 +173,26 @@ def propose_department(conn: Connection, case_id: int) -> dict:
     else:
         order, rule = [owner, territory], "部件先属主、后属地 components: owner first, then territory"
     cands = [c for c in order if c is not None]
-    return {"rule": rule, "kind": kind, "proposed": cands[0] if cands else None, "candidates": cands}
+    # Only a department someone works in can act on a case: the first staffed candidate is proposed;
+    # when none is staffed, the first is, flagged unstaffed (无人员) for the dispatcher to see.
+    staffed = staffed_departments(conn, city_id, [c["code"] for c in cands] + [c["name"] for c in cands])
+    for c in cands:
+        c["staffed"] = c["code"] in staffed or c["name"] in staffed
+    ready = [c for c in cands if c["staffed"]]
+    proposed = ready[0] if ready else (cands[0] if cands else None)
+    return {"rule": rule, "kind": kind, "proposed": proposed, "candidates": cands,
+            "unstaffed": bool(proposed is not None and not proposed["staffed"])}
+
+
+def staffed_departments(conn: Connection, city_id: int, refs: list[str] | None = None) -> set[str]:
+    """The department codes or names (as ``app_user.department`` holds them) with at least one active
+    department user; only among ``refs`` when given."""
+    sql = "SELECT DISTINCT department FROM app_user WHERE role = 'department' AND active AND department IS NOT NULL"
+    params: dict = {}
+    if refs is not None:
+        sql += " AND department = ANY(:refs)"
+        params["refs"] = list(refs)
+    return {r[0] for r in conn.execute(text(sql), params)}
 
 
 # -- opening a case ----------------------------------------------------------------------------
@@ -224,7 +257,7 @@ def next_case_numbers(conn: Connection, city: CityInfo, day: dt.date, n: int = 1
 
 def _aware(t: dt.datetime) -> dt.datetime:
     if not isinstance(t, dt.datetime):
-        raise InputError(f"a time must be a date and time, got {t!r}")
+        raise InputError(f"a time must be a date and time, got {t!r}", code="time_invalid")
     return lcal.calendar().local(t) if t.tzinfo is None else t
 
 
@@ -232,11 +265,12 @@ def snap_one(conn: Connection, city: CityInfo, location, grid: lgrid.LoadedGrid 
     """(cell id, cell code) of a working-CRS point; InputError when it lies outside the city."""
     x, y = float(location.x), float(location.y)
     if not (np.isfinite(x) and np.isfinite(y)):
-        raise InputError("the location is not a finite point")
+        raise InputError("the location is not a finite point", code="location_invalid")
     grid = grid or lgrid.snapper(conn, city)
     j = int(grid.locate(np.array([x]), np.array([y]))[0])
     if j < 0:
-        raise InputError(f"the location ({x:.1f}, {y:.1f} in {city.working_crs}) is outside the city")
+        raise InputError(f"the location ({x:.1f}, {y:.1f} in {city.working_crs}) is outside the city",
+                         code="location_outside_city")
     return int(grid.ids[j]), str(grid.codes[j])
 
 
@@ -270,6 +304,14 @@ class CasePlan:
     calendar_warning: str | None = None
 
 
+def check_call(description: str | None, address: str | None, location) -> None:
+    """What the call form (受理) must give: a description of the problem, and an address or a location."""
+    if not (description or "").strip():
+        raise InputError("describe the problem (description is empty)", code="call_description_missing")
+    if not (address or "").strip() and location is None:
+        raise InputError("give an address or a location (none given)", code="call_place_missing")
+
+
 def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, channel: str, category_code: str,
               received_at: dt.datetime, location=None, description: str | None = None, address: str | None = None,
               urgency: str = "normal", request_type: str | None = None, asset_id: int | None = None,
@@ -282,23 +324,26 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
     and a location is given (then ``conn`` is needed). ``cell``: the (id, code) the caller snapped
     ``location`` to already with ``grid``."""
     if source not in SOURCES:
-        raise InputError(f"unknown source '{source}': one of {', '.join(SOURCES)}")
+        raise InputError(f"unknown source '{source}': one of {', '.join(SOURCES)}", code="unknown_source", value=source)
     if channel not in CHANNELS:
-        raise InputError(f"unknown channel '{channel}': one of {', '.join(CHANNELS)}")
+        raise InputError(f"unknown channel '{channel}': one of {', '.join(CHANNELS)}", code="unknown_channel",
+                         value=channel)
     item = category(category_code)
     if urgency not in URGENCIES:
-        raise InputError(f"unknown urgency '{urgency}': one of {', '.join(URGENCIES)}")
+        raise InputError(f"unknown urgency '{urgency}': one of {', '.join(URGENCIES)}", code="unknown_urgency")
     if request_type is not None and request_type not in REQUEST_TYPES:
-        raise InputError(f"unknown request type '{request_type}': one of {', '.join(REQUEST_TYPES)}")
+        raise InputError(f"unknown request type '{request_type}': one of {', '.join(REQUEST_TYPES)}",
+                         code="unknown_request_type", value=request_type)
     # A class may be urgent by nature (a missing manhole cover): the stricter urgency applies.
     if item.get("urgency") and URGENCIES.index(item["urgency"]) > URGENCIES.index(urgency):
         urgency = item["urgency"]
     received_at = _aware(received_at)
     if received_at > lcal.now() + dt.timedelta(days=1):
-        raise InputError(f"received_at {received_at.isoformat()} is in the future")
+        raise InputError(f"received_at {received_at.isoformat()} is in the future", code="time_in_future")
     for name, value, cap in (("description", description, 5000), ("address", address, 500), ("title", title, 200)):
         if value is not None and len(value) > cap:
-            raise InputError(f"{name} is longer than {cap} characters")
+            raise InputError(f"{name} is longer than {cap} characters", code="text_too_long",
+                             field=field_label(name), cap=cap)
     if source_ref is not None:
         source_ref = str(source_ref).strip()[:80] or None
     cell_id = cell_code = area_code = None
@@ -432,16 +477,19 @@ def in_area(user, case: dict) -> bool:
 
 def authorize(conn: Connection, case: dict, action: str, actor) -> None:
     if actor is None:
-        raise Forbidden("an action needs a signed-in user")
+        raise Forbidden("an action needs a signed-in user", code="not_signed_in")
     allowed = ROLE_ACTIONS.get(actor.role, frozenset())
     if action not in allowed:
-        raise Forbidden(f"role '{actor.role}' may not '{action}' a case; it may: {', '.join(sorted(allowed)) or 'nothing'}")
+        raise Forbidden(f"role '{actor.role}' may not '{action}' a case; it may: {', '.join(sorted(allowed)) or 'nothing'}",
+                        code="not_your_role")
     if actor.role == "department":
         mine = user_department_id(conn, case["city_id"], actor)
         if mine is None or case["department_id"] != mine:
-            raise Forbidden(f"case {case['case_no']} is not assigned to your department ({actor.department})")
+            raise Forbidden(f"case {case['case_no']} is not assigned to your department ({actor.department})",
+                            code="not_your_department", case=case["case_no"])
     if actor.role == "inspector" and not in_area(actor, case):
-        raise Forbidden(f"case {case['case_no']} is outside your area {actor.area_code}")
+        raise Forbidden(f"case {case['case_no']} is outside your area {actor.area_code}", code="not_your_area",
+                        case=case["case_no"])
 
 
 def _iso(t):
@@ -457,28 +505,33 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
     satisfied/basic/unsatisfied), ``amount`` + ``unit`` (extend), ``at`` (the time, default now).
     """
     if action not in ACTIONS:
-        raise InputError(f"unknown action '{action}': one of {', '.join(ACTIONS)}")
+        raise InputError(f"unknown action '{action}': one of {', '.join(ACTIONS)}", code="unknown_action",
+                         value=action)
     kind, sources, target = ACTIONS[action]
     case = _load(conn, case_id, lock=True)
     authorize(conn, case, action, actor)
     state = case["state"]
     if state not in sources:
         if state == "merged":
-            raise Conflict(f"case {case['case_no']} was merged into case {case['merged_into']} (并单): act on that one")
+            raise Conflict(f"case {case['case_no']} was merged into case {case['merged_into']} (并单): act on that one",
+                           code="case_merged", case=case["case_no"], into=case["merged_into"])
         raise Conflict(f"cannot {action} case {case['case_no']}: it is {STATES.get(state, state)}; "
-                       f"'{action}' needs one of: {', '.join(sorted(sources))}")
+                       f"'{action}' needs one of: {', '.join(sorted(sources))}", code="bad_transition",
+                       case=case["case_no"], state=_zh(STATES.get(state, state)),
+                       action=_zh(ACTION_LABELS.get(action, action)))
     at = _aware(kw.get("at") or lcal.now())
     note = kw.get("reason") or kw.get("note")
     note = note.strip() if isinstance(note, str) else None
     if action in NEEDS_REASON and not note:
-        raise InputError(f"'{action}' needs a reason")
+        raise InputError(f"'{action}' needs a reason", code="reason_missing", action=_zh(ACTION_LABELS.get(action, action)))
     if needs_reason(action, state) and not note:  # closing without dispatch
-        raise InputError("closing a case without dispatch (直接办结) needs a note saying how it was answered")
+        raise InputError("closing a case without dispatch (直接办结) needs a note saying how it was answered",
+                         code="close_note_missing")
     photos = kw.get("photos") or None
     if photos is not None and (not isinstance(photos, list) or not all(isinstance(p, str) for p in photos)):
-        raise InputError("photos must be a list of photo references")
+        raise InputError("photos must be a list of photo references", code="photos_invalid")
     if action in ("verify_ok", "verify_fail") and limits().get("verify_needs_photo", True) and not photos:
-        raise InputError(f"'{action}': the on-site check (核查) needs at least one photo")
+        raise InputError(f"'{action}': the on-site check (核查) needs at least one photo", code="verify_photo_missing")
     cal = lcal.calendar()
     data: dict = {}
     why = pending_close = None
@@ -495,7 +548,7 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         ref = kw.get("department")
         if ref in (None, ""):
             if proposal["proposed"] is None:
-                raise InputError("no department can be proposed for this case: name one")
+                raise InputError("no department can be proposed for this case: name one", code="no_department_proposed")
             dep = proposal["proposed"]
         else:
             dep = _department(conn, case["city_id"], ref)
@@ -505,10 +558,12 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
             if not (isinstance(override, str) and override.strip()):
                 raise InputError(f"dispatching to {dep['code']} instead of the proposed "
                                  f"{proposal['proposed']['code'] if proposal['proposed'] else 'nobody'}: "
-                                 "give override_reason")
+                                 "give override_reason", code="override_reason_missing",
+                                 proposed=_zh(proposal["proposed"]["name"]) if proposal["proposed"] else "无")
             data["override_reason"] = override.strip()
         if state == "dispatched" and dep["id"] == case["department_id"]:
-            raise Conflict(f"case {case['case_no']} is already dispatched to {dep['code']}")
+            raise Conflict(f"case {case['case_no']} is already dispatched to {dep['code']}", code="already_dispatched",
+                           case=case["case_no"])
         data["proposed"] = proposal["proposed"]["code"] if proposal["proposed"] else None
         data["rule"] = proposal["rule"]
         data["department"] = dep["code"]
@@ -535,19 +590,21 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
     elif action == "rate":
         rating = kw.get("rating")
         if rating not in RATINGS:
-            raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})")
+            raise InputError(f"rating must be one of {', '.join(RATINGS)} ({', '.join(RATINGS.values())})",
+                             code="rating_invalid")
         if case["rating"] is not None:
-            raise Conflict(f"case {case['case_no']} is rated already ({case['rating']})")
+            raise Conflict(f"case {case['case_no']} is rated already ({case['rating']})", code="already_rated",
+                           case=case["case_no"])
         sets["rating"] = rating
         data["rating"] = rating
     elif action == "extend":
         try:
             amount = float(kw.get("amount"))
         except (TypeError, ValueError):
-            raise InputError("'extend' needs amount (a number) and unit (wh, eh or wd)") from None
+            raise InputError("'extend' needs amount (a number) and unit (wh, eh or wd)", code="extend_invalid") from None
         unit = kw.get("unit") or "wd"
         if not (0 < amount <= 365):
-            raise InputError(f"extension amount must be between 0 and 365, got {amount}")
+            raise InputError(f"extension amount must be between 0 and 365, got {amount}", code="extend_invalid")
         old_step, old_close = case["step_deadline_at"], case["close_deadline_at"]
         base = old_step or at
         sets["step_deadline_at"] = cal.add(base, amount, unit)
@@ -563,7 +620,7 @@ def transition(conn: Connection, case_id: int, action: str, actor, **kw) -> dict
         new_state = _prev_state(conn, case_id)
     elif action == "supervise":
         if not note:
-            raise InputError("a supervision notice (督办) needs its text in note")
+            raise InputError("a supervision notice (督办) needs its text in note", code="supervise_note_missing")
     elif action == "reopen":
         reopened = conn.execute(text("SELECT count(*) FROM case_event WHERE case_id = :c AND kind = 'reopened'"),
                                 {"c": case_id}).scalar_one() + 1
@@ -690,7 +747,8 @@ def list_cases(conn: Connection, city: CityInfo, user, *, state: str | None = No
         states = [s.strip() for s in state.split(",") if s.strip()]
         bad = [s for s in states if s not in STATES]
         if bad:
-            raise InputError(f"unknown state '{bad[0]}': one of {', '.join(STATES)}")
+            raise InputError(f"unknown state '{bad[0]}': one of {', '.join(STATES)}", code="unknown_state",
+                             value=bad[0])
         conds.append("c.state = ANY(:states)")
         params["states"] = states
     if category:
@@ -730,8 +788,9 @@ def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
         exists = conn.execute(text("SELECT 1 FROM case_file WHERE id = :i AND city_id = :c"),
                               {"i": case_id, "c": city.id}).first()
         if exists:
-            raise Forbidden(f"case {case_id} is not among the cases your role may see")
-        raise NotFound(f"no case {case_id} in {city.slug}")
+            raise Forbidden(f"case {case_id} is not among the cases your role may see", code="case_not_visible",
+                            case=case_id)
+        raise NotFound(f"no case {case_id} in {city.slug}", code="case_not_found", case=case_id)
     out = _row_out(dict(row), lcal.now())
     out["events"] = events(conn, case_id)
     if getattr(user, "role", None) in CONTACT_ROLES:

@@ -179,25 +179,46 @@ def loop_events(i: int, received: dt.datetime, rng: np.random.Generator, dep_id:
 # Haimen's synthetic year
 # ----------------------------------------------------------------------------------------------
 
-CLASSES = [  # (code, name, share, summer factor) — event small classes of DOMAIN.md
-    ("0101", "暴露垃圾", 0.20, 1.3), ("0102", "积存垃圾渣土", 0.08, 1.1), ("0103", "道路不洁", 0.10, 1.0),
-    ("0201", "非法小广告", 0.12, 0.9), ("0301", "施工占道", 0.07, 1.0), ("0501", "无照经营游商", 0.10, 1.2),
-    ("0502", "占道经营", 0.15, 1.2), ("0503", "私搭乱建", 0.06, 0.9), ("0401", "道路积水", 0.05, 3.0),
-    ("0402", "路面塌陷", 0.02, 1.5), ("0104", "上水井盖", 0.05, 1.0),
+CLASSES = [  # (code in the class catalog, name, share, summer factor) — event small classes of DOMAIN.md
+    ("E10101", "生活垃圾暴露", 0.20, 1.3), ("E10201", "积存垃圾渣土", 0.08, 1.1), ("E10301", "道路不洁", 0.10, 1.0),
+    ("E20101", "非法小广告", 0.12, 0.9), ("E30101", "施工占道", 0.07, 1.0), ("E50101", "无照经营游商", 0.10, 1.2),
+    ("E50201", "占道经营", 0.15, 1.2), ("E50301", "私搭乱建", 0.06, 0.9), ("E40101", "道路积水", 0.05, 3.0),
+    ("E40201", "路面塌陷", 0.02, 1.5), ("010102", "上水井盖破损", 0.05, 1.0),
 ]
+#: Share of event cases handled by the class's owner department (dispatched there with a reason)
+#: rather than by the street office of their cell (事件先属地、后属主).
+OWNER_SHARE = 0.25
 CHANNEL_P = {"电话": 0.55, "微信": 0.18, "网站": 0.05, "APP": 0.07, "督查员": 0.13, "其他": 0.02}
 
 
-def ensure_departments(conn: Connection, city: CityInfo) -> list[int]:
-    """Street offices (属地) of the city's streets and a few line departments; returns department ids."""
-    conn.execute(text("""
-        INSERT INTO department (city_id, code, name, kind, area_code)
-        SELECT :c, 'ST' || code, name || '办事处', 'street', code FROM admin_area
-        WHERE city_id = :c AND level = 'street' ON CONFLICT (city_id, code) DO NOTHING"""), {"c": city.id})
-    for code, name in (("SZ", "市政工程管理处"), ("HW", "环卫处"), ("CG", "城管执法局"), ("YL", "园林绿化处")):
-        conn.execute(text("""INSERT INTO department (city_id, code, name) VALUES (:c, :code, :name)
-                             ON CONFLICT (city_id, code) DO NOTHING"""), {"c": city.id, "code": code, "name": name})
-    return conn.execute(text("SELECT id FROM department WHERE city_id = :c ORDER BY id"), {"c": city.id}).scalars().all()
+def ensure_departments(conn: Connection, city: CityInfo) -> dict[str, int]:
+    """The configured departments and the street offices (属地) of the city's streets
+    (``layers/cases/data/departments.json``, one list for the demo and the workflow); code → id."""
+    from layers.cases import workflow
+
+    return workflow.ensure_departments(conn, city)
+
+
+def class_owner(code: str) -> str | None:
+    """The owner department (主管) of a class: its own or its nearest parent's ``department``."""
+    from layers.cases.classes import catalog
+
+    items = catalog()
+    item = items.get(code)
+    while item is not None:
+        if item.get("department"):
+            return item["department"]
+        item = items.get(item.get("parent"))
+    return None
+
+
+def inside_cells(g) -> tuple[np.ndarray, np.ndarray]:
+    """A point inside each grid cell (its centroid, or a point on its surface when a cut cell's
+    centroid lies outside it): where a case lands when its drawn point falls outside the city."""
+    cen = shapely.centroid(g.geoms)
+    inside = shapely.contains(g.geoms, cen)
+    pts = np.where(inside, cen, shapely.point_on_surface(g.geoms))
+    return shapely.get_x(pts), shapely.get_y(pts)
 
 
 def haimen_synthetic_year(conn: Connection, city: CityInfo, *, year_end: dt.date = dt.date(2026, 11, 27),
@@ -209,6 +230,20 @@ def haimen_synthetic_year(conn: Connection, city: CityInfo, *, year_end: dt.date
     cen = shapely.centroid(g.geoms)
     cx, cy = shapely.get_x(cen), shapely.get_y(cen)
     deps = ensure_departments(conn, city)
+    ix, iy = inside_cells(g)
+    streets = conn.execute(text("SELECT code, ST_AsBinary(geom) FROM admin_area WHERE city_id = :c AND level = 'street'"),
+                           {"c": city.id}).all()
+    street_at = {code: k for k, (code, _) in enumerate(streets)}
+    street_geoms = shapely.from_wkb([bytes(w) for _, w in streets]) if streets else np.array([], dtype=object)
+    parts: dict[int, tuple[float, float]] = {}
+
+    def street_part_point(j: int, k: int) -> tuple[float, float]:
+        if j not in parts:
+            part = shapely.intersection(g.geoms[j], street_geoms[k])
+            p = shapely.point_on_surface(part) if not shapely.is_empty(part) else shapely.point_on_surface(g.geoms[j])
+            parts[j] = (shapely.get_x(p), shapely.get_y(p))
+        return parts[j]
+
     # Where people are: a few town centres (hot places) over a thin background.
     centres = rng.choice(len(cx), 25, replace=False)
     ndays = int(days)
@@ -266,11 +301,40 @@ def haimen_synthetic_year(conn: Connection, city: CityInfo, *, year_end: dt.date
             px = np.concatenate([px, cx[c0] + rng.normal(0, 150, m)])
             py = np.concatenate([py, cy[c0] + rng.normal(0, 150, m)])
             n += m
+        # Every case inside the city, in a cell: a point drawn outside takes a random cell's inner point.
+        cell = g.locate(px, py)
+        out = cell < 0
+        if out.any():
+            pick = rng.integers(len(ix), size=int(out.sum()))
+            px, py = px.copy(), py.copy()
+            px[out], py[out] = ix[pick], iy[pick]
+            cell = cell.copy()
+            cell[out] = pick
+        # ... and inside the street its cell belongs to (a cell on a street border is cut by it): a point
+        # across the border takes a point of the cell's own part of its street.
+        codes_i = g.codes[cell]
+        sidx = np.array([street_at.get(str(c)[:9], -1) for c in codes_i])
+        has = sidx >= 0
+        if has.any():
+            ok = np.ones(n, bool)
+            ok[has] = shapely.contains_xy(street_geoms[sidx[has]], px[has], py[has])
+            for k in np.flatnonzero(~ok):
+                px[k], py[k] = street_part_point(int(cell[k]), int(sidx[k]))
+        owner_draw = rng.random(n)
         secs = rng.beta(2.2, 2.0, n) * 86400 * 0.85 + 6 * 3600
         for i in range(n):
             at = dt.datetime(d.year, d.month, d.day, tzinfo=TZ8) + dt.timedelta(seconds=float(secs[i] % 86400))
             idx = len(batch["no"])
-            ev, state, closed = loop_events(idx, at, rng, deps[int(rng.integers(len(deps)))])
+            # The department whose area holds the case: the street office of its cell (events: territory
+            # first), or the class's owner (city-wide; components: owner first).
+            code = CLASSES[int(cls[i])][0]
+            street = deps.get(f"street-{str(g.codes[int(cell[i])])[:9]}")
+            owner = deps.get(class_owner(code) or "")
+            if code.startswith("E"):
+                dep = owner if (street is None or (owner is not None and owner_draw[i] < OWNER_SHARE)) else street
+            else:
+                dep = owner if owner is not None else street
+            ev, state, closed = loop_events(idx, at, rng, dep)
             cut = [e for e in ev if e[1] <= horizon]
             if len(cut) < len(ev):  # the loop is still running at the end of the year
                 ev = cut

@@ -2,10 +2,13 @@
 // list with its clocks, one case with its timeline, the dispatch proposal and the actions the signed-in
 // user may take now (GET /api/v1/cases/{id} → actions), and the needs-location queue placed on the map.
 // Every refusal of the API is shown with its message; the API is the gate, the page only hides what a
-// role can never do.
+// role can never do. Words: Chinese by default, English behind the 中文/EN switch; every code (state,
+// event, action, role, source, class, department, area) through the catalog of static/common/i18n.js.
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
+  const T = (zh, en) => I18N.t(zh, en);
+  const W = (kind, code, fallback) => I18N.word(kind, code, fallback);
   const qs = new URLSearchParams(location.search);
   const hash = new URLSearchParams(location.hash.slice(1));
   if (hash.get("token")) {
@@ -19,15 +22,9 @@
   const DISPATCHERS = ["operator", "supervisor", "admin"];
   const CONTACT_ROLES = ["operator", "supervisor", "admin", "department"];
 
-  const ACTION_LABELS = {
-    accept: "立案 Accept", reject: "不予立案 Reject", dispatch: "派遣 Dispatch", return: "回退 Return (not ours)",
-    start: "签收处置 Start", feedback: "处置反馈 Report done", verify_ok: "核查通过 Check passed",
-    verify_fail: "核查不通过 Check failed (rework)", close: "结案 Close", rate: "回访评价 Record rating",
-    extend: "延期 Extend", defer: "缓办 Defer", suspend: "挂账 Park", resume: "恢复 Resume",
-    supervise: "督办 Supervision notice", reopen: "重办 Reopen", void: "作废 Void",
-  };
-  const UNIT_LABELS = { eh: "紧急工作时 clock hours", wh: "工作时 working hours", wd: "工作日 working days" };
-  const URGENCY = { normal: "一般 normal", urgent: "紧急 urgent", emergency: "特急 emergency" };
+  const URGENCY_ORDER = ["normal", "urgent", "emergency"];
+  // The first word of a "中文 English" text the API sends (a proposal's rule, a candidate's reason).
+  const half = (s) => { const [zh, ...en] = String(s || "").split(" "); return I18N.lang === "en" && en.length ? en.join(" ") : zh; };
 
   const st = {
     me: null, catalog: null, departments: [], tab: "record", selected: null, detail: null, proposal: null,
@@ -37,7 +34,7 @@
   // ---------------------------------------------------------------- helpers
   function token() { return localStorage.getItem("citygrid_token") || ""; }
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
-  function fmt(t) { return t ? new Date(t).toLocaleString("zh-CN", { hour12: false }) : "—"; }
+  function fmt(t) { return I18N.time(t); }
   function has(list) { return st.me && list.includes(st.me.role); }
   function showError(msg) { const e = $("error"); e.textContent = msg || ""; e.hidden = !msg; }
   function say(el, cls, html) { $(el).innerHTML = `<div class="${cls}">${html}</div>`; }
@@ -54,31 +51,32 @@
     try {
       r = await fetch(path + (p.toString() ? "?" + p : ""), { method: opts.method || "GET", headers, body });
     } catch (e) {
-      throw new Error("网络错误 network error: " + e.message);
+      throw new Error(T("网络连接失败，请稍后再试", "Network error: try again later"));
     }
     let data = null;
     try { data = await r.json(); } catch (_) { data = null; }
     if (r.status === 401) { $("login").hidden = false; }
     if (!r.ok) {
-      let d = data && data.detail !== undefined ? data.detail : r.statusText;
-      if (typeof d !== "string") d = JSON.stringify(d);
-      const err = new Error(`${r.status}: ${d}`);
+      // The API's error: its code, and what is wrong in the page's language (message / message_en).
+      const err = new Error("");
       err.status = r.status;
+      err.body = data && typeof data === "object" ? data : { detail: r.statusText };
+      err.code = err.body.code;
+      err.message = I18N.error(err) + (err.code ? "" : ` (${r.status})`);
       throw err;
     }
     return data;
   }
 
   function clockBadge(c) {
-    if (!c) return `<span class="clock none">— 无时限 no clock</span>`;
+    if (!c) return `<span class="clock none">${T("无时限", "no clock")}</span>`;
     const s = Math.abs(c.left_seconds);
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
-    const span = (h ? `${h}时` : "") + `${m}分`;
-    const en = (h ? `${h}h ` : "") + `${m}m`;
-    const text = c.overdue ? `超时 ${span} overdue ${en}` : `剩余 ${span} left ${en}`;
-    const unit = c.overdue ? "" : ` (${(UNIT_LABELS[c.unit] || c.unit).split(" ")[0]})`;
-    return `<span class="clock ${esc(c.level)}" data-level="${esc(c.level)}" title="${esc(UNIT_LABELS[c.unit] || c.unit)}; ` +
-      `时限 due ${esc(fmt(c.deadline))}">${text}${unit}</span>`;
+    const span = T((h ? `${h}小时` : "") + `${m}分`, (h ? `${h}h ` : "") + `${m}m`);
+    const text = c.overdue ? T(`超时 ${span}`, `${span} overdue`) : T(`剩余 ${span}`, `${span} left`);
+    const unit = c.overdue ? "" : `（${W("units", c.unit)}）`;
+    return `<span class="clock ${esc(c.level)}" data-level="${esc(c.level)}" title="${esc(W("clock", c.level))} · ` +
+      `${T("时限", "due")} ${esc(fmt(c.deadline))}">${text}${unit}</span>`;
   }
 
   // ---------------------------------------------------------------- map
@@ -108,13 +106,13 @@
   }
   async function loadGrid() {
     grid.clearLayers();
-    if (map.getZoom() < 15) { $("map-status").textContent = "放大到 15 级显示单元网格 Zoom to 15 to see the grid cells"; return; }
+    if (map.getZoom() < 15) { $("map-status").textContent = T("放大到 15 级显示单元网格", "Zoom to 15 to see the grid cells"); return; }
     const b = map.getBounds();
     const fc = await api("/api/v1/cells", { params: { bbox: [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(6)).join(","), limit: 2000 } });
     grid.addData(fc);
-    $("map-status").textContent = `单元网格 cells in view: ${fc.numberReturned}` + (fc.numberMatched > fc.numberReturned ? ` / ${fc.numberMatched}` : "");
+    $("map-status").textContent = T("视野内单元网格：", "Cells in view: ") + fc.numberReturned + (fc.numberMatched > fc.numberReturned ? ` / ${fc.numberMatched}` : "");
   }
-  map.on("moveend", () => { if (st.me) loadGrid().catch((e) => showError("网格 grid: " + e.message)); });
+  map.on("moveend", () => { if (st.me) loadGrid().catch((e) => showError(T("网格：", "Grid: ") + e.message)); });
 
   async function loadMapBase() {
     const cfg = await api("/api/v1/config");
@@ -125,7 +123,7 @@
     try {
       const fc = await api("/api/v1/ogc/collections/admin_areas/items", { params: { limit: 100 } });
       areas.addData({ type: "FeatureCollection", features: fc.features.filter((f) => f.properties.level !== "community") });
-    } catch (e) { $("map-status").textContent = "行政区划不可用 admin areas unavailable: " + e.message; }
+    } catch (e) { $("map-status").textContent = T("行政区划不可用：", "Admin areas unavailable: ") + e.message; }
   }
 
   map.on("click", (e) => {
@@ -139,7 +137,7 @@
       if (c.lat == null) continue;
       const colour = c.clock ? { green: "#2e8b57", yellow: "#d4a106", red: "#c0392b" }[c.clock.level] : "#555";
       L.circleMarker([c.lat, c.lon], { radius: c.id === st.selected ? 9 : 6, color: colour, weight: 2, fillOpacity: 0.5 })
-        .bindTooltip(`${c.case_no} · ${c.category_name || c.category_code} · ${c.state_label}`)
+        .bindTooltip(`${esc(c.case_no)} · ${esc(className(c))} · ${esc(W("states", c.state))}`)
         .on("click", (ev) => { L.DomEvent.stopPropagation(ev); openCase(c.id); })
         .addTo(caseLayer);
     }
@@ -171,38 +169,92 @@
     const parents = new Set(items.map((i) => i.parent).filter(Boolean));
     return items.filter((i) => !parents.has(i.code));
   }
+  // The street or town a cell lies in (the first 9 digits of its code), by name.
+  function street(cellCode) { return W("areas", String(cellCode || "").slice(0, 9), T("本市", "the city")); }
+  // A class by its name (never its code): the catalog's words, else the name the case carries.
+  function className(c) { return W("classes", c.category_code, c.category_name || T("未分类", "unclassified")); }
+  function classPath(i, byCode) {
+    const names = [];
+    for (let x = i; x; x = byCode[x.parent]) names.unshift(I18N.lang === "en" ? (x.name_en || x.name) : x.name);
+    return names.join(" / ");
+  }
   function fillForm() {
     const cat = st.catalog;
-    $("channel").innerHTML = cat.channels.map((c) => `<option>${esc(c)}</option>`).join("");
-    $("request-type").innerHTML = `<option value="">— 未指定 unspecified</option>` +
-      cat.request_types.map((c) => `<option>${esc(c)}</option>`).join("");
-    $("category").innerHTML = leaves(cat.items).map((i) =>
-      `<option value="${esc(i.code)}">${esc((i.path || [i.name]).join(" / "))} · ${esc(i.name_en || "")} (${esc(i.code)})</option>`).join("");
-    $("f-state").innerHTML = `<option value="">全部 All</option><option value="open">未办结 Open</option>` +
-      Object.entries(cat.states).map(([k, v]) => `<option value="${esc(k)}">${esc(v)}</option>`).join("");
-    $("f-state").value = "open";  // the work still to do first; 全部 All is one click away
+    const keep = { channel: $("channel").value, rt: $("request-type").value, category: $("category").value,
+                   state: $("f-state").value };
+    $("channel").innerHTML = cat.channels.map((c) => `<option value="${esc(c)}">${esc(W("channels", c, c))}</option>`).join("");
+    $("request-type").innerHTML = `<option value="">${T("— 未指定", "— unspecified")}</option>` +
+      cat.request_types.map((c) => `<option value="${esc(c)}">${esc(W("request_types", c, c))}</option>`).join("");
+    const byCode = Object.fromEntries(cat.items.map((i) => [i.code, i]));
+    $("category").innerHTML = `<option value="">${T("— 请选择类别 —", "— choose a category —")}</option>` +
+      leaves(cat.items).map((i) => `<option value="${esc(i.code)}">${esc(classPath(i, byCode))}</option>`).join("");
+    $("f-state").innerHTML = `<option value="">${T("全部", "All")}</option><option value="open">${T("未办结", "Open")}</option>` +
+      Object.keys(cat.states).map((k) => `<option value="${esc(k)}">${esc(W("states", k))}</option>`).join("");
+    if (keep.channel) $("channel").value = keep.channel;
+    if (keep.rt) $("request-type").value = keep.rt;
+    if (keep.category) $("category").value = keep.category;
+    $("f-state").value = keep.state || "open";  // the work still to do first; 全部 All is one click away
+    syncUrgency();
+  }
+  // A class urgent by nature (a missing manhole cover is 特急) sets the least urgency, shown on the
+  // form: what is sent is what the operator sees chosen, never raised silently.
+  function syncUrgency() {
+    const item = st.catalog && st.catalog.items.find((i) => i.code === $("category").value);
+    const least = item && item.urgency ? URGENCY_ORDER.indexOf(item.urgency) : 0;
+    for (const o of $("urgency").options) o.disabled = URGENCY_ORDER.indexOf(o.value) < least;
+    if (URGENCY_ORDER.indexOf($("urgency").value) < least) $("urgency").value = item.urgency;
+    $("urgency-note").hidden = least === 0;
+    $("urgency-note").textContent = least ? T(`该类别至少为“${W("urgencies", item.urgency)}”`, `This category is at least "${W("urgencies", item.urgency)}"`) : "";
+  }
+  $("category").addEventListener("change", syncUrgency);
+  function locText() {
+    const p = st.recordPoint;
+    if (!p) return T("未定位 — 可点击地图选点", "none — click the map to pick a point");
+    const xy = `${p.latlng.lng.toFixed(6)}, ${p.latlng.lat.toFixed(6)}`;
+    if (!p.cell) return xy + " …";
+    return `${xy} · ` + (p.cell.code ? `${T("网格", "cell")} ${p.cell.code}（${street(p.cell.code)}）` : T("不在本市范围内", "outside the city"));
   }
 
   async function recordPick(latlng) {
     st.recordPoint = { latlng, cell: null };
     setPin(latlng);
-    $("record-loc").textContent = `${latlng.lng.toFixed(6)}, ${latlng.lat.toFixed(6)} …`;
+    $("record-loc").textContent = locText();
+    $("record-loc").dataset.empty = "";
     $("record-loc-clear").hidden = false;
     const cell = await snapPreview(latlng);
     if (!st.recordPoint || st.recordPoint.latlng !== latlng) return;
     st.recordPoint.cell = cell;
-    $("record-loc").textContent = `${latlng.lng.toFixed(6)}, ${latlng.lat.toFixed(6)} · ` +
-      (cell.code ? `网格 cell ${cell.code}` : `城市范围外 outside the city (${cell.reason || "outside"})`);
+    $("record-loc").textContent = locText();
+    $("record-loc").dataset.outside = cell.code ? "" : "1";
     if (cell.code) await showCell(cell.code);
   }
   $("record-loc-clear").onclick = () => {
     st.recordPoint = null; setPin(null); cellLayer.clearLayers();
-    $("record-loc").textContent = "未定位 none — 点击地图选点 click the map (optional)";
+    $("record-loc").textContent = locText();
+    $("record-loc").dataset.empty = "1";
+    $("record-loc").dataset.outside = "";
     $("record-loc-clear").hidden = true;
   };
 
+  // The call form's rule (the API's too: 422 call_description_missing / call_place_missing): a
+  // category, a description, and an address or a point. Said on the page before anything is sent.
+  function formProblem() {
+    const missing = [];
+    if (!$("category").value) missing.push(["category", T("请选择类别", "Choose a category")]);
+    if (!$("description").value.trim()) missing.push(["description", I18N.word("errors", "call_description_missing", T("请填写问题描述", "Describe the problem"))]);
+    if (!$("address").value.trim() && !st.recordPoint) missing.push(["address", I18N.word("errors", "call_place_missing", T("请填写地址或在地图上选点", "Give an address or pick a point on the map"))]);
+    for (const id of ["category", "description", "address"]) $(id).removeAttribute("aria-invalid");
+    for (const [id] of missing) $(id).setAttribute("aria-invalid", "true");
+    return missing;
+  }
   $("record-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    const missing = formProblem();
+    if (missing.length) {
+      say("record-result", "err", `<b>${T("未登记", "Not recorded")}</b>：` + missing.map(([, m]) => esc(m)).join("；"));
+      $(missing[0][0]).focus();
+      return;
+    }
     const body = {
       source: "hotline", channel: $("channel").value, category_code: $("category").value,
       request_type: $("request-type").value || null, urgency: $("urgency").value,
@@ -216,19 +268,19 @@
     try {
       const d = await api("/api/v1/cases", { method: "POST", json: body });
       let extra = "";
-      if (d.merged_into) extra += `<div>已并单 merged into case ${esc(d.merged_into)} (同类、邻近、近期 same class, nearby, recent)</div>`;
-      if (d.needs_location) extra += `<div>未定位: 已进入待定位队列 No location: the case waits in the needs-location queue</div>`;
-      else extra += `<div>网格 cell <b>${esc(d.cell_code)}</b></div>`;
-      say("record-result", "ok", `已受理 Recorded. 案卷编号 Case number: <span class="code" id="new-case-no">${esc(d.case_no)}</span><br>
-        查询码 Query code: <span class="code" id="new-query-code">${esc(d.query_code)}</span>
-        <div><b>请告知来电人编号和查询码</b> (只显示这一次) <span>Tell the caller both: the query code is shown only now.</span></div>
-        ${extra}<button type="button" class="link" id="open-new">查看案卷 open the case</button>`);
+      if (d.merged_into) extra += `<div>${T("已并单：与近期邻近的同类案卷合并", "Merged into an open case of the same class nearby")}</div>`;
+      if (d.needs_location) extra += `<div>${T("未定位：已进入待定位队列", "No location: the case waits in the needs-location queue")}</div>`;
+      else extra += `<div>${T("网格", "Cell")} <b>${esc(d.cell_code)}</b>（${esc(street(d.cell_code))}）</div>`;
+      say("record-result", "ok", `${T("已受理。案卷编号", "Recorded. Case number")}：<span class="code" id="new-case-no">${esc(d.case_no)}</span><br>
+        ${T("查询码", "Query code")}：<span class="code" id="new-query-code">${esc(d.query_code)}</span>
+        <div><b>${T("请告知来电人编号和查询码（只显示这一次）", "Tell the caller both: the query code is shown only now.")}</b></div>
+        ${extra}<button type="button" class="link" id="open-new">${T("查看案卷", "Open the case")}</button>`);
       $("open-new").onclick = () => openCase(d.id);
       for (const id of ["description", "address", "caller-name", "caller-phone"]) $(id).value = "";
       $("record-loc-clear").onclick();
       openCase(d.id);
     } catch (e) {
-      say("record-result", "err", "登记失败 Not recorded: " + esc(e.message));
+      say("record-result", "err", `<b>${T("未登记", "Not recorded")}</b>：` + esc(e.message));
     } finally {
       $("record-submit").disabled = false;
     }
@@ -248,28 +300,28 @@
       const d = await api("/api/v1/cases", { params: { state: stateSel, overdue: clockSel === "overdue" ? "true" : "", q: $("f-q").value.trim(), limit: 200 } });
       cases = d.cases; total = d.total;
     }
-    $("list-status").textContent = `${total} 件 cases` + (cases.length < total ? ` (显示 showing ${cases.length})` : "");
+    $("list-status").textContent = T(`共 ${total} 件`, `${total} cases`) + (cases.length < total ? T(`（显示 ${cases.length} 件）`, ` (showing ${cases.length})`) : "");
     $("case-list").innerHTML = cases.map((c) => `<li data-id="${c.id}" class="${c.id === st.selected ? "sel" : ""}">
-      <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(c.state_label)}</span> ${clockBadge(c.clock)}<br>
-      ${esc(c.category_name || c.category_code)}${c.department_name ? " → " + esc(c.department_name) : ""}
+      <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(W("states", c.state))}</span> ${clockBadge(c.clock)}<br>
+      ${esc(className(c))}${c.department_code ? " → " + esc(W("departments", c.department_code, c.department_name)) : ""}
       <span class="muted">${esc((c.address || c.description || "").slice(0, 40))}</span></li>`).join("") ||
-      `<li class="muted">无案卷 no cases</li>`;
+      `<li class="muted">${T("无案卷", "No cases")}</li>`;
     $("case-list").querySelectorAll("li[data-id]").forEach((li) => { li.onclick = () => openCase(+li.dataset.id); });
     drawCases(cases);
   }
-  $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); showError(""); loadList().catch((e) => showError("案卷列表 list: " + e.message)); });
+  $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); showError(""); loadList().catch((e) => showError(T("案卷列表：", "Case list: ") + e.message)); });
 
   // ---------------------------------------------------------------- (c) one case
   async function openCase(id) {
     st.selected = id;
     document.querySelectorAll("#case-list li, #queue-list li").forEach((li) => li.classList.toggle("sel", +li.dataset.id === id));
     let d;
-    try { d = await api("/api/v1/cases/" + id); } catch (e) { showError("案卷 case: " + e.message); return; }
+    try { d = await api("/api/v1/cases/" + id); } catch (e) { showError(T("案卷：", "Case: ") + e.message); return; }
     st.detail = d;
     st.proposal = null;
     const dispatchable = d.actions.some((a) => a.action === "dispatch");
     if (dispatchable) {
-      try { st.proposal = d.proposal || await api(`/api/v1/cases/${id}/proposal`); } catch (e) { showError("派遣建议 proposal: " + e.message); }
+      try { st.proposal = d.proposal || await api(`/api/v1/cases/${id}/proposal`); } catch (e) { showError(T("派遣建议：", "Proposal: ") + e.message); }
     }
     renderDetail();
     if (d.lat != null) { map.setView([d.lat, d.lon], Math.max(map.getZoom(), 15)); }
@@ -281,19 +333,20 @@
     $("detail-body").hidden = false;
     $("detail-body").dataset.caseId = d.id;
     $("detail-body").dataset.state = d.state;
-    $("d-title").innerHTML = `<span class="no">${esc(d.case_no)}</span> <span class="state" id="d-state">${esc(d.state_label)}</span>`;
-    $("d-clock").innerHTML = "当前时限 <span>Step clock</span> " + clockBadge(d.clock) +
-      (d.close_deadline_at ? ` · 办结时限 <span>close by</span> ${esc(fmt(d.close_deadline_at))}` : "");
+    $("d-title").innerHTML = `<span class="no">${esc(d.case_no)}</span> <span class="state" id="d-state">${esc(W("states", d.state))}</span>`;
+    $("d-clock").innerHTML = T("当前时限 ", "Step clock ") + clockBadge(d.clock) +
+      (d.close_deadline_at ? ` · ${T("办结时限", "close by")} ${esc(fmt(d.close_deadline_at))}` : "");
     const facts = [
-      ["类别 Class", `${d.category_name || ""} (${d.category_code})`], ["来源 Source", `${d.source} · ${d.channel || ""}`],
-      ["诉求 Type", d.request_type || "—"], ["紧急 Urgency", URGENCY[d.urgency] || d.urgency],
-      ["受理 Received", fmt(d.received_at)], ["地址 Address", d.address || "—"], ["描述 Text", d.description || "—"],
-      ["网格 Cell", d.cell_code || "未定位 not located"], ["部门 Department", d.department_name ? `${d.department_name} (${d.department_code})` : "—"],
+      [T("类别", "Class"), className(d)], [T("来源", "Source"), `${W("sources", d.source)}${d.channel ? " · " + W("channels", d.channel, d.channel) : ""}`],
+      [T("诉求类型", "Type"), d.request_type ? W("request_types", d.request_type, d.request_type) : "—"], [T("紧急程度", "Urgency"), W("urgencies", d.urgency)],
+      [T("受理时间", "Received"), fmt(d.received_at)], [T("地址", "Address"), d.address || "—"], [T("问题描述", "Description"), d.description || "—"],
+      [T("网格", "Cell"), d.cell_code ? `${d.cell_code}（${street(d.cell_code)}）` : T("未定位", "not located")],
+      [T("处置部门", "Department"), d.department_code ? W("departments", d.department_code, d.department_name) : "—"],
     ];
-    if (d.merged_into) facts.push(["并入 Merged into", String(d.merged_into)]);
-    if (d.duplicates && d.duplicates.length) facts.push(["并单 Merged here", d.duplicates.join(", ")]);
-    if (d.rating) facts.push(["评价 Rating", (st.catalog.ratings[d.rating] || "") + " " + d.rating]);
-    if (d.rework_count) facts.push(["返工 Rework", String(d.rework_count)]);
+    if (d.merged_into) facts.push([T("并入", "Merged into"), String(d.merged_into)]);
+    if (d.duplicates && d.duplicates.length) facts.push([T("并单", "Merged here"), d.duplicates.join(", ")]);
+    if (d.rating) facts.push([T("评价", "Rating"), W("ratings", d.rating)]);
+    if (d.rework_count) facts.push([T("返工次数", "Rework"), String(d.rework_count)]);
     $("d-facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
     // Photos of every kind (static/common/photos.js): thumbnails and the viewer.
     if (window.CasePhotos) {
@@ -301,21 +354,20 @@
       CasePhotos.show($("d-photos-box"), d.id, { headers: () => ({ Authorization: "Bearer " + token() }), city });
     }
     // Caller data: the API sends it only to the roles allowed to see it.
-    $("d-contact").innerHTML = d.contact ? `<dl><dt>来电人 Caller</dt><dd id="d-caller">${esc(d.contact.name || "—")} · ${esc(d.contact.phone || "—")}</dd></dl>` : "";
+    $("d-contact").innerHTML = d.contact ? `<dl><dt>${T("来电人", "Caller")}</dt><dd id="d-caller">${esc(d.contact.name || "—")} · ${esc(d.contact.phone || "—")}</dd></dl>` : "";
     renderProposal();
     renderActions();
-    const labels = st.catalog.events || {};
     $("d-events").innerHTML = d.events.map((e) => {
       const bits = [];
-      if (e.from_state || e.to_state) bits.push(`${esc(e.from_state || "—")} → ${esc(e.to_state || "—")}`);
-      if (e.actor_role) bits.push(esc(e.actor_role));
-      if (e.department) bits.push("部门 " + esc(e.department));
+      if (e.from_state || e.to_state) bits.push(`${esc(W("states", e.from_state))} → ${esc(W("states", e.to_state))}`);
+      if (e.actor_role) bits.push(esc(W("roles", e.actor_role)));
+      if (e.department) bits.push(T("部门 ", "Dept. ") + esc(W("departments", e.department)));
       const data = e.data || {};
-      if (data.met === false) bits.push(`<span class="late">超时 late</span>`);
-      if (data.override_reason) bits.push("改派理由 override: " + esc(data.override_reason));
-      if (data.cell_code) bits.push("网格 cell " + esc(data.cell_code));
-      if (data.rating) bits.push("评价 " + esc(data.rating));
-      return `<li data-kind="${esc(e.kind)}"><b>${esc(labels[e.kind] || e.kind)}</b> <span class="at">${esc(fmt(e.at))}</span><br>
+      if (data.met === false) bits.push(`<span class="late">${T("超时", "late")}</span>`);
+      if (data.override_reason) bits.push(T("改派理由：", "Override: ") + esc(data.override_reason));
+      if (data.cell_code) bits.push(T("网格 ", "Cell ") + esc(data.cell_code));
+      if (data.rating) bits.push(T("评价 ", "Rating ") + esc(W("ratings", data.rating)));
+      return `<li data-kind="${esc(e.kind)}"><b>${esc(W("events", e.kind))}</b> <span class="at">${esc(fmt(e.at))}</span><br>
         <span class="muted">${bits.join(" · ")}</span>${e.note ? `<div>${esc(e.note)}</div>` : ""}</li>`;
     }).join("");
     if (d.lat != null) {
@@ -329,13 +381,15 @@
     const box = $("d-proposal");
     box.hidden = !st.detail.actions.some((a) => a.action === "dispatch");
     if (box.hidden) return;
-    $("d-rule").textContent = p ? `${p.rule} · ${p.kind === "event" ? "事件 event" : "部件 component"}` : "";
-    $("d-candidates").innerHTML = p && p.candidates.length ? p.candidates.map((c, i) =>
-      `<li>${i === 0 ? "<b>建议 proposed</b> " : ""}${esc(c.name)} (${esc(c.code)}) <span class="muted">${esc(c.why)}</span></li>`).join("")
-      : `<li class="muted">无建议部门 no department can be proposed: choose one (with a reason)</li>`;
+    $("d-rule").textContent = p ? `${half(p.rule)} · ${p.kind === "event" ? T("事件", "event") : T("部件", "component")}` : "";
+    const unstaffed = T("（无人员）", " (unstaffed)");
+    $("d-candidates").innerHTML = p && p.candidates.length ? p.candidates.map((c) =>
+      `<li data-code="${esc(c.code)}" class="${c.staffed === false ? "unstaffed" : ""}">${p.proposed && c.code === p.proposed.code ? `<b>${T("建议", "proposed")}</b> ` : ""}` +
+      `${esc(W("departments", c.code, half(c.name)))}${c.staffed === false ? `<span class="flag">${unstaffed}</span>` : ""} <span class="muted">${esc(half(c.why))}</span></li>`).join("")
+      : `<li class="muted">${T("无建议部门：请选择部门并填写理由", "No department can be proposed: choose one (with a reason)")}</li>`;
     const proposed = p && p.proposed ? p.proposed.code : "";
-    $("d-department").innerHTML = (proposed ? "" : `<option value="">— 选择部门 choose —</option>`) +
-      st.departments.map((x) => `<option value="${esc(x.code)}"${x.code === proposed ? " selected" : ""}>${esc(x.name)} (${esc(x.code)})${x.code === proposed ? " ★" : ""}</option>`).join("");
+    $("d-department").innerHTML = (proposed ? "" : `<option value="">${T("— 选择部门 —", "— choose —")}</option>`) +
+      st.departments.map((x) => `<option value="${esc(x.code)}"${x.code === proposed ? " selected" : ""}>${esc(W("departments", x.code, half(x.name)))}${x.staffed === false ? unstaffed : ""}${x.code === proposed ? " ★" : ""}</option>`).join("");
     const sync = () => { $("d-override-row").hidden = $("d-department").value === proposed; };
     $("d-department").onchange = sync;
     $("d-override").value = "";
@@ -350,18 +404,18 @@
     const names = acts.map((a) => a.action);
     const extra = [];
     if (names.includes("rate")) {
-      extra.push(`<label>评价 <span>Rating (回访 callback)</span><select id="d-rating">` +
-        Object.entries(st.catalog.ratings).map(([k, v]) => `<option value="${esc(k)}">${esc(v)} ${esc(k)}</option>`).join("") + `</select></label>`);
+      extra.push(`<label>${T("回访评价", "Rating (callback)")}<select id="d-rating">` +
+        Object.keys(st.catalog.ratings).map((k) => `<option value="${esc(k)}">${esc(W("ratings", k))}</option>`).join("") + `</select></label>`);
     }
     if (names.includes("extend")) {
-      extra.push(`<div class="row"><label>延期量 <span>Amount</span><input type="number" id="d-amount" min="0" step="0.5" value="1"></label>
-        <label>单位 <span>Unit</span><select id="d-unit">${Object.entries(UNIT_LABELS).map(([k, v]) => `<option value="${k}"${k === "wd" ? " selected" : ""}>${esc(v)}</option>`).join("")}</select></label></div>`);
+      extra.push(`<div class="row"><label>${T("延期时长", "Amount")}<input type="number" id="d-amount" min="0" step="0.5" value="1"></label>
+        <label>${T("单位", "Unit")}<select id="d-unit">${["wh", "eh", "wd"].map((k) => `<option value="${k}"${k === "wd" ? " selected" : ""}>${esc(W("units", k))}</option>`).join("")}</select></label></div>`);
     }
     if (names.includes("feedback") && window.CasePhotos) extra.push(CasePhotos.feedbackFields());  // before/after upload
     if (names.some((n) => n === "verify_ok" || n === "verify_fail") && window.CasePhotos) extra.push(CasePhotos.verifyFields());
     $("d-extra").innerHTML = extra.join("");
     $("d-buttons").innerHTML = acts.map((a) =>
-      `<button type="button" data-action="${esc(a.action)}" class="${a.needs_reason ? "needs" : ""}" title="${a.needs_reason ? "需填写理由 needs a reason" : ""}">${esc(ACTION_LABELS[a.action] || a.action)}</button>`).join("");
+      `<button type="button" data-action="${esc(a.action)}" class="${a.needs_reason ? "needs" : ""}" title="${a.needs_reason ? T("需填写理由", "needs a reason") : ""}">${esc(W("actions", a.action))}</button>`).join("");
     $("d-buttons").querySelectorAll("button").forEach((b) => { b.onclick = () => doAction(b.dataset.action, b); });
   }
 
@@ -385,32 +439,32 @@
         : action.startsWith("verify_") ? await CasePhotos.sendVerify(d.id, action === "verify_ok" ? "ok" : "fail", note, po)
         : await api(`/api/v1/cases/${d.id}/actions/${action}`, { method: "POST", json: body });
       await openCase(d.id);
-      say("d-result", "ok", `${esc(ACTION_LABELS[action] || action)}: ${esc(st.catalog.states[r.from_state] || r.from_state)} → ` +
-        `<b id="d-new-state">${esc(st.catalog.states[r.state] || r.state)}</b>` +
-        (r.step_deadline_at ? ` · 下一时限 next due ${esc(fmt(r.step_deadline_at))}` : ""));
+      say("d-result", "ok", `${esc(W("actions", action))}：${esc(W("states", r.from_state))} → ` +
+        `<b id="d-new-state">${esc(W("states", r.state))}</b>` +
+        (r.step_deadline_at ? ` · ${T("下一时限", "next due")} ${esc(fmt(r.step_deadline_at))}` : ""));
       if (st.tab === "list") loadList().catch((e) => showError(e.message));
     } catch (e) {
-      say("d-result", "err", "未执行 Not done: " + esc(e.message));
+      say("d-result", "err", `<b>${T("未执行", "Not done")}</b>：` + esc(e.message));
       button.disabled = false;
     }
   }
 
   // ---------------------------------------------------------------- (d) the needs-location queue
   async function loadQueue() {
-    if (!has(DISPATCHERS)) { $("queue-list").innerHTML = `<li class="muted">仅受理/派遣员 operators only</li>`; return; }
+    if (!has(DISPATCHERS)) { $("queue-list").innerHTML = `<li class="muted">${T("仅受理/派遣员可用", "Operators only")}</li>`; return; }
     const d = await api("/api/v1/cases/needs-location", { params: { limit: 200 } });
     $("queue-count").textContent = d.total || "";
     $("queue-list").innerHTML = d.cases.map((c) => `<li data-id="${c.id}" class="${c.id === st.place.id ? "sel" : ""}">
-      <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(c.state_label)}</span> ${clockBadge(c.clock)}<br>
-      ${esc(c.category_name || c.category_code)} · <b>${esc(c.address || "无地址 no address")}</b>
-      <span class="muted">${esc((c.description || "").slice(0, 40))}</span></li>`).join("") || `<li class="muted">队列为空 the queue is empty</li>`;
+      <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(W("states", c.state))}</span> ${clockBadge(c.clock)}<br>
+      ${esc(className(c))} · <b>${esc(c.address || T("无地址", "no address"))}</b>
+      <span class="muted">${esc((c.description || "").slice(0, 40))}</span></li>`).join("") || `<li class="muted">${T("队列为空", "The queue is empty")}</li>`;
     $("queue-list").querySelectorAll("li[data-id]").forEach((li) => {
       li.onclick = () => {
         st.place = { id: +li.dataset.id, latlng: null, cell: null };
         $("queue-list").querySelectorAll("li").forEach((x) => x.classList.toggle("sel", x === li));
         $("place-box").hidden = false;
         $("place-case").textContent = li.querySelector(".no").textContent;
-        $("place-point").textContent = "点击地图 click the map";
+        $("place-point").textContent = T("请点击地图", "click the map");
         $("place-cell").textContent = "—";
         $("place-confirm").disabled = true;
         $("place-result").innerHTML = "";
@@ -430,7 +484,7 @@
     const cell = await snapPreview(latlng);
     if (st.place.latlng !== latlng) return;
     st.place.cell = cell;
-    $("place-cell").textContent = cell.code ? cell.code : `城市范围外 outside the city`;
+    $("place-cell").textContent = cell.code ? cell.code : T("不在本市范围内", "outside the city");
     if (cell.code) await showCell(cell.code); else cellLayer.clearLayers();
   }
 
@@ -440,14 +494,14 @@
     $("place-confirm").disabled = true;
     try {
       const r = await api(`/api/v1/cases/${id}/location`, { method: "POST", json: { x: latlng.lng, y: latlng.lat, crs: "EPSG:4326" } });
-      say("place-result", "ok", `已定位 Placed: ${esc(r.case_no)} → 网格 cell <b id="placed-cell">${esc(r.cell_code)}</b>`);
+      say("place-result", "ok", `${T("已定位", "Placed")}：${esc(r.case_no)} → ${T("网格", "cell")} <b id="placed-cell">${esc(r.cell_code)}</b>`);
       await showCell(r.cell_code);
       $("place-box").hidden = true;
       st.place = { id: null, latlng: null, cell: null };
       await loadQueue();
       openCase(id);
     } catch (e) {
-      say("place-result", "err", "定位失败 Not placed: " + esc(e.message));
+      say("place-result", "err", `<b>${T("定位失败", "Not placed")}</b>：` + esc(e.message));
       $("place-confirm").disabled = false;
     }
   };
@@ -455,23 +509,26 @@
   // ---------------------------------------------------------------- start
   async function start() {
     showError("");
-    if (!token()) { $("login").hidden = false; $("who").textContent = "请登录 please sign in"; return; }
+    await I18N.ready;
+    I18N.apply(document);
+    if (!st.recordPoint) $("record-loc").textContent = locText();
+    if (!token()) { $("login").hidden = false; $("who").textContent = T("请登录", "Please sign in"); return; }
     try {
       st.me = await api("/api/v1/me");
     } catch (e) {
       $("login").hidden = false;
       $("who").textContent = "";
-      showError("登录失败 sign-in failed: " + e.message);
+      showError(T("登录失败：", "Sign-in failed: ") + e.message);
       return;
     }
     $("login").hidden = true;
     $("logout").hidden = false;
-    $("who").textContent = `${st.me.name} · ${st.me.role_label || st.me.role}` + (st.me.department ? ` · ${st.me.department}` : "");
+    showWho();
     document.body.dataset.role = st.me.role;
     try {
       const [cat, deps] = await Promise.all([api("/api/v1/catalog"), api("/api/v1/departments")]);
       st.catalog = cat; st.departments = deps.departments;
-    } catch (e) { showError("目录 catalog: " + e.message); return; }
+    } catch (e) { showError(T("目录：", "Catalog: ") + e.message); return; }
     fillForm();
     $("caller-fields").hidden = !has(CONTACT_ROLES);
     const canRecord = has(INTAKE);
@@ -479,12 +536,28 @@
     document.querySelector('#tabs [data-tab="queue"]').hidden = !has(DISPATCHERS);
     // The map is placed before the page says it is ready: a click made after would otherwise land
     // on a map that jumps to the city when its outline arrives.
-    await loadMapBase().catch((e) => showError("地图 map: " + e.message));
+    await loadMapBase().catch((e) => showError(T("地图：", "Map: ") + e.message));
     if (has(DISPATCHERS)) loadQueue().catch(() => {});
     showTab(canRecord ? "record" : "list");
     const open = +(qs.get("case") || 0);
     if (open) openCase(open);
     document.body.dataset.ready = "1";
   }
+  function showWho() {
+    if (!st.me) return;
+    $("who").textContent = `${st.me.name} · ${W("roles", st.me.role)}` + (st.me.department ? ` · ${W("departments", st.me.department, st.me.department)}` : "");
+  }
+
+  // The language switch: everything drawn again in the other language.
+  I18N.toggle($("lang"));
+  I18N.onChange(() => {
+    if (!st.recordPoint) $("record-loc").textContent = locText(); else $("record-loc").textContent = locText();
+    if (!st.me || !st.catalog) return;
+    showWho();
+    fillForm();
+    if (st.tab === "list") loadList().catch((e) => showError(e.message));
+    if (has(DISPATCHERS)) loadQueue().catch(() => {});
+    if (st.detail) renderDetail();
+  });
   start();
 })();

@@ -42,7 +42,7 @@ def test_layers(client, bcity, sup):
                    headers=sup)
     assert e.status_code == 200 and "summary" in e.json()
     # filters: one class only
-    one = client.get("/api/v1/supervisor/cells", params={**q, "category": "0101"}, headers=sup).json()
+    one = client.get("/api/v1/supervisor/cells", params={**q, "category": "E10101"}, headers=sup).json()
     assert 0 < one["total"] < cells["total"]
 
 

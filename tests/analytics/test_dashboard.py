@@ -48,7 +48,7 @@ def test_dashboard_renders(browser, live_server, bcity, tokens, tmp_path):
     assert ((c[..., 0] > 150) & (c[..., 1] < 90)).mean() > 0.02
     # a class filter reloads the layers with fewer cases
     before = int(page.get_attribute("#map-status", "data-map-count"))
-    page.select_option("#category", "0101")
+    page.select_option("#category", "E10101")
     page.click("text=查询 Apply")
     page.wait_for_function("window.dashboardReady === true", timeout=30_000)
     after = int(page.get_attribute("#map-status", "data-map-count"))

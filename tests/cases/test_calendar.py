@@ -314,7 +314,8 @@ def test_calendar_year_loaded_through_the_api_reaches_every_process(client, toke
     op = auth(tokens["operator"])
     r = client.post("/api/v1/cases", headers=op, json={
         "source": "hotline", "channel": "电话", "category_code": "E10101", "request_type": "投诉",
-        "received_at": frozen.isoformat(), "description": "跨年工单 case across New Year"})
+        "received_at": frozen.isoformat(), "description": "跨年工单 case across New Year",
+        "address": "某路 1 号"})
     assert r.status_code == 201, r.text
     made = r.json()
     assert str(n) in made["calendar_warning"] and made["close_deadline_at"] is None

@@ -21,7 +21,7 @@ def test_address_matching_and_queue(client, tokens, engine, haimen, clock):
     with engine.begin() as conn:
         assert gazetteer.add_places(conn, haimen, [poi, road], ["poi", "road"], [p, line], source="test") == 2
     op = auth(tokens["operator"])
-    base = {"category_code": "E10101", "channel": "电话"}
+    base = {"category_code": "E10101", "channel": "电话", "description": "垃圾堆放"}
     r = client.post("/api/v1/cases", json={**base, "address": f"海门区{poi}东门口"}, headers=op)
     assert r.status_code == 201 and not r.json()["needs_location"]
     with engine.connect() as conn:
@@ -51,7 +51,7 @@ def test_inspectors_see_checks_in_their_area(client, tokens, make_user, clock, d
     op = auth(tokens["operator"])
     lon, lat = spot()
     c = client.post("/api/v1/cases", json={"category_code": "E10301", "channel": "督查员", "source": "inspector",
-                                           "location": {"x": lon, "y": lat}}, headers=op).json()
+                                           "description": "道路不洁", "location": {"x": lon, "y": lat}}, headers=op).json()
     street = c["cell_code"][:9]
     _, mine = make_user("inspector", area_code=street)
     _, other = make_user("inspector", area_code="320614999")

@@ -74,6 +74,8 @@ def test_case_locked_after_five_wrong_codes_then_free_again(from_address, engine
     assert d["limit"] == "case" and d["retry_after"] == 900
     assert "16:15" in d["detail"] and "再试" in d["detail"] and "try again after 16:15" in d["detail"]
     assert "status" not in d and no not in r.text
+    assert d["code"] == "too_many_requests" and d["message"].startswith("查询码错误次数过多")  # said in Chinese
+    assert d["message_en"].startswith("Too many wrong query codes")
     # Refusals during the lock are not counted. The number is locked for this address only: another
     # (the rightful holder's, say) gets in with the right code.
     clock.advance(minutes=14, seconds=30)

@@ -101,7 +101,7 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
 
     # 受理: the operator records the call on the page, the location by a click on the map.
     op = open_page(browser, live_server, "/operator", tokens["operator"])
-    assert "operator" in op.inner_text("#who")
+    assert op.inner_text("#who").endswith("· 受理员")  # the role in words, not its code
     op.select_option("#channel", "电话")
     op.select_option("#request-type", "投诉")
     op.select_option("#category", "E10101")
@@ -130,10 +130,13 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
     assert sorted(op.eval_on_selector_all("#d-buttons button", "bs => bs.map(b => b.dataset.action)")) == \
         ["accept", "reject", "void"]
 
-    # 立案 then 派遣 to the proposed department (事件先属地: the street office of the cell).
+    # 立案 then 派遣 to the proposed department (事件先属地: the street office of the cell, which has a
+    # user: proposals go only to staffed departments).
+    street = f"street-{target['code'][:9]}"
+    with engine.begin() as c:
+        _, dep_token = add_user(c, f"op_page_dept_{uuid.uuid4().hex[:6]}", "department", department=street)
     act(op, "accept", "accepted")
     assert case_row(engine, case_id)["state"] == "accepted"
-    street = f"street-{target['code'][:9]}"
     assert "事件先属地" in op.inner_text("#d-rule")
     assert op.input_value("#d-department") == street
     assert op.is_hidden("#d-override-row")
@@ -145,8 +148,6 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
                                        ("dispatched", "accepted", "dispatched", "operator", street)]
 
     # 处置: a user of that department signs in, starts and reports it done.
-    with engine.begin() as c:
-        _, dep_token = add_user(c, f"op_page_dept_{uuid.uuid4().hex[:6]}", "department", department=street)
     dep = open_page(browser, live_server, "/operator", dep_token)
     assert dep.is_hidden("#tabs [data-tab='record']") and dep.is_hidden("#tabs [data-tab='queue']")
     dep.wait_for_selector(f"#case-list li[data-id='{case_id}']", timeout=10000)
@@ -215,7 +216,8 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
 def test_needs_location_queue_placed_on_the_map(live_server, browser, tokens, haimen, engine, spot):
     text_ = f"路灯不亮 street light out, caller could not say where {uuid.uuid4().hex[:8]}"
     r = httpx.post(f"{live_server}/api/v1/cases", headers=auth(tokens["operator"]),
-                   json={"category_code": "E10101", "channel": "电话", "description": text_})
+                   json={"category_code": "E10101", "channel": "电话", "description": text_,
+                         "address": "不明地点 nowhere known"})
     assert r.status_code == 201, r.text
     made = r.json()
     assert made["needs_location"] is True and made["cell_code"] is None
@@ -258,11 +260,12 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     page.select_option("#category", "E10101")
     page.fill("#description", text_)
     click_map(page, 121.60, 31.60, zoom=12)  # in the sea east of Haimen
-    page.wait_for_function("document.getElementById('record-loc').textContent.includes('outside')", timeout=10000)
+    page.wait_for_selector("#record-loc[data-outside='1']", timeout=10000)
+    assert "不在本市范围内" in page.inner_text("#record-loc")
     page.click("#record-submit")
     page.wait_for_selector("#record-result .err", timeout=10000)
     msg = page.inner_text("#record-result")
-    assert "422" in msg and "outside the city" in msg
+    assert "所选位置不在本市范围内" in msg and "outside" not in msg  # the API's 422, in Chinese
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM case_file WHERE description = :d"), {"d": text_}).scalar() == 0
 
@@ -281,26 +284,26 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     # 不予立案 without a reason: the API's 422 message, the case unchanged.
     page.click("#d-buttons button[data-action='reject']")
     page.wait_for_selector("#d-result .err", timeout=10000)
-    assert "'reject' needs a reason" in page.inner_text("#d-result")
+    assert "须填写原因" in page.inner_text("#d-result") and "不予立案" in page.inner_text("#d-result")
     assert case_row(engine, case_id)["state"] == "collected"
 
     # Dispatch to another department than proposed without a reason: refused, with the message.
     act(page, "accept", "accepted")
-    page.select_option("#d-department", "sanitation")
+    page.select_option("#d-department", "water")  # never the proposal of this class
     assert page.is_visible("#d-override-row")
     page.click("#d-buttons button[data-action='dispatch']")
     page.wait_for_selector("#d-result .err", timeout=10000)
-    assert "give override_reason" in page.inner_text("#d-result")
+    assert "须填写改派理由" in page.inner_text("#d-result")
     row = case_row(engine, case_id)
     assert row["state"] == "accepted" and row["department_id"] is None
     # With the reason it goes, and the reason is in the event.
-    page.fill("#d-override", "环卫处负责该路段 the sanitation office has this road")
+    page.fill("#d-override", "自来水公司负责该处 the water company has this spot")
     act(page, "dispatch", "dispatched")
-    assert case_row(engine, case_id)["department_code"] == "sanitation"
+    assert case_row(engine, case_id)["department_code"] == "water"
     with engine.connect() as c:
         why = c.execute(text("SELECT data->>'override_reason' FROM case_event WHERE case_id = :i AND kind = 'dispatched'"),
                         {"i": case_id}).scalar_one()
-    assert why.startswith("环卫处负责")
+    assert why.startswith("自来水公司负责")
     assert [e[0] for e in events(engine, case_id)] == ["received", "accepted", "dispatched"]
 
     # A bad token: the sign-in form and the API's 401 message.
@@ -308,7 +311,55 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     bad.evaluate("localStorage.setItem('citygrid_token', 'cg_nonsense')")
     bad.reload()
     bad.wait_for_selector("#error:not([hidden])", timeout=10000)
-    assert "401" in bad.inner_text("#error") and bad.is_visible("#login")
+    assert "未知令牌" in bad.inner_text("#error") and bad.is_visible("#login")
     assert page.js_errors == []
     page.context.close()
     bad.context.close()
+
+
+def test_words_not_codes_and_the_language_switch(live_server, browser, tokens, haimen, engine, spot):
+    """The call form refuses an empty call on the page (nothing sent), a case's detail says its state,
+    source, class, department and timeline in words, and the 中文/EN switch redraws it in English."""
+    page = open_page(browser, live_server, "/operator", tokens["operator"])
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if r.method == "POST" and "/api/v1/cases" in r.url else None)
+    page.click("#record-submit")
+    page.wait_for_selector("#record-result .err")
+    msg = page.inner_text("#record-result")
+    assert "请选择类别" in msg and "请填写问题描述" in msg and "请填写地址或在地图上选择位置" in msg
+    assert page.get_attribute("#description", "aria-invalid") == "true" and requests == []
+    # a class urgent by nature shows its urgency on the form; lower ones cannot be chosen
+    page.select_option("#category", "010101")
+    assert page.input_value("#urgency") == "emergency" and page.is_visible("#urgency-note")
+    assert page.eval_on_selector("#urgency option[value='normal']", "o => o.disabled") is True
+    page.select_option("#category", "E10101")
+    assert page.eval_on_selector("#urgency option[value='normal']", "o => o.disabled") is False
+    page.select_option("#urgency", "urgent")
+    page.fill("#description", f"语言切换 language switch {uuid.uuid4().hex[:6]}")
+    lon, lat = spot()
+    pick_cell(page, cell_at(engine, haimen, lon, lat))
+    page.click("#record-submit")
+    page.wait_for_selector("#new-case-no", timeout=10000)
+    case_no = page.inner_text("#new-case-no").strip()
+    with engine.connect() as c:
+        case_id, urgency = c.execute(text("SELECT id, urgency FROM case_file WHERE case_no = :n"), {"n": case_no}).one()
+    assert urgency == "urgent"  # exactly as chosen
+    page.wait_for_selector(f"#detail-body[data-case-id='{case_id}']")
+    detail = page.inner_text("#detail-body")
+    for words in ("信息收集", "12345热线", "生活垃圾暴露", "紧急", "受理"):
+        assert words in detail, words
+    for code in ("collected", "hotline", "E10101", "urgent", "received", "operator"):
+        assert code not in detail, code
+    page.click("#lang")
+    page.wait_for_function("document.documentElement.lang === 'en'")
+    assert page.inner_text("h1") == "Operator workbench"
+    detail = page.inner_text("#detail-body")
+    assert "Collected" in detail and "Household rubbish exposed" in detail and "Hotline" in detail
+    assert "信息收集" not in detail
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.inner_text("h1") == "Operator workbench"  # the choice is kept
+    page.click("#lang")
+    assert page.inner_text("h1") == "受理派遣工作台"
+    assert page.js_errors == []
+    page.context.close()

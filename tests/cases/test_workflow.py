@@ -165,7 +165,7 @@ def test_impossible_and_bad_transitions_write_nothing(client, tokens, clock, spo
 
 def test_bad_case_input(client, tokens, clock):
     op = auth(tokens["operator"])
-    base = {"category_code": "E10101", "channel": "电话"}
+    base = {"category_code": "E10101", "channel": "电话", "description": "垃圾堆放", "address": "某路 1 号"}
     r = client.post("/api/v1/cases", json={**base, "category_code": "ZZ99"}, headers=op)
     assert r.status_code == 422 and "unknown category" in r.json()["detail"]
     r = client.post("/api/v1/cases", json={**base, "channel": "pigeon"}, headers=op)
@@ -282,8 +282,8 @@ def test_extend_reopen_and_escalation(conn, haimen, departments, clock, tokens):
 
 
 def test_future_received_time_is_refused(client, tokens, clock):
-    r = client.post("/api/v1/cases", json={"category_code": "E10101", "channel": "电话",
-                                           "received_at": "2030-01-01T10:00:00+08:00"},
+    r = client.post("/api/v1/cases", json={"category_code": "E10101", "channel": "电话", "description": "垃圾",
+                                           "address": "某路 1 号", "received_at": "2030-01-01T10:00:00+08:00"},
                     headers=auth(tokens["operator"]))
     assert r.status_code == 422 and "in the future" in r.json()["detail"]
 

@@ -320,7 +320,8 @@ def test_a_copy_of_the_database_is_not_enough_to_find_a_query_code(client, engin
     """Every code of the citizen and the hotline channel is stored keyed: trying all 10^6 codes
     against the stored value without the server's key finds nothing (before: sha256 of number:code)."""
     no, code = submit(client)
-    r = client.post("/api/v1/cases", json={"category_code": "E10101", "channel": "电话", "address": "某路 1 号"},
+    r = client.post("/api/v1/cases", json={"category_code": "E10101", "channel": "电话", "address": "某路 1 号",
+                                           "description": "垃圾堆放"},
                     headers=auth(tokens["operator"]))
     assert r.status_code == 201
     hotline = (r.json()["case_no"], r.json()["query_code"])
