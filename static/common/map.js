@@ -265,6 +265,14 @@
       map.getContainer().dataset.cgReady = "1";
       return map;
     });
+    // A tile layer of the page in WGS-84 Web Mercator (vector tiles of a layer): kept on its place under a
+    // GCJ-02 base map like the reference map's tiles.
+    cg.track = function (layer) {
+      cg.wgsTiles.push(layer);
+      layer.once("remove", () => { cg.wgsTiles = cg.wgsTiles.filter((t) => t !== layer); });
+      shiftTiles();
+      return layer;
+    };
     // Choose a base map by name (the layer switcher does the same).
     cg.use = function (name) {
       const layer = cg.bases[name];
