@@ -60,6 +60,14 @@
     },
   });
 
+  // Vector tiles (Leaflet.VectorGrid) whose failed fetches (offline, a refused layer) draw nothing instead
+  // of an uncaught error.
+  const SafeGrid = L.VectorGrid && L.VectorGrid.Protobuf.extend({
+    _getVectorTilePromise(coords) {
+      return L.VectorGrid.Protobuf.prototype._getVectorTilePromise.call(this, coords).catch(() => ({ layers: {} }));
+    },
+  });
+
   // ---- small helpers ---------------------------------------------------------------------------
   function esc(s) { return String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   let cached = null;  // one fetch of the sources and the page configuration per page
@@ -162,7 +170,7 @@
       cg.wgsTiles = cg.wgsTiles.filter((t) => !t.cgReference);
       if (!L.vectorGrid) return;
       const mvt = (name, style, extra) => {
-        const t = L.vectorGrid.protobuf(`/api/v1/tiles/${name}/{z}/{x}/{y}.mvt` + q(), Object.assign({
+        const t = new SafeGrid(`/api/v1/tiles/${name}/{z}/{x}/{y}.mvt` + q(), Object.assign({
           rendererFactory: L.canvas.tile, interactive: false, maxNativeZoom: 20, maxZoom: 22,
           fetchOptions: { credentials: "same-origin" }, vectorTileLayerStyles: { [name]: style },
         }, extra || {}));
@@ -180,9 +188,12 @@
         const r = await fetch("/api/v1/basemaps/reference/labels" + q(), { credentials: "same-origin" });
         if (r.ok) (await r.json()).labels.forEach((x) => labels[x.level] && labels[x.level].addLayer(label(x.level, x.name, x.lat, x.lon)));
       } catch (e) { /* the base map stays without names */ }
-      try {  // key zones: staff only (401/403 otherwise: nothing drawn)
-        const r = await fetch("/api/v1/zones" + q(), { credentials: "same-origin", headers: cg.headers() });
-        if (r.ok) {
+      try {  // key zones: only for those who may read them (the catalog says so: no refused request)
+        const hdrs = (() => { try { return cg.headers() || {}; } catch (e) { return {}; } })();
+        const cat = await fetch("/api/v1/layers" + q(), { credentials: "same-origin", headers: hdrs });
+        const may = cat.ok && (await cat.json()).layers.some((l) => l.name === "key_zones");
+        const r = may ? await fetch("/api/v1/zones" + q(), { credentials: "same-origin", headers: hdrs }) : null;
+        if (r && r.ok) {
           const fc = await r.json();
           const zones = L.geoJSON(fc, { interactive: false, style: { color: "#e67e22", weight: 1.5, dashArray: "4 3", fillOpacity: 0.06 },
             pointToLayer: (f, ll) => L.circleMarker(ll, { radius: 5, color: "#e67e22", weight: 1.5, fillOpacity: 0.2, interactive: false }) });
@@ -285,5 +296,5 @@
     return map;
   }
 
-  window.CGMap = { create, wgs2gcj, gcj2wgs, GCJ_CRS };
+  window.CGMap = { create, wgs2gcj, gcj2wgs, GCJ_CRS, VectorTiles: SafeGrid };
 })();

@@ -59,9 +59,9 @@
   // Preview: the whole layer as vector tiles (GET /api/v1/tiles/{name}/{z}/{x}/{y}.mvt, the layer's public
   // or full form as the token allows), drawn by Leaflet.VectorGrid: every feature, at every zoom.
   const COLORS = ["#c0392b", "#1f5f8b", "#16a085", "#8e44ad", "#d35400", "#2c3e50"];
-  const CountingGrid = L.VectorGrid.Protobuf.extend({
+  const CountingGrid = CGMap.VectorTiles.extend({
     _getVectorTilePromise(coords) {
-      return L.VectorGrid.Protobuf.prototype._getVectorTilePromise.call(this, coords).then((json) => {
+      return CGMap.VectorTiles.prototype._getVectorTilePromise.call(this, coords).then((json) => {
         let n = 0;
         for (const k in json.layers) n += json.layers[k].features.length;
         this.cgCounts[`${coords.z}:${coords.x}:${coords.y}`] = n;

@@ -23,7 +23,7 @@
   }
 
   // ---------------------------------------------------------------- map
-  const map = L.map("map", { preferCanvas: true, zoomSnap: 0.5 }).setView([31.9, 121.2], 11);
+  const map = CGMap.create("map", { preferCanvas: true, zoomSnap: 0.5, fit: false, headers: () => ({ Authorization: "Bearer " + token() }) }).setView([31.9, 121.2], 11);
   map.attributionControl.addAttribution("citygrid · 单元网格 unit grid");
   const ramp = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"];
   const binColor = { 3: "#b2182b", 2: "#ef8a62", 1: "#fddbc7", "-1": "#d1e5f0", "-2": "#67a9cf", "-3": "#2166ac" };
