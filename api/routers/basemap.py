@@ -51,7 +51,7 @@ def basemaps(_=Depends(PUBLIC_FILES)):
             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}},
                                                  204: {"description": "the file has no tile here"}})
 def mbtiles_tile(name: str = Path(..., max_length=60), z: int = Path(..., ge=0, le=24),
-                 x: int = Path(..., ge=0), y: str = Path(..., max_length=20), _=Depends(PUBLIC_FILES)):
+                 x: int = Path(..., ge=0, le=2**24 - 1), y: str = Path(..., max_length=20), _=Depends(PUBLIC_FILES)):
     files = lbase.mbtiles_files()
     if name not in files:
         raise HTTPException(404, f"没有该离线底图 no offline base map '{name}'"
