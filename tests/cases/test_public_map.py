@@ -172,6 +172,14 @@ def test_on_a_gcj02_base_map_overlays_are_shifted_and_the_place_is_sent_in_gcj02
         assert drawn == pytest.approx(expected, abs=1.0)
         assert abs(drawn[0] - plain[0]) + abs(drawn[1] - plain[1]) > 50  # really shifted
         # The city's outline is shifted the same way (a vertex of its path vs. its GCJ-02 pixel).
+        vertex, at = page.evaluate("""(() => {
+            const m = CGPublic.map; let poly = null; m.cg.outline.eachLayer((l) => { poly = l; });
+            let ll = poly.getLatLngs(); while (Array.isArray(ll[0])) ll = ll[0];
+            return [[ll[0].lng, ll[0].lat], [poly._rings[0][0].x, poly._rings[0][0].y]]; })()""")
+        vlon, vlat = (float(v) for v in gcrs.wgs84_to_gcj02(*vertex))
+        want = page.evaluate("""([lat, lon]) => { const p = L.CRS.EPSG3857.latLngToPoint(L.latLng(lat, lon),
+            CGPublic.map.getZoom()).subtract(CGPublic.map.getPixelOrigin()); return [p.x, p.y]; }""", [vlat, vlon])
+        assert at == pytest.approx(want, abs=1.0)
         picked = page.evaluate("CGPublic.picked()")
         assert picked["crs"] == "GCJ-02"
         assert float(picked["lon"]) == pytest.approx(glon, abs=2e-7) and float(picked["lat"]) == pytest.approx(glat, abs=2e-7)
