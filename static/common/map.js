@@ -139,7 +139,7 @@
         c.style.transform = `translate(${d.x.toFixed(2)}px, ${d.y.toFixed(2)}px)`;
       }
     }
-    map.on("zoomend moveend viewreset", shiftTiles);
+    map.on("zoomend moveend viewreset layeradd", shiftTiles);
 
     function setCrs(datum) {
       const crs = datum === "GCJ-02" ? GCJ_CRS : L.CRS.EPSG3857;

@@ -34,6 +34,7 @@ def _open(browser, live_server, path="/public"):
     page = browser.new_page(viewport={"width": 1000, "height": 1200}, locale="zh-CN")
     page.js_errors = []
     page.on("pageerror", lambda e: page.js_errors.append(str(e)))
+    page.on("console", lambda m: page.js_errors.append(m.text) if m.type == "error" else None)  # no failed request either
     page.goto(live_server + path)
     page.wait_for_selector("#category[data-loaded='1']")
     page.wait_for_selector("body[data-map-ready='1']")
@@ -180,6 +181,13 @@ def test_on_a_gcj02_base_map_overlays_are_shifted_and_the_place_is_sent_in_gcj02
         want = page.evaluate("""([lat, lon]) => { const p = L.CRS.EPSG3857.latLngToPoint(L.latLng(lat, lon),
             CGPublic.map.getZoom()).subtract(CGPublic.map.getPixelOrigin()); return [p.x, p.y]; }""", [vlat, vlon])
         assert at == pytest.approx(want, abs=1.0)
+        # The reference map's vector tiles (WGS-84 Web Mercator; an overlay here) are moved by the local GCJ-02
+        # offset as a whole.
+        moved, offset = page.evaluate("""(() => { const m = CGPublic.map; m.addLayer(m.cg.reference);
+            const c = m.getCenter(), z = m.getZoom();
+            const d = CGMap.GCJ_CRS.latLngToPoint(c, z).subtract(L.CRS.EPSG3857.latLngToPoint(c, z));
+            return [m.cg.wgsTiles[0].getContainer().style.transform, [d.x, d.y]]; })()""")
+        assert moved == f"translate({offset[0]:.2f}px, {offset[1]:.2f}px)" and abs(offset[0]) > 50
         picked = page.evaluate("CGPublic.picked()")
         assert picked["crs"] == "GCJ-02"
         assert float(picked["lon"]) == pytest.approx(glon, abs=2e-7) and float(picked["lat"]) == pytest.approx(glat, abs=2e-7)
