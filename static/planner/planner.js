@@ -165,6 +165,7 @@
     localStorage.setItem("citygrid_token", $("token").value.trim());
     for (const n of Object.keys(state.overlays)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
     loadCatalog().then(refreshOverlays);
+    map.cg.setCity(city(), false);  // the reference map again: key zones for those who may read them
   });
   $("city").addEventListener("change", () => {
     for (const n of Object.keys(state.overlays)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
