@@ -66,6 +66,12 @@
     _getVectorTilePromise(coords) {
       return L.VectorGrid.Protobuf.prototype._getVectorTilePromise.call(this, coords).catch(() => ({ layers: {} }));
     },
+    // A tile that arrives after the layer left the map (a new token, another city) is dropped: Leaflet 1.9's
+    // GridLayer would read the map it no longer has.
+    _tileReady(coords, err, tile) {
+      if (!this._map) return;
+      L.VectorGrid.Protobuf.prototype._tileReady.call(this, coords, err, tile);
+    },
   });
 
   // ---- small helpers ---------------------------------------------------------------------------
