@@ -44,3 +44,17 @@ def test_reference_map_names_grid_and_key_zones(browser, live_server, engine, ha
                                timeout=20_000)
     finally:
         page.close()
+
+
+@pytest.mark.parametrize("path", ["/public", "/planner"])
+def test_map_pages_fit_a_phone(browser, live_server, path):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, locale="zh-CN", is_mobile=True, has_touch=True)
+    try:
+        page.goto(live_server + path)
+        page.wait_for_selector("[data-cg-ready='1']", timeout=20_000)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        box = page.locator("[data-cg-ready='1']").bounding_box()
+        assert box["width"] >= 300 and box["height"] >= 250  # a usable map, not a sliver
+        assert page.evaluate("fetch('/favicon.ico').then((r) => r.status)") == 200
+    finally:
+        page.close()
