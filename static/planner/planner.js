@@ -82,7 +82,7 @@
   function showPreviewInfo() {
     const parts = Object.entries(state.overlays).map(([n, l]) => {
       const meta = (state.catalog.layers.find((x) => x.name === n) || {});
-      return `${meta.title || n}：${l.cgFeatures} 个要素（当前视图 ${l.cgTiles} 块瓦片${meta.count !== undefined ? "，全图层 " + meta.count + " 个" : ""}）`;
+      return `${meta.title || n}：当前视图 ${l.cgTiles} 块矢量瓦片内共 ${l.cgFeatures} 个要素（跨瓦片者按块计${meta.count !== undefined ? "；全图层 " + meta.count + " 个" : ""}）`;
     });
     $("preview-info").textContent = parts.length ? "预览 Preview — " + parts.join("；") : "";
   }
