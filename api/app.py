@@ -138,7 +138,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
     validation.declare_error_schema(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(DatabaseUnavailable)
-    app.add_middleware(SecurityHeaders, static=STATIC, basemap_url=settings.api().basemap_url)
+    from api.basemaps import tile_hosts
+
+    app.add_middleware(SecurityHeaders, static=STATIC, tile_hosts=tile_hosts(settings.basemap()))  # base maps' tile hosts
     app.add_middleware(readpool.WalMark)  # outermost: the WAL position of every write (the read replica)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -49,9 +49,12 @@ def _origin(url: str | None) -> str | None:
     return f"{parts.scheme}://{host}"
 
 
-def page_policy(static: Path, basemap_url: str | None = None) -> str:
+def page_policy(static: Path, basemap_url: str | None = None, tile_hosts: list[str] | tuple = ()) -> str:
+    """The pages' policy; ``tile_hosts``: the exact origins of the configured base maps' tiles
+    (``api.basemaps.tile_hosts``), allowed as images and nothing else."""
     scripts = " ".join(["'self'", *inline_script_hashes(static)])
-    images = " ".join(x for x in ("'self'", "data:", "blob:", _origin(basemap_url)) if x)
+    hosts = dict.fromkeys([*(h for h in [_origin(basemap_url)] if h), *tile_hosts])
+    images = " ".join(["'self'", "data:", "blob:", *hosts])
     return "; ".join([
         "default-src 'self'", f"script-src {scripts}", "style-src 'self' 'unsafe-inline'",
         f"img-src {images}", "font-src 'self' data:", "connect-src 'self'", "worker-src 'self' blob:",
@@ -74,11 +77,11 @@ PAGES = ("inspector", "supervisor", "planner", "public", "operator")
 class SecurityHeaders:
     """Adds the headers above to every HTTP response (a header the route set itself is kept)."""
 
-    def __init__(self, app, static: Path, basemap_url: str | None = None):
+    def __init__(self, app, static: Path, basemap_url: str | None = None, tile_hosts: list[str] | tuple = ()):
         self.app = app
         common = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                   (b"cross-origin-opener-policy", b"same-origin")]
-        self.page = [*common, (b"content-security-policy", page_policy(static, basemap_url).encode()),
+        self.page = [*common, (b"content-security-policy", page_policy(static, basemap_url, tile_hosts).encode()),
                      (b"referrer-policy", b"strict-origin-when-cross-origin")]
         self.docs = [*common, (b"content-security-policy", DOCS_POLICY.encode()),
                      (b"referrer-policy", b"strict-origin-when-cross-origin")]

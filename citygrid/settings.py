@@ -69,10 +69,7 @@ class ApiSettings(BaseSettings):
     max_cells_per_request: int = 20_000
     #: The city answered by default when a request names none.
     default_city: str = "haimen"
-    #: XYZ tile URL of a base map for the pages (none: the city's own layers on a blank background).
-    #: Tiles must be in WGS-84 Web Mercator (OSM-like); GCJ-02 tiles (AMap, Tencent) would misplace data.
-    basemap_url: str | None = None
-    basemap_attribution: str = ""
+    # The base maps of the pages: BasemapSettings (CITYGRID_BASEMAP_…; CITYGRID_API_BASEMAP_URL still read).
     #: Reverse proxies in front of the service that append the client's address to X-Forwarded-For
     #: (0: none, the socket's address is the client's; 1: the last address of the header, …). Set it
     #: only when the service cannot be reached except through them: the header is the client's to forge.
@@ -187,6 +184,53 @@ def worklist() -> WorklistSettings:
 @lru_cache
 def auth() -> AuthSettings:
     return AuthSettings()
+
+
+class BasemapSettings(BaseSettings):
+    """The base maps the pages offer (``api/routers/basemap.py`` lists them, ``static/common/map.js`` draws them).
+
+    Without any of them the pages draw the reference map made of the city's own layers (districts,
+    streets, communities and key zones with their names, the grid from zoom 15): offline, in tests, on
+    an intranet. Each source below adds one entry to the layer switcher:
+
+    * ``CITYGRID_BASEMAP_TIANDITU_KEY``: 天地图 (the national map service), vector + annotation (vec+cva)
+      and image + annotation (img+cia), Web Mercator (``_w``) from t0–t7.tianditu.gov.cn, CGCS2000 ≈ WGS-84.
+    * ``CITYGRID_BASEMAP_AMAP`` / ``CITYGRID_BASEMAP_TENCENT`` (true): AMap / Tencent road maps, in GCJ-02:
+      the pages then shift the city's layers into GCJ-02 so that they lie on the right streets.
+    * ``CITYGRID_BASEMAP_URL`` (or the older ``CITYGRID_API_BASEMAP_URL``): any XYZ template
+      (``{z}/{x}/{y}``, ``{s}`` with ``CITYGRID_BASEMAP_SUBDOMAINS``, ``{-y}`` for TMS), its datum
+      ``CITYGRID_BASEMAP_CRS`` (EPSG:4326 or GCJ-02), ``CITYGRID_BASEMAP_TITLE``, ``CITYGRID_BASEMAP_ATTRIBUTION``.
+    * ``CITYGRID_BASEMAP_XYZ``: more templates, a JSON list of ``{"name", "title", "url", "attribution",
+      "crs", "subdomains", "max_zoom"}``.
+    * ``CITYGRID_BASEMAP_MBTILES``: offline raster tiles served by this service, a JSON object name →
+      ``.mbtiles`` path (or one path: name ``offline``), at ``/api/v1/basemaps/{name}/{z}/{x}/{y}``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_BASEMAP_")
+
+    tianditu_key: SecretStr | None = Field(default=None, repr=False)
+    amap: bool = False
+    tencent: bool = False
+    url: str | None = Field(default=None, validation_alias=AliasChoices("CITYGRID_BASEMAP_URL",
+                                                                        "CITYGRID_API_BASEMAP_URL"))
+    title: str = "底图 Base map"
+    attribution: str = Field(default="", validation_alias=AliasChoices("CITYGRID_BASEMAP_ATTRIBUTION",
+                                                                       "CITYGRID_API_BASEMAP_ATTRIBUTION"))
+    crs: str = "EPSG:4326"
+    subdomains: str = "abc"
+    max_zoom: int = Field(18, ge=1, le=22)
+    xyz: list[dict] = Field(default_factory=list)
+    #: JSON object name → path, or a single path (its name: ``offline``).
+    mbtiles: str | None = None
+    #: The entry shown on opening (its name); default: the first configured source, else the reference map.
+    default: str | None = None
+    #: Offer the reference map of the city's own layers (always offered when nothing else is configured).
+    reference: bool = True
+
+
+def basemap() -> BasemapSettings:
+    """Read each time (not cached): the tests and a reloaded service see changed sources."""
+    return BasemapSettings()
 
 
 class WechatSettings(BaseSettings):

@@ -62,8 +62,7 @@ def config(_=Depends(PUBLIC), conn=Depends(get_conn, scope="function")):
     cities = [{"slug": r[0], "name": r[1], "name_en": r[2], "adcode": r[3], "working_crs": f"EPSG:{r[4]}",
                "bbox": [round(v, 6) for v in r[5:9]],
                "center": [round((r[5] + r[7]) / 2, 6), round((r[6] + r[8]) / 2, 6)]} for r in rows]
-    return {"default_city": api.default_city, "basemap_url": api.basemap_url,
-            "basemap_attribution": api.basemap_attribution, "cities": cities}
+    return {"default_city": api.default_city, "basemaps": "/api/v1/basemaps", "cities": cities}
 
 
 @router.get("/me", summary="当前用户 The caller")

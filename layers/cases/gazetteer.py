@@ -148,3 +148,38 @@ def load_places_file(conn: Connection, city: CityInfo, path: Path, *, name_field
         raise InputError(f"the places file has no field '{name_field}'")
     geoms = np.asarray(gcrs.transform_geometry(np.asarray(df.geometry.values, dtype=object), src, city.working_crs))
     return add_places(conn, city, df[name_field].tolist(), [kind] * len(df), geoms, source=Path(path).name)
+
+
+#: What an anonymous search may answer: places a citizen could name (key zones are staff-only).
+PUBLIC_KINDS = ("poi", "road", "community", "street", "district", "place")
+KIND_LABELS = {"poi": "地点", "road": "道路", "community": "社区", "street": "街道/镇", "district": "区",
+               "place": "地名", "key_zone": "重点区域"}
+
+
+def search(conn: Connection, city: CityInfo, q: str, *, limit: int = 8,
+           kinds: tuple[str, ...] = PUBLIC_KINDS) -> list[Place]:
+    """Places whose name matches ``q`` (a name or part of one, or an address that contains a name), best
+    first: the exact name, names starting with it, names containing it, then names the text contains (the
+    most precise kind first). Points in the city's working CRS."""
+    key = normalise(q)
+    if not key:
+        raise InputError("请输入要搜索的地名 give a place name or an address to search for")
+    ranked = []
+    seen = set()
+    for k, p in zip((idx := index(conn, city)).keys, idx.places, strict=True):
+        if p.kind not in kinds or (p.name, p.kind) in seen:
+            continue
+        if k == key:
+            rank = 0
+        elif k.startswith(key):
+            rank = 1
+        elif key in k:
+            rank = 2
+        elif len(k) >= 2 and k in key:
+            rank = 3
+        else:
+            continue
+        seen.add((p.name, p.kind))
+        ranked.append((rank, -p.confidence, len(k) if rank < 3 else -len(k), p.name, p))
+    ranked.sort(key=lambda r: r[:4])
+    return [r[4] for r in ranked[:limit]]

@@ -279,7 +279,7 @@ setInterval(() => { if (navigator.onLine) flush(); }, 15000);
 let map = null, layer = null;
 async function loadWorklist() {
   if (!map) {
-    map = L.map("map", { attributionControl: false }).setView([31.89, 121.17], 13);
+    map = CGMap.create("map", { fit: false, headers: authHeaders }).setView([31.89, 121.17], 13);
     layer = L.layerGroup().addTo(map);
   }
   setTimeout(() => map.invalidateSize(), 50);
@@ -434,7 +434,7 @@ function verifyMap() {
   const task = vstate.task;
   if (!task || task.case.lat == null) return;
   if (!vstate.map) {
-    vstate.map = L.map("vmap", { attributionControl: false }).setView([task.case.lat, task.case.lon], 17);
+    vstate.map = CGMap.create("vmap", { fit: false, headers: authHeaders }).setView([task.case.lat, task.case.lon], 17);
     vstate.layer = L.layerGroup().addTo(vstate.map);
   }
   setTimeout(() => vstate.map.invalidateSize(), 50);

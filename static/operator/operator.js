@@ -80,7 +80,7 @@
   }
 
   // ---------------------------------------------------------------- map
-  const map = L.map("map", { zoomSnap: 0.5 }).setView([31.9, 121.2], 11);
+  const map = CGMap.create("map", { zoomSnap: 0.5, fit: false, headers: () => ({ Authorization: "Bearer " + token() }) }).setView([31.9, 121.2], 11);
   map.attributionControl.addAttribution("citygrid · 单元网格 unit grid");
   const areas = L.geoJSON(null, { style: (f) => ({ color: f.properties.level === "district" ? "#333" : "#7f8c8d", weight: f.properties.level === "district" ? 2 : 1, fill: false }),
     interactive: false }).addTo(map);

@@ -3,8 +3,8 @@
   "use strict";
   const $ = (id) => document.getElementById(id);
   const state = { config: null, catalog: null, overlays: {} };
-  const map = L.map("map", { preferCanvas: true });
-  map.setView([31.9, 121.2], 11);
+  const map = CGMap.create("map", { preferCanvas: true, headers: () => headers() });
+  window.plannerMap = map;  // for the page tests and the browser console
 
   $("token").value = localStorage.getItem("citygrid_token") || "";
   $("ogc-url").textContent = location.origin + "/api/v1/ogc";
@@ -22,15 +22,12 @@
     $("city").innerHTML = state.config.cities.map((c) =>
       `<option value="${c.slug}">${c.name}${c.name_en ? " " + c.name_en : ""}</option>`).join("");
     $("city").value = state.config.default_city;
-    if (state.config.basemap_url) {
-      L.tileLayer(state.config.basemap_url, { attribution: state.config.basemap_attribution }).addTo(map);
-    }
+    await map.cg.ready;  // base map, the city's outline, the city in view
+    if (map.cg.city !== city()) await map.cg.setCity(city());
   }
 
-  function fitCity() {
-    const c = state.config.cities.find((x) => x.slug === city());
-    if (c) map.fitBounds([[c.bbox[1], c.bbox[0]], [c.bbox[3], c.bbox[2]]]);
-  }
+  // Another city: its outline, names and tiles, fitted.
+  function fitCity() { return map.cg.setCity(city()); }
 
   async function loadCatalog() {
     const r = await fetch("/api/v1/layers?city=" + encodeURIComponent(city()), { headers: headers() });
@@ -59,24 +56,73 @@
     return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()].map((v) => v.toFixed(6)).join(",");
   }
 
-  // Preview: the selected layers' features in the current view (OGC API items, at most 2000).
-  async function refreshOverlays() {
+  // Preview: the whole layer as vector tiles (GET /api/v1/tiles/{name}/{z}/{x}/{y}.mvt, the layer's public
+  // or full form as the token allows), drawn by Leaflet.VectorGrid: every feature, at every zoom.
+  const COLORS = ["#c0392b", "#1f5f8b", "#16a085", "#8e44ad", "#d35400", "#2c3e50"];
+  const CountingGrid = CGMap.VectorTiles.extend({
+    _getVectorTilePromise(coords) {
+      return CGMap.VectorTiles.prototype._getVectorTilePromise.call(this, coords).then((json) => {
+        let n = 0;
+        for (const k in json.layers) n += json.layers[k].features.length;
+        this.cgCounts[`${coords.z}:${coords.x}:${coords.y}`] = n;
+        return json;
+      });
+    },
+  });
+  // Features in the tiles shown now (a feature crossing tiles counts in each).
+  function counted(layer) {
+    const z = map.getZoom(), v = Object.entries(layer.cgCounts).filter(([k]) => +k.split(":")[0] === Math.round(z));
+    layer.cgTiles = v.length;
+    layer.cgFeatures = v.reduce((a, [, n]) => a + n, 0);
+  }
+  function previewStyle(name, i) {
+    const color = name === "grid_cells" ? "#1f5f8b" : COLORS[i % COLORS.length];
+    return { color, weight: 1, opacity: 0.9, fill: true, fillColor: color, fillOpacity: 0.08, radius: 3 };
+  }
+  function showPreviewInfo() {
+    const parts = Object.entries(state.overlays).map(([n, l]) => {
+      const meta = (state.catalog.layers.find((x) => x.name === n) || {});
+      return `${meta.title || n}：当前视图 ${l.cgTiles} 块矢量瓦片内共 ${l.cgFeatures} 个要素（跨瓦片者按块计${meta.count !== undefined ? "；全图层 " + meta.count + " 个" : ""}）`;
+    });
+    $("preview-info").textContent = parts.length ? "预览 Preview — " + parts.join("；") : "";
+  }
+  function refreshOverlays() {
     const names = selected();
     for (const n of Object.keys(state.overlays)) {
       if (!names.includes(n)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
     }
-    for (const n of names) {
-      const url = `/api/v1/ogc/collections/${n}/items?limit=2000&city=${encodeURIComponent(city())}&bbox=${bboxParam()}`;
-      const r = await fetch(url, { headers: { ...headers(), Accept: "application/geo+json" } });
-      if (!r.ok) continue;
-      const fc = await r.json();
-      if (state.overlays[n]) map.removeLayer(state.overlays[n]);
-      state.overlays[n] = L.geoJSON(fc, { style: { weight: 1, color: n === "grid_cells" ? "#1f5f8b" : "#c0392b", fillOpacity: 0.05 },
-        pointToLayer: (f, ll) => L.circleMarker(ll, { radius: 3 }) }).addTo(map);
-      document.body.dataset.preview = n + ":" + fc.features.length;
-    }
+    names.forEach((n, i) => {
+      if (state.overlays[n]) return;
+      const style = previewStyle(n, i);
+      const layer = new CountingGrid(`/api/v1/tiles/${n}/{z}/{x}/{y}.mvt?city=${encodeURIComponent(city())}`, {
+        rendererFactory: L.canvas.tile, interactive: false, maxNativeZoom: 20, maxZoom: 22,
+        fetchOptions: { headers: headers(), credentials: "same-origin" },
+        vectorTileLayerStyles: { [n]: style },
+      });
+      layer.cgCounts = {}; layer.cgFeatures = 0; layer.cgTiles = 0;
+      layer.on("tileunload", (e) => { delete layer.cgCounts[`${e.coords.z}:${e.coords.x}:${e.coords.y}`]; });
+      layer.on("load", () => { counted(layer); document.body.dataset.preview = n + ":" + layer.cgFeatures; showPreviewInfo(); });
+      state.overlays[n] = layer.addTo(map);
+      map.cg.track(layer);
+    });
+    showPreviewInfo();
   }
 
+  async function detail(r) {
+    try { const b = await r.json(); return b.message || (Array.isArray(b.detail) ? b.detail.map((d) => d.msg).join("；") : b.detail) || r.status; }
+    catch (e) { return r.status; }
+  }
+  function progress(job) {
+    $("job").hidden = false;
+    $("progress").value = job.percent || 0;
+    const state = { running: "正在导出", done: "导出完成", failed: "导出失败" }[job.status] || "正在导出";
+    $("job-text").textContent = `${state} ${job.percent || 0}%` +
+      (job.total ? `（${job.rows} / ${job.total} 个要素）` : job.rows ? `（${job.rows} 个要素）` : "");
+    document.body.dataset.job = job.status + ":" + (job.percent || 0);
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  // A background export job (POST …/export-jobs): its progress shown until done, then its file downloaded.
   async function download() {
     const names = selected();
     if (names.length !== 1) { msg("请选择一个图层 Pick one layer", "err"); return; }
@@ -85,30 +131,47 @@
     if ($("area").value.trim()) p.set("area", $("area").value.trim());
     if ($("class").value.trim()) p.set("class", $("class").value.trim());
     msg("正在导出… Exporting…");
-    const r = await fetch(`/api/v1/layers/${names[0]}/export?` + p.toString(), { headers: headers() });
-    if (!r.ok) {
-      let detail = r.status;
-      try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
-      msg("导出失败 Export failed: " + detail, "err");
-      return;
-    }
-    const cd = r.headers.get("content-disposition") || "";
-    const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/.exec(cd);
-    const name = m ? decodeURIComponent(m[1]) : "export";
-    const blob = await r.blob();
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = name;
-    document.body.appendChild(a);
-    a.click();
-    a.remove();
-    msg(`已下载 Downloaded ${name} (${r.headers.get("x-feature-count") || ""})`, "ok");
+    $("download").disabled = true;
+    try {
+      let r = await fetch(`/api/v1/layers/${names[0]}/export-jobs?` + p.toString(), { method: "POST", headers: headers() });
+      if (!r.ok) { msg("导出失败 Export failed: " + await detail(r), "err"); $("job").hidden = true; return; }
+      let job = await r.json();
+      progress(job);
+      while (job.status === "running") {
+        await sleep(400);
+        r = await fetch(job.status_url, { headers: headers() });
+        if (!r.ok) { msg("导出失败 Export failed: " + await detail(r), "err"); return; }
+        job = { ...job, ...(await r.json()) };
+        progress(job);
+      }
+      if (job.status !== "done") { msg("导出失败 Export failed: " + (job.error || job.status), "err"); return; }
+      r = await fetch(job.file_url, { headers: headers() });
+      if (!r.ok) { msg("下载失败 Download failed: " + await detail(r), "err"); return; }
+      const blob = await r.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = job.filename || "export";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+      msg(`已下载 Downloaded ${job.filename}（${job.rows} 个要素，${(blob.size / 1024).toFixed(0)} KB）`, "ok");
+    } catch (e) {
+      msg("导出失败 Export failed: " + e.message, "err");
+    } finally { $("download").disabled = false; }
   }
 
-  $("token").addEventListener("change", () => { localStorage.setItem("citygrid_token", $("token").value.trim()); loadCatalog(); });
-  $("city").addEventListener("change", () => { fitCity(); loadCatalog(); });
+  $("token").addEventListener("change", () => {
+    localStorage.setItem("citygrid_token", $("token").value.trim());
+    for (const n of Object.keys(state.overlays)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
+    loadCatalog().then(refreshOverlays);
+    map.cg.setCity(city(), false);  // the reference map again: key zones for those who may read them
+  });
+  $("city").addEventListener("change", () => {
+    for (const n of Object.keys(state.overlays)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
+    fitCity(); loadCatalog().then(refreshOverlays);
+  });
   $("download").addEventListener("click", download);
-  map.on("moveend", () => { if (selected().length) refreshOverlays(); });
 
-  loadConfig().then(() => { fitCity(); return loadCatalog(); }).then(() => { document.body.dataset.ready = "1"; });
+  loadConfig().then(() => loadCatalog()).then(() => { document.body.dataset.ready = "1"; });
 })();

@@ -181,7 +181,7 @@ def test_a_call_to_a_rated_close_through_the_pages(live_server, browser, tokens,
     assert "结案" in op.inner_text("#d-state")
 
     # 评价: the citizen rates on /public with the case number and the query code the operator gave.
-    pub = open_page(browser, live_server, "/public")
+    pub = open_page(browser, live_server, "/public#lookup")  # the look-up's own tab
     pub.fill("#case-no", case_no)
     pub.fill("#query-code", query_code)
     pub.click("#lookup-btn")

@@ -11,9 +11,20 @@ pytestmark = pytest.mark.browser
 
 def test_planner_downloads_grid_gpkg_4490(browser, live_server, tokens, engine, tmp_path):
     page = browser.new_page(locale="zh-CN", accept_downloads=True)
+    requests, errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(live_server + "/planner")
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
     assert "规划数据目录与下载" in page.inner_text("header")
+    # The city on opening, before any layer is ticked: its outline drawn, the map fitted to it, names shown.
+    page.wait_for_selector("#map[data-cg-ready='1']")
+    outline = page.evaluate("""(() => { const fc = plannerMap.cg.outline.toGeoJSON();
+        const b = plannerMap.cg.outline.getBounds(), v = plannerMap.getBounds();
+        return [fc.features.length, v.contains(b), b.getNorth() - b.getSouth(), v.getNorth() - v.getSouth()]; })()""")
+    assert outline[0] == 1 and outline[1] and outline[2] > 0.5 * outline[3]  # whole city in view, filling it
+    assert page.locator("#map .leaflet-pane path").count() >= 1
+    assert "海门区" in page.inner_text("#map")  # the reference map's district label
     page.fill("#token", tokens["planner"])
     page.dispatch_event("#token", "change")
     page.wait_for_function("document.body.dataset.catalog === 'full'")
@@ -21,6 +32,10 @@ def test_planner_downloads_grid_gpkg_4490(browser, live_server, tokens, engine, 
     page.check("#l-grid_cells")
     page.wait_for_function("(document.body.dataset.preview || '').startsWith('grid_cells:')", timeout=20_000)
     assert int(page.evaluate("document.body.dataset.preview").split(":")[1]) > 100  # the preview is drawn
+    # …from the layer's vector tiles (the whole layer), not a capped GeoJSON page of it.
+    assert any("/api/v1/tiles/grid_cells/" in u and u.split("?")[0].endswith(".mvt") for u in requests)
+    assert not any("/ogc/collections/grid_cells/items" in u for u in requests)
+    assert "个要素" in page.inner_text("#preview-info")
     page.fill("#area", "320614001")
     page.select_option("#format", "gpkg")
     page.select_option("#crs", "EPSG:4490")
@@ -35,6 +50,11 @@ def test_planner_downloads_grid_gpkg_4490(browser, live_server, tokens, engine, 
     d.save_as(path)
     page.wait_for_selector(".msg.ok")
     assert "已下载" in page.inner_text("#msg")
+    # The download went through an export job whose progress the page showed.
+    assert any("/export-jobs" in u for u in requests)
+    assert page.evaluate("document.body.dataset.job") == "done:100.0" or page.evaluate(
+        "document.body.dataset.job").startswith("done:100")
+    assert page.is_visible("#progress") and "导出完成" in page.inner_text("#job-text")
     df = pyogrio.read_dataframe(path, layer="grid_cells", columns=["code"])
     with engine.connect() as c:
         n = c.execute(text("""SELECT count(*) FROM grid_cell gc JOIN grid g ON g.id = gc.grid_id AND g.active
@@ -47,4 +67,5 @@ def test_planner_downloads_grid_gpkg_4490(browser, live_server, tokens, engine, 
     page.wait_for_selector(".msg.err")
     assert "KML" in page.inner_text("#msg")
     page.screenshot(path=str(tmp_path / "planner.png"))
+    assert not errors, errors
     page.close()
