@@ -22,11 +22,14 @@ PLACE = (121.128, 31.905)
 
 
 def pick_place(page, lon: float, lat: float) -> None:
-    """Where the problem is, as /public offers it on this branch (typed WGS-84 coordinates). The one
-    step to adapt when /public gets its map picker."""
-    page.fill("#lon", f"{lon:.6f}")
-    page.fill("#lat", f"{lat:.6f}")
-    page.select_option("#crs", "EPSG:4326")
+    """Where the problem is: a tap on /public's map at the pixel where the WGS-84 point is drawn."""
+    page.wait_for_selector("body[data-map-ready='1']", timeout=20_000)
+    page.evaluate("([lat, lon]) => CGPublic.map.setView([lat, lon], 18, {animate: false})", [lat, lon])
+    pt = page.evaluate("([lat, lon]) => { const p = CGPublic.map.latLngToContainerPoint([lat, lon]); return [p.x, p.y]; }",
+                       [lat, lon])
+    box = page.locator("#pick-map").bounding_box()
+    page.mouse.click(box["x"] + pt[0], box["y"] + pt[1])
+    page.wait_for_selector("#pick-map[data-picked='1']")
 
 
 def _page(browser, live_server, path, token=None, *, geolocation=None, mobile=False, errors=None, failed=None):
@@ -170,7 +173,8 @@ def test_full_loop_through_the_pages_with_photos(browser, live_server, engine, t
     op.click("#cp-close")
     _act(op, "close", "closed")
 
-    # 6. The citizen looks the case up and rates it on /public.
+    # 6. The citizen looks the case up (its own tab) and rates it on /public.
+    pub.click("#tab-lookup")
     pub.fill("#case-no", case_no)
     pub.fill("#query-code", query_code)
     pub.click("#lookup-btn")
