@@ -4,17 +4,19 @@
 // so in the header "X-Citygrid-Cached" (when it was fetched). Reports made offline are the page's
 // IndexedDB outbox's business, not this worker's.
 "use strict";
-const VERSION = "inspector-v1";
+const VERSION = "inspector-v2";
 const SHELL = [
   "/inspector",
   "/static/inspector/inspector.js",
   "/static/inspector/inspector.css",
   "/static/common/photos.js",
+  "/static/common/map.js",
+  "/static/vendor/leaflet.vectorgrid/Leaflet.VectorGrid.bundled.min.js",
   "/static/vendor/leaflet/leaflet.js",
   "/static/vendor/leaflet/leaflet.css",
 ];
 // API answers kept for offline use: the worklist, the class catalog, the page's configuration.
-const API = ["/api/v1/worklist", "/api/v1/catalog", "/api/v1/config"];
+const API = ["/api/v1/worklist", "/api/v1/catalog", "/api/v1/config", "/api/v1/basemaps"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(VERSION).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()));
