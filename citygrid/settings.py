@@ -141,7 +141,7 @@ class WorklistSettings(BaseSettings):
 
 
 class AuthSettings(BaseSettings):
-    """Bearer tokens and the server's secret key."""
+    """Bearer tokens, sign-in (passwords, sessions, lockout) and the server's secret key."""
 
     model_config = SettingsConfigDict(env_prefix="CITYGRID_AUTH_")
 
@@ -152,6 +152,20 @@ class AuthSettings(BaseSettings):
     #: use in ``<var_dir>/secret_key`` (mode 0600), which must then be kept (and backed up) with the
     #: service: without it no query code issued so far can be checked.
     secret_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("CITYGRID_SECRET_KEY"))
+
+    # -- sign-in (api/routers/auth.py, layers/core/sessions.py) ----------------------------------------
+    #: Hours a browser session lasts at most from sign-in, and minutes it survives without a request.
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    session_idle_minutes: float = Field(120.0, gt=0, le=24 * 60 * 30)
+    #: Failed sign-ins allowed per user name, and per client address, within the window; one more is
+    #: answered 429 with Retry-After (a correct password too) until the oldest failure leaves the window.
+    login_max_failures_per_name: int = Field(5, ge=1, le=1000)
+    login_max_failures_per_address: int = Field(20, ge=1, le=10_000)
+    login_window_minutes: float = Field(15.0, gt=0, le=24 * 60)
+    #: Shortest password accepted when one is set.
+    password_min_length: int = Field(10, ge=6, le=128)
+    #: The session cookie's name.
+    session_cookie: str = Field("cg_session", pattern=r"^[A-Za-z0-9_-]{1,40}$")
 
 
 @lru_cache
