@@ -166,6 +166,15 @@ class AuthSettings(BaseSettings):
     password_min_length: int = Field(10, ge=6, le=128)
     #: The session cookie's name.
     session_cookie: str = Field("cg_session", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    #: OpenID Connect sign-in (a government SSO), off unless an issuer is set: the provider's issuer URL
+    #: (its /.well-known/openid-configuration is read), this service's client id and secret there, the
+    #: claim naming the user (matched to an existing user's name; nobody is created by a sign-in), and
+    #: the button's label on /login.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_user_claim: str = "preferred_username"
+    oidc_label: str = "统一身份认证登录 Government SSO"
 
 
 @lru_cache

@@ -138,3 +138,10 @@ def me(request: Request, response: Response, user=Depends(STAFF),
         out.update(via="session", csrf_token=sess.csrf_token, expires_at=sess.expires_at, signed_in_with=sess.via)
     response.headers["Cache-Control"] = "no-store"
     return out
+
+
+@router.get("/oidc", summary="统一身份认证 Whether OpenID Connect sign-in is offered (for /login)")
+def oidc_config(_=Depends(PUBLIC)):
+    cfg = settings.auth()
+    enabled = bool(cfg.oidc_issuer and cfg.oidc_client_id)
+    return {"enabled": enabled, "label": cfg.oidc_label if enabled else None}

@@ -22,22 +22,11 @@ function applyLang() {
 $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("citygrid_lang", state.lang); applyLang(); };
 
 // ---- auth -----------------------------------------------------------------------------------
-// A link with #token=… (as `make run` prints for the demo users) signs in once; the token is kept
-// and taken out of the address bar.
-{
-  const fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fromLink) {
-    localStorage.setItem("citygrid_token", fromLink);
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-}
-function token() { return localStorage.getItem("citygrid_token") || ""; }
-function authHeaders() { return { Authorization: "Bearer " + token() }; }
-$("save-token").onclick = () => {
-  localStorage.setItem("citygrid_token", $("token").value.trim());
-  $("login").hidden = !!token();
-  init();
-};
+// Signed in by the session cookie (static/common/session.js): a link with #token=… (as `make run`
+// prints for the demo users) is exchanged there for a session and taken out of the address bar.
+function authHeaders() { return cgSession.headers(); }
+$("save-token").onclick = () => cgSession.signIn();
+$("logout").onclick = () => cgSession.signOut();
 
 // ---- tabs -----------------------------------------------------------------------------------
 document.querySelectorAll("#tabs button").forEach((b) => {
@@ -161,7 +150,7 @@ async function sendOne(it) {
   it.photos.forEach((p, i) => fd.append("photos", p.blob, p.name || `photo${i}.jpg`));
   let r;
   try {
-    r = await fetch("/api/v1/reports", { method: "POST", body: fd, headers: { ...authHeaders(), "Idempotency-Key": it.key } });
+    r = await cgSession.fetch("/api/v1/reports", { method: "POST", body: fd, headers: { "Idempotency-Key": it.key }, noRedirect: true });
   } catch (e) {
     return { kept: true };  // offline or the server unreachable: stays in the outbox
   }
@@ -521,8 +510,8 @@ async function sendVerify(result) {
   try {
     let r;
     try {
-      r = await fetch(`/api/v1/cases/${vstate.id}/verify`, { method: "POST", body: fd,
-        headers: { ...authHeaders(), "Idempotency-Key": vstate.keys[result] } });
+      r = await cgSession.fetch(`/api/v1/cases/${vstate.id}/verify`, { method: "POST", body: fd,
+        headers: { "Idempotency-Key": vstate.keys[result] }, noRedirect: true });
     } catch (e) {
       vshow("warn", t("网络不可用, 未确认提交: 联网后再点一次 (同一幂等键, 不会重复)",
                       "No network, not confirmed: press again when online (same Idempotency-Key: never twice)"));
@@ -549,9 +538,11 @@ window.addEventListener("online", showOnline);
 window.addEventListener("offline", showOnline);
 
 // ---- start ----------------------------------------------------------------------------------
-function init() {
-  if (!token()) { $("login").hidden = false; return; }
+async function init() {
+  const me = await cgSession.ready;  // offline: the outbox and the cached catalog still work
+  if (!me && !cgSession.offline) { $("login").hidden = false; if (!cgSession.tokenError) cgSession.signIn(); return; }
   $("login").hidden = true;
+  $("logout").hidden = !me;
   loadCatalog();
   renderOutbox();
   if (navigator.onLine) flush();

@@ -7,11 +7,7 @@
   "use strict";
   const $ = (id) => document.getElementById(id);
   const qs = new URLSearchParams(location.search);
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) {
-    localStorage.setItem("citygrid_token", hash.get("token"));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
+  // Signed in by the session cookie (static/common/session.js; a #token=… link is exchanged for it there).
   const city = qs.get("city") || "";
 
   // Mirrors of the API's role gates, only to hide what a role can never use (api/routers/cases.py).
@@ -35,7 +31,6 @@
   };
 
   // ---------------------------------------------------------------- helpers
-  function token() { return localStorage.getItem("citygrid_token") || ""; }
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   function fmt(t) { return t ? new Date(t).toLocaleString("zh-CN", { hour12: false }) : "—"; }
   function has(list) { return st.me && list.includes(st.me.role); }
@@ -47,12 +42,12 @@
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(opts.params || {})) if (v !== "" && v != null) p.set(k, v);
     if (city) p.set("city", city);
-    const headers = { Authorization: "Bearer " + token() };
+    const headers = cgSession.headers();
     let body;
     if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(opts.json); }
     let r;
     try {
-      r = await fetch(path + (p.toString() ? "?" + p : ""), { method: opts.method || "GET", headers, body });
+      r = await cgSession.fetch(path + (p.toString() ? "?" + p : ""), { method: opts.method || "GET", headers, body });
     } catch (e) {
       throw new Error("网络错误 network error: " + e.message);
     }
@@ -146,13 +141,8 @@
   }
 
   // ---------------------------------------------------------------- sign-in
-  $("login").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    localStorage.setItem("citygrid_token", $("token").value.trim());
-    $("token").value = "";
-    start();
-  });
-  $("logout").onclick = () => { localStorage.removeItem("citygrid_token"); location.reload(); };
+  $("login").addEventListener("submit", (ev) => { ev.preventDefault(); cgSession.signIn(); });
+  $("logout").onclick = () => cgSession.signOut();
 
   // ---------------------------------------------------------------- tabs
   function showTab(name) {
@@ -449,7 +439,7 @@
   // ---------------------------------------------------------------- start
   async function start() {
     showError("");
-    if (!token()) { $("login").hidden = false; $("who").textContent = "请登录 please sign in"; return; }
+    if (!(await cgSession.ready) && !cgSession.tokenError) { $("login").hidden = false; $("who").textContent = "请登录 please sign in"; cgSession.signIn(); return; }
     try {
       st.me = await api("/api/v1/me");
     } catch (e) {

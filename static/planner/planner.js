@@ -6,13 +6,15 @@
   const map = L.map("map", { preferCanvas: true });
   map.setView([31.9, 121.2], 11);
 
-  $("token").value = localStorage.getItem("citygrid_token") || "";
+  // Signed in (or not: public layers) by the session cookie, static/common/session.js.
+  function signedIn(me) {
+    $("who").textContent = me ? `${me.name} · ${me.role_label || me.role}` : "";
+    $("signin").hidden = !!me; $("logout").hidden = !me;
+  }
+  $("logout").addEventListener("click", () => cgSession.signOut());
   $("ogc-url").textContent = location.origin + "/api/v1/ogc";
 
-  function headers() {
-    const t = $("token").value.trim();
-    return t ? { Authorization: "Bearer " + t } : {};
-  }
+  function headers() { return cgSession.headers(); }
   function city() { return $("city").value; }
   function msg(text, cls) { $("msg").className = "msg " + (cls || ""); $("msg").textContent = text; }
 
@@ -105,10 +107,18 @@
     msg(`已下载 Downloaded ${name} (${r.headers.get("x-feature-count") || ""})`, "ok");
   }
 
-  $("token").addEventListener("change", () => { localStorage.setItem("citygrid_token", $("token").value.trim()); loadCatalog(); });
+  $("token").addEventListener("change", async () => {
+    const t = $("token").value.trim();
+    $("token").value = "";
+    if (!t) return;
+    const me = await cgSession.useToken(t);
+    if (!me) msg("令牌无效 " + ((cgSession.tokenError && cgSession.tokenError.detail) || ""), "err");
+    signedIn(me);
+    loadCatalog();
+  });
   $("city").addEventListener("change", () => { fitCity(); loadCatalog(); });
   $("download").addEventListener("click", download);
   map.on("moveend", () => { if (selected().length) refreshOverlays(); });
 
-  loadConfig().then(() => { fitCity(); return loadCatalog(); }).then(() => { document.body.dataset.ready = "1"; });
+  cgSession.ready.then(signedIn).then(loadConfig).then(() => { fitCity(); return loadCatalog(); }).then(() => { document.body.dataset.ready = "1"; });
 })();

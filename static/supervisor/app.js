@@ -3,21 +3,19 @@
 (function () {
   "use strict";
   const qs = new URLSearchParams(location.search);
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) { sessionStorage.setItem("cg_token", hash.get("token")); history.replaceState(null, "", location.pathname + location.search); }
+  // Signed in by the session cookie (static/common/session.js; a #token=… link is exchanged for it there).
   const city = qs.get("city") || "";
   const $ = (id) => document.getElementById(id);
   const state = { start: null, end: null, category: "" };
 
-  function token() { return sessionStorage.getItem("cg_token") || ""; }
   function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
 
   async function api(path, params, method) {
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(params || {})) if (v !== "" && v != null) p.set(k, v);
     if (city) p.set("city", city);
-    const r = await fetch(path + "?" + p.toString(), { method: method || "GET", headers: { Authorization: "Bearer " + token() } });
-    if (r.status === 401) { $("login").hidden = false; throw new Error("请登录 sign in with your token"); }
+    const r = await cgSession.fetch(path + "?" + p.toString(), { method: method || "GET" });
+    if (r.status === 401) { $("login").hidden = false; throw new Error("请登录 please sign in"); }
     if (!r.ok) { let d = r.statusText; try { d = (await r.json()).detail; } catch (_) { /* keep */ } throw new Error(r.status + ": " + d); }
     return r.json();
   }
@@ -176,7 +174,7 @@
   }
   async function openReport(id) {
     const p = new URLSearchParams(city ? { city } : {});
-    const r = await fetch(`/api/v1/supervisor/alerts/${id}/report?${p}`, { headers: { Authorization: "Bearer " + token() } });
+    const r = await fetch(`/api/v1/supervisor/alerts/${id}/report?${p}`, { credentials: "same-origin" });
     const w = window.open("", "_blank"); if (w) w.document.write(await r.text());
   }
 
@@ -194,9 +192,14 @@
     state.start = $("start").value; state.end = $("end").value; state.category = $("category").value;
     window.dashboardReady = false; refresh(false);
   });
-  $("save-token").addEventListener("click", () => { sessionStorage.setItem("cg_token", $("token").value.trim()); $("login").hidden = true; refresh(true); });
+  $("save-token").addEventListener("click", () => cgSession.signIn());
+  $("logout").addEventListener("click", () => cgSession.signOut());
   $("run-alerts").addEventListener("click", async () => {
     try { await api("/api/v1/supervisor/alerts/run", { day: state.end }, "POST"); await loadAlerts(); } catch (e) { showError(e.message); }
   });
-  if (!token()) $("login").hidden = false; else refresh(true);
+  cgSession.ready.then((me) => {
+    if (!me) { $("login").hidden = false; if (!cgSession.tokenError) cgSession.signIn(); return; }
+    $("who").textContent = `${me.name} · ${me.role_label || me.role}`; $("logout").hidden = false;
+    refresh(true);
+  });
 })();
