@@ -439,7 +439,7 @@
   // ---------------------------------------------------------------- start
   async function start() {
     showError("");
-    if (!(await cgSession.ready) && !cgSession.tokenError) { $("login").hidden = false; $("who").textContent = "请登录 please sign in"; cgSession.signIn(); return; }
+    if (!(await cgSession.ready) && !cgSession.tokenError) { $("login").hidden = false; $("who").textContent = "请登录 please sign in"; return; }
     try {
       st.me = await api("/api/v1/me");
     } catch (e) {

@@ -59,7 +59,8 @@ def test_password_sign_in_lands_on_the_page_and_it_works(browser, live_server, p
     errors: list[str] = []
     page = _page(browser, errors)
     page.goto(live_server + "/operator")
-    page.wait_for_url("**/login?next=%2Foperator", timeout=15_000)  # not signed in: sent to sign in
+    page.click("#save-token")  # not signed in: the page offers to sign in
+    page.wait_for_url("**/login?next=%2Foperator", timeout=15_000)
     assert "工作人员登录" in page.inner_text("main")
     _sign_in(page, user.name, PASSWORD)
     page.wait_for_url(lambda u: "/login" not in u and u.endswith("/operator"), timeout=15_000)
@@ -108,8 +109,8 @@ def test_lockout_on_the_login_page(browser, live_server, person, monkeypatch):
         page.goto(live_server + "/login?next=/supervisor")
         for i in range(3):
             _sign_in(page, user.name, f"wrong-password-{i}")
-            page.wait_for_function(f"document.getElementById('msg').textContent.includes('用户名或密码错误') && "
-                                   f"!document.getElementById('submit').disabled")
+            page.wait_for_function("document.getElementById('msg').textContent.includes('用户名或密码错误') && "
+                                   "!document.getElementById('submit').disabled")
             page.evaluate("document.getElementById('msg').textContent = ''")
         _sign_in(page, user.name, PASSWORD)  # the right password, while locked
         page.wait_for_function("document.getElementById('msg').textContent.includes('登录失败次数过多')")
