@@ -54,9 +54,10 @@ def cmd_migrate(_args) -> int:
 def _print_demo(tokens: dict) -> None:
     api = settings.api()
     base = f"http://{api.host}:{api.port}"
-    print("\n演示用户 Demo users (Authorization: Bearer <token>):")
+    print(f"\n演示用户 Demo users — 登录 sign in at {base}/login (用户名 name / 密码 password; "
+          "API: Authorization: Bearer <token>):")
     for name, entry in tokens.items():
-        print(f"  {name:<12} {entry['role']:<11} {entry['token']}")
+        print(f"  {name:<16} {entry['role']:<11} {entry.get('password', ''):<14} {entry['token']}")
     print("\n页面 Pages:")
     print(f"  首页 Home        {base}/")
     print(f"  市民 Citizens    {base}/public")
@@ -64,6 +65,7 @@ def _print_demo(tokens: dict) -> None:
     print(f"  采集 Inspectors  {base}/inspector")
     print(f"  监督 Supervisors {base}/supervisor")
     print(f"  规划 Planners    {base}/planner    (OGC API: {base}/api/v1/ogc)")
+    print(f"  登录 Sign in     {base}/login      管理 Admin {base}/admin")
     print(f"  接口 API docs    {base}/docs")
     print(f"  健康 Health      {base}/api/v1/health")
 

@@ -175,6 +175,9 @@ class AuthSettings(BaseSettings):
     oidc_client_secret: SecretStr | None = None
     oidc_user_claim: str = "preferred_username"
     oidc_label: str = "统一身份认证登录 Government SSO"
+    #: The password of every demo user (``citygrid demo`` / ``make run``); unset: one made at random per
+    #: install, kept in ``<var_dir>/demo_tokens.json`` and printed by ``citygrid run``.
+    demo_password: SecretStr | None = Field(None, min_length=10)
 
 
 @lru_cache

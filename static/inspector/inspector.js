@@ -540,7 +540,7 @@ window.addEventListener("offline", showOnline);
 // ---- start ----------------------------------------------------------------------------------
 async function init() {
   const me = await cgSession.ready;  // offline: the outbox and the cached catalog still work
-  if (!me && !cgSession.offline) { $("login").hidden = false; if (!cgSession.tokenError) cgSession.signIn(); return; }
+  if (!me && !cgSession.offline) { $("login").hidden = false; return; }
   $("login").hidden = true;
   $("logout").hidden = !me;
   loadCatalog();

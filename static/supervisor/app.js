@@ -198,7 +198,7 @@
     try { await api("/api/v1/supervisor/alerts/run", { day: state.end }, "POST"); await loadAlerts(); } catch (e) { showError(e.message); }
   });
   cgSession.ready.then((me) => {
-    if (!me) { $("login").hidden = false; if (!cgSession.tokenError) cgSession.signIn(); return; }
+    if (!me) { $("login").hidden = false; return; }
     $("who").textContent = `${me.name} · ${me.role_label || me.role}`; $("logout").hidden = false;
     refresh(true);
   });
