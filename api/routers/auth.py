@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import Field, model_validator
 from sqlalchemy import Connection
 
@@ -142,6 +143,73 @@ def me(request: Request, response: Response, user=Depends(STAFF),
 
 @router.get("/oidc", summary="统一身份认证 Whether OpenID Connect sign-in is offered (for /login)")
 def oidc_config(_=Depends(PUBLIC)):
-    cfg = settings.auth()
-    enabled = bool(cfg.oidc_issuer and cfg.oidc_client_id)
-    return {"enabled": enabled, "label": cfg.oidc_label if enabled else None}
+    from api import oidc
+
+    enabled = oidc.enabled()
+    return {"enabled": enabled, "label": settings.auth().oidc_label if enabled else None}
+
+
+def _oidc_redirect_uri(request: Request) -> str:
+    return str(request.url_for("oidc_callback"))
+
+
+def _safe_next(next_path: str | None) -> str:
+    """Only a path of this site (never //host or a scheme: no open redirect)."""
+    if next_path and next_path.startswith("/") and not next_path.startswith(("//", "/\\")) and len(next_path) <= 500:
+        return next_path
+    return "/"
+
+
+def _oidc_off():
+    return HTTPException(404, "未启用统一身份认证 OpenID Connect sign-in is not configured")
+
+
+@router.get("/oidc/start", summary="统一身份认证登录 Start an OpenID Connect sign-in (redirects to the provider)",
+            status_code=302, response_class=RedirectResponse)
+def oidc_start(request: Request, next: str | None = Query(None, max_length=500), _=Depends(PUBLIC)):
+    from api import oidc
+
+    if not oidc.enabled():
+        raise _oidc_off()
+    try:
+        url, cookie = oidc.start(_oidc_redirect_uri(request), _safe_next(next))
+    except oidc.OidcError as e:
+        return RedirectResponse("/login?sso_error=" + e.code, status_code=302)
+    out = RedirectResponse(url, status_code=302)
+    out.set_cookie(oidc.STATE_COOKIE, cookie, max_age=oidc.STATE_SECONDS, path="/api/v1/auth/oidc", httponly=True,
+                   samesite="lax", secure=is_https(request))
+    return out
+
+
+@router.get("/oidc/callback", summary="统一身份认证回调 The provider's answer: opens a session, back to the page",
+            status_code=302, response_class=RedirectResponse)
+def oidc_callback(request: Request, code: str = Query(..., max_length=2000), state: str = Query(..., max_length=200),
+                  _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
+    from api import oidc
+
+    if not oidc.enabled():
+        raise _oidc_off()
+    try:
+        keys = lsessions.check_lockout(conn, None, client_address(request))
+    except lsessions.LockedOut as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+    try:
+        name, next_path = oidc.finish(_oidc_redirect_uri(request), code, state, request.cookies.get(oidc.STATE_COOKIE))
+        user = lusers.active_user(conn, name)
+        if user is None:
+            raise oidc.OidcError("unknown_user", "no active user of that name")
+    except oidc.OidcError as e:
+        lsessions.record_failure(conn, keys)
+        conn.commit()
+        out = RedirectResponse("/login?sso_error=" + e.code, status_code=302)
+        out.delete_cookie(oidc.STATE_COOKIE, path="/api/v1/auth/oidc")
+        return out
+    old = session_cookie(request)
+    if old:
+        lsessions.end(conn, old)
+    sid, _sess = lsessions.open_session(conn, user.id, "oidc")
+    out = RedirectResponse(_safe_next(next_path), status_code=302)
+    set_session_cookie(request, out, sid)
+    out.delete_cookie(oidc.STATE_COOKIE, path="/api/v1/auth/oidc")
+    out.headers["Cache-Control"] = "no-store"
+    return out

@@ -286,6 +286,13 @@ def verify_password(conn: Connection, name: str, password: str) -> User | None:
     return User(*row[:5])
 
 
+def active_user(conn: Connection, name: str) -> User | None:
+    """The active user of that name (an outside sign-in, e.g. OpenID Connect, names a user), else None."""
+    row = conn.execute(text("SELECT id, name, role, department, area_code FROM app_user WHERE name = :n AND active"),
+                       {"n": (name or "").strip()}).first()
+    return User(*row) if row else None
+
+
 def set_active(conn: Connection, user: int | str, active: bool) -> dict:
     """Disable a user (its token, password and sessions stop working; its sessions are deleted) or
     enable it again."""

@@ -64,6 +64,15 @@
 
   $("logout").addEventListener("click", () => window.cgSession.signOut());
 
+  // A failed SSO sign-in comes back here with its reason (in words, never the code).
+  const SSO_ERRORS = {
+    unknown_user: "该统一身份账号未在本系统开通，请联系管理员。This SSO account has no user here: ask your administrator.",
+    provider: "统一身份认证服务暂时无法访问，请稍后再试。The SSO provider cannot be reached: try again later.",
+    state: "登录已超时或不是从本页发起，请重新登录。The sign-in expired or was not started here: try again.",
+  };
+  const ssoError = new URLSearchParams(location.search).get("sso_error");
+  if (ssoError) show("err", SSO_ERRORS[ssoError] || "统一身份认证登录失败，请重试或使用密码登录。SSO sign-in failed: try again or use your password.");
+
   // Already signed in (a session cookie): say so, offer to go on or sign out.
   window.cgSession.ready.then((user) => { if (user) signedIn(user); });
 
