@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import Field, model_validator
 from sqlalchemy import Connection
@@ -130,15 +130,24 @@ def logout(request: Request, response: Response, _=Depends(PUBLIC),
     return {"signed_out": ended}
 
 
-@router.get("/me", summary="当前用户 Who is signed in (a session also gets its CSRF token for writes)")
-def me(request: Request, response: Response, user=Depends(STAFF),
+@router.get("/me", summary="当前用户 Who is signed in: the user (null when nobody is) and, for a session, its CSRF "
+                           "token for writes",
+            responses={401: {"description": "a bearer token was sent and is unknown, expired or revoked"}})
+def me(request: Request, response: Response, _=Depends(PUBLIC), authorization: str | None = Header(None, include_in_schema=False),
        conn: Connection = Depends(get_conn, scope="function")):
-    out = {"user": _user_out(user), "via": "token", "csrf_token": None, "expires_at": None}
-    sess = getattr(request.state, "cg_session", None)
-    if sess is not None and sess.user.id == user.id and not request.headers.get("authorization"):
-        out.update(via="session", csrf_token=sess.csrf_token, expires_at=sess.expires_at, signed_in_with=sess.via)
+    """A page asks this on opening: nobody signed in (no cookie, or its session ended) is a plain answer
+    ``{"user": null}``, not an error. A bearer token is checked as everywhere (401 when refused)."""
     response.headers["Cache-Control"] = "no-store"
-    return out
+    if authorization:
+        user = STAFF.admit(*lusers.check_token(conn, STAFF.bearer(authorization)))
+        return {"user": _user_out(user), "via": "token", "csrf_token": None, "expires_at": None}
+    sess = session_of(request, conn)
+    if sess is None:
+        if session_cookie(request):  # an ended session: its cookie goes too
+            clear_session_cookie(request, response)
+        return {"user": None, "via": None, "csrf_token": None, "expires_at": None}
+    return {"user": _user_out(sess.user), "via": "session", "csrf_token": sess.csrf_token,
+            "expires_at": sess.expires_at, "signed_in_with": sess.via}
 
 
 @router.get("/oidc", summary="统一身份认证 Whether OpenID Connect sign-in is offered (for /login)")

@@ -87,10 +87,9 @@
       return s.user;  // unknown: what was known stays
     }
     s.offline = false;
-    if (r.status === 401) { s.user = null; keepCsrf(null); return null; }
     const data = await r.json().catch(() => null);
     if (!r.ok || !data) return s.user;
-    s.user = data.user;
+    s.user = data.user;  // null: nobody signed in
     if (data.csrf_token) keepCsrf(data.csrf_token);
     return s.user;
   }

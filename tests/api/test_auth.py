@@ -219,9 +219,11 @@ def test_sign_out_ends_the_session(web, make_user, engine):
     assert web.cookies.get("cg_session") is None
     assert count(engine, "SELECT count(*) FROM user_session WHERE user_id = :u", u=user.id) == 0
     # the old cookie, sent again, opens nothing
-    r = web.get("/api/v1/auth/me", cookies={"cg_session": sid})
+    r = web.get("/api/v1/supervisor/cells", cookies={"cg_session": sid})
     assert r.status_code == 401 and "登录" in r.json()["detail"]
-    assert web.get("/api/v1/supervisor/cells", cookies={"cg_session": sid}).status_code == 401
+    r = web.get("/api/v1/auth/me", cookies={"cg_session": sid})
+    assert r.status_code == 200 and r.json()["user"] is None  # nobody signed in (a page asks this on opening)
+    assert r.headers["set-cookie"].startswith("cg_session=")  # and the dead cookie is cleared
 
 
 def test_token_link_is_exchanged_for_a_session(web, make_user):
@@ -276,12 +278,13 @@ def test_disabled_user_and_new_password_end_sessions(web, make_user, engine):
     assert web.get("/api/v1/auth/me").status_code == 200
     with engine.begin() as c:
         lusers.set_password(c, user.id, "another-good-password")
-    assert web.get("/api/v1/auth/me").status_code == 401
+    assert web.get("/api/v1/auth/me").json()["user"] is None
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 401
     assert _login(web, user.name, PASSWORD).status_code == 401
     assert _login(web, user.name, "another-good-password").status_code == 200
     with engine.begin() as c:
         lusers.set_active(c, user.id, False)
-    assert web.get("/api/v1/auth/me").status_code == 401
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 401
     assert _login(web, user.name, "another-good-password").status_code == 401
     assert web.get("/api/v1/auth/me", headers=auth(token)).status_code == 401
 
@@ -309,3 +312,35 @@ def test_passwords_and_session_ids_never_logged(web, make_user, caplog):
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     for secret in (PASSWORD, "wrong-password-zz", sid):
         assert secret not in logged
+
+
+def _tile(lon: float, lat: float, z: int) -> tuple[int, int, int]:
+    import math
+
+    n = 2 ** z
+    x = int((lon + 180) / 360 * n)
+    y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+    return z, x, y
+
+
+def test_layers_and_tiles_see_the_session(web, client, make_user):
+    """The catalog and the vector tiles take the session cookie as they take a token: a staff layer
+    opens, and a public layer's cached anonymous tile (the pure-ASGI fast path) is not what a signed-in
+    user gets."""
+    user, _ = make_user("supervisor")
+    z, x, y = _tile(121.1712, 31.8905, 12)
+    assert client.get(f"/api/v1/tiles/cases/{z}/{x}/{y}.mvt").status_code == 401
+    anon = {layer["name"]: layer["form"] for layer in client.get("/api/v1/layers").json()["layers"]}
+    assert "cases" not in anon and anon["case_cells"] == "public"
+    _login(web, user.name, PASSWORD)
+    signed = {layer["name"]: layer["form"] for layer in web.get("/api/v1/layers").json()["layers"]}
+    assert signed["cases"] == "full" and signed["case_cells"] == "full"
+    r = web.get(f"/api/v1/tiles/cases/{z}/{x}/{y}.mvt")
+    assert r.status_code == 200 and r.headers["cache-control"].startswith("private")
+    z, x, y = _tile(121.1712, 31.8905, 15)
+    for _ in range(3):  # then anonymous requests are answered from the cache (the fast path), as public
+        pub = client.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt")
+    assert pub.status_code == 200 and pub.headers["x-tile-cache"] == "hit" and pub.headers["cache-control"].startswith("public")
+    mine = web.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt")
+    assert mine.status_code == 200 and mine.headers["cache-control"].startswith("private")
+    assert "Cookie" in mine.headers["vary"]

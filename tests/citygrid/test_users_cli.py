@@ -33,7 +33,8 @@ def test_users_add_and_passwd_from_stdin(db_url, engine, client):
     r = _citygrid(db_url, "users", "passwd", name, "--password-stdin", stdin="cli-password-two\n")
     assert r.returncode == 0, r.stderr
     assert "cli-password-two" not in r.stdout + r.stderr
-    assert client.get("/api/v1/auth/me").status_code == 401  # the session ended with the new password
+    assert client.get("/api/v1/auth/me").json()["user"] is None  # the session ended with the new password
+    assert client.get("/api/v1/cases", params={"limit": 1}).status_code == 401
     assert client.post("/api/v1/auth/login", json={"name": name, "password": "cli-password-one"}).status_code == 401
     assert client.post("/api/v1/auth/login", json={"name": name, "password": "cli-password-two"}).status_code == 200
     client.cookies.clear()
