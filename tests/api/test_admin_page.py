@@ -161,3 +161,36 @@ def test_admin_page_refuses_other_roles(browser, live_server, engine):
     assert "仅系统管理员可用" in page.inner_text("#error")
     assert not page.is_visible("#main")
     page.close()
+
+
+@pytest.mark.browser
+def test_login_and_admin_fit_desktop_and_phone_without_console_errors(browser, live_server, admin, tmp_path):
+    """/login and /admin at 1366×900 and 390×844: no horizontal scroll, no console error, no raw role
+    names on the page (labels in words)."""
+    user, _ = admin
+    for width, height in ((1366, 900), (390, 844)):
+        ctx = browser.new_context(locale="zh-CN", viewport={"width": width, "height": height})
+        page = ctx.new_page()
+        console: list[str] = []
+        page.on("console", lambda m, c=console: c.append(f"{m.text} {m.location.get('url')}")
+                if m.type == "error" and "favicon" not in str(m.location.get("url")) else None)  # (the favicon: issue 13, maps)
+        page.on("pageerror", lambda e, c=console: c.append(str(e)))
+        page.goto(live_server + "/login?next=/admin")
+        page.wait_for_selector("body[data-ready='1']")
+        page.screenshot(path=str(tmp_path / f"login_{width}.png"))
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), ("login", width)
+        page.fill("#name", user.name)
+        page.fill("#password", PASSWORD)
+        page.click("#submit")
+        page.wait_for_url(lambda u: u.endswith("/admin"), timeout=15_000)
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#users tbody tr")
+        page.screenshot(path=str(tmp_path / f"admin_{width}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), ("admin", width)
+        visible = page.inner_text("body")
+        for raw in ("inspector", "operator", "supervisor", "planner", "department", "valid", "revoked"):
+            for line in visible.splitlines():  # English words beside Chinese are fine; a bare code is not
+                assert line.strip() != raw, (width, raw)
+        assert "信息采集员" in visible and "管理员" in visible
+        assert console == [], (width, console)
+        ctx.close()
