@@ -146,7 +146,8 @@ def cmd_users(args) -> int:
                     used = f"{a['last_used_at']:%Y-%m-%d %H:%M}" if a["last_used_at"] else "never"
                     print(f"{a['id']:>4} {a['name']:<20} {a['role']:<11} {a['department'] or '':<10} "
                           f"{a['area_code'] or '':<15} token {a['token_state']:<7} "
-                          f"expires {a['token_expires_at']:%Y-%m-%d} last used {used}")
+                          f"expires {a['token_expires_at']:%Y-%m-%d} last used {used}"
+                          f"{'' if a['has_password'] else ' no password'}{'' if a['active'] else ' DISABLED'}")
     except (InputError, NotFound, Conflict) as e:
         print(f"citygrid users {args.action}: {e}", file=sys.stderr)
         return 2

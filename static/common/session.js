@@ -90,7 +90,7 @@
     const data = await r.json().catch(() => null);
     if (!r.ok || !data) return s.user;
     s.user = data.user;  // null: nobody signed in
-    if (data.csrf_token) keepCsrf(data.csrf_token);
+    keepCsrf(data.user ? data.csrf_token : null);
     return s.user;
   }
 
