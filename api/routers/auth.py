@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import Field, model_validator
 from sqlalchemy import Connection
 
-from api.deps import PUBLIC, STAFF, check_csrf, client_address, get_conn, session_cookie, session_of
+from api.deps import PUBLIC, check_csrf, client_address, get_conn, session_cookie, session_of
 from api.validation import Body
 from citygrid import settings
 from layers.core import sessions as lsessions
@@ -132,14 +132,19 @@ def logout(request: Request, response: Response, _=Depends(PUBLIC),
 
 @router.get("/me", summary="当前用户 Who is signed in: the user (null when nobody is) and, for a session, its CSRF "
                            "token for writes",
-            responses={401: {"description": "a bearer token was sent and is unknown, expired or revoked"}})
+)
 def me(request: Request, response: Response, _=Depends(PUBLIC), authorization: str | None = Header(None, include_in_schema=False),
        conn: Connection = Depends(get_conn, scope="function")):
     """A page asks this on opening: nobody signed in (no cookie, or its session ended) is a plain answer
-    ``{"user": null}``, not an error. A bearer token is checked as everywhere (401 when refused)."""
+    ``{"user": null}``, not an error; so is a bearer token that opens nothing, with the reason
+    (``token_refused``: unknown, expired, revoked)."""
     response.headers["Cache-Control"] = "no-store"
     if authorization:
-        user = STAFF.admit(*lusers.check_token(conn, STAFF.bearer(authorization)))
+        scheme, _, token = authorization.partition(" ")
+        user, why = (lusers.check_token(conn, token.strip()) if scheme.lower() == "bearer" and token.strip()
+                     else (None, "unknown"))
+        if user is None:
+            return {"user": None, "via": None, "csrf_token": None, "expires_at": None, "token_refused": why}
         return {"user": _user_out(user), "via": "token", "csrf_token": None, "expires_at": None}
     sess = session_of(request, conn)
     if sess is None:

@@ -66,7 +66,8 @@ def test_admin_api_manages_users(client, admin, engine, haimen):
     r = client.post(f"/api/v1/admin/users/{uid}/disable", headers=h)
     assert r.status_code == 200 and r.json()["active"] is False and r.json()["disabled_at"]
     assert _login(client, name, "second-password-2").status_code == 401
-    assert client.get("/api/v1/auth/me", headers=auth(made["token"])).status_code == 401
+    assert client.get("/api/v1/auth/me", headers=auth(made["token"])).json()["user"] is None
+    assert client.get("/api/v1/cases", params={"limit": 1}, headers=auth(made["token"])).status_code == 401
     assert client.post(f"/api/v1/admin/users/{uid}/enable", headers=h).json()["active"] is True
     assert _login(client, name, "second-password-2").status_code == 200
     client.cookies.clear()
@@ -136,7 +137,8 @@ def test_admin_page_adds_resets_disables(browser, live_server, admin, engine):
     # revoke the token, then disable the user
     page.click(f"#users tr[data-user='{name}'] button[data-act=revoke]")
     page.wait_for_function(f"document.querySelector(\"#users tr[data-user='{name}'] [data-field=token]\").textContent.includes('已吊销')")
-    assert httpx.get(live_server + "/api/v1/auth/me", headers=auth(token)).status_code == 401
+    assert httpx.get(live_server + "/api/v1/auth/me", headers=auth(token)).json()["token_refused"] == "revoked"
+    assert httpx.get(live_server + "/api/v1/worklist", headers=auth(token)).status_code == 401
     page.click(f"#users tr[data-user='{name}'] button[data-act=disable]")
     page.wait_for_function(f"document.querySelector(\"#users tr[data-user='{name}'] [data-field=status]\").textContent.includes('已停用')")
     assert count(engine, "SELECT count(*) FROM app_user WHERE id = :u AND NOT active", u=uid) == 1

@@ -286,7 +286,8 @@ def test_disabled_user_and_new_password_end_sessions(web, make_user, engine):
         lusers.set_active(c, user.id, False)
     assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 401
     assert _login(web, user.name, "another-good-password").status_code == 401
-    assert web.get("/api/v1/auth/me", headers=auth(token)).status_code == 401
+    assert web.get("/api/v1/auth/me", headers=auth(token)).json()["token_refused"] == "unknown"  # (inactive)
+    assert web.get("/api/v1/cases", params={"limit": 1}, headers=auth(token)).status_code == 401
 
 
 def test_password_rules(engine):
