@@ -12,6 +12,8 @@
 //   signIn()         go to /login?next=<this page>
 //   loginUrl()       that address
 //   useToken(token)  exchange a bearer token typed into a page for a session (the token is not kept)
+// Plain fetch() calls to this site get the same treatment (see below): code that still builds
+// "Authorization: Bearer " + token() with no token left works by the cookie.
 // The session itself is an HttpOnly cookie the page never sees; a device or demo link /page#token=… is
 // exchanged for it (POST /api/v1/auth/login {token}) and taken out of the address bar and of storage.
 (function () {
@@ -19,6 +21,32 @@
   const WRITES = new Set(["POST", "PUT", "PATCH", "DELETE"]);
   const CSRF_KEY = "cg_csrf";
   const s = { user: null, csrf: null, offline: false, tokenError: null };
+  const nativeFetch = window.fetch.bind(window);
+
+  function dropEmptyBearer(h) {
+    const a = h.get("Authorization");
+    if (a !== null && /^bearer\s*(null|undefined)?\s*$/i.test(a.trim())) h.delete("Authorization");
+  }
+
+  // Every same-origin fetch() of the page goes with the session, whoever wrote it (map layers, photo
+  // viewers, code written before the session): an empty "Authorization: Bearer " (no token any more) is
+  // dropped, so the cookie counts, and a write gets the CSRF token. A real bearer token is left alone.
+  window.fetch = function (input, init) {
+    try {
+      const isReq = typeof Request !== "undefined" && input instanceof Request;
+      const url = new URL(isReq ? input.url : String(input), location.href);
+      if (url.origin === location.origin) {
+        init = Object.assign({}, init || {});
+        const h = new Headers(init.headers || (isReq ? input.headers : undefined));
+        dropEmptyBearer(h);
+        const method = String(init.method || (isReq ? input.method : "GET")).toUpperCase();
+        if (WRITES.has(method) && !h.has("Authorization") && s.csrf && !h.has("X-CSRF-Token")) h.set("X-CSRF-Token", s.csrf);
+        init.headers = h;
+        if (!init.credentials) init.credentials = "same-origin";
+      }
+    } catch (_) { /* not a URL we know: as it was */ }
+    return nativeFetch(input, init);
+  };
   try { s.csrf = sessionStorage.getItem(CSRF_KEY); } catch (_) { /* storage refused */ }
 
   function keepCsrf(value) {
@@ -64,7 +92,7 @@
     s.tokenError = null;
     let r;
     try {
-      r = await window.fetch("/api/v1/auth/login", {
+      r = await nativeFetch("/api/v1/auth/login", {
         method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ token }),
       });
@@ -81,7 +109,7 @@
   async function refresh() {
     let r;
     try {
-      r = await window.fetch("/api/v1/auth/me", { credentials: "same-origin", cache: "no-store" });
+      r = await nativeFetch("/api/v1/auth/me", { credentials: "same-origin", cache: "no-store" });
     } catch (_) {
       s.offline = true;
       return s.user;  // unknown: what was known stays
@@ -112,6 +140,7 @@
     await exchanged;
     const method = (opts.method || "GET").toUpperCase();
     const hdrs = new Headers(opts.headers || {});
+    dropEmptyBearer(hdrs);
     const bearer = hdrs.has("Authorization");
     if (WRITES.has(method) && !bearer) {
       if (!s.csrf) await refresh();
@@ -119,14 +148,14 @@
     }
     const init = Object.assign({}, opts, { headers: hdrs, credentials: "same-origin" });
     delete init.noRedirect;
-    let r = await window.fetch(url, init);
+    let r = await nativeFetch(url, init);
     if (r.status === 403 && WRITES.has(method) && !bearer) {
       // the CSRF token may have changed (signed in again in another tab): ask once more, retry once
       const before = s.csrf;
       await refresh();
       if (s.csrf && s.csrf !== before) {
         hdrs.set("X-CSRF-Token", s.csrf);
-        r = await window.fetch(url, init);
+        r = await nativeFetch(url, init);
       }
     }
     if (r.status === 401 && !bearer && !opts.noRedirect && !s.tokenError && !s.leaving) {
@@ -139,7 +168,7 @@
   async function signOut() {
     s.leaving = true;  // requests still under way get 401 now: no second trip to /login
     try {
-      await window.fetch("/api/v1/auth/logout", { method: "POST", credentials: "same-origin", headers: headers() });
+      await nativeFetch("/api/v1/auth/logout", { method: "POST", credentials: "same-origin", headers: headers() });
     } catch (_) { /* the cookie ends with the session on the server; offline: it ends by itself */ }
     keepCsrf(null);
     s.user = null;

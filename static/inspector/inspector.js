@@ -25,6 +25,7 @@ $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; loca
 // Signed in by the session cookie (static/common/session.js): a link with #token=… (as `make run`
 // prints for the demo users) is exchanged there for a session and taken out of the address bar.
 function authHeaders() { return cgSession.headers(); }
+function token() { return ""; }  // kept for code not yet moved to the session: no token is kept any more
 $("save-token").onclick = () => cgSession.signIn();
 $("logout").onclick = () => cgSession.signOut();
 

@@ -31,6 +31,9 @@
   };
 
   // ---------------------------------------------------------------- helpers
+  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
+  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
+  function token() { return ""; }
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   function fmt(t) { return t ? new Date(t).toLocaleString("zh-CN", { hour12: false }) : "—"; }
   function has(list) { return st.me && list.includes(st.me.role); }

@@ -86,12 +86,22 @@ def test_password_sign_in_lands_on_the_page_and_it_works(browser, live_server, p
         who = c.execute(text("""SELECT e.actor_id FROM case_file f JOIN case_event e ON e.case_id = f.id
                                 WHERE f.description = :d AND e.kind = 'received'"""), {"d": desc}).scalar_one()
     assert who == user.id
-    # … the same write without the CSRF header (as another site's form would send it) is refused, nothing written
+    # … so is a plain fetch() of the page's own code, even one still sending an empty "Bearer " (session.js)
+    body["description"] = desc + " 旧代码"
+    status = page.evaluate("""async (body) => {
+        const r = await fetch('/api/v1/cases', {method: 'POST', body: JSON.stringify(body),
+                                                headers: {'Content-Type': 'application/json', Authorization: 'Bearer '}});
+        return r.status; }""", body)
+    assert status == 201
+    assert count(engine, "SELECT count(*) FROM case_file WHERE description = :d", d=body["description"]) == 1
+    # … the same write without the CSRF header (XMLHttpRequest, as a forged request would come) is refused
     body["description"] = desc + " 无令牌"
-    refused = page.evaluate("""async (body) => {
-        const r = await fetch('/api/v1/cases', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                                body: JSON.stringify(body)});
-        return [r.status, (await r.json()).detail]; }""", body)
+    refused = page.evaluate("""(body) => new Promise((done) => {
+        const x = new XMLHttpRequest();
+        x.open('POST', '/api/v1/cases');
+        x.setRequestHeader('Content-Type', 'application/json');
+        x.onload = () => done([x.status, JSON.parse(x.responseText).detail]);
+        x.send(JSON.stringify(body)); })""", body)
     assert refused[0] == 403 and "CSRF" in refused[1]
     assert count(engine, "SELECT count(*) FROM case_file WHERE description = :d", d=body["description"]) == 0
     assert errors == []
