@@ -167,6 +167,7 @@
 
   async function signOut() {
     s.leaving = true;  // requests still under way get 401 now: no second trip to /login
+    if (!s.csrf) await refresh();  // (opened offline: the CSRF token is needed to end the session)
     try {
       await nativeFetch("/api/v1/auth/logout", { method: "POST", credentials: "same-origin", headers: headers() });
     } catch (_) { /* the cookie ends with the session on the server; offline: it ends by itself */ }
