@@ -345,3 +345,36 @@ def test_layers_and_tiles_see_the_session(web, client, make_user):
     mine = web.get(f"/api/v1/tiles/grid_cells/{z}/{x}/{y}.mvt")
     assert mine.status_code == 200 and mine.headers["cache-control"].startswith("private")
     assert "Cookie" in mine.headers["vary"]
+
+
+def test_sessions_end_when_idle_or_past_their_end(web, make_user, engine, auth_settings):
+    import hashlib
+
+    auth_settings(session_idle_minutes=30, session_hours=8)
+    user, _ = make_user("operator")
+    out = _login(web, user.name, PASSWORD).json()
+    h = hashlib.sha256(web.cookies.get("cg_session").encode()).hexdigest()
+    with engine.connect() as c:
+        life = c.execute(text("SELECT extract(epoch FROM expires_at - created_at) FROM user_session WHERE id_hash = :h"),
+                         {"h": h}).scalar_one()
+    assert life == pytest.approx(8 * 3600, abs=2)
+    # last seen is written at most once a minute, apart from the request's transaction
+    with engine.begin() as c:
+        c.execute(text("UPDATE user_session SET last_seen_at = now() - interval '5 minutes' WHERE id_hash = :h"), {"h": h})
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 200
+    with engine.connect() as c:
+        ago = c.execute(text("SELECT extract(epoch FROM now() - last_seen_at) FROM user_session WHERE id_hash = :h"),
+                        {"h": h}).scalar_one()
+    assert ago < 5
+    # idle past the setting: the session opens nothing any more
+    with engine.begin() as c:
+        c.execute(text("UPDATE user_session SET last_seen_at = now() - interval '31 minutes' WHERE id_hash = :h"), {"h": h})
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 401
+    # a fresh session past its absolute end: the same
+    out = _login(web, user.name, PASSWORD).json()
+    assert out["csrf_token"]
+    h = hashlib.sha256(web.cookies.get("cg_session").encode()).hexdigest()
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 200
+    with engine.begin() as c:
+        c.execute(text("UPDATE user_session SET expires_at = now() - interval '1 second' WHERE id_hash = :h"), {"h": h})
+    assert web.get("/api/v1/cases", params={"limit": 1}).status_code == 401
