@@ -6,6 +6,7 @@ matrix test reads these declarations from the routes.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from sqlalchemy import Connection
 
 from citygrid import settings
 from layers.core import city as lcity
+from layers.core import sessions as lsessions
 from layers.core import users as lusers
 from layers.core.models import ROLES
 
@@ -40,8 +42,75 @@ def get_city(conn: Connection = Depends(get_conn, scope="function"),
     return lcity.get_city(conn, city or settings.api().default_city)
 
 
+#: Methods that write: a cookie-authenticated request with one of them must carry X-CSRF-Token.
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_HEADER = "x-csrf-token"
+
+
+def session_cookie(request: Request) -> str | None:
+    """The session id of the request's cookie, if any (never logged)."""
+    return request.cookies.get(settings.auth().session_cookie) or None
+
+
+def has_session_cookie(scope) -> bool:
+    """Whether an ASGI scope carries the session cookie (for the pure-ASGI fast paths, which must not
+    answer such a request anonymously)."""
+    name = settings.auth().session_cookie.encode() + b"="
+    return any(k == b"cookie" and name in v for k, v in scope["headers"])
+
+
+def session_of(request: Request, conn: Connection) -> lsessions.Session | None:
+    """The live session of the request's cookie (checked once per request), else None."""
+    cached = getattr(request.state, "cg_session", False)
+    if cached is not False:
+        return cached
+    sess = lsessions.check(conn, session_cookie(request))
+    request.state.cg_session = sess
+    return sess
+
+
+def check_csrf(request: Request, sess: lsessions.Session) -> None:
+    """403 for a cookie-authenticated write without the session's CSRF token in X-CSRF-Token."""
+    if request.method not in WRITE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER) or ""
+    if not hmac.compare_digest(sent.encode(), sess.csrf_token.encode()):
+        raise HTTPException(403, "缺少或错误的 CSRF 令牌，请刷新页面后重试 missing or wrong X-CSRF-Token: a write "
+                                 "signed in by the session cookie must send the session's CSRF token (reload the page)")
+
+
+def session_user(request: Request, conn: Connection) -> lusers.User:
+    """The user of the request's session cookie (401 when it has none or it has ended), its CSRF
+    token checked on writes (403)."""
+    sess = session_of(request, conn)
+    if sess is None:
+        raise HTTPException(401, "登录已过期，请重新登录 session expired or signed out: sign in again",
+                            headers={"WWW-Authenticate": "Bearer"})
+    check_csrf(request, sess)
+    return sess.user
+
+
+def optional_user(request: Request | None, conn: Connection, authorization: str | None) -> lusers.User | None:
+    """The caller of a route open to all that shows staff more: the user of a valid bearer token or
+    live session cookie (its CSRF token checked on writes), else None (anonymous)."""
+    if not authorization:
+        if request is None or not session_cookie(request):
+            return None
+        sess = session_of(request, conn)
+        if sess is None:
+            return None
+        check_csrf(request, sess)
+        return sess.user
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return lusers.user_for_token(conn, token.strip())
+
+
 class Allow:
-    """Role gate: 401 without a valid bearer token, 403 when the user's role is not listed."""
+    """Role gate: 401 without a valid bearer token or session cookie, 403 when the user's role is not
+    listed (or, for a cookie-authenticated write, without the session's CSRF token). A bearer token,
+    when sent, is what counts (API clients and devices: no CSRF token)."""
 
     def __init__(self, *roles: str, public: bool = False):
         unknown = set(roles) - set(ROLES)
@@ -53,17 +122,22 @@ class Allow:
     def __repr__(self) -> str:
         return "PUBLIC" if self.public else f"Allow({', '.join(sorted(self.roles))})"
 
-    def __call__(self, conn: Connection = Depends(get_conn, scope="function"),
+    def __call__(self, request: Request, conn: Connection = Depends(get_conn, scope="function"),
                  authorization: str | None = Header(None, include_in_schema=False)) -> lusers.User | None:
         if self.public:
             return None
+        if not authorization and session_cookie(request):
+            user = session_user(request, conn)
+            self.check_role(user.role)
+            return user
         return self.admit(*lusers.check_token(conn, self.bearer(authorization)))
 
     @staticmethod
     def bearer(authorization: str | None) -> str:
         """The token of an ``Authorization: Bearer …`` header; 401 without one."""
         if not authorization:
-            raise HTTPException(401, "未登录 authentication required: send 'Authorization: Bearer <token>'",
+            raise HTTPException(401, "未登录，请先登录 authentication required: sign in, or send "
+                                     "'Authorization: Bearer <token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -100,6 +174,9 @@ class TokenClaim:
 
     gate: Allow
     token: str
+    #: The user of a session cookie, already checked (role and CSRF token) by :class:`DeferredAllow`:
+    #: then there is no token, and the endpoint writes as this user.
+    user: lusers.User | None = None
 
     @property
     def token_hash(self) -> str:
@@ -107,6 +184,8 @@ class TokenClaim:
 
     async def verify(self, pool) -> None:
         """Check the token now, in a query of its own (asyncpg ``pool``): 401 / 403 as :class:`Allow`."""
+        if self.user is not None:
+            return
         row = await pool.fetchrow("""
             SELECT role, CASE WHEN token_revoked_at IS NOT NULL THEN 'revoked'
                               WHEN token_expires_at <= now() THEN 'expired' END AS refused
@@ -122,9 +201,21 @@ class DeferredAllow(Allow):
     a :class:`TokenClaim` and must verify it — in its write, or with :meth:`TokenClaim.verify` before
     it answers anything else (a bad request from an unknown token is still a 401)."""
 
-    async def __call__(self, authorization: str | None = Header(None, include_in_schema=False)) -> TokenClaim:
+    async def __call__(self, request: Request,
+                       authorization: str | None = Header(None, include_in_schema=False)) -> TokenClaim:
         # async: FastAPI would run a plain function in a worker thread, a thread hop per request
+        if not authorization and session_cookie(request):  # a page signed in by its cookie: checked now
+            from starlette.concurrency import run_in_threadpool
+
+            user = await run_in_threadpool(self._session_user, request)
+            self.check_role(user.role)
+            return TokenClaim(self, "", user)
         return TokenClaim(self, self.bearer(authorization))
+
+    @staticmethod
+    def _session_user(request: Request) -> lusers.User:
+        with request.app.state.engine.begin() as conn:
+            return session_user(request, conn)
 
 
 def client_address(request: Request) -> str:

@@ -15,7 +15,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect, Request
 
-from api.deps import Allow, TokenClaim, apool_of
+from api.deps import Allow, TokenClaim, apool_of, has_session_cookie
 from api.routers import inspector
 from api.tile_answer import MEDIA, VARY
 from citygrid import settings
@@ -46,7 +46,7 @@ class CachedTileFastPath:
                     elif k == b"accept-encoding":
                         accept = v
                 else:
-                    answer = self._cached(scope, m, inm, accept)
+                    answer = None if has_session_cookie(scope) else self._cached(scope, m, inm, accept)
                     if answer is not None:
                         await send(answer[0])
                         await send(answer[1])

@@ -71,7 +71,7 @@ DOCS_POLICY = "; ".join([
     "frame-ancestors 'none'",
 ])
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
-PAGES = ("inspector", "supervisor", "planner", "public", "operator")
+PAGES = ("inspector", "supervisor", "planner", "public", "operator", "login", "admin")
 
 
 class SecurityHeaders:

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from layers.publish import tiles as ltiles
 
 MEDIA = "application/vnd.mapbox-vector-tile"
-VARY = "Authorization, Accept-Encoding"
+VARY = "Authorization, Cookie, Accept-Encoding"  # a session cookie may see a fuller form than anonymous
 
 
 def tile_response(data: bytes, etag: str, hit: bool, public: bool, if_none_match: str | None,

@@ -100,9 +100,10 @@ def cmd_migrate(_args) -> int:
 def _print_demo(tokens: dict) -> None:
     api = settings.api()
     base = f"http://{api.host}:{api.port}"
-    print("\n演示用户 Demo users (Authorization: Bearer <token>):")
+    print(f"\n演示用户 Demo users — 登录 sign in at {base}/login (用户名 name / 密码 password; "
+          "API: Authorization: Bearer <token>):")
     for name, entry in tokens.items():
-        print(f"  {name:<12} {entry['role']:<11} {entry['token']}")
+        print(f"  {name:<16} {entry['role']:<11} {entry.get('password', ''):<14} {entry['token']}")
     print("\n页面 Pages:")
     print(f"  首页 Home        {base}/")
     print(f"  市民 Citizens    {base}/public")
@@ -110,6 +111,7 @@ def _print_demo(tokens: dict) -> None:
     print(f"  采集 Inspectors  {base}/inspector")
     print(f"  监督 Supervisors {base}/supervisor")
     print(f"  规划 Planners    {base}/planner    (OGC API: {base}/api/v1/ogc)")
+    print(f"  登录 Sign in     {base}/login      管理 Admin {base}/admin")
     print(f"  接口 API docs    {base}/docs")
     print(f"  健康 Health      {base}/api/v1/health")
 
@@ -165,11 +167,17 @@ def cmd_users(args) -> int:
     try:
         with engine.begin() as conn:
             if args.action == "add":
+                password = _read_password(args) if args.password_stdin else None
                 user, token = lusers.add_user(conn, args.name, args.role, department=args.department,
-                                              area_code=args.area, expires_in_days=args.expires_in)
+                                              area_code=args.area, expires_in_days=args.expires_in,
+                                              password=password)
                 acc = lusers.account(conn, user.id)
                 print(f"user {user.name} ({user.role}) token: {token}")
                 print(f"the token is shown only now; keep it. It expires {acc['token_expires_at']:%Y-%m-%d %H:%M %Z}")
+                if password is not None:
+                    print("password set: the user signs in at /login")
+            elif args.action in ("passwd", "disable", "enable"):
+                return _users_sign_in(conn, args)
             elif args.action == "revoke":
                 acc = lusers.revoke(conn, args.name)
                 print(f"user {acc['name']}: token revoked at {acc['token_revoked_at']:%Y-%m-%d %H:%M:%S %Z}"
@@ -184,11 +192,49 @@ def cmd_users(args) -> int:
                     used = f"{a['last_used_at']:%Y-%m-%d %H:%M}" if a["last_used_at"] else "never"
                     print(f"{a['id']:>4} {a['name']:<20} {a['role']:<11} {a['department'] or '':<10} "
                           f"{a['area_code'] or '':<15} token {a['token_state']:<7} "
-                          f"expires {a['token_expires_at']:%Y-%m-%d} last used {used}")
+                          f"expires {a['token_expires_at']:%Y-%m-%d} last used {used}"
+                          f"{'' if a['has_password'] else ' no password'}{'' if a['active'] else ' DISABLED'}")
     except (InputError, NotFound, Conflict) as e:
         print(f"citygrid users {args.action}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+# -- users: passwords and sign-in (issue 13) ---------------------------------------------------------
+def _read_password(args) -> str:
+    """The password: the first line of standard input (``--password-stdin``), else asked twice on the
+    terminal. Never echoed, never printed."""
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("新密码 New password: ")
+    if getpass.getpass("再输入一次 Again: ") != first:
+        from layers.core.errors import InputError
+
+        raise InputError("两次输入的密码不一致 the two passwords differ")
+    return first
+
+
+def _users_sign_in(conn, args) -> int:
+    from layers.core import users as lusers
+
+    if args.action == "passwd":
+        acc = lusers.set_password(conn, args.name, _read_password(args))
+        print(f"user {acc['name']}: password set at {acc['password_changed_at']:%Y-%m-%d %H:%M:%S %Z} "
+              "(the user's open sessions were ended)")
+    else:
+        acc = lusers.set_active(conn, args.name, args.action == "enable")
+        print(f"user {acc['name']}: {'enabled' if acc['active'] else 'disabled (token, password and sessions stop working)'}")
+    return 0
+
+
+def _users_sign_in_parsers(usub) -> None:
+    pw = usub.add_parser("passwd", help="set a user's password (first line of stdin with --password-stdin)")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    usub.add_parser("disable", help="disable a user: token, password and sessions stop working").add_argument("name")
+    usub.add_parser("enable", help="enable a disabled user again").add_argument("name")
 
 
 def cmd_calendar(args) -> int:
@@ -374,12 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     days_help = (f"days the token is valid (1-3650; default {settings.auth().token_days}, "
                  "setting CITYGRID_AUTH_TOKEN_DAYS)")
     add.add_argument("--expires-in", type=int, metavar="DAYS", help=days_help)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="also set a password (first line of standard input) for signing in at /login")
     rev = usub.add_parser("revoke", help="revoke the user's token now")
     rev.add_argument("name")
     ren = usub.add_parser("renew", help="issue a new token (the old one stops working; lifts a revocation)")
     ren.add_argument("name")
     ren.add_argument("--expires-in", type=int, metavar="DAYS", help=days_help)
     usub.add_parser("list", help="users, their tokens' state, expiry and last use (never the tokens)")
+    _users_sign_in_parsers(usub)
     users.set_defaults(func=cmd_users)
 
     cal = sub.add_parser("calendar", help="working-time calendar: load a year's holidays (citygrid calendar import FILE)")

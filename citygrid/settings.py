@@ -138,7 +138,7 @@ class WorklistSettings(BaseSettings):
 
 
 class AuthSettings(BaseSettings):
-    """Bearer tokens and the server's secret key."""
+    """Bearer tokens, sign-in (passwords, sessions, lockout) and the server's secret key."""
 
     model_config = SettingsConfigDict(env_prefix="CITYGRID_AUTH_")
 
@@ -149,6 +149,32 @@ class AuthSettings(BaseSettings):
     #: use in ``<var_dir>/secret_key`` (mode 0600), which must then be kept (and backed up) with the
     #: service: without it no query code issued so far can be checked.
     secret_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("CITYGRID_SECRET_KEY"))
+
+    # -- sign-in (api/routers/auth.py, layers/core/sessions.py) ----------------------------------------
+    #: Hours a browser session lasts at most from sign-in, and minutes it survives without a request.
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    session_idle_minutes: float = Field(120.0, gt=0, le=24 * 60 * 30)
+    #: Failed sign-ins allowed per user name, and per client address, within the window; one more is
+    #: answered 429 with Retry-After (a correct password too) until the oldest failure leaves the window.
+    login_max_failures_per_name: int = Field(5, ge=1, le=1000)
+    login_max_failures_per_address: int = Field(20, ge=1, le=10_000)
+    login_window_minutes: float = Field(15.0, gt=0, le=24 * 60)
+    #: Shortest password accepted when one is set.
+    password_min_length: int = Field(10, ge=6, le=128)
+    #: The session cookie's name.
+    session_cookie: str = Field("cg_session", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    #: OpenID Connect sign-in (a government SSO), off unless an issuer is set: the provider's issuer URL
+    #: (its /.well-known/openid-configuration is read), this service's client id and secret there, the
+    #: claim naming the user (matched to an existing user's name; nobody is created by a sign-in), and
+    #: the button's label on /login.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_user_claim: str = "preferred_username"
+    oidc_label: str = "统一身份认证登录 Government SSO"
+    #: The password of every demo user (``citygrid demo`` / ``make run``); unset: one made at random per
+    #: install, kept in ``<var_dir>/demo_tokens.json`` and printed by ``citygrid run``.
+    demo_password: SecretStr | None = Field(None, min_length=10)
 
 
 @lru_cache

@@ -6,7 +6,8 @@ Bounded and deterministic: a few positive and a few negative examples per operat
 Hypothesis, no shrinking, no example database), against the live server on the shared test database.
 The operations run as generated: what they may write (users, cases with a random text …) is what any
 caller may write. Excluded: the admin's revoke/renew of a user's token, which would revoke the tokens
-the rest of the session's tests use (tests/core/test_tokens.py tests them). The counts are printed at the
+the rest of the session's tests use (tests/core/test_tokens.py tests them), and for the same reason
+disabling, changing and re-passwording users (tests/api/test_admin_page.py). The counts are printed at the
 end of the session."""
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from tests.conftest import auth
 # per operation (each sent as every caller); CITYGRID_SCHEMATHESIS_EXAMPLES=N for a deeper run
 EXAMPLES = dict.fromkeys(("positive", "negative"), int(os.environ.get("CITYGRID_SCHEMATHESIS_EXAMPLES", "3")))
 IDENTITIES = ("anonymous", "admin", "inspector")
-EXCLUDED = {("POST", "/api/v1/admin/users/{user_id}/revoke"), ("POST", "/api/v1/admin/users/{user_id}/token")}
+EXCLUDED = {("POST", "/api/v1/admin/users/{user_id}/revoke"), ("POST", "/api/v1/admin/users/{user_id}/token"),
+            # as revoke: they would disable, demote or re-password the users the other tests sign in as
+            # (tests/api/test_admin_page.py tests them)
+            ("POST", "/api/v1/admin/users/{user_id}/disable"), ("POST", "/api/v1/admin/users/{user_id}/password"),
+            ("PATCH", "/api/v1/admin/users/{user_id}")}
 COUNTS: dict[str, collections.Counter] = {}
 
 

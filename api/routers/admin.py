@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi import Body as BodyParam
 from fastapi import Path as PathParam
 from pydantic import Field
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
-from api.deps import ADMIN, get_conn
+from api.deps import ADMIN, get_city, get_conn
 from api.uploads import save_upload
 from api.validation import Body, json_problem
 from citygrid import settings
@@ -19,7 +20,7 @@ from layers.core import city as lcity
 from layers.core import users as lusers
 from layers.core.errors import Conflict, InputError
 from layers.core.files import VECTOR_SUFFIXES
-from layers.core.models import ROLES
+from layers.core.models import ROLE_LABELS, ROLES
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin 管理"])
 
@@ -34,10 +35,24 @@ class NewUser(Body):
     department: str | None = None
     area_code: str | None = None
     expires_in_days: int | None = _DAYS
+    password: str | None = Field(None, min_length=1, max_length=lusers.MAX_PASSWORD_CHARS,
+                                 description="密码 a password for signing in at /login (never shown again)")
 
 
 class NewToken(Body):
     expires_in_days: int | None = _DAYS
+
+
+class NewPassword(Body):
+    password: str = Field(..., min_length=1, max_length=lusers.MAX_PASSWORD_CHARS, description="新密码 the new password")
+
+
+class UserChange(Body):
+    role: str | None = Field(None, description="one of " + ", ".join(ROLES))
+    department: str | None = Field(None, max_length=80)
+    area_code: str | None = Field(None, max_length=15)
+    clear: list[Literal["department", "area_code"]] = Field(default_factory=list,
+                                                            description="fields to empty (department, area_code)")
 
 
 @router.get("/users", summary="用户 List users with their tokens' state, expiry and last use (never the tokens)")
@@ -48,8 +63,58 @@ def list_users(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="fun
 @router.post("/users", status_code=201, summary="新建用户 Create a user; its token is shown once")
 def add_user(body: NewUser, _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
     user, token = lusers.add_user(conn, body.name, body.role, department=body.department,
-                                  area_code=body.area_code, expires_in_days=body.expires_in_days)
+                                  area_code=body.area_code, expires_in_days=body.expires_in_days,
+                                  password=body.password)
     return {**lusers.account(conn, user.id), "token": token}
+
+
+_UID = PathParam(..., ge=1, le=2**31 - 1)
+
+
+def _not_self(user_id: int, admin, what_zh: str, what_en: str) -> None:
+    if user_id == admin.id:  # the last admin must not lock themselves out by a click
+        raise Conflict(f"不能在此{what_zh}自己的账号 you cannot {what_en} your own account here "
+                       "(use 'citygrid users' on the server)")
+
+
+@router.patch("/users/{user_id}", summary="修改用户 Change a user's role, department or area (a new role ends their sessions)")
+def change_user(body: UserChange, user_id: int = _UID, admin=Depends(ADMIN),
+                conn: Connection = Depends(get_conn, scope="function")):
+    if body.role is not None and body.role != "admin":
+        _not_self(user_id, admin, "降低", "demote")
+    return lusers.update_user(conn, user_id, role=body.role, department=body.department, area_code=body.area_code,
+                              clear=frozenset(body.clear))
+
+
+@router.post("/users/{user_id}/password", summary="重置密码 Set a user's password (their open sessions end)")
+def reset_password(body: NewPassword, user_id: int = _UID, _=Depends(ADMIN),
+                   conn: Connection = Depends(get_conn, scope="function")):
+    return lusers.set_password(conn, user_id, body.password)
+
+
+@router.post("/users/{user_id}/disable", summary="停用用户 Disable a user: token, password and sessions stop working")
+def disable_user(user_id: int = _UID, admin=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
+    _not_self(user_id, admin, "停用", "disable")
+    return lusers.set_active(conn, user_id, False)
+
+
+@router.post("/users/{user_id}/enable", summary="启用用户 Enable a disabled user again")
+def enable_user(user_id: int = _UID, _=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function")):
+    return lusers.set_active(conn, user_id, True)
+
+
+@router.get("/roles", summary="角色 The roles and what they are called")
+def roles(_=Depends(ADMIN)):
+    return {"roles": [{"role": r, "label": ROLE_LABELS[r]} for r in ROLES]}
+
+
+@router.get("/areas", summary="行政区划 The city's district, streets and communities (for a user's area)")
+def areas(_=Depends(ADMIN), conn: Connection = Depends(get_conn, scope="function"),
+          city: lcity.CityInfo = Depends(get_city)):
+    rows = conn.execute(text("""SELECT a.code, a.name, a.level, p.code AS parent FROM admin_area a
+                                LEFT JOIN admin_area p ON p.id = a.parent_id
+                                WHERE a.city_id = :c ORDER BY a.code"""), {"c": city.id}).mappings().all()
+    return {"city": city.slug, "areas": [dict(r) for r in rows]}
 
 
 @router.post("/users/{user_id}/revoke", summary="吊销令牌 Revoke a user's token now")

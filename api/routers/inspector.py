@@ -141,7 +141,7 @@ def _file_with_asset(engine, claim: TokenClaim, slug: str, inp: lreports.ReportI
     from layers.core import users as lusers
 
     with engine.begin() as conn:
-        user = claim.gate.admit(*lusers.check_token(conn, claim.token))
+        user = claim.user or claim.gate.admit(*lusers.check_token(conn, claim.token))
         city = lcity.get_city(conn, slug)
         req_hash = lreports.request_hash(inp, [])
         store = lstore.PhotoStore.default()  # (a retry is answered by cg_file_report itself)
@@ -223,7 +223,7 @@ async def file_json_report(app, pool, claim: TokenClaim, raw: bytes, idempotency
     slug = city or settings.api().default_city
     inp = _report_input(body)
     key = lreports.check_key(idempotency_key)
-    if lreports.needs_asset_lookup(inp):
+    if lreports.needs_asset_lookup(inp) or claim.user is not None:  # (a session's user: checked already)
         return await run_in_threadpool(_file_with_asset, app.state.engine, claim, slug, inp, key)
     return await lintake.file_report(pool, app.state.places, slug, claim.token_hash, claim.gate.roles, inp, key)
 

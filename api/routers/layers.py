@@ -20,7 +20,16 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api import readpool
-from api.deps import PUBLIC, Allow, client_address, get_city, get_conn, get_read_conn
+from api.deps import (
+    PUBLIC,
+    Allow,
+    client_address,
+    get_city,
+    get_conn,
+    get_read_conn,
+    optional_user,
+    session_cookie,
+)
 from api.limits import RateLimit
 from api.tile_answer import tile_response
 from api.validation import MAX_OFFSET
@@ -54,15 +63,10 @@ router = APIRouter(prefix="/api/v1", tags=["layers 图层 / OGC API"], lifespan=
 CRS_HELP = "EPSG:4326, EPSG:4490, the working CRS (e.g. EPSG:4549), GCJ-02 or BD-09"
 
 
-def caller(conn: Connection = Depends(get_conn, scope="function"),
+def caller(request: Request, conn: Connection = Depends(get_conn, scope="function"),
            authorization: str | None = Header(None, include_in_schema=False)) -> lusers.User | None:
-    """The caller if a valid bearer token is sent, else None (anonymous)."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return lusers.user_for_token(conn, token.strip())
+    """The caller if a valid bearer token or session cookie is sent, else None (anonymous)."""
+    return optional_user(request, conn, authorization)
 
 
 def limit_anonymous_export(request: Request, user=Depends(caller)) -> None:
@@ -241,11 +245,12 @@ class _PublicNoConn(Allow):
 PUBLIC_TILES = _PublicNoConn()
 
 
-def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None):
+def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None,
+                  request: Request | None = None):
     from layers.core import city as lcity
 
     with engine.begin() as conn:
-        user = caller(conn, authorization)
+        user = optional_user(request, conn, authorization)
         city = lcity.get_city(conn, slug)
         layer = lcat.get_layer(conn, city, name)
         form = _form(layer, user)
@@ -267,11 +272,12 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
                _=Depends(PUBLIC_TILES)):
     engine = request.app.state.engine
     slug = city or settings.api().default_city
-    if not authorization:
+    if not authorization and not session_cookie(request):
         hit = ltiles.fast_hit(engine, slug, name, z, x, y)
         if hit is not None:
             return tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
-    data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization)
+    data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization,
+                                                      request)
     return tile_response(data, etag, hit, public, if_none_match, accept_encoding)
 
 

@@ -128,3 +128,8 @@ class AppUser(Base):
     token_expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     token_revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Sign-in (migration 0020): the argon2 hash of the password (NULL: token only), when it was set,
+    #: when the user was disabled (then also active = false).
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

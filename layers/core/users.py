@@ -64,9 +64,9 @@ def token_days(days: int | None) -> int:
 
 def add_user(conn: Connection, name: str, role: str, *, department: str | None = None,
              area_code: str | None = None, token: str | None = None,
-             expires_in_days: int | None = None) -> tuple[User, str]:
+             expires_in_days: int | None = None, password: str | None = None) -> tuple[User, str]:
     """Create a user; returns it with its bearer token (the only time the token is seen), valid for
-    ``expires_in_days`` (default: the setting)."""
+    ``expires_in_days`` (default: the setting), and its password (argon2 hash) if one is given."""
     name = (name or "").strip()
     if not name or len(name) > 80:
         raise InputError("a user name of 1 to 80 characters is required")
@@ -77,6 +77,8 @@ def add_user(conn: Connection, name: str, role: str, *, department: str | None =
     if area_code is not None and not (area_code.isdigit() and len(area_code) in (6, 9, 12, 14, 15)):
         raise InputError(f"area code '{area_code}' must be an admin code (6, 9 or 12 digits) or a cell code")
     days = token_days(expires_in_days)
+    if password is not None:
+        check_password_rules(password)
     if conn.execute(text("SELECT 1 FROM app_user WHERE name = :n"), {"n": name}).first():
         raise Conflict(f"a user '{name}' exists already")
     token = token or new_token()
@@ -84,6 +86,9 @@ def add_user(conn: Connection, name: str, role: str, *, department: str | None =
         INSERT INTO app_user (name, role, department, area_code, token_hash, token_issued_at, token_expires_at)
         VALUES (:n, :r, :d, :a, :h, now(), now() + make_interval(days => :days)) RETURNING id"""),
         dict(n=name, r=role, d=department, a=area_code, h=hash_token(token), days=days)).scalar_one()
+    if password is not None:
+        conn.execute(text("UPDATE app_user SET password_hash = :h, password_changed_at = now() WHERE id = :u"),
+                     {"h": hasher().hash(password), "u": uid})
     return User(uid, name, role, department, area_code), token
 
 
@@ -152,14 +157,16 @@ def list_users(conn: Connection) -> list[User]:
 
 _ACCOUNT = """
     SELECT id, name, role, department, area_code, active, created_at, token_issued_at, token_expires_at,
-           token_revoked_at, last_used_at,
+           token_revoked_at, last_used_at, password_hash IS NOT NULL AS has_password, password_changed_at,
+           disabled_at,
            CASE WHEN token_revoked_at IS NOT NULL THEN 'revoked' WHEN token_expires_at <= now() THEN 'expired'
                 ELSE 'valid' END AS token_state
     FROM app_user"""
 
 
 def accounts(conn: Connection) -> list[dict]:
-    """Every user with its token's dates and state (never the token or its hash)."""
+    """Every user with its token's dates and state, whether it has a password and when it was set
+    (never the token, the password or their hashes)."""
     return [dict(r) for r in conn.execute(text(_ACCOUNT + " ORDER BY id")).mappings()]
 
 
@@ -199,3 +206,121 @@ def issue_token(conn: Connection, user: int | str, *, expires_in_days: int | Non
         WHERE id = :u"""), {"h": hash_token(token), "days": days, "u": uid})
     return account(conn, uid), token
 
+
+
+# -- passwords (migration 0020) ----------------------------------------------------------------------
+#: Longest password accepted (argon2 hashes any length, but a megabyte password costs time for nothing).
+MAX_PASSWORD_CHARS = 256
+
+_hasher = None
+_dummy_hash: str | None = None
+_hasher_guard = threading.Lock()
+
+
+def hasher():
+    """The password hasher (pwdlib's recommended: argon2id with its default cost)."""
+    global _hasher
+    if _hasher is None:
+        from pwdlib import PasswordHash
+
+        _hasher = PasswordHash.recommended()
+    return _hasher
+
+
+def _dummy() -> str:
+    """A hash of a random password, verified when there is no user (or no password) so that an
+    unknown name costs the same time as a wrong password: no user names learnt from the clock."""
+    global _dummy_hash
+    with _hasher_guard:
+        if _dummy_hash is None:
+            _dummy_hash = hasher().hash(secrets.token_urlsafe(24))
+        return _dummy_hash
+
+
+def check_password_rules(password: str) -> str:
+    """``password`` if it may be set; InputError saying why not (never repeating it)."""
+    if not isinstance(password, str):
+        raise InputError("密码必须是文本 the password must be text")
+    least = settings.auth().password_min_length
+    if len(password) < least:
+        raise InputError(f"密码至少 {least} 个字符 the password needs at least {least} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise InputError(f"密码最多 {MAX_PASSWORD_CHARS} 个字符 the password may have at most {MAX_PASSWORD_CHARS} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in password):
+        raise InputError("密码不能含控制字符 the password may not contain control characters (a line break?)")
+    if not password.strip():
+        raise InputError("密码不能全是空格 the password may not be only spaces")
+    return password
+
+
+def set_password(conn: Connection, user: int | str, password: str) -> dict:
+    """Set (or replace) the user's password; every open session of the user ends."""
+    check_password_rules(password)
+    uid = _user_id(conn, user)
+    conn.execute(text("UPDATE app_user SET password_hash = :h, password_changed_at = now() WHERE id = :u"),
+                 {"h": hasher().hash(password), "u": uid})
+    conn.execute(text("DELETE FROM user_session WHERE user_id = :u"), {"u": uid})
+    return account(conn, uid)
+
+
+def verify_password(conn: Connection, name: str, password: str) -> User | None:
+    """The active user of that name if the password is theirs, else None — in the same time whether the
+    name is unknown, has no password or the password is wrong (a dummy hash is verified instead). An
+    outdated hash (cost raised since) is replaced."""
+    name = (name or "").strip()
+    row = None
+    if name and len(name) <= 80:
+        row = conn.execute(text("""SELECT id, name, role, department, area_code, password_hash FROM app_user
+                                   WHERE name = :n AND active"""), {"n": name}).first()
+    stored = row[5] if row is not None and row[5] else None
+    password = password if isinstance(password, str) and len(password) <= MAX_PASSWORD_CHARS else ""
+    try:
+        ok, updated = hasher().verify_and_update(password, stored or _dummy())
+    except Exception:  # noqa: BLE001 - an unreadable stored hash opens nothing
+        log.warning("user %s has an unreadable password hash", row[0] if row else "?")
+        ok, updated = False, None
+    if not ok or stored is None:
+        return None
+    if updated:
+        conn.execute(text("UPDATE app_user SET password_hash = :h WHERE id = :u"), {"h": updated, "u": row[0]})
+    return User(*row[:5])
+
+
+def active_user(conn: Connection, name: str) -> User | None:
+    """The active user of that name (an outside sign-in, e.g. OpenID Connect, names a user), else None."""
+    row = conn.execute(text("SELECT id, name, role, department, area_code FROM app_user WHERE name = :n AND active"),
+                       {"n": (name or "").strip()}).first()
+    return User(*row) if row else None
+
+
+def set_active(conn: Connection, user: int | str, active: bool) -> dict:
+    """Disable a user (its token, password and sessions stop working; its sessions are deleted) or
+    enable it again."""
+    uid = _user_id(conn, user)
+    conn.execute(text("""UPDATE app_user SET active = :a,
+                             disabled_at = CASE WHEN :a THEN NULL ELSE coalesce(disabled_at, now()) END
+                         WHERE id = :u"""), {"a": active, "u": uid})
+    if not active:
+        conn.execute(text("DELETE FROM user_session WHERE user_id = :u"), {"u": uid})
+    return account(conn, uid)
+
+
+def update_user(conn: Connection, user: int | str, *, role: str | None = None, department: str | None = None,
+                area_code: str | None = None, clear: frozenset[str] = frozenset()) -> dict:
+    """Change a user's role, department or area (``clear``: fields set to none)."""
+    uid = _user_id(conn, user)
+    cur = account(conn, uid)
+    role = role if role is not None else cur["role"]
+    if role not in ROLES:
+        raise InputError(f"unknown role '{role}': one of {', '.join(ROLES)}")
+    dep = None if "department" in clear else (department if department is not None else cur["department"])
+    area = None if "area_code" in clear else (area_code if area_code is not None else cur["area_code"])
+    if role == "department" and not dep:
+        raise InputError("处置部门用户需要部门 a department user needs a department")
+    if area is not None and not (area.isdigit() and len(area) in (6, 9, 12, 14, 15)):
+        raise InputError(f"area code '{area}' must be an admin code (6, 9 or 12 digits) or a cell code")
+    conn.execute(text("UPDATE app_user SET role = :r, department = :d, area_code = :a WHERE id = :u"),
+                 {"r": role, "d": dep, "a": area, "u": uid})
+    if role != cur["role"]:  # a session opened under the old role ends
+        conn.execute(text("DELETE FROM user_session WHERE user_id = :u"), {"u": uid})
+    return account(conn, uid)

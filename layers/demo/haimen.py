@@ -102,8 +102,24 @@ def load_demo(conn: Connection, *, cell_size: float = 100.0, log=print) -> lcity
     return city
 
 
+def _demo_passwords(conn: Connection, known: dict[str, dict]) -> None:
+    """Each demo user signs in at /login with a password: ``CITYGRID_AUTH_DEMO_PASSWORD`` if set (the
+    same for all), else one made at random for this install (kept beside the token). A user whose
+    password is not the one kept (changed on the admin page, or another database) gets it set again."""
+    import secrets
+
+    given = settings.auth().demo_password
+    for name, entry in known.items():
+        want = given.get_secret_value() if given is not None else entry.get("password") or secrets.token_urlsafe(9)
+        if entry.get("password") == want and lusers.verify_password(conn, name, want) is not None:
+            continue
+        lusers.set_password(conn, name, want)
+        entry["password"] = want
+
+
 def ensure_demo_users(conn: Connection) -> dict[str, dict]:
-    """One user per role; their tokens are kept in var/demo_tokens.json (mode 600) to be shown again."""
+    """One user per role; their tokens and passwords are kept in var/demo_tokens.json (mode 600) to be
+    shown again."""
     path = tokens_file()
     known = json.loads(path.read_text()) if path.exists() else {}
     existing = {u.name for u in lusers.list_users(conn)}
@@ -117,6 +133,7 @@ def ensure_demo_users(conn: Connection) -> dict[str, dict]:
         else:
             _, token = lusers.add_user(conn, name, role, department=dept, area_code=area)
         known[name] = {"role": role, "token": token}
+    _demo_passwords(conn, known)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

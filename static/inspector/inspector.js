@@ -22,29 +22,18 @@ function applyLang() {
 $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("citygrid_lang", state.lang); applyLang(); };
 
 // ---- auth -----------------------------------------------------------------------------------
-// A link with #token=… (as `make run` prints for the demo users) signs in once; the token is kept
-// and taken out of the address bar.
-{
-  const fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fromLink) {
-    localStorage.setItem("citygrid_token", fromLink);
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-}
-function token() { return localStorage.getItem("citygrid_token") || ""; }
-function authHeaders() { return { Authorization: "Bearer " + token() }; }
-// Forget the worklist saved for offline use (sign-in of another user, sign-out: call it there too).
+// Signed in by the session cookie (static/common/session.js): a link with #token=… (as `make run`
+// prints for the demo users) is exchanged there for a session and taken out of the address bar.
+function authHeaders() { return cgSession.headers(); }
+function token() { return ""; }  // kept for code not yet moved to the session: no token is kept any more
+// Forget the worklist saved for offline use (sign-in of another user, sign-out).
 function forgetOffline() {
   const sw = navigator.serviceWorker && navigator.serviceWorker.controller;
   if (sw) sw.postMessage("forget");
 }
 window.citygridForgetOffline = forgetOffline;
-$("save-token").onclick = () => {
-  forgetOffline();
-  localStorage.setItem("citygrid_token", $("token").value.trim());
-  $("login").hidden = !!token();
-  init();
-};
+$("save-token").onclick = () => { forgetOffline(); cgSession.signIn(); };
+$("logout").onclick = () => { forgetOffline(); cgSession.signOut(); };
 
 // ---- tabs -----------------------------------------------------------------------------------
 document.querySelectorAll("#tabs button").forEach((b) => {
@@ -202,7 +191,7 @@ async function sendOne(it) {
   it.photos.forEach((p, i) => fd.append("photos", p.blob, p.name || `photo${i}.jpg`));
   let r;
   try {
-    r = await fetch("/api/v1/reports", { method: "POST", body: fd, headers: { ...authHeaders(), "Idempotency-Key": it.key } });
+    r = await cgSession.fetch("/api/v1/reports", { method: "POST", body: fd, headers: { "Idempotency-Key": it.key }, noRedirect: true });
   } catch (e) {
     return { kept: true };  // offline or the server unreachable: stays in the outbox
   }
@@ -584,8 +573,8 @@ async function sendVerify(result) {
   try {
     let r;
     try {
-      r = await fetch(`/api/v1/cases/${vstate.id}/verify`, { method: "POST", body: fd,
-        headers: { ...authHeaders(), "Idempotency-Key": vstate.keys[result] } });
+      r = await cgSession.fetch(`/api/v1/cases/${vstate.id}/verify`, { method: "POST", body: fd,
+        headers: { "Idempotency-Key": vstate.keys[result] }, noRedirect: true });
     } catch (e) {
       vshow("warn", t("网络不可用, 未确认提交: 联网后再点一次 (同一幂等键, 不会重复)",
                       "No network, not confirmed: press again when online (same Idempotency-Key: never twice)"));
@@ -613,9 +602,11 @@ window.addEventListener("online", showOnline);
 window.addEventListener("offline", showOnline);
 
 // ---- start ----------------------------------------------------------------------------------
-function init() {
-  if (!token()) { $("login").hidden = false; return; }
+async function init() {
+  const me = await cgSession.ready;  // offline: the outbox and the cached catalog still work
+  if (!me && !cgSession.offline) { $("login").hidden = false; return; }
   $("login").hidden = true;
+  $("logout").hidden = !me;
   loadCatalog();
   renderOutbox();
   if (navigator.onLine) flush();

@@ -4,13 +4,14 @@
 // so in the header "X-Citygrid-Cached" (when it was fetched). Reports made offline are the page's
 // IndexedDB outbox's business, not this worker's.
 "use strict";
-const VERSION = "inspector-v2";
+const VERSION = "inspector-v3";
 const SHELL = [
   "/inspector",
   "/static/inspector/inspector.js",
   "/static/inspector/inspector.css",
   "/static/common/photos.js",
   "/static/common/map.js",
+  "/static/common/session.js",
   "/static/vendor/leaflet.vectorgrid/Leaflet.VectorGrid.bundled.min.js",
   "/static/vendor/leaflet/leaflet.js",
   "/static/vendor/leaflet/leaflet.css",

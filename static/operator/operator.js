@@ -10,11 +10,7 @@
   const T = (zh, en) => I18N.t(zh, en);
   const W = (kind, code, fallback) => I18N.word(kind, code, fallback);
   const qs = new URLSearchParams(location.search);
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) {
-    localStorage.setItem("citygrid_token", hash.get("token"));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
+  // Signed in by the session cookie (static/common/session.js; a #token=… link is exchanged for it there).
   const city = qs.get("city") || "";
 
   // Mirrors of the API's role gates, only to hide what a role can never use (api/routers/cases.py).
@@ -32,7 +28,9 @@
   };
 
   // ---------------------------------------------------------------- helpers
-  function token() { return localStorage.getItem("citygrid_token") || ""; }
+  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
+  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
+  function token() { return ""; }
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   function fmt(t) { return I18N.time(t); }
   function has(list) { return st.me && list.includes(st.me.role); }
@@ -44,12 +42,12 @@
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(opts.params || {})) if (v !== "" && v != null) p.set(k, v);
     if (city) p.set("city", city);
-    const headers = { Authorization: "Bearer " + token() };
+    const headers = cgSession.headers();
     let body;
     if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(opts.json); }
     let r;
     try {
-      r = await fetch(path + (p.toString() ? "?" + p : ""), { method: opts.method || "GET", headers, body });
+      r = await cgSession.fetch(path + (p.toString() ? "?" + p : ""), { method: opts.method || "GET", headers, body });
     } catch (e) {
       throw new Error(T("网络连接失败，请稍后再试", "Network error: try again later"));
     }
@@ -144,13 +142,8 @@
   }
 
   // ---------------------------------------------------------------- sign-in
-  $("login").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    localStorage.setItem("citygrid_token", $("token").value.trim());
-    $("token").value = "";
-    start();
-  });
-  $("logout").onclick = () => { localStorage.removeItem("citygrid_token"); location.reload(); };
+  $("login").addEventListener("submit", (ev) => { ev.preventDefault(); cgSession.signIn(); });
+  $("logout").onclick = () => cgSession.signOut();
 
   // ---------------------------------------------------------------- tabs
   function showTab(name) {
@@ -512,7 +505,7 @@
     await I18N.ready;
     I18N.apply(document);
     if (!st.recordPoint) $("record-loc").textContent = locText();
-    if (!token()) { $("login").hidden = false; $("who").textContent = T("请登录", "Please sign in"); return; }
+    if (!(await cgSession.ready) && !cgSession.tokenError) { $("login").hidden = false; $("who").textContent = T("请登录", "Please sign in"); return; }
     try {
       st.me = await api("/api/v1/me");
     } catch (e) {

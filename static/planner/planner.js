@@ -6,13 +6,18 @@
   const map = CGMap.create("map", { preferCanvas: true, headers: () => headers() });
   window.plannerMap = map;  // for the page tests and the browser console
 
-  $("token").value = localStorage.getItem("citygrid_token") || "";
+  // Signed in (or not: public layers) by the session cookie, static/common/session.js.
+  function signedIn(me) {
+    $("who").textContent = me ? `${me.name} · ${me.role_label || me.role}` : "";
+    $("signin").hidden = !!me; $("logout").hidden = !me;
+  }
+  $("logout").addEventListener("click", () => cgSession.signOut());
   $("ogc-url").textContent = location.origin + "/api/v1/ogc";
 
-  function headers() {
-    const t = $("token").value.trim();
-    return t ? { Authorization: "Bearer " + t } : {};
-  }
+  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
+  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
+  function token() { return ""; }
+  function headers() { return cgSession.headers(); }
   function city() { return $("city").value; }
   function msg(text, cls) { $("msg").className = "msg " + (cls || ""); $("msg").textContent = text; }
 
@@ -161,8 +166,13 @@
     } finally { $("download").disabled = false; }
   }
 
-  $("token").addEventListener("change", () => {
-    localStorage.setItem("citygrid_token", $("token").value.trim());
+  $("token").addEventListener("change", async () => {
+    const t = $("token").value.trim();
+    $("token").value = "";
+    if (!t) return;
+    const me = await cgSession.useToken(t);
+    if (!me) msg("令牌无效 " + ((cgSession.tokenError && cgSession.tokenError.detail) || ""), "err");
+    signedIn(me);
     for (const n of Object.keys(state.overlays)) { map.removeLayer(state.overlays[n]); delete state.overlays[n]; }
     loadCatalog().then(refreshOverlays);
     map.cg.setCity(city(), false);  // the reference map again: key zones for those who may read them
@@ -173,5 +183,5 @@
   });
   $("download").addEventListener("click", download);
 
-  loadConfig().then(() => loadCatalog()).then(() => { document.body.dataset.ready = "1"; });
+  cgSession.ready.then(signedIn).then(loadConfig).then(() => loadCatalog()).then(() => { document.body.dataset.ready = "1"; });
 })();

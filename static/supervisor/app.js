@@ -5,14 +5,15 @@
 (function () {
   "use strict";
   const qs = new URLSearchParams(location.search);
-  const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) { sessionStorage.setItem("cg_token", hash.get("token")); history.replaceState(null, "", location.pathname + location.search); }
+  // Signed in by the session cookie (static/common/session.js; a #token=… link is exchanged for it there).
   const city = qs.get("city") || "";
   const $ = (id) => document.getElementById(id);
   const state = { start: null, end: null, category: "", channel: "", area: "" };
   const names = { category: {}, area: {} };
 
-  function token() { return sessionStorage.getItem("cg_token") || ""; }
+  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
+  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
+  function token() { return ""; }
   function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
   function esc(s) { return String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]); }
 
@@ -21,11 +22,9 @@
     const p = new URLSearchParams();
     for (const [k, v] of Object.entries(params || {})) if (v !== "" && v != null) p.set(k, v);
     if (city) p.set("city", city);
-    const o = Object.assign({ credentials: "same-origin" }, opts || {});
-    o.headers = Object.assign({ Authorization: "Bearer " + token() }, o.headers || {});
-    return fetch(path + (p.toString() ? "?" + p.toString() : ""), o);
+    return cgSession.fetch(path + (p.toString() ? "?" + p.toString() : ""), Object.assign({ credentials: "same-origin" }, opts || {}));
   }
-  function authHeaders() { return { Authorization: "Bearer " + token() }; }
+  function authHeaders() { return cgSession.headers(); }
 
   async function failure(r) {
     if (r.status === 401) { $("login").hidden = false; return new Error("请登录 Please sign in"); }
@@ -388,9 +387,14 @@
     state.category = $("category").value; state.channel = $("channel").value; state.area = $("area").value;
     window.dashboardReady = false; refresh(false);
   });
-  $("save-token").addEventListener("click", () => { sessionStorage.setItem("cg_token", $("token").value.trim()); $("login").hidden = true; refresh(true); });
+  $("save-token").addEventListener("click", () => cgSession.signIn());
+  $("logout").addEventListener("click", () => cgSession.signOut());
   $("run-alerts").addEventListener("click", async () => {
     try { await api("/api/v1/supervisor/alerts/run", { day: state.end }, "POST"); await loadAlerts(); } catch (e) { showError(e.message); }
   });
-  if (!token()) $("login").hidden = false; else refresh(true);
+  cgSession.ready.then((me) => {
+    if (!me) { $("login").hidden = false; return; }
+    $("who").textContent = `${me.name} · ${me.role_label || me.role}`; $("logout").hidden = false;
+    refresh(true);
+  });
 })();

@@ -70,5 +70,7 @@ def test_dashboard_renders(browser, live_server, bcity, tokens, tmp_path):
 def test_dashboard_without_token_asks_for_one(browser, live_server):
     page = browser.new_page(locale="zh-CN")
     page.goto(f"{live_server}/supervisor")
-    page.wait_for_selector("#token", state="visible")
+    page.wait_for_selector("#login", state="visible")  # signed in by the session now (issue 13): a sign-in button
+    page.click("#save-token")
+    page.wait_for_url("**/login?next=%2Fsupervisor")
     page.close()

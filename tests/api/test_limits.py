@@ -449,7 +449,9 @@ def test_pages_run_under_their_csp(browser, live_server, haimen):
                         ("operator", "document.readyState === 'complete'"),
                         ("inspector", "document.readyState === 'complete'"),
                         ("supervisor", "!!document.querySelector('.leaflet-container')"),
-                        ("planner", "!!document.querySelector('.leaflet-container')")):
+                        ("planner", "!!document.querySelector('.leaflet-container')"),
+                        ("login", "document.body.dataset.ready === '1'"),
+                        ("admin", "document.body.dataset.ready === '1'")):
         page = browser.new_page(locale="zh-CN")
         violations: list[str] = []
         page.on("console", lambda m, v=violations: v.append(m.text) if "Content Security Policy" in m.text else None)

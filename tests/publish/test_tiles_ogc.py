@@ -267,7 +267,7 @@ def test_grid_tile_low_zoom_keeps_the_cells_and_underivable_fields(client, engin
     assert hit.headers["x-tile-cache"] == "hit" and hit.content == r.content
     assert hit.headers["content-type"] == "application/vnd.mapbox-vector-tile"
     assert hit.headers["content-length"] == str(len(r.content)) and "content-encoding" not in hit.headers
-    assert hit.headers["vary"] == "Authorization, Accept-Encoding" and hit.headers["cache-control"].startswith("public")
+    assert hit.headers["vary"] == "Authorization, Cookie, Accept-Encoding" and hit.headers["cache-control"].startswith("public")
     with client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as gz:
         raw = b"".join(gz.iter_raw())
         assert gz.headers["content-encoding"] == "gzip" and int(gz.headers["content-length"]) == len(raw)
