@@ -511,7 +511,8 @@
     } catch (e) {
       $("login").hidden = false;
       $("who").textContent = "";
-      showError(T("登录失败：", "Sign-in failed: ") + e.message);
+      // A refused #token=… link says why (e.g. 未知令牌), not only that nobody is signed in.
+      showError(T("登录失败：", "Sign-in failed: ") + (cgSession.tokenError ? cgSession.tokenError.detail : e.message));
       return;
     }
     $("login").hidden = true;

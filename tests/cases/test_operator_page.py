@@ -311,7 +311,7 @@ def test_refusals_of_the_api_are_shown_on_the_page(live_server, browser, tokens,
     bad.evaluate("localStorage.setItem('citygrid_token', 'cg_nonsense')")
     bad.reload()
     bad.wait_for_selector("#error:not([hidden])", timeout=10000)
-    assert "未知令牌" in bad.inner_text("#error") and bad.is_visible("#login")
+    assert "令牌无效" in bad.inner_text("#error") and bad.is_visible("#login")  # the refusal of the sign-in, in words
     assert page.js_errors == []
     page.context.close()
     bad.context.close()
