@@ -67,8 +67,7 @@ def auto_dispatch(case_id: int = Path(..., ge=1, le=INT64_MAX), user=Depends(DIS
 def needs_location(limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                    user=Depends(DISPATCHERS), conn: Connection = Depends(get_conn, scope="function"),
                    city: CityInfo = Depends(get_city)):
-    return places.queue(conn, city, user, limit=limit, offset=offset,
-                        min_confidence=settings.text().place_min_confidence)
+    return route.queue(conn, city, user, limit=limit, offset=offset)
 
 
 class PlaceIn(Body):

@@ -87,3 +87,26 @@ def auto_dispatch(conn: Connection, city: CityInfo, case_id: int, actor) -> dict
     res = wf.transition(conn, case_id, "dispatch", actor,
                         note=f"智能分拨 automatic dispatch: {label} p={p:.2f} (model {m.name} v{m.version})")
     return {"dispatched": True, "label": label, "probability": p, "threshold": threshold, **res}
+
+
+def queue(conn: Connection, city: CityInfo, user, *, limit: int = 50, offset: int = 0) -> dict:
+    """The needs-location queue with, per case, the places found in its text and its top 3 classes
+    (classes only when the city has a model)."""
+    from layers.text import places
+
+    res = places.queue(conn, city, user, limit=limit, offset=offset,
+                       min_confidence=settings.text().place_min_confidence)
+    try:
+        m = model_for(conn, city)
+    except NotFound:
+        res["model"] = None
+        return res
+    texts = [c["text"] for c in res["cases"]]
+    tops = m.predict(texts, k=3) if texts else []
+    threshold = settings.text().auto_dispatch_confidence
+    for c, top in zip(res["cases"], tops, strict=True):
+        c["classes"] = [dict(describe(conn, city, lab), probability=p) for lab, p in top]
+        c["proposed_department"] = c["classes"][0]["department"]
+        c["confident"] = c["classes"][0]["probability"] >= threshold
+    res["model"] = {"name": m.name, "version": m.version}
+    return res

@@ -3,37 +3,9 @@ dispatch only at or above the configured confidence and when the model agrees wi
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from sqlalchemy import text
 
-from layers.text import classify
 from tests.conftest import auth
-from tests.text.test_classify import PLACES
-
-# Level-2 codes of the demo catalog and made-up ways of saying them.
-SAYINGS = {
-    "0110": ["路灯不亮", "路灯坏了晚上很黑", "这一段路灯一直不亮", "路灯杆倾斜", "路灯闪烁不停"],
-    "H101": ["夜间施工噪声很大", "工地晚上施工太吵", "广场舞声音扰民", "商铺音响噪声扰民", "半夜装修噪音"],
-    "E101": ["垃圾桶满了没人清运", "路边堆放大量垃圾", "生活垃圾乱扔", "垃圾发臭无人处理", "大件垃圾堆在路边"],
-}
-
-
-@pytest.fixture(scope="module")
-def city_model(engine, haimen):
-    from layers.cases.workflow import ensure_departments
-
-    rng = np.random.default_rng(3)
-    texts, labels = [], []
-    for code, ph in SAYINGS.items():
-        for _ in range(15):
-            texts.append(f"{rng.choice(PLACES)}{rng.choice(ph)}，请处理")
-            labels.append(code)
-    m = classify.train(texts, labels, cv=False)
-    with engine.begin() as conn:
-        ensure_departments(conn, haimen)
-        classify.save(conn, m, name=haimen.slug, city_id=haimen.id)
-    return m
 
 
 def test_suggest_top3_with_departments(client, tokens, city_model):
