@@ -262,7 +262,7 @@ class TextSettings(BaseSettings):
     place_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     #: Recurring problems: cosine similarity of two cases' TF-IDF vectors to count as the same problem,
     #: and the window of days and the distance (m) within which they are the same period and place.
-    recurring_similarity: float = Field(0.5, gt=0.0, lt=1.0)
+    recurring_similarity: float = Field(0.4, gt=0.0, lt=1.0)
     recurring_days: int = Field(30, ge=1, le=366)
     recurring_radius_m: float = Field(500.0, gt=0)
     #: A reply scoring below this (0–1, the mean of relevance, completeness, timeliness) is flagged.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import HTMLResponse
 from pydantic import Field
 from sqlalchemy import Connection
 
@@ -16,6 +17,7 @@ from citygrid import settings
 from layers.cases import workflow as wf
 from layers.core.city import CityInfo
 from layers.text import classify, places, route
+from layers.text import recurring as recurring_mod
 
 router = APIRouter(prefix="/api/v1/text", tags=["text 文本"])
 
@@ -89,3 +91,32 @@ class PlacesIn(Body):
 def find_places(body: PlacesIn, _=Depends(INTAKE), conn: Connection = Depends(get_conn, scope="function"),
                 city: CityInfo = Depends(get_city)):
     return {"places": places.find(conn, city, body.description)}
+
+
+@router.get("/recurring", summary="热点问题 The hottest recurring problems (same problem, place, period) of the last run")
+def recurring(limit: int = Query(10, ge=1, le=200), _=Depends(SUPERVISE),
+              conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    return recurring_mod.top_groups(conn, city, limit=limit)
+
+
+@router.post("/recurring/run", summary="热点问题挖掘 Group the cases of a period by text, place and time, and store the groups")
+def run_recurring(until: str | None = Query(None, max_length=10, description="last day (default: latest with cases)"),
+                  days: int | None = Query(None, ge=1, le=3660, description="period in days (default 3 × the pair window)"),
+                  _=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
+                  city: CityInfo = Depends(get_city)):
+    res = recurring_mod.run(conn, city, until=_date(until, "until"), days=days)
+    return {k: v for k, v in res.items() if k != "groups"} | {"n_groups": len(res["groups"])}
+
+
+@router.get("/recurring/{group_id}/report", summary="专报 A special report of one recurring problem (HTML)",
+            response_class=HTMLResponse)
+def recurring_report(group_id: int = Path(..., ge=1, le=INT64_MAX), _=Depends(SUPERVISE),
+                     conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    return HTMLResponse(recurring_mod.report_html(conn, city, group_id))
+
+
+@router.get("/spread", summary="共性/个性 Per class: spread over the city's streets (shared) or concentrated (local)")
+def spread(until: str | None = Query(None, max_length=10), days: int = Query(90, ge=1, le=3660),
+           _=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
+           city: CityInfo = Depends(get_city)):
+    return recurring_mod.spread(conn, city, until=_date(until, "until"), days=days)
