@@ -151,3 +151,38 @@ def test_spread_shared_or_local(client, tokens, stored):
     assert by["H901"]["kind"] == "shared" and by["H901"]["street_share"] >= 0.3
     assert by["H101"]["kind"] == "local" and by["H101"]["streets"] == 1 and by["H101"]["cases"] == 7
     assert by["E502"]["kind"] == "few" and by["E502"]["cases"] == 4  # below MIN_SPREAD: no verdict
+
+
+def test_bulletin_lists_the_months_recurring_problems(engine, haimen, stored):
+    from layers.analytics import bulletin
+
+    with engine.connect() as conn:
+        d = bulletin.collect(conn, haimen, "2031-01")
+        doc = bulletin.render_html(conn, haimen, "2031-01", data=d, images={})
+    rec = d["recurring"]
+    assert rec and any("青檀苑" in g["representative"] for g in rec)
+    assert "热点问题 Recurring problems" in doc and "青檀苑南门" in doc
+
+
+def test_supervisor_page_shows_groups_and_a_report(browser, live_server, client, tokens, stored):
+    sup = tokens["supervisor"]
+    assert client.post("/api/v1/text/recurring/run", headers=auth(sup),
+                       params={"until": "2031-03-31", "days": 90}).status_code == 200
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/supervisor#token=" + sup)
+    rows = page.locator("#recurring-table tbody tr[data-id]")
+    rows.first.wait_for(timeout=20000)
+    assert rows.count() == 3
+    assert "紫藤路菜场" in rows.first.inner_text()  # the hottest first
+    page.locator("#spread-table tbody tr").first.wait_for(timeout=20000)
+    assert "共性" in page.locator("#spread-table").inner_text() and "个性" in page.locator("#spread-table").inner_text()
+    assert "normalised entropy" in page.locator("#spread-measure").inner_text()
+    page.locator("#recurring-table button.recurring-report").first.click()
+    page.wait_for_timeout(1500)
+    html = page.evaluate("() => window.lastRecurringReport || ''")
+    assert "热点问题专报" in html and "紫藤路菜场" in html
+    assert not errors, errors
+    ctx.close()
