@@ -306,6 +306,8 @@ def _text_parser() -> argparse.ArgumentParser:
     rq.add_argument("--message-time", default="留言时间")
     rq.add_argument("--reply-time", default="答复时间")
     rq.add_argument("--out", help="CSV of the scores (row number and scores only, no text)")
+    rq.add_argument("--calibrate", action="store_true",
+                    help="store this file's relevance anchors (layers/text/data/reply_calibration.json) first")
     return ap
 
 

@@ -18,6 +18,7 @@ from layers.cases import workflow as wf
 from layers.core.city import CityInfo
 from layers.text import classify, places, route
 from layers.text import recurring as recurring_mod
+from layers.text import replies as replies_mod
 
 router = APIRouter(prefix="/api/v1/text", tags=["text 文本"])
 
@@ -120,3 +121,11 @@ def spread(until: str | None = Query(None, max_length=10), days: int = Query(90,
            _=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
            city: CityInfo = Depends(get_city)):
     return recurring_mod.spread(conn, city, until=_date(until, "until"), days=days)
+
+
+@router.get("/replies", summary="答复质量 Department feedback scored: relevance, completeness, timeliness (weak ones by default)")
+def replies(since: str | None = Query(None, max_length=10), until: str | None = Query(None, max_length=10),
+            weak_only: bool = True, limit: int = Query(100, ge=1, le=1000), _=Depends(SUPERVISE),
+            conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+    return replies_mod.department_replies(conn, city, since=_date(since, "since"), until=_date(until, "until"),
+                                          weak_only=weak_only, limit=limit)

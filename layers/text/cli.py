@@ -111,6 +111,10 @@ def replies(a, engine_factory) -> int:
     from layers.text import replies as rep
 
     df = classify.read_table(Path(a.file))
+    if a.calibrate:
+        doc = rep.calibrate(df, message=_cols(a.message, "--message"), reply=a.reply, source=Path(a.file).name)
+        print(f"calibrated on {doc['n']} replies: raw relevance p10 {doc['relevance_raw']['q10']}, "
+              f"median {doc['relevance_raw']['q50']}, p90 {doc['relevance_raw']['q90']}")
     res = rep.score_frame(df, message=_cols(a.message, "--message"), reply=a.reply, message_time=a.message_time,
                           reply_time=a.reply_time)
     s = res["scores"]
