@@ -112,6 +112,7 @@ def build_pipeline(n: int, terms: dict[str, list[str]] | None = None, calib_fold
     if terms:
         parts.append(("taxonomy", TaxonomyFeatures(terms), "raw"))
     svm = LinearSVC(C=1.0)
+    calib_folds = 2 if n >= 20_000 else calib_folds  # large sets: two calibration folds (half the fits)
     return Pipeline([("features", ColumnTransformer(parts)),
                      ("clf", CalibratedClassifierCV(svm, method="sigmoid", cv=calib_folds))])
 
