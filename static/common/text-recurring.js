@@ -28,7 +28,8 @@
       <th>增长 Growth</th><th>类别 Class</th><th>代表性诉求 Representative text</th><th></th></tr></thead><tbody></tbody></table>
     <h3>共性/个性 Shared or local, per class</h3><div id="spread-measure" class="status"></div>
     <table id="spread-table"><thead><tr><th>类别 Class</th><th>案件 Cases</th><th>街道占比 Street share</th>
-      <th>归一化熵 Entropy</th><th>判定 Verdict</th></tr></thead><tbody></tbody></table>`;
+      <th>归一化熵 Entropy</th><th>判定 Verdict</th></tr></thead><tbody></tbody></table>
+    <h3>答复质量待改进 Weak department replies</h3><div id="weak-status" class="status"></div><ul id="weak-replies"></ul>`;
   async function load() {
     try {
       const r = await call("/api/v1/text/recurring?limit=10");
@@ -50,6 +51,13 @@
       box.querySelector("#spread-measure").textContent = `${s.window_start} – ${s.window_end} · ${s.measure}`;
       box.querySelector("#spread-table tbody").innerHTML = s.classes.slice(0, 15).map((c) => `<tr><td>${esc(c.category_name || c.category_code)}</td>
         <td>${c.cases}</td><td>${(c.street_share * 100).toFixed(0)}%</td><td>${c.entropy.toFixed(2)}</td><td>${esc(c.label)}</td></tr>`).join("");
+      const w = await call("/api/v1/text/replies?limit=10");
+      box.querySelector("#weak-status").textContent =
+        `${w.scored} 条答复已评分, ${w.weak} 条低于 ${w.threshold} · ${w.scored} replies scored, ${w.weak} below ${w.threshold}`;
+      box.querySelector("#weak-replies").innerHTML = w.replies.map((x) => `<li data-case="${esc(x.case_no)}"><b>${esc(x.case_no)}</b>
+        ${esc(x.department || "")} · 得分 score ${x.score.toFixed(2)} (相关 ${x.relevance.toFixed(2)} / 完整 ${x.completeness.toFixed(2)} /
+        及时 ${x.timeliness == null ? "—" : x.timeliness.toFixed(2)}) · ${esc(x.reasons)}<br><span class="status">${esc(x.reply.slice(0, 80))}</span></li>`).join("")
+        || "<li>暂无 none</li>";
       window.recurringReady = true;
     } catch (e) {
       box.querySelector("#recurring-status").textContent = "热点问题不可用 unavailable: " + e.message;

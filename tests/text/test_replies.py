@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pandas as pd
+import pytest
 from sqlalchemy import text
 
 from layers.text import replies
@@ -43,7 +44,9 @@ def test_calibration_anchors_come_from_the_real_replies():
     assert abs(cal["relevance_raw"]["q90"] - float(pd.Series(raw).quantile(0.9))) < 1e-3
 
 
-def test_weak_department_feedback_flagged_to_the_supervisor(client, tokens, engine, haimen):
+@pytest.fixture(scope="module")
+def feedback(engine, haimen):
+    """Two department replies in June 2031: an empty late one (its caller's phone in the texts) and a full one."""
     from layers.demo.synthetic import CaseBatch, bulk_insert_cases
 
     at = dt.datetime(2031, 6, 2, 9, 0, tzinfo=TZ)
@@ -57,6 +60,10 @@ def test_weak_department_feedback_flagged_to_the_supervisor(client, tokens, engi
             conn.execute(text("""INSERT INTO case_event (case_id, at, kind, actor_role, from_state, to_state, note)
                                  VALUES (:c, :at, 'feedback', 'department', 'processing', 'verifying', :n)"""),
                          {"c": int(cid), "at": at + dt.timedelta(days=later), "n": note})
+    return ids
+
+
+def test_weak_department_feedback_flagged_to_the_supervisor(client, tokens, feedback):
     sup = auth(tokens["supervisor"])
     r = client.get("/api/v1/text/replies", headers=sup, params={"since": "2031-06-01", "until": "2031-08-31"})
     assert r.status_code == 200, r.text
@@ -70,3 +77,19 @@ def test_weak_department_feedback_flagged_to_the_supervisor(client, tokens, engi
     assert {x["case_no"] for x in every["replies"]} == {"T2031Q0001", "T2031Q0002"}
     assert client.get("/api/v1/text/replies", headers=auth(tokens["department"])).status_code == 403
     assert client.get("/api/v1/text/replies", headers=sup, params={"since": "June"}).status_code == 422
+
+
+def test_supervisor_page_lists_weak_replies(browser, live_server, tokens, feedback):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/supervisor#token=" + tokens["supervisor"])
+    li = page.locator('#weak-replies li[data-case="T2031Q0001"]')
+    li.wait_for(timeout=20000)
+    t = li.inner_text()
+    assert "答非所问" in t or "未说明" in t or "迟缓" in t
+    assert page.locator('#weak-replies li[data-case="T2031Q0002"]').count() == 0  # the good one is not flagged
+    assert "13912345678" not in page.content()
+    assert not errors, errors
+    ctx.close()
