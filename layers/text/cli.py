@@ -100,7 +100,7 @@ def recurring(a, engine_factory) -> int:
         city = lcity.get_city(conn, a.city)
         res = rec.run(conn, city, until=until, days=a.days)
     print(f"{res['cases']} cases {res['window_start']} – {res['window_end']}: {len(res['groups'])} recurring groups "
-          f"({res['seconds']} s)")
+          f"({res['seconds']} s; {res['template_cases']} cases with a template text left out)")
     for g in res["groups"][:a.top]:
         print(f"  heat {g['heat']:6.2f}  {g['n_cases']:3d} cases  {g['days']:4.1f} days  {g['category_name'] or ''}  "
               f"{g['representative'][:40]}")

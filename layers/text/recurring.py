@@ -19,7 +19,8 @@ close in place and time, not with n².
 - ``growth``: (cases in the later half of the period + 1) / (cases in the earlier half + 1), clipped
   to [0.25, 4]: a problem that grows counts more than one that fades.
 
-The representative text is the case nearest to the group's centroid, scrubbed of personal data
+Cases whose text is a template (the same words in more than 1 % of the period's cases, and more than 50
+of them) are left out: they describe nothing. The representative text is the case nearest to the group's centroid, scrubbed of personal data
 (``layers.core.publication.scrub``).
 
 **共性 / 个性 per class.** For each class (level 2) with at least ``MIN_SPREAD`` cases in the period:
@@ -54,6 +55,10 @@ MIN_SPREAD = 5
 SPREAD_ENTROPY = 0.6
 SPREAD_COVERAGE = 0.3
 CHUNK = 200_000
+#: A text repeated word for word by more than this share of the period's cases (and more than
+#: TEMPLATE_MIN of them) is a template (e.g. the demo's "合成数据 synthetic demo case"): left out.
+TEMPLATE_SHARE = 0.01
+TEMPLATE_MIN = 50
 
 
 def vectors(texts: list[str]) -> sp.csr_matrix:
@@ -133,6 +138,26 @@ def _fetch(conn: Connection, city: CityInfo, start: dt.datetime, end: dt.datetim
             "caller": np.array([-1 if v is None else v for v in a[8]], dtype=np.int64)}
 
 
+def _drop_templates(d: dict) -> tuple[dict, int]:
+    """Leave out cases whose text is word for word that of many others (more than TEMPLATE_SHARE of the
+    period's cases and more than TEMPLATE_MIN): a form's stock text, not a description of a problem."""
+    keys = [segment.clean(t).replace(" ", "") for t in d["text"]]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    limit = max(TEMPLATE_MIN, TEMPLATE_SHARE * d["n"])
+    keep = np.array([counts[k] <= limit for k in keys])
+    if keep.all():
+        return d, 0
+    idx = np.flatnonzero(keep)
+    out = {"n": len(idx)}
+    for k, v in d.items():
+        if k == "n":
+            continue
+        out[k] = v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+    return out, int((~keep).sum())
+
+
 def _latest_day(conn: Connection, city: CityInfo) -> dt.date:
     t = conn.execute(text("SELECT max(received_at) FROM case_file WHERE city_id = :c"), {"c": city.id}).scalar()
     return (t.astimezone(dt.timezone(dt.timedelta(hours=8))).date() if t else dt.date.today())
@@ -155,8 +180,10 @@ def run(conn: Connection, city: CityInfo, *, until: dt.date | None = None, days:
     start = dt.datetime.combine(start_day, dt.time(0), tz)
     end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(0), tz)
     d = _fetch(conn, city, start, end)
-    out = {"window_start": str(start_day), "window_end": str(until), "cases": d["n"], "groups": [],
+    out = {"window_start": str(start_day), "window_end": str(until), "cases": d["n"], "groups": [], "template_cases": 0,
            "similarity": sim, "radius_m": cfg.recurring_radius_m, "pair_days": pair_days}
+    if d["n"] >= 2:
+        d, out["template_cases"] = _drop_templates(d)
     if d["n"] >= 2:
         t_days = np.array([(t - start).total_seconds() / 86400 for t in d["at"]])
         keys = [f"{c}|{(a or '')[:9]}" for c, a in zip(d["cat"], d["area"], strict=True)]

@@ -186,3 +186,13 @@ def test_supervisor_page_shows_groups_and_a_report(browser, live_server, client,
     assert "热点问题专报" in html and "紫藤路菜场" in html
     assert not errors, errors
     ctx.close()
+
+
+def test_template_texts_are_left_out():
+    n = 200
+    d = {"n": n, "id": np.arange(n), "text": ["合成数据 synthetic demo case"] * 150 + [f"第{i}号路灯不亮" for i in range(50)],
+         "x": np.zeros(n)}
+    out, dropped = recurring._drop_templates(d)
+    assert dropped == 150 and out["n"] == 50 and out["text"][0] == "第0号路灯不亮" and out["id"][0] == 150
+    few = {"n": 20, "id": np.arange(20), "text": ["同一句话"] * 20, "x": np.zeros(20)}
+    assert recurring._drop_templates(few)[1] == 0  # under TEMPLATE_MIN: a real repeated complaint stays
