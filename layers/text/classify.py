@@ -398,6 +398,20 @@ def list_models(conn: Connection, city_id: int | None = None) -> list[dict]:
 
 # -- the city's own cases ------------------------------------------------------------------------
 
+def drop_templates(texts: list[str], labels: list[str], *, share: float = 0.01, least: int = 50
+                   ) -> tuple[list[str], list[str], int]:
+    """Leave out texts repeated word for word by more than ``share`` of the set (and more than ``least``):
+    a form's stock text (the demo's synthetic cases all say "合成数据 synthetic demo case") tells nothing."""
+    keys = [segment.clean(t).replace(" ", "") for t in texts]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    limit = max(least, share * len(keys))
+    keep = [counts[k] <= limit for k in keys]
+    return ([t for t, k in zip(texts, keep, strict=True) if k], [lab for lab, k in zip(labels, keep, strict=True) if k],
+            keep.count(False))
+
+
 def city_training_set(conn: Connection, city_id: int, *, level: int = 2) -> tuple[list[str], list[str]]:
     """Texts (title, description) of the city's closed cases and their class code cut to ``level``
     (1: 2 characters, 2: 4, 3: 6). Merged cases (并单) count once."""

@@ -46,8 +46,13 @@ def train(a, engine_factory) -> int:
             raise InputError("give a FILE (with --text and --label) or --city SLUG")
         with engine.connect() as conn:
             texts, labels = classify.city_training_set(conn, city.id, level=a.level)
+        n_all = len(texts)
+        texts, labels, dropped = classify.drop_templates(texts, labels)
+        if dropped:
+            print(f"{dropped} of {n_all} closed cases left out: their text is a template repeated word for word")
         if not texts:
-            raise InputError(f"city {city.slug} has no closed cases with text")
+            raise InputError(f"city {city.slug} has no closed cases with a text of their own to learn from "
+                             f"({n_all} closed cases, {dropped} with a template text)")
         name = a.name or city.slug
         params = {"city_cases": True, "level": a.level, "taxonomy": bool(tax)}
     print(f"training '{name}' on {len(texts)} texts …", flush=True)

@@ -113,3 +113,38 @@ def test_cli_train_and_classify_a_small_csv(cli, engine, tmp_path, capsys):
     assert "no column '正文'" in capsys.readouterr().err
     assert cli(["text", "classify", str(new), "--model", "no-such", "--text", "内容", "--out", str(tmp_path / "x.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_template_texts_are_not_learnt():
+    texts, labels = small_corpus()
+    t2, l2, dropped = classify.drop_templates(texts + ["合成数据 synthetic demo case"] * 60, labels + ["路灯"] * 60)
+    assert dropped == 60 and t2 == texts and l2 == labels
+
+
+def test_cli_train_on_the_citys_closed_cases(cli, engine, haimen, capsys):
+    import datetime as dt
+
+    from layers.demo.synthetic import CaseBatch, bulk_insert_cases
+    from tests.text.conftest import SAYINGS
+
+    rng = np.random.default_rng(11)
+    texts, codes = [], []
+    for code, ph in SAYINGS.items():
+        leaf = {"0110": "011001", "H101": "H10101", "E101": "E10101"}[code]
+        for _ in range(20):
+            texts.append(f"{rng.choice(PLACES)}{rng.choice(ph)}")
+            codes.append(leaf)
+    n = len(texts)
+    at = dt.datetime(2030, 5, 1, 9, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        bulk_insert_cases(conn, haimen, CaseBatch(
+            case_no=[f"T2030C{i:04d}" for i in range(n)], received_at=[at] * n, category_code=codes,
+            channel=["电话"] * n, source=["hotline"] * n, description=texts, state=["closed"] * n,
+            closed_at=[at] * n))
+    assert cli(["text", "train", "--city", "haimen", "--name", "test-city-cases", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "cross-validated (3 folds" in out
+    with engine.connect() as conn:
+        row = conn.execute(text("""SELECT m.labels, c.slug, (m.metrics->'params'->>'level')::int FROM text_model m
+                                   JOIN city c ON c.id = m.city_id WHERE m.name = 'test-city-cases'""")).one()
+    assert {"0110", "H101", "E101"} <= set(row[0]) and row[1] == "haimen" and row[2] == 2
