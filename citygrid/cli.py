@@ -364,6 +364,74 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# -- text: classification, places, recurring problems, reply quality (issue 15) ------------------
+
+def _text_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="citygrid text", description="案件文本 Chinese text of the cases")
+    sub = ap.add_subparsers(dest="action", required=True)
+    tr = sub.add_parser("train", help="train a classifier: on a labelled CSV/XLSX file, or on a city's closed cases")
+    tr.add_argument("file", nargs="?", help="CSV/XLSX with a text and a label column")
+    tr.add_argument("--text", help="text column(s), comma separated (e.g. 留言主题,留言详情)")
+    tr.add_argument("--label", help="label column")
+    tr.add_argument("--name", help="model name (default: the city's slug)")
+    tr.add_argument("--city", help="city slug: train on its closed cases' class codes (or tie a file's model to it)")
+    tr.add_argument("--level", type=int, default=2, help="class level of the city's codes: 1, 2 or 3 (default 2)")
+    tr.add_argument("--taxonomy", help="label taxonomy CSV (first level, lower levels) as extra evidence")
+    tr.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default 5)")
+    tr.add_argument("--no-cv", action="store_true", help="fit without cross-validation")
+    cl = sub.add_parser("classify", help="classify the rows of a CSV/XLSX file with a stored model")
+    cl.add_argument("file")
+    cl.add_argument("--model", required=True)
+    cl.add_argument("--text", required=True, help="text column(s), comma separated")
+    cl.add_argument("--out", required=True, help="output CSV: the input's rows with label and probability")
+    cl.add_argument("--version", type=int)
+    sub.add_parser("models", help="stored models, their versions and cross-validated macro-F1")
+    rc = sub.add_parser("recurring", help="热点问题: group a city's cases by text, place and period")
+    rc.add_argument("--city", required=True)
+    rc.add_argument("--until", help="last day (YYYY-MM-DD; default the latest day with cases)")
+    rc.add_argument("--days", type=int, help="window in days (default CITYGRID_TEXT_RECURRING_DAYS)")
+    rc.add_argument("--top", type=int, default=10)
+    rq = sub.add_parser("replies", help="reply quality of a CSV/XLSX of messages and replies")
+    rq.add_argument("file")
+    rq.add_argument("--message", default="留言主题,留言详情", help="message column(s)")
+    rq.add_argument("--reply", default="答复意见")
+    rq.add_argument("--message-time", default="留言时间")
+    rq.add_argument("--reply-time", default="答复时间")
+    rq.add_argument("--out", help="CSV of the scores (row number and scores only, no text)")
+    rq.add_argument("--calibrate", action="store_true",
+                    help="store this file's relevance anchors (layers/text/data/reply_calibration.json) first")
+    return ap
+
+
+def cmd_text(args) -> int:
+    from layers.text import cli as tcli
+
+    return tcli.run(_text_parser().parse_args(args.rest), _engine)
+
+
+def cmd_gazetteer(args) -> int:
+    from layers.cases import gazetteer
+    from layers.core import city as lcity
+
+    ap = argparse.ArgumentParser(prog="citygrid gazetteer", description="地名库 the city's named places")
+    sub = ap.add_subparsers(dest="action", required=True)
+    ld = sub.add_parser("load", help="load roads, communities, POIs from GeoJSON/GeoPackage/Shapefile(zip)/CSV")
+    ld.add_argument("file")
+    ld.add_argument("--city", required=True)
+    ld.add_argument("--name-field", default="name")
+    ld.add_argument("--kind-field", default="kind")
+    ld.add_argument("--kind", help="kind of rows without one: road, community, poi, street, district, place")
+    ld.add_argument("--crs", help="the file's CRS if not its own (CSV: default EPSG:4326)")
+    a = ap.parse_args(args.rest)
+    with _engine().begin() as conn:
+        city = lcity.get_city(conn, a.city)
+        res = gazetteer.load_gazetteer_file(conn, city, Path(a.file), name_field=a.name_field,
+                                            kind_field=a.kind_field, kind=a.kind, crs=a.crs)
+    print(f"{res['loaded']} places loaded ({', '.join(f'{k} {v}' for k, v in sorted(res['by_kind'].items()))}), "
+          f"{res['skipped']} rows skipped (no name or geometry)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="citygrid", description="citygrid 网格化城市管理")
     sub = p.add_subparsers(dest="command", required=True)
@@ -471,6 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("city")
     w.add_argument("--dry-run", action="store_true", help="print the menu without sending it")
     w.set_defaults(func=cmd_wechat)
+
+    tx = sub.add_parser("text", help="案件文本: train/classify (智能分拨), recurring problems, reply quality", add_help=False)
+    tx.add_argument("rest", nargs=argparse.REMAINDER)
+    tx.set_defaults(func=cmd_text)
+    gz = sub.add_parser("gazetteer", help="地名库: load named places from a GIS/POI file", add_help=False)
+    gz.add_argument("rest", nargs=argparse.REMAINDER)
+    gz.set_defaults(func=cmd_gazetteer)
 
     b = sub.add_parser("bench", help="benchmarks (see bench/)")
     b.add_argument("what", choices=sorted(p.stem.removeprefix("bench_")

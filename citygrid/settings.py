@@ -351,3 +351,34 @@ class ReplicaSettings(BaseSettings):
 
 def replica() -> ReplicaSettings:
     return ReplicaSettings()
+
+
+class TextSettings(BaseSettings):
+    """Chinese text of the cases (issue 15): classification on intake, places in the text, recurring
+    problems, reply quality."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_TEXT_")
+
+    #: The text model used on intake: ``citygrid text train --city X`` stores one named after the city
+    #: (default); set a name to use another (e.g. one trained on a labelled file and mapped to the catalog).
+    model: str | None = None
+    #: Nothing is dispatched automatically below this probability of the model's first class (and only
+    #: when that class is the one the case was recorded with); 1.0 turns automatic dispatch off.
+    auto_dispatch_confidence: float = Field(0.9, ge=0.5, le=1.0)
+    #: A place found in a text is proposed to the operator from this confidence on.
+    place_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    #: Recurring problems: cosine similarity of two cases' TF-IDF vectors to count as the same problem,
+    #: and the window of days and the distance (m) within which they are the same period and place.
+    recurring_similarity: float = Field(0.4, gt=0.0, lt=1.0)
+    recurring_days: int = Field(30, ge=1, le=366)
+    recurring_radius_m: float = Field(500.0, gt=0)
+    #: A reply scoring below this (0–1, the mean of relevance, completeness, timeliness) is flagged.
+    reply_weak_score: float = Field(0.5, ge=0.0, le=1.0)
+    #: Working days within which a reply counts as timely (score 1), and from which it scores 0.
+    reply_timely_days: float = Field(5.0, gt=0)
+    reply_late_days: float = Field(20.0, gt=0)
+
+
+def text() -> TextSettings:
+    """Read each time (not cached): a changed threshold is seen at once."""
+    return TextSettings()

@@ -108,7 +108,23 @@ def collect(conn: Connection, city: CityInfo, month: str) -> dict:
     alerts = lalerts.alert_feed(conn, city, since=start, until=last, limit=50)
     return {"month": month, "start": start, "end": last, "kpis": cur, "prev": prev, "streets": streets,
             "departments": deps, "top_cats": top_cats, "top_cells": top_cells, "alerts": alerts,
-            "patrol": _patrol(conn, city, start, end)}
+            "patrol": _patrol(conn, city, start, end), "recurring": _recurring(conn, city, start, last)}
+
+
+def _recurring(conn: Connection, city: CityInfo, start: dt.date, last: dt.date) -> list[dict]:
+    """热点问题 of the month (layers.text.recurring, issue 15): the ten hottest groups, not stored."""
+    from layers.text import recurring
+
+    return recurring.run(conn, city, until=last, days=(last - start).days + 1, store=False)["groups"][:10]
+
+
+def _recurring_table(groups: list[dict]) -> str:
+    if not groups:
+        return "<h2>热点问题 Recurring problems</h2><p>本月无热点问题 No recurring problems this month.</p>"
+    return "<h2>热点问题 Recurring problems</h2>" + _table(
+        ["热度 Heat", "案件 Cases", "天数 Days", "重复来电 Repeat callers", "类别 Class", "代表性诉求 Representative text"],
+        [[g["heat"], g["n_cases"], g["days"], g["repeat_callers"], g["category_name"] or g["category_code"],
+          g["representative"][:80]] for g in groups])
 
 
 def _patrol(conn: Connection, city: CityInfo, start: dt.date, end: dt.date) -> list[dict] | None:
@@ -277,8 +293,9 @@ def render_html(conn: Connection, city: CityInfo, month: str, *, data: dict | No
         cell_table=_table(["网格 Cell", "社区 Community", "案件 Cases"],
                           [[c["code"], c["area"] or "—", c["n"]] for c in d["top_cells"]]),
         heat_img=img("heat"), hot_img=img("hotspots"),
-        alert_table=_table(["日期 Day", "类型 Kind", "类别 Class", "时段 Window", "网格数 Cells", "观测 Obs.",
-                            "期望 Exp.", "p", "重现间隔 Recurrence"], alert_rows) if alerts else "<p>本月无预警 No alerts this month.</p>",
+        alert_table=(_table(["日期 Day", "类型 Kind", "类别 Class", "时段 Window", "网格数 Cells", "观测 Obs.",
+                            "期望 Exp.", "p", "重现间隔 Recurrence"], alert_rows) if alerts else "<p>本月无预警 No alerts this month.</p>")
+        + _recurring_table(d.get("recurring") or []),
         patrol=patrol_html,
         generated=_esc(dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
     )

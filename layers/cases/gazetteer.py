@@ -183,3 +183,84 @@ def search(conn: Connection, city: CityInfo, q: str, *, limit: int = 8,
         ranked.append((rank, -p.confidence, len(k) if rank < 3 else -len(k), p.name, p))
     ranked.sort(key=lambda r: r[:4])
     return [r[4] for r in ranked[:limit]]
+
+
+#: Kinds as a POI/GIS file may give them (Chinese or English) → the gazetteer's kinds.
+KIND_ALIASES = {"道路": "road", "路": "road", "街巷": "road", "road": "road", "street_line": "road",
+                "社区": "community", "小区": "community", "村": "community", "居委会": "community",
+                "community": "community", "neighbourhood": "community", "residential": "community",
+                "地标": "poi", "兴趣点": "poi", "poi": "poi", "landmark": "poi",
+                "街道": "street", "镇": "street", "street": "street", "区": "district", "district": "district",
+                "place": "place", "地点": "place", "key_zone": "key_zone"}
+
+
+def _kind_of(v, default: str | None) -> str | None:
+    s = str(v).strip() if v is not None else ""
+    if not s or s.lower() == "nan":
+        return default
+    return KIND_ALIASES.get(s, KIND_ALIASES.get(s.lower(), s))
+
+
+def load_gazetteer_file(conn: Connection, city: CityInfo, path: Path, *, name_field: str = "name",
+                        kind_field: str | None = "kind", kind: str | None = None, crs: str | None = None) -> dict:
+    """Load a city's named places from a GIS/POI file: GeoJSON, GeoPackage, Shapefile (zip) or CSV.
+
+    Each row: a name (``name_field``), a kind (``kind_field``: road/community/poi/street/district/place,
+    or 道路/社区/小区/地标…; ``kind`` for rows without one) and a geometry (CSV: a ``wkt``/``geometry``
+    column, or ``lon``/``lat`` or ``x``/``y``; CRS EPSG:4326 unless ``crs`` says otherwise). Rows without
+    a name or geometry are skipped; an unknown kind refuses the file (nothing written)."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except (UnicodeDecodeError, pd.errors.ParserError) as e:
+            raise InputError(f"cannot read {path.name}: {e}") from None
+        cols = {c.lower(): c for c in df.columns}
+        if "wkt" in cols or "geometry" in cols:
+            col = cols.get("wkt") or cols["geometry"]
+            try:
+                geoms = shapely.from_wkt([g or None for g in df[col]], on_invalid="raise")
+            except shapely.errors.GEOSException as e:
+                raise InputError(f"{path.name}: a geometry is not valid WKT ({e})") from None
+        else:
+            pair = next(((a, b) for a, b in (("lon", "lat"), ("lng", "lat"), ("x", "y"), ("经度", "纬度")) if a in cols and b in cols), None)
+            if pair is None:
+                raise InputError(f"{path.name}: give a wkt/geometry column or lon/lat (x/y) columns")
+            try:
+                xs = pd.to_numeric(df[cols[pair[0]]].replace("", None))
+                ys = pd.to_numeric(df[cols[pair[1]]].replace("", None))
+            except ValueError as e:
+                raise InputError(f"{path.name}: coordinates must be numbers ({e})") from None
+            geoms = shapely.points(xs.to_numpy(float), ys.to_numpy(float))
+        src = gcrs.parse_crs(crs or "EPSG:4326")
+    else:
+        df, file_crs = read_vector(path)
+        src = gcrs.parse_crs(crs) if crs else file_crs
+        if src is None:
+            raise InputError("the places file has no CRS: give one")
+        geoms = np.asarray(df.geometry.values, dtype=object)
+    if name_field not in df.columns:
+        raise InputError(f"the places file has no field '{name_field}' (fields: {', '.join(map(str, df.columns))})")
+    if kind_field and kind_field in df.columns:
+        kinds = [_kind_of(v, kind) for v in df[kind_field].tolist()]
+    elif kind:
+        kinds = [_kind_of(kind, kind)] * len(df)
+    else:
+        raise InputError(f"the places file has no field '{kind_field}': give --kind for all rows")
+    if any(k is None for k in kinds):
+        raise InputError("some rows have no kind: give --kind for them")
+    ok = np.array([g is not None and not shapely.is_missing(g) and not g.is_empty for g in geoms], dtype=bool)
+    geoms = np.asarray(geoms, dtype=object)
+    out = np.empty(len(geoms), dtype=object)
+    if ok.any():
+        out[ok] = np.asarray(gcrs.transform_geometry(geoms[ok], src, city.working_crs), dtype=object)
+    names = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+             for v in df[name_field].tolist()]  # a missing name (None/NaN) is no name, never "nan"
+    n = add_places(conn, city, names, kinds, list(out), source=path.name)
+    by_kind: dict[str, int] = {}
+    for k, g, nm in zip(kinds, out, names, strict=True):
+        if g is not None and nm:
+            by_kind[k] = by_kind.get(k, 0) + 1
+    return {"loaded": n, "skipped": len(df) - n, "by_kind": by_kind}
