@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, text
 
 from layers.analytics import rollups
+from layers.cases.classes import catalog
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
 
@@ -200,8 +201,10 @@ def group_names(conn: Connection, city: CityInfo, by: str) -> dict[str, str]:
     elif by == "department":
         rows = conn.execute(text("SELECT id::text, name FROM department WHERE city_id = :c"), {"c": city.id}).all()
     elif by == "category":
-        rows = conn.execute(text("""SELECT DISTINCT ON (category_code) category_code, category_name FROM case_file
-                                    WHERE city_id = :c AND category_name IS NOT NULL"""), {"c": city.id}).all()
+        # The class catalog's names, then any other name a case was filed under (imported classes).
+        rows = [(code, c["name"]) for code, c in catalog().items() if c.get("name")]
+        rows += conn.execute(text("""SELECT DISTINCT ON (category_code) category_code, category_name FROM case_file
+                                     WHERE city_id = :c AND category_name IS NOT NULL"""), {"c": city.id}).all()
     else:
         rows = [("all", "全市 Whole city")]
     return {str(k): v for k, v in rows}

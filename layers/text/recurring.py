@@ -326,6 +326,11 @@ def spread(conn: Connection, city: CityInfo, *, until: dt.date | None = None, da
     by_cat: dict[str, dict] = {}
     for cat, street, n, cells in rows:
         by_cat.setdefault(cat, {})[street] = (n, cells)
+    # Names of classes outside the catalog (imported ones): the name the cases were filed under.
+    filed = dict(conn.execute(text("""
+        SELECT DISTINCT ON (category_code) category_code, category_name FROM case_file
+        WHERE city_id = :c AND category_code = ANY(:codes) AND category_name IS NOT NULL"""),
+        {"c": city.id, "codes": [k for k in by_cat if k not in catalog()]}).all())
     out = []
     S = max(n_streets, 1)
     for cat, streets in sorted(by_cat.items()):
@@ -341,7 +346,7 @@ def spread(conn: Connection, city: CityInfo, *, until: dt.date | None = None, da
             kind, label = "shared", "共性问题 shared (spread over the city)"
         else:
             kind, label = "local", "个性问题 local (concentrated)"
-        out.append({"category_code": cat, "category_name": item.get("name"), "cases": n, "streets": len(streets),
+        out.append({"category_code": cat, "category_name": item.get("name") or filed.get(cat), "cases": n, "streets": len(streets),
                     "street_share": round(cov, 3), "entropy": round(ent, 3), "kind": kind, "label": label})
     out.sort(key=lambda r: -r["cases"])
     return {"window_start": str(until - dt.timedelta(days=days - 1)), "window_end": str(until),
