@@ -114,6 +114,10 @@ def create_app(database_url: str | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(DatabaseUnavailable)
     app.add_middleware(SecurityHeaders, static=STATIC, basemap_url=settings.api().basemap_url)
+    if settings.api().worker_header:  # which worker process answered (tests of several workers)
+        from api.workers import WorkerHeader
+
+        app.add_middleware(WorkerHeader)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -1,4 +1,5 @@
-"""Bulk loads: the case tables' own triggers fire in every session, also a bulk loader's.
+"""Bulk loads: the case tables' own triggers fire in every session, also a bulk loader's; rate-limit
+counters shared by every worker process.
 
 A bulk import (``layers.cases.hotline.import_cases``) run by a superuser writes with
 ``session_replication_role = replica`` — the technique of ``pg_restore --disable-triggers`` — which
@@ -12,6 +13,10 @@ tables is enabled in origin mode only (a trigger added later is never skipped si
 
 No logical replication subscriber of these tables exists (the standby of ``citygrid db replica`` is a
 physical one, which fires no trigger); one would have to turn these triggers back to ENABLE.
+
+``rate_limit_event`` / ``rate_limit_counter`` (UNLOGGED: counters need not survive a crash, and
+write no WAL): the ``limits`` library's storage of ``api.limits.DatabaseStorage``, so that N worker
+processes (``citygrid run --workers N``) count one client once, not N times.
 
 Revision ID: 0022
 Revises: 0019
@@ -31,8 +36,19 @@ ALWAYS = (("case_file", "case_rollup_ins"), ("case_file", "case_rollup_upd"), ("
 def upgrade() -> None:
     for table, trigger in ALWAYS:
         op.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}")
+    op.execute("""CREATE UNLOGGED TABLE rate_limit_event (
+        key  text NOT NULL,
+        at   double precision NOT NULL   -- UNIX seconds
+    )""")
+    op.execute("CREATE INDEX rate_limit_event_key ON rate_limit_event (key, at DESC)")
+    op.execute("""CREATE UNLOGGED TABLE rate_limit_counter (
+        key         text PRIMARY KEY,
+        n           integer NOT NULL,
+        expires_at  double precision NOT NULL
+    )""")
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS rate_limit_event, rate_limit_counter")
     for table, trigger in ALWAYS:
         op.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
