@@ -72,8 +72,24 @@ def vacuum(engine) -> None:
         conn.execute(text(f"VACUUM (ANALYZE) {', '.join(IMPORT_TABLES)}"))
 
 
+def backend_cpu(conn) -> float:
+    """CPU seconds (user + system) the connection's PostgreSQL backend has used so far (same machine):
+    what the server spent, whatever else the shared cores were doing."""
+    import os
+
+    from sqlalchemy import text
+
+    pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _import_once(engine, city, path, bulk, payloads=None):
-    """One measured import of ``path`` (rolled back): (report, seconds, rows written)."""
+    """One measured import of ``path`` (rolled back): (report, seconds, rows written); the report's
+    ``server_cpu`` is the backend's CPU seconds for the import."""
     from sqlalchemy import text
 
     from layers.cases import hotline
@@ -88,9 +104,11 @@ def _import_once(engine, city, path, bulk, payloads=None):
     try:
         with engine.connect() as conn:
             tx = conn.begin()
+            c0 = backend_cpu(conn)
             t0 = time.perf_counter()
             rep = hotline.import_cases(conn, city, path, progress=False, bulk=bulk)
             secs = time.perf_counter() - t0
+            rep.pipeline["server_cpu"] = backend_cpu(conn) - c0
             written = conn.execute(text("SELECT count(*) FROM case_file WHERE city_id = :c AND source_ref LIKE :p"),
                                    {"c": city.id, "p": "B%"}).scalar_one()
             tx.rollback()
@@ -107,14 +125,16 @@ def bare_copy(engine, payloads) -> float:
         raw = conn.connection.driver_connection
         for table in IMPORT_TABLES[:3]:
             raw.execute(f"CREATE UNLOGGED TABLE bare_{table} (LIKE {table} INCLUDING DEFAULTS)")
+        c0 = backend_cpu(conn)
         t0 = time.perf_counter()
         for table, columns, payload in payloads:
             with raw.cursor() as cur, cur.copy(f"COPY bare_{table} ({', '.join(columns)}) FROM STDIN "
                                                "WITH (FORMAT csv)") as cp:
                 cp.write(payload)
         secs = time.perf_counter() - t0
+        cpu = backend_cpu(conn) - c0
         tx.rollback()
-    return secs
+    return secs, cpu
 
 
 def bench_import(engine, city, n: int, t: Table) -> None:
@@ -129,7 +149,7 @@ def bench_import(engine, city, n: int, t: Table) -> None:
             bulk_ok = hotline.bulk_mode(conn)
         payloads: list = []
         rep, secs, written = _import_once(engine, city, path, None, payloads)
-        bare = bare_copy(engine, payloads)
+        bare, bare_cpu = bare_copy(engine, payloads)
         # The same import with the per-row foreign-key checks (a session that is not a superuser).
         rep_row, secs_row, _ = _import_once(engine, city, path, False)
         vacuum(engine)
@@ -176,6 +196,9 @@ def bench_import(engine, city, n: int, t: Table) -> None:
           "COPY " + ", ".join(f"{k} {v:.1f}s" for k, v in pl["copy_seconds"].items()), "")
     plr = rep_row.pipeline
     t.add("  per-row keys: COPY", ", ".join(f"{k} {v:.1f}s" for k, v in plr["copy_seconds"].items()), "", "")
+    t.add("  server CPU (PostgreSQL backend), the noise-free figure",
+          f"import {pl['server_cpu']:.1f} s ({'bulk' if pl['bulk'] else 'per-row'} keys) = {n / pl['server_cpu']:,.0f} cases/s "
+          f"of one core; per-row keys {plr['server_cpu']:.1f} s", f"bare COPY {bare_cpu:.1f} s", "")
 
 
 def bench_city(engine):
