@@ -289,14 +289,21 @@ class RateLimits:
 
         key = address_source(client)
         rules = self.rules[scope]
+
+        def refuse(rule):
+            reset, _ = self.limiter.get_window_stats(rule, scope, key)
+            wait = max(1, math.ceil(reset - time.time()))
+            return HTTPException(429, f"请求过于频繁 too many requests from your address ({scope}: at most {rule}); "
+                                      f"try again in {wait} s", headers={"Retry-After": str(wait)})
+
         for rule in rules:
             if not self.limiter.test(rule, scope, key):
-                reset, _ = self.limiter.get_window_stats(rule, scope, key)
-                wait = max(1, math.ceil(reset - time.time()))
-                raise HTTPException(429, f"请求过于频繁 too many requests from your address ({scope}: at most {rule}); "
-                                         f"try again in {wait} s", headers={"Retry-After": str(wait)})
+                raise refuse(rule)
+        # The test above is a look, not a claim: two requests (two threads, two worker processes) may both
+        # see the last entry free. The hit is the claim (atomic in the storage): a refused one is a 429.
         for rule in rules:
-            self.limiter.hit(rule, scope, key)
+            if not self.limiter.hit(rule, scope, key):
+                raise refuse(rule)
 
 
 def rate_limits(app) -> RateLimits:
