@@ -14,10 +14,11 @@ test:
 	$(BIN)/citygrid db start
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# `make bench SCALE=10M`: bench_province grows its synthetic province to 100k, 1M and 10M cases (default: 100k).
 bench:
 	@scripts/bootstrap.sh bench
 	$(BIN)/citygrid db start
-	@set -e; for b in bench/bench_*.py; do echo "### $$b"; $(BIN)/python $$b; done
+	@set -e; for b in bench/bench_*.py; do echo "### $$b"; SCALE=$(SCALE) $(BIN)/python $$b; done
 
 lint:
 	$(BIN)/ruff check .

@@ -142,6 +142,10 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     app.add_middleware(SecurityHeaders, static=STATIC, tile_hosts=tile_hosts(settings.basemap()))  # base maps' tile hosts
     app.add_middleware(readpool.WalMark)  # outermost: the WAL position of every write (the read replica)
+    if settings.api().worker_header:  # which worker process answered (tests of several workers)
+        from api.workers import WorkerHeader
+
+        app.add_middleware(WorkerHeader)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

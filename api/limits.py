@@ -8,10 +8,10 @@ looking like a crash:
 * :class:`RateLimits` / :class:`RateLimit` — requests per client address (``api.deps.client_address``,
   which honours ``CITYGRID_API_TRUSTED_PROXY_HOPS``; an IPv6 address counts by its /64) for anonymous
   submissions, look-ups and exports; 429 with Retry-After. Counted by the ``limits`` library (moving
-  window) in ``CITYGRID_API_RATE_LIMIT_STORAGE``: ``memory://`` counts per process — with N worker
-  processes a client gets N times the limit (the limits are a guard against floods, not a quota; the
-  look-up limits on wrong query codes, which protect the codes, are exact across processes because they
-  are counted in PostgreSQL) — and ``redis://…`` shares them between processes and hosts.
+  window) in ``CITYGRID_API_RATE_LIMIT_STORAGE``: ``database://`` (default, :class:`DatabaseStorage`)
+  in the app's own PostgreSQL, shared by every worker process and host; ``redis://…`` the same off the
+  database; ``memory://`` per process (with N worker processes a client gets N times the limit). The
+  look-up limits on wrong query codes are counted in PostgreSQL apart (migration 0015).
 * :class:`DatabaseUnavailable` — 503 with Retry-After (never a 500) when the database cannot be reached:
   connection refused or lost, pool exhausted, the server shutting down.
 """
@@ -150,6 +150,120 @@ class BodyLimit:
 
 # -- rate limits -----------------------------------------------------------------------------------
 
+def _database_storage_class():
+    """:class:`limits.storage.Storage` in the app's own PostgreSQL (``database://``), made on first use
+    (the ``limits`` registry knows a scheme once its class exists)."""
+    global DatabaseStorage
+    if DatabaseStorage is not None:
+        return DatabaseStorage
+    import random
+
+    from limits.storage import MovingWindowSupport, Storage
+    from sqlalchemy import text
+
+    class _DatabaseStorage(Storage, MovingWindowSupport):
+        """Rate-limit counters in two UNLOGGED tables of the app's database (migration 0022), so that
+        every worker process (and every host of one database) counts a client once. The moving window
+        keeps one row per request (``rate_limit_event``); a key's entries are read and written under a
+        transaction-scoped advisory lock on the key, so two processes never both take the last entry.
+        The engine is the app's (:meth:`bind`, done by :func:`rate_limits` on the first request)."""
+
+        STORAGE_SCHEME = ["database"]
+
+        def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+            super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+            self.engine = None
+
+        def bind(self, engine) -> None:
+            self.engine = engine
+
+        @property
+        def base_exceptions(self):
+            import sqlalchemy.exc
+
+            return sqlalchemy.exc.SQLAlchemyError
+
+        def _tx(self):
+            if self.engine is None:
+                raise RuntimeError("the database rate-limit storage is not bound to an engine")
+            return self.engine.begin()
+
+        def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+            if amount > limit:
+                return False
+            now = time.time()
+            with self._tx() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 1215))"), {"k": key})
+                conn.execute(text("DELETE FROM rate_limit_event WHERE key = :k AND at < :t"),
+                             {"k": key, "t": now - expiry})
+                if random.random() < 0.001:  # keys nobody uses any more: their rows go now and then
+                    conn.execute(text("DELETE FROM rate_limit_event WHERE at < :t"), {"t": now - 2 * 86400})
+                    conn.execute(text("DELETE FROM rate_limit_counter WHERE expires_at < :t"), {"t": now})
+                used = conn.execute(text("SELECT count(*) FROM rate_limit_event WHERE key = :k AND at >= :t"),
+                                    {"k": key, "t": now - expiry}).scalar_one()
+                if used + amount > limit:
+                    return False
+                conn.execute(text("INSERT INTO rate_limit_event (key, at) SELECT :k, :t FROM generate_series(1, :a)"),
+                             {"k": key, "t": now, "a": amount})
+            return True
+
+        def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+            now = time.time()
+            with self._tx() as conn:
+                oldest, n = conn.execute(text("""
+                    SELECT min(at), count(*) FROM (SELECT at FROM rate_limit_event WHERE key = :k AND at >= :t
+                                                   ORDER BY at DESC LIMIT :l) w"""),
+                    {"k": key, "t": now - expiry, "l": limit}).one()
+            return (float(oldest), int(n)) if n else (now, 0)
+
+        def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+            now = time.time()
+            with self._tx() as conn:
+                return int(conn.execute(text("""
+                    INSERT INTO rate_limit_counter AS c (key, n, expires_at) VALUES (:k, :a, :e)
+                    ON CONFLICT (key) DO UPDATE SET
+                        n = CASE WHEN c.expires_at <= :now THEN EXCLUDED.n ELSE c.n + EXCLUDED.n END,
+                        expires_at = CASE WHEN c.expires_at <= :now THEN EXCLUDED.expires_at ELSE c.expires_at END
+                    RETURNING n"""), {"k": key, "a": amount, "e": now + expiry, "now": now}).scalar_one())
+
+        def get(self, key: str) -> int:
+            with self._tx() as conn:
+                n = conn.execute(text("SELECT n FROM rate_limit_counter WHERE key = :k AND expires_at > :now"),
+                                 {"k": key, "now": time.time()}).scalar()
+            return int(n or 0)
+
+        def get_expiry(self, key: str) -> float:
+            with self._tx() as conn:
+                e = conn.execute(text("SELECT expires_at FROM rate_limit_counter WHERE key = :k"),
+                                 {"k": key}).scalar()
+            return float(e) if e is not None else time.time()
+
+        def check(self) -> bool:
+            try:
+                with self._tx() as conn:
+                    conn.execute(text("SELECT 1"))
+                return True
+            except Exception:  # noqa: BLE001 - health check
+                return False
+
+        def reset(self) -> int | None:
+            with self._tx() as conn:
+                n = conn.execute(text("DELETE FROM rate_limit_event")).rowcount
+                n += conn.execute(text("DELETE FROM rate_limit_counter")).rowcount
+            return n
+
+        def clear(self, key: str) -> None:
+            with self._tx() as conn:
+                conn.execute(text("DELETE FROM rate_limit_event WHERE key = :k"), {"k": key})
+                conn.execute(text("DELETE FROM rate_limit_counter WHERE key = :k"), {"k": key})
+
+    DatabaseStorage = _DatabaseStorage
+    return DatabaseStorage
+
+
+DatabaseStorage = None
+
+
 class RateLimits:
     """The rate limits of one app (``app.state.rate_limits``), read from the settings when it is made."""
 
@@ -159,9 +273,16 @@ class RateLimits:
         from limits import parse_many, storage, strategies
 
         cfg = cfg or settings.api()
+        if cfg.rate_limit_storage.startswith("database:"):
+            _database_storage_class()
         self.storage = storage.storage_from_string(cfg.rate_limit_storage)
         self.limiter = strategies.MovingWindowRateLimiter(self.storage)
         self.rules = {scope: parse_many(getattr(cfg, f"rate_limit_{scope}")) for scope in self.SCOPES}
+
+    def bind(self, engine) -> None:
+        """The app's engine, for the ``database://`` storage (the others need none)."""
+        if hasattr(self.storage, "bind") and getattr(self.storage, "engine", None) is None:
+            self.storage.bind(engine)
 
     def hit(self, scope: str, client: str) -> None:
         """Count one request of ``client`` in ``scope``; HTTPException 429 (with Retry-After) when one of
@@ -170,20 +291,30 @@ class RateLimits:
 
         key = address_source(client)
         rules = self.rules[scope]
+
+        def refuse(rule):
+            reset, _ = self.limiter.get_window_stats(rule, scope, key)
+            wait = max(1, math.ceil(reset - time.time()))
+            return HTTPException(429, f"请求过于频繁 too many requests from your address ({scope}: at most {rule}); "
+                                      f"try again in {wait} s", headers={"Retry-After": str(wait)})
+
         for rule in rules:
             if not self.limiter.test(rule, scope, key):
-                reset, _ = self.limiter.get_window_stats(rule, scope, key)
-                wait = max(1, math.ceil(reset - time.time()))
-                raise HTTPException(429, f"请求过于频繁 too many requests from your address ({scope}: at most {rule}); "
-                                         f"try again in {wait} s", headers={"Retry-After": str(wait)})
+                raise refuse(rule)
+        # The test above is a look, not a claim: two requests (two threads, two worker processes) may both
+        # see the last entry free. The hit is the claim (atomic in the storage): a refused one is a 429.
         for rule in rules:
-            self.limiter.hit(rule, scope, key)
+            if not self.limiter.hit(rule, scope, key):
+                raise refuse(rule)
 
 
 def rate_limits(app) -> RateLimits:
     limits = getattr(app.state, "rate_limits", None)
     if limits is None:
         limits = app.state.rate_limits = RateLimits()
+    engine = getattr(app.state, "engine", None)
+    if engine is not None:
+        limits.bind(engine)
     return limits
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -334,14 +335,43 @@ def cmd_wechat(args) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """HTTP worker processes when neither ``--workers`` nor CITYGRID_API_WORKERS says: the cores, at most 8."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
+def _warn_connections(url: str, workers: int) -> None:
+    """Say so when the workers' pools together may ask the server for more connections than it has."""
+    db = settings.database()
+    per_worker = db.pool_size + db.max_overflow + db.async_pool_max + 3  # + listener, export jobs, limits
+    try:
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(url, poolclass=__import__("sqlalchemy.pool", fromlist=["NullPool"]).NullPool)
+        with eng.connect() as conn:
+            limit = int(conn.execute(text("SHOW max_connections")).scalar_one())
+        eng.dispose()
+    except Exception:  # noqa: BLE001 - only a warning; the server says more when it starts
+        return
+    if workers * per_worker > limit:
+        print(f"citygrid: warning: {workers} workers may open up to {workers * per_worker} connections (pool "
+              f"{db.pool_size}+{db.max_overflow}, intake {db.async_pool_max}, +3 each) but the server allows "
+              f"{limit}: lower CITYGRID_DB_MAX_OVERFLOW or put PgBouncer in front (docs/SCALING.md)", file=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from citygrid.dbcluster import database_url
 
     api = settings.api()
-    uvicorn.run(create_app(), host=args.host or api.host, port=args.port or api.port,
-                workers=1, log_level="info", access_log=False,
+    workers = getattr(args, "workers", None) or api.workers or default_workers()
+    # The database is found (and the own cluster started) once, here: the workers inherit its URL.
+    os.environ["DATABASE_URL"] = url = database_url()
+    print(f"citygrid: {workers} worker process{'es' if workers > 1 else ''}", file=sys.stderr)
+    _warn_connections(url, workers)
+    uvicorn.run("api.app:create_app", factory=True, host=args.host or api.host, port=args.port or api.port,
+                workers=workers, log_level="info", access_log=False,
                 # the client's address is the socket's unless CITYGRID_API_TRUSTED_PROXY_HOPS says otherwise
                 # (uvicorn's own default believes X-Forwarded-For from 127.0.0.1)
                 proxy_headers=False)
@@ -527,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help="start the HTTP server" + (" after db, schema and demo" if name == "run" else ""))
         s.add_argument("--host")
         s.add_argument("--port", type=int)
+        s.add_argument("--workers", type=int, help="HTTP worker processes (default: CITYGRID_API_WORKERS, else the "
+                                                 "machine's cores, at most 8)")
         s.set_defaults(func=func)
 
     n = sub.add_parser("notify", help="notifications to citizens (WeChat template messages, SMS) from the outbox")

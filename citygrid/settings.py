@@ -69,6 +69,11 @@ class ApiSettings(BaseSettings):
     max_cells_per_request: int = 20_000
     #: The city answered by default when a request names none.
     default_city: str = "haimen"
+    #: HTTP worker processes of ``citygrid serve|run`` (``--workers``); unset: the machine's cores, at
+    #: most 8. Every in-process cache follows the database (docs/SCALING.md), so any number is correct.
+    workers: int | None = Field(None, ge=1, le=256)
+    #: Answer with ``X-Citygrid-Worker: <pid>`` (tests and load checks of several workers; off in service).
+    worker_header: bool = False
     # The base maps of the pages: BasemapSettings (CITYGRID_BASEMAP_…; CITYGRID_API_BASEMAP_URL still read).
     #: Reverse proxies in front of the service that append the client's address to X-Forwarded-For
     #: (0: none, the socket's address is the client's; 1: the last address of the header, …). Set it
@@ -89,10 +94,11 @@ class ApiSettings(BaseSettings):
     rate_limit_submit: str = "30/minute;300/hour"
     rate_limit_lookup: str = "60/minute;600/hour"
     rate_limit_export: str = "30/minute;300/hour"
-    #: Where the counters live (a ``limits`` storage URI). ``memory://``: in each process — with N worker
-    #: processes a client may make N times the limit; point it at ``redis://host:6379`` (or memcached)
-    #: to share the counters between processes and hosts.
-    rate_limit_storage: str = "memory://"
+    #: Where the counters live (a ``limits`` storage URI). ``database://`` (default): the app's own
+    #: PostgreSQL (``api.limits.DatabaseStorage``, UNLOGGED tables), shared by every worker process and
+    #: host; ``redis://host:6379`` (or memcached) does the same off the database; ``memory://`` counts
+    #: in each process (with N workers a client may make N times the limit).
+    rate_limit_storage: str = "database://"
     #: Worker processes that run case imports (``api/offload.py``: an import in a thread would stop the
     #: event loop for the interpreter lock); more imports at a time wait for one.
     import_processes: int = Field(1, ge=1, le=16)

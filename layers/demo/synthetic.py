@@ -72,6 +72,12 @@ def bulk_insert_cases(conn: Connection, city: CityInfo, b: CaseBatch) -> np.ndar
         wkt = np.where(fin, shapely.to_wkt(shapely.points(np.where(fin, x, 0), np.where(fin, y, 0)),
                                            rounding_precision=2), None).tolist()
     col = lambda v, d=None: v if v is not None else [d] * n  # noqa: E731
+    # Foreign keys checked once per batch, not per row, when the session may (layers.cases.hotline.bulk_mode).
+    from layers.cases import hotline
+
+    bulk = hotline.bulk_mode(conn)
+    if bulk:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
     ids = conn.execute(text("""
         INSERT INTO case_file (city_id, case_no, source, channel, source_ref, received_at, category_code,
                                category_name, description, location, location_source, cell_id, cell_code,
@@ -114,6 +120,9 @@ def bulk_insert_cases(conn: Connection, city: CityInfo, b: CaseBatch) -> np.ndar
             cid=[int(ids[e[0]]) for e in ev], at=[e[1] for e in ev], kind=[e[2] for e in ev],
             fs=[e[3] for e in ev], ts=[e[4] for e in ev], dep=[e[5] for e in ev],
             data=[json.dumps(e[6] or {}, ensure_ascii=False, default=str) for e in ev]))
+    if bulk:
+        conn.execute(text("SET LOCAL session_replication_role = origin"))
+        hotline.check_foreign_keys(conn, int(ids.min()), int(ids.max()))
     return ids
 
 

@@ -159,8 +159,15 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
     return out
 
 
-def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | None = None) -> dict[str, int]:
+#: At start-up, files younger than this are left alone: with several worker processes (or hosts) one
+#: may start while another has an upload in flight, whose staged file has no committed row yet.
+STARTUP_GRACE_S = 600.0
+
+
+def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | None = None,
+            min_age_s: float = 0.0) -> dict[str, int]:
     """Bring the files in line with the committed rows (run at start, before serving uploads).
+    Files modified less than ``min_age_s`` seconds ago are not touched (another process's upload).
 
     Staged files a committed row refers to are promoted; other staged files and stored files no row
     refers to are deleted. Returns counts: promoted, deleted_staged, deleted_orphans. A store that belongs
@@ -171,7 +178,19 @@ def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | Non
         return {"skipped": 1}
     refs = referenced(conn) if refs is None else refs
     counts = {"promoted": 0, "deleted_staged": 0, "deleted_orphans": 0}
+    import time
+
+    young = time.time() - min_age_s
+
+    def settled(p: Path) -> bool:
+        try:
+            return min_age_s <= 0 or p.stat().st_mtime < young
+        except FileNotFoundError:
+            return False
+
     for tmp in store.staged_files():
+        if not settled(tmp):
+            continue
         parts = tmp.name.split(".")
         kind, sha = (parts[0], parts[1]) if len(parts) == 3 else (None, None)
         if kind in KINDS and sha in refs[kind]:
@@ -186,7 +205,7 @@ def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | Non
         tmp.unlink(missing_ok=True)
         counts["deleted_staged"] += 1
     for kind, sha, path in store.stored_files():
-        if sha not in refs[kind]:
+        if sha not in refs[kind] and settled(path):
             path.unlink(missing_ok=True)
             counts["deleted_orphans"] += 1
     return counts
@@ -200,7 +219,7 @@ def recover_at_start(engine, table: str, store: PhotoStore, refs=None, log=None)
         with engine.begin() as conn:
             if not conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one():
                 return None
-            counts = recover(conn, store, refs(conn) if refs else None)
+            counts = recover(conn, store, refs(conn) if refs else None, min_age_s=STARTUP_GRACE_S)
     except Exception as e:  # noqa: BLE001 - a server without its database still starts
         if log:
             log.warning("%s: photo recovery skipped: %s", table, e)

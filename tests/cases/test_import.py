@@ -393,3 +393,77 @@ def test_unmapped_value_takes_the_star_default_and_raw_labels_are_kept(engine, l
     assert rep.imported == 1, rep.errors
     assert row[0] == "其他" and row[1] == "E10102" and row[2] == "closed"
     assert row[3] == {"category": "Bulky Items", "status": "Closed"}
+
+
+def test_bulk_path_writes_what_the_per_row_path_writes(engine, haimen, tmp_path):
+    """A superuser's import checks the foreign keys once per import (replica mode, migration 0022):
+    it writes the same cases, events, contacts and rollup as the per-row path; the case tables' own
+    triggers (rollup, outbox, append-only) still fire in replica mode."""
+    with engine.connect() as conn:
+        if not hotline.bulk_mode(conn):
+            pytest.skip("the test database's role is not a superuser: no bulk path to compare")
+        enabled = dict(conn.execute(text("""SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal
+            AND tgrelid = ANY(ARRAY['case_file', 'case_event']::regclass[])""")).all())
+    assert {enabled[t] for t in ("case_rollup_ins", "case_rollup_upd", "case_rollup_del", "case_event_notify",
+                                 "case_event_no_update")} == {"A"}
+    got = []
+    for bulk in (True, False):
+        ref = uuid.uuid4().hex[:8]
+        refs = _mixed_file(tmp_path / f"b{bulk}.csv", ref)
+        with engine.begin() as conn:
+            rep = hotline.import_cases(conn, haimen, tmp_path / f"b{bulk}.csv", progress=False, chunk=7, bulk=bulk)
+            # The session is back in origin mode after the import: per-row keys are checked again.
+            assert conn.execute(text("SHOW session_replication_role")).scalar_one() == "origin"
+        assert rep.pipeline["bulk"] is bulk and rep.imported == 23
+        with engine.connect() as conn:
+            cases, events, contacts = _rows_of(conn, refs)
+            rollup_equals_cases(conn, haimen)
+        strip = lambda rows: [(r[0].split("-", 1)[1], *r[1:]) for r in rows]  # noqa: E731
+        got.append((strip(cases), strip(events), strip(contacts)))
+    assert got[0] == got[1] and len(got[0][0]) == 23 and len(got[0][1]) == 32 and len(got[0][2]) == 11
+    # The append-only guard of case_event holds in replica mode too.
+    import sqlalchemy.exc
+
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            conn.execute(text("""UPDATE case_event SET note = 'x' WHERE case_id =
+                                 (SELECT id FROM case_file WHERE source_ref = :r)"""), {"r": refs[0]})
+
+
+def test_bulk_check_finds_a_dangling_key(engine, haimen, tmp_path):
+    """The per-import check reads every foreign key of the case tables from the catalog: a cell that
+    does not exist is found, and the import's transaction fails."""
+    ref = uuid.uuid4().hex[:8]
+    refs = _mixed_file(tmp_path / "d.csv", ref)
+    with engine.connect() as conn:
+        if not hotline.bulk_mode(conn):
+            pytest.skip("no bulk path for a non-superuser")
+        conn.rollback()
+        with conn.begin():
+            hotline.import_cases(conn, haimen, tmp_path / "d.csv", progress=False, bulk=True)
+            lo, hi, some = conn.execute(text("""SELECT min(id), max(id), min(id) FILTER (WHERE cell_id IS NOT NULL)
+                                                FROM case_file WHERE source_ref = ANY(:r)"""), {"r": refs}).one()
+            hotline.check_foreign_keys(conn, lo, hi)  # all good
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            conn.execute(text("UPDATE case_file SET cell_id = -7 WHERE id = :i"), {"i": some})
+            with pytest.raises(RuntimeError, match="cell_id is not in grid_cell"):
+                hotline.check_foreign_keys(conn, lo, hi)
+            conn.rollback()
+
+
+def test_bulk_path_refused_beside_an_origin_only_trigger(engine):
+    """A trigger someone adds later to a case table, enabled in origin mode only, would be skipped by
+    replica mode: the import then takes the per-row path."""
+    with engine.connect() as conn:
+        if not hotline.bulk_mode(conn):
+            pytest.skip("no bulk path for a non-superuser")
+        conn.rollback()
+        with conn.begin():
+            conn.execute(text("""CREATE FUNCTION pg_temp.noop() RETURNS trigger LANGUAGE plpgsql
+                                 AS $$ BEGIN RETURN NULL; END $$"""))
+            conn.execute(text("""CREATE TRIGGER test_later AFTER INSERT ON case_contact
+                                 FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.noop()"""))
+            assert hotline.bulk_mode(conn) is False
+            conn.rollback()
+        assert hotline.bulk_mode(conn) is True
