@@ -40,6 +40,11 @@ def _field_photos_cap() -> int:
     return cfg["max_photos"] * cfg["max_photo_bytes"] + (1 << 20)
 
 
+def _feedback_photos_cap() -> int:
+    """The department's 处置反馈: up to max_photos before and max_photos after photos."""
+    return 2 * _field_photos_cap()
+
+
 def _track_cap() -> int:
     from layers.field import reports
 
@@ -57,6 +62,7 @@ ROUTE_CAPS: list[tuple[str, re.Pattern, object]] = [
     ("POST", re.compile(r"/api/v1/snap"), lambda: settings.api().max_snap_body_bytes),
     ("POST", re.compile(r"/api/v1/reports"), _field_photos_cap),
     ("POST", re.compile(r"/api/v1/cases/\d+/verify"), _field_photos_cap),
+    ("POST", re.compile(r"/api/v1/cases/\d+/feedback"), _feedback_photos_cap),
     ("POST", re.compile(r"/api/v1/tracks"), _track_cap),
     ("POST", re.compile(r"/api/v1/(cases/import|admin/assets/import|zones/import|admin/cities(/[^/]+/grids)?)"),
      _upload_cap),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import threading
 import warnings
@@ -138,6 +139,14 @@ def sniff_image_type(data: bytes) -> str | None:
     return None
 
 
+#: "<_io.BytesIO object at 0x7f…>" in Pillow's messages: an object's address, nothing for the sender
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _why(exc: BaseException) -> str:
+    return _REPR.sub("", str(exc))
+
+
 def _open_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     """Open lazily (header only), enforcing type and pixel limits."""
     kind = sniff_image_type(data)
@@ -154,9 +163,9 @@ def _open_header(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     except Image.DecompressionBombError as exc:
         raise PhotoError(f"image too large to decode safely: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise PhotoError(f"cannot read {kind} image header: {exc}") from exc
+        raise PhotoError(f"cannot read {kind} image header: {_why(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - plugins raise arbitrary errors on hostile input
-        raise PhotoError(f"cannot read {kind} image header: {type(exc).__name__}: {exc}") from exc
+        raise PhotoError(f"cannot read {kind} image header: {type(exc).__name__}: {_why(exc)}") from exc
     width, height = im.size
     if width <= 0 or height <= 0:
         im.close()
@@ -176,7 +185,7 @@ def _load(im: Image.Image, kind: str) -> None:
     except Image.DecompressionBombError as exc:
         raise PhotoError(f"image too large to decode safely: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError ...
-        raise PhotoError(f"damaged {kind} image, it does not decode fully: {exc}") from exc
+        raise PhotoError(f"damaged {kind} image, it does not decode fully: {_why(exc)}") from exc
 
 
 _VALID_AFTER_SCAN: Final = frozenset(

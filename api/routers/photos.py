@@ -5,6 +5,7 @@ thumbnail; the department's 处置反馈 with photos (multipart); the citizen's 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 
@@ -13,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import Field
 from sqlalchemy import Connection
 
+from api import errors as api_errors
 from api.deps import PUBLIC, Allow, client_address, get_city, get_conn
 from api.limits import RateLimit
 from api.uploads import read_photo_upload
@@ -61,14 +63,29 @@ def case_photo(case_id: int = Path(..., ge=1, le=INT64_MAX), source: str = SOURC
     return Response(data, media_type="image/jpeg", headers=PHOTO_CACHE)
 
 
+FEEDBACK_FIELDS = ("note", "before", "after")
+
+
+async def _known_feedback_fields(request: Request) -> None:
+    """422 for a multipart field the feedback does not take (photos under another name, e.g. ``photos``
+    as the on-site check's route calls them, would be dropped without a word). The form is parsed once
+    (Starlette keeps it for the route's own parameters)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return
+    unknown = sorted({k for k in (await request.form()).keys() if k not in FEEDBACK_FIELDS})
+    if unknown:
+        raise InputError(f"未知字段 {', '.join(unknown)[:200]} — unknown field(s) {', '.join(unknown)[:200]}: "
+                         "send the photos as before (处置前) and after (处置后), the text as note")
+
+
 @router.post("/api/v1/cases/{case_id}/feedback", status_code=201,
              summary="处置反馈 The department's feedback with its before/after photos (multipart)")
 def feedback(case_id: int = Path(..., ge=1, le=INT64_MAX),
              note: str | None = Form(None, max_length=2000, description="反馈说明 what was done"),
              before: list[UploadFile] | None = File(None, description="处置前 photos (0–9)"),
              after: list[UploadFile] | None = File(None, description="处置后 photos (0–9; required by some classes)"),
-             user=Depends(FEEDBACK), conn: Connection = Depends(get_conn, scope="function"),
-             city: CityInfo = Depends(get_city)):
+             user=Depends(FEEDBACK), _fields=Depends(_known_feedback_fields),
+             conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
     cfg = lreports.config()
     before = [f for f in (before or []) if f.filename]
     after = [f for f in (after or []) if f.filename]
@@ -105,10 +122,10 @@ def lookup_photos(body: Lookup, request: Request, _=Depends(PUBLIC), _limit=Depe
     try:
         row = citizen._guarded_find(conn, city, body.case_no, body.query_code, client_address(request), "status")
     except citizen.TooManyAttempts as e:
-        return JSONResponse({"detail": str(e), "retry_after": e.retry_after}, status_code=429,
-                            headers={"Retry-After": str(e.retry_after)})
-    except citizen.WrongCode as e:
-        return JSONResponse({"detail": str(e)}, status_code=404)
+        return JSONResponse({**api_errors.body(429, str(e), "too_many_requests"), "retry_after": e.retry_after},
+                            status_code=429, headers={"Retry-After": str(e.retry_after)})
+    except citizen.WrongCode as e:  # the same answer as /api/v1/public/status
+        return JSONResponse(api_errors.coded_body(e), status_code=404)
     return {"case_no": row["case_no"], "photos": lphotos.lookup_photos(conn, row["id"])}
 
 
@@ -119,7 +136,9 @@ def public_photo(case_id: int = Path(..., ge=1, le=INT64_MAX), source: str = SOU
                  sig: str = Query(..., min_length=32, max_length=32, pattern="^[0-9a-f]+$"),
                  _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
     data = lphotos.public_photo(conn, case_id, source, ref, variant, exp, sig)
-    return Response(data, media_type="image/jpeg", headers=PHOTO_CACHE)
+    # kept by the browser no longer than the address is valid (a shared computer forgets it with the link)
+    left = max(0, min(86400, exp - int(time.time())))
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": f"private, max-age={left}"})
 
 
 @router.get("/inspector-sw.js", include_in_schema=False)

@@ -271,13 +271,13 @@ def bulletin_list(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, sco
     return {"months": lbulletin.months(conn, city)}
 
 
-_MONTH = re.compile(r"^(\d{4}-\d{2})\.(pdf|html|xlsx)$")
+_MONTH = re.compile(r"(\d{4}-\d{2})\.(pdf|html|xlsx)", re.ASCII)  # ASCII digits only (the file name goes into a header)
 
 
 @router.get("/bulletins/{name}", summary="月度简报 The monthly bulletin: 2026-10.pdf, 2026-10.html or 2026-10.xlsx")
 def bulletin(name: str = Path(..., max_length=20), _=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"),
              city: CityInfo = Depends(get_city)):
-    m = _MONTH.match(name)
+    m = _MONTH.fullmatch(name)
     if not m:
         raise HTTPException(422, f"ask for YYYY-MM.pdf, YYYY-MM.html or YYYY-MM.xlsx, not '{name[:20]}'")
     month, fmt = m.groups()

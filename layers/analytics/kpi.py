@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -70,7 +71,10 @@ def config(path: Path | None = None) -> dict:
 
 
 def month_bounds(month: str) -> tuple[dt.date, dt.date]:
-    """'2026-10' → (2026-10-01, 2026-11-01)."""
+    """'2026-10' → (2026-10-01, 2026-11-01). ASCII digits only, four and two of them (a full-width
+    '２０２６-１０' or '2026-1' is refused, as the bulletin's file names are)."""
+    if not isinstance(month, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}", month):
+        raise InputError(f"month must be YYYY-MM, got '{str(month)[:20]}'")
     try:
         y, m = (int(v) for v in month.split("-"))
         start = dt.date(y, m, 1)

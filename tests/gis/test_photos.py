@@ -292,3 +292,13 @@ def test_webp_and_png_are_accepted():
         buf = io.BytesIO()
         im.save(buf, format=fmt)
         assert open_image(buf.getvalue()).size == (64, 48)
+
+
+def test_refusal_names_no_python_object_address():
+    """A HEIC container whose header Pillow cannot read: the message says so, without Pillow's
+    "<_io.BytesIO object at 0x…>" (the sender sees it in the 422)."""
+    fake = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 100
+    with pytest.raises(PhotoError) as e:
+        public_copy(fake)
+    assert "cannot read heic image header" in str(e.value)
+    assert " object at 0x" not in str(e.value) and "<" not in str(e.value)
