@@ -40,9 +40,12 @@
         || `<tr><td colspan="8">暂无热点问题 No recurring problems</td></tr>`;
       tb.querySelectorAll("button.recurring-report").forEach((b) => {
         b.onclick = async () => {
-          const html = await call(`/api/v1/text/recurring/${b.closest("tr").dataset.id}/report`);
-          const w = window.open("", "_blank"); if (w) w.document.write(html);
+          let html;
+          try { html = await call(`/api/v1/text/recurring/${b.closest("tr").dataset.id}/report`); } catch (e) {
+            window.lastRecurringReportError = e.message; box.querySelector("#recurring-status").textContent = "专报失败 " + e.message; return;
+          }
           window.lastRecurringReport = html;
+          const w = window.open("", "_blank"); if (w) w.document.write(html);
         };
       });
       const s = await call("/api/v1/text/spread?days=90");

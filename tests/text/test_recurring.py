@@ -181,8 +181,8 @@ def test_supervisor_page_shows_groups_and_a_report(browser, live_server, client,
     assert "共性" in page.locator("#spread-table").inner_text() and "个性" in page.locator("#spread-table").inner_text()
     assert "normalised entropy" in page.locator("#spread-measure").inner_text()
     page.locator("#recurring-table button.recurring-report").first.click()
-    page.wait_for_timeout(1500)
-    html = page.evaluate("() => window.lastRecurringReport || ''")
+    page.wait_for_function("() => window.lastRecurringReport || window.lastRecurringReportError", timeout=30_000)
+    html = page.evaluate("() => window.lastRecurringReport || window.lastRecurringReportError || ''")
     assert "热点问题专报" in html and "紫藤路菜场" in html
     assert not errors, errors
     ctx.close()
