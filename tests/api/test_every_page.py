@@ -146,6 +146,7 @@ def more_views(page, page_name: str, scene: dict, size: tuple[int, int]) -> list
     if page_name == "operator":
         page.click("#tabs [data-tab='list']")
         page.select_option("#f-state", "")
+        page.fill("#f-q", "页面检查")  # the scene's cases, whatever else earlier tests left in the database
         page.click("#f-apply")
         cid = scene["cases"][2]
         page.wait_for_selector(f"#case-list li[data-id='{cid}']", timeout=15_000)
