@@ -218,7 +218,8 @@ class WalMark:
                 where = scope.get("state", {}).get("read_from") or cur.get("where")
                 if where:  # which server answered a read (set by get_read_conn)
                     headers.append((b"x-citygrid-read", where.encode()))
-                if write and message["status"] < 400:
+                signed_in = "authorization" in conn.headers or bool(conn.cookies.get(settings.auth().session_cookie))
+                if write and message["status"] < 400 and signed_in:  # anonymous writers read from the primary
                     lsn = await _current_lsn(app)
                     if lsn is not None:
                         from starlette.datastructures import Headers

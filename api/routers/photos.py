@@ -39,13 +39,15 @@ async def _lifespan(app):
 
 
 router = APIRouter(tags=["photos 照片"], lifespan=_lifespan)
-STAFF = Allow("inspector", "operator", "department", "supervisor", "planner", "admin")
+# Those who handle or check cases; planners read layers with scrubbed text and never case photos.
+STAFF = Allow("inspector", "operator", "department", "supervisor", "admin")
 FEEDBACK = Allow("department", "supervisor", "admin")
 SOURCE = Path(..., pattern="^(report|citizen|wechat|feedback|verification)$")
 REF = Path(..., max_length=80, pattern=r"^[0-9a-z.]+$")
 VARIANT = Path(..., pattern="^(thumb|public)$")
-#: photos are immutable (content-addressed): a browser may keep them; private: never a shared cache
-PHOTO_CACHE = {"Cache-Control": "private, max-age=86400"}
+#: photos are immutable (content-addressed), but a back-office photo must not outlive the sign-out in an
+#: office PC's browser: private, and kept only for the time a case detail is looked at
+PHOTO_CACHE = {"Cache-Control": "private, max-age=600"}
 
 
 @router.get("/api/v1/cases/{case_id}/photos", summary="案件照片 Every photo of a case: kind, step, thumbnail")
@@ -129,12 +131,20 @@ def lookup_photos(body: Lookup, request: Request, _=Depends(PUBLIC), _limit=Depe
     return {"case_no": row["case_no"], "photos": lphotos.lookup_photos(conn, row["id"])}
 
 
+def _signed_address(case_id: int = Path(..., ge=1, le=INT64_MAX), source: str = SOURCE, ref: str = REF,
+                    variant: str = VARIANT, exp: int = Query(..., ge=0, le=INT64_MAX),
+                    sig: str = Query(..., min_length=32, max_length=32, pattern="^[0-9a-f]+$")) -> None:
+    """Checked before a database connection is taken: a forged or expired address costs no connection."""
+    lphotos.check_signed(case_id, source, ref, variant, exp, sig)
+
+
 @router.get("/api/v1/public/case-photos/{case_id}/{source}/{ref}/{variant}",
             summary="市民照片 A photo at a signed address from the look-up (no EXIF)")
 def public_photo(case_id: int = Path(..., ge=1, le=INT64_MAX), source: str = SOURCE, ref: str = REF,
                  variant: str = VARIANT, exp: int = Query(..., ge=0, le=INT64_MAX),
                  sig: str = Query(..., min_length=32, max_length=32, pattern="^[0-9a-f]+$"),
-                 _=Depends(PUBLIC), conn: Connection = Depends(get_conn, scope="function")):
+                 _=Depends(PUBLIC), _signed=Depends(_signed_address),
+                 conn: Connection = Depends(get_conn, scope="function")):
     data = lphotos.public_photo(conn, case_id, source, ref, variant, exp, sig)
     # kept by the browser no longer than the address is valid (a shared computer forgets it with the link)
     left = max(0, min(86400, exp - int(time.time())))

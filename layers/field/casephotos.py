@@ -292,14 +292,19 @@ def lookup_photos(conn: Connection, case_id: int) -> list[dict]:
     return out
 
 
-def public_photo(conn: Connection, case_id: int, source: str, ref: str, variant: str, exp: int, sig: str) -> bytes:
-    """A photo at a signed address of :func:`lookup_photos`: checked against the signature, its expiry
-    and the policy now."""
+def check_signed(case_id: int, source: str, ref: str, variant: str, exp: int, sig: str) -> None:
+    """The signed address's own checks, which need no database: its form, expiry and signature."""
     check_ref(source, ref, variant)
     if exp < time.time():
         raise Forbidden("链接已过期，请重新查询 — the address has expired: look the case up again")
     if not hmac.compare_digest(_signature(case_id, source, ref, variant, exp), sig or ""):
         raise Forbidden("链接无效 — the address is not valid")
+
+
+def public_photo(conn: Connection, case_id: int, source: str, ref: str, variant: str, exp: int, sig: str) -> bytes:
+    """A photo at a signed address of :func:`lookup_photos`: checked against the signature, its expiry
+    and the policy now."""
+    check_signed(case_id, source, ref, variant, exp, sig)
     allowed = [i for i in collect(conn, case_id, publication.lookup_photo_kinds(
         conn.execute(text("SELECT source FROM case_file WHERE id = :i"), {"i": case_id}).scalar()))
         if not i["merged_from"]]

@@ -149,6 +149,11 @@ def test_listing_per_kind_and_role_thumbnails_without_exif(client, engine, proce
     other = client.get(f"/api/v1/cases/{c['id']}/photos", headers=c["other"])
     assert other.status_code == 403 and "不在您的角色可查看的范围内" in other.text
     assert client.get(report["thumb_url"], headers=c["other"]).status_code == 403
+    # planners read layers with scrubbed text, never case photos (a citizen's photo may show a doorstep)
+    with engine.begin() as conn:
+        _, planner_h = _user(conn, "planner")
+    assert client.get(f"/api/v1/cases/{c['id']}/photos", headers=planner_h).status_code == 403
+    assert client.get(report["thumb_url"], headers=planner_h).status_code == 403
     # anonymous: nothing
     assert client.get(f"/api/v1/cases/{c['id']}/photos").status_code == 401
     assert client.get(report["thumb_url"]).status_code == 401
