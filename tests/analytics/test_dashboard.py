@@ -39,6 +39,8 @@ def test_dashboard_renders(browser, live_server, bcity, tokens, tmp_path):
     assert page.locator(".leaflet-overlay-pane path, .leaflet-overlay-pane canvas").count() >= 1
     assert "件 cases" in page.inner_text("#map-status")
     assert page.locator("#category option").count() > 5
+    page.wait_for_function("window.heatReady === true", timeout=30_000)  # the heat's vector tiles are drawn
+    page.wait_for_timeout(300)
     shot = page.screenshot(path=str(tmp_path / "supervisor.png"))
     # the map shows colored cells (heat ramp / hot spot bins), the charts show red ink
     m = _region(shot, page.locator("#map").bounding_box().values())

@@ -50,12 +50,19 @@ def test_auto_dispatch_only_above_the_threshold(client, tokens, engine, city_mod
     assert low.status_code == 200 and low.json()["dispatched"] is False and "低于阈值" in low.json()["reason"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT state FROM case_file WHERE id = :i"), {"i": cid}).scalar_one() == "accepted"
+    # where the dispatch must go: the workflow's proposal (部件先属主; a department with users first)
+    from layers.cases.workflow import propose_department
+
+    with engine.connect() as conn:
+        proposal = propose_department(conn, cid)
+    assert proposal["proposed"]["code"] in {c["code"] for c in proposal["candidates"]} and \
+        "lighting" in {c["code"] for c in proposal["candidates"]}
     monkeypatch.setenv("CITYGRID_TEXT_AUTO_DISPATCH_CONFIDENCE", str(max(0.5, p[1] - 0.01)))
     ok = client.post(f"/api/v1/text/cases/{cid}/auto-dispatch", headers=op)
     assert ok.status_code == 200 and ok.json()["dispatched"] is True, ok.text
     with engine.connect() as conn:
         row = conn.execute(text("""SELECT f.state, d.code FROM case_file f JOIN department d ON d.id = f.department_id
                                    WHERE f.id = :i"""), {"i": cid}).one()
-    assert row == ("dispatched", "lighting")
+    assert row == ("dispatched", proposal["proposed"]["code"])
     again = client.post(f"/api/v1/text/cases/{cid}/auto-dispatch", headers=op)
     assert again.status_code == 409
