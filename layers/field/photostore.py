@@ -5,7 +5,7 @@ Layout (``<data_dir>/photos``)::
     original/ab/<sha256>   the uploaded bytes, private (never served publicly)
     public/ab/<sha256>     the public copy: auto-rotated, ≤ 2048 px, no EXIF (gis.photos.public_copy)
     thumb/ab/<sha256>      a small thumbnail
-    tmp/<kind>.<sha256>.<random>   files staged by a request whose transaction has not committed yet
+    tmp/<kind>.<sha256>.<host>p<pid>-<random>   files staged by a request whose transaction has not committed yet
 
 The rule that keeps files and rows together: a request *stages* its files (written and fsynced under
 ``tmp/``), commits its transaction, then *promotes* them (an atomic rename into place). A crash
@@ -17,8 +17,10 @@ no acknowledged photo is lost.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +94,7 @@ class PhotoStore:
         """Write ``data`` to a temporary file (fsynced) to be promoted to ``kind/sha`` after commit."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         final = self.path(kind, sha)
-        tmp = self.tmp / f"{kind}.{sha}.{secrets.token_hex(6)}"
+        tmp = self.tmp / f"{kind}.{sha}.{_HOST}p{os.getpid()}-{secrets.token_hex(6)}"
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -160,8 +162,30 @@ def referenced(conn: Connection) -> dict[str, set[str]]:
 
 
 #: At start-up, files younger than this are left alone: with several worker processes (or hosts) one
-#: may start while another has an upload in flight, whose staged file has no committed row yet.
+#: may start while another has an upload in flight, whose staged file has no committed row yet. A staged
+#: file whose writer was a process of this host that is gone (killed, crashed) is settled at once.
 STARTUP_GRACE_S = 600.0
+
+#: Who stages a file: this host and process (in the staged file's name), so that recovery can tell an
+#: upload in flight in another live worker from the leftovers of a process that died.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _writer_gone(name: str) -> bool:
+    """True when the staged file ``name`` was written by a process of this host that no longer runs."""
+    owner = name.rsplit(".", 1)[-1].split("-", 1)[0]
+    host, sep, pid = owner.partition("p")
+    if not sep or host != _HOST or not pid.isdigit():
+        return False  # older names, or another host: only its age can tell
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | None = None,
@@ -189,7 +213,7 @@ def recover(conn: Connection, store: PhotoStore, refs: dict[str, set[str]] | Non
             return False
 
     for tmp in store.staged_files():
-        if not settled(tmp):
+        if not (settled(tmp) or _writer_gone(tmp.name)):
             continue
         parts = tmp.name.split(".")
         kind, sha = (parts[0], parts[1]) if len(parts) == 3 else (None, None)

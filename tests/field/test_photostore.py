@@ -65,3 +65,34 @@ def test_recover_promotes_committed_and_deletes_the_rest(engine, haimen, make_in
         with pytest.raises(Conflict):
             store.claim(conn)
     assert orphan.exists()
+
+
+def test_start_up_grace_spares_live_workers_not_dead_ones(engine, haimen, tmp_path):
+    """At start-up (min_age_s = the grace), a young staged file of another live process of this host is
+    an upload in flight and stays; one whose writer is gone (killed) is a leftover and goes at once."""
+    import subprocess
+    import sys
+
+    from layers.field import photostore
+
+    store = PhotoStore(tmp_path / "photos")
+    with engine.connect() as conn:
+        store.claim(conn)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        store.tmp.mkdir(parents=True, exist_ok=True)
+        host = photostore._HOST
+        young_live = store.tmp / f"original.{'a' * 64}.{host}p{live.pid}-000000000001"
+        young_dead = store.tmp / f"original.{'b' * 64}.{host}p{dead.pid}-000000000002"
+        other_host = store.tmp / f"original.{'c' * 64}.ffffffffp{dead.pid}-000000000003"
+        for p in (young_live, young_dead, other_host):
+            p.write_bytes(b"staged")
+        with engine.connect() as conn:
+            counts = recover(conn, store, min_age_s=photostore.STARTUP_GRACE_S)
+        assert counts["deleted_staged"] == 1
+        assert young_live.exists() and other_host.exists() and not young_dead.exists()
+    finally:
+        live.kill()
+        live.wait()
