@@ -107,6 +107,9 @@
   $("report-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const out = $("report-result");
+    if (!$("category").value) {
+      out.className = "msg err"; out.textContent = "请选择问题类别 Choose the kind of problem"; $("category").focus(); return;
+    }
     if (!$("description").value.trim()) {
       out.className = "msg err"; out.textContent = "请填写问题描述 Please describe the problem"; $("description").focus(); return;
     }
@@ -189,7 +192,8 @@
   }
   async function loadCategories() {
     const d = await call("/categories");
-    $("category").innerHTML = d.categories.map((c) =>
+    // No class chosen for the citizen: the list starts empty and the form needs a choice.
+    $("category").innerHTML = `<option value="">请选择问题类别 Choose the kind of problem</option>` + d.categories.map((c) =>
       `<option value="${esc(c.code)}">${esc(c.path.join(" / "))} ${esc(c.name_en || "")}</option>`).join("");
     $("category").dataset.loaded = "1";
   }

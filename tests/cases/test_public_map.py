@@ -70,8 +70,11 @@ def test_a_place_tapped_on_the_map_becomes_the_case_location_and_the_form_is_cle
         _tap(page, lat, lon)
         picked = page.evaluate("CGPublic.picked()")
         assert picked["crs"] == "EPSG:4326"
-        page.screenshot(path="/tmp/m/public_z18.png")
         assert float(picked["lon"]) == pytest.approx(lon, abs=2e-5) and float(picked["lat"]) == pytest.approx(lat, abs=2e-5)
+        # no class is chosen for the citizen: sending without one is refused on the page, nothing sent
+        assert page.input_value("#category") == ""
+        page.click("#submit")
+        assert "请选择问题类别" in page.inner_text("#report-result")
         page.select_option("#category", "E50201")
         page.fill("#description", "店门口占道经营 地图选点测试")
         page.fill("#name", "王五")
