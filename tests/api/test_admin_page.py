@@ -103,7 +103,7 @@ def test_admin_page_adds_resets_disables(browser, live_server, admin, engine):
     page.fill("#name", user.name)
     page.fill("#password", PASSWORD)
     page.click("#submit")
-    page.wait_for_url(lambda u: u.endswith("/admin"), timeout=15_000)
+    page.wait_for_url(lambda u: "/login" not in u and u.endswith("/admin"), timeout=15_000)  # not /login?next=/admin
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_selector(f"#users tr[data-user='{user.name}']")
     assert "管理员" in page.inner_text("#roles") and "信息采集员" in page.inner_text("#roles")
@@ -158,7 +158,7 @@ def test_admin_page_refuses_other_roles(browser, live_server, engine):
     page.fill("#name", user.name)
     page.fill("#password", PASSWORD)
     page.click("#submit")
-    page.wait_for_url(lambda u: u.endswith("/admin"), timeout=15_000)
+    page.wait_for_url(lambda u: "/login" not in u and u.endswith("/admin"), timeout=15_000)  # not /login?next=/admin
     page.wait_for_selector("body[data-ready='1']")
     assert "仅系统管理员可用" in page.inner_text("#error")
     assert not page.is_visible("#main")
@@ -184,7 +184,7 @@ def test_login_and_admin_fit_desktop_and_phone_without_console_errors(browser, l
         page.fill("#name", user.name)
         page.fill("#password", PASSWORD)
         page.click("#submit")
-        page.wait_for_url(lambda u: u.endswith("/admin"), timeout=15_000)
+        page.wait_for_url(lambda u: "/login" not in u and u.endswith("/admin"), timeout=15_000)  # not /login?next=/admin
         page.wait_for_selector("body[data-ready='1']")
         page.wait_for_selector("#users tbody tr")
         page.screenshot(path=str(tmp_path / f"admin_{width}.png"), full_page=True)
