@@ -293,7 +293,7 @@ class RateLimits:
     def hit(self, scope: str, client: str) -> None:
         """Count one request of ``client`` in ``scope``; HTTPException 429 (with Retry-After) when one of
         the scope's limits is reached (the refused request is not counted)."""
-        from layers.cases.citizen import address_source
+        from layers.core.sessions import address_source
 
         key = address_source(client)
         rules = self.rules[scope]

@@ -80,7 +80,7 @@ def client_key(request: Request, user: lusers.User | None) -> str:
     digest: no address is stored)."""
     import hashlib
 
-    from layers.cases.citizen import address_source
+    from layers.core.sessions import address_source
 
     if user is not None:
         return f"user:{user.id}"

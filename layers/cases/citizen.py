@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import ipaddress
 import json
 import math
 import uuid
@@ -31,6 +30,7 @@ from layers.cases.vocab import EVENTS, RATINGS, STATES
 from layers.core import publication
 from layers.core.city import CityInfo
 from layers.core.errors import Conflict, InputError, NotFound
+from layers.core.sessions import address_source
 
 #: States as the public sees them (no internal detail).
 PUBLIC_STATE = {
@@ -181,21 +181,6 @@ class TooManyAttempts(Exception):
 class WrongCode(NotFound):
     """No case with this number and code (the same for an unknown number); the failure is written in
     the caller's transaction, which must be committed although the answer is a 404."""
-
-
-def address_source(address: str | None) -> str:
-    """What is counted for a client address: the address itself, an IPv6 address by its /64 (one
-    subscriber holds a whole /64), an IPv4-mapped IPv6 address as IPv4."""
-    a = (address or "").strip()
-    try:
-        ip = ipaddress.ip_address(a)
-    except ValueError:
-        return a[:100] or "unknown"
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def _addr_key(conn: Connection, address: str | None) -> bytes:

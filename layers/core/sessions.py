@@ -140,8 +140,10 @@ class LockedOut(Exception):
                          f"minute{'s' if minutes != 1 else ''}.")
 
 
-def _address_source(address: str | None) -> str:
-    """An address as counted: an IPv6 address by its /64, an IPv4-mapped one as IPv4."""
+def address_source(address: str | None) -> str:
+    """What is counted for a client address (sign-in lockout, the look-ups' limits, rate limits): the
+    address itself, an IPv6 address by its /64 (one subscriber holds a whole /64), an IPv4-mapped IPv6
+    address as IPv4."""
     a = (address or "").strip()
     try:
         ip = ipaddress.ip_address(a)
@@ -159,7 +161,7 @@ def failure_key(kind: str, value: str | None) -> str:
     address alone could be reversed by trying all of them)."""
     from citygrid.secretkey import server_key
 
-    value = _address_source(value) if kind == "address" else (value or "").strip().casefold()[:200]
+    value = address_source(value) if kind == "address" else (value or "").strip().casefold()[:200]
     return hmac.new(server_key(), f"citygrid-login:{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
 

@@ -240,7 +240,7 @@ def test_forwarded_for_only_when_the_proxy_is_trusted(from_address, engine, cloc
 
 
 def test_address_counted_by_ipv6_64():
-    from layers.cases.citizen import address_source
+    from layers.core.sessions import address_source
 
     assert address_source("2001:db8:1:2:aaaa::1") == address_source("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert address_source("2001:db8:1:3::1") != address_source("2001:db8:1:2::1")
