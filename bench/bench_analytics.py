@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Table, best_of, demo_engine  # noqa: E402
+from bench.common import Table, bench_city, best_of, demo_engine  # noqa: E402
 
 BENCH_SLUG = "bench-analytics"
 
@@ -70,27 +70,7 @@ def bench_gi(engine, city, t: Table, repeat: int) -> None:
 
 
 def _bench_city(engine, haimen):
-    from sqlalchemy import text
-
-    from layers.analytics import rollups
-    from layers.core import city as lcity
-    from layers.core.errors import NotFound
-
-    with engine.begin() as conn:
-        try:
-            return lcity.get_city(conn, BENCH_SLUG)
-        except NotFound:
-            pass
-        wkb = conn.execute(text("SELECT ST_AsBinary(ST_Transform(boundary, 4326)) FROM city WHERE id = :c"),
-                           {"c": haimen.id}).scalar_one()
-        import shapely
-
-        c = lcity.create_city(conn, slug=BENCH_SLUG, name="基准测试 (海门副本)", name_en="bench copy of Haimen",
-                              adcode=haimen.adcode, boundary=shapely.from_wkb(bytes(wkb)), src_crs="EPSG:4326",
-                              working_epsg=haimen.srid)
-        lcity.generate_grid(conn, c, size=100.0)
-        rollups.set_timezone(conn, c, "Asia/Shanghai")
-        return c
+    return bench_city(engine, haimen, BENCH_SLUG, "基准测试 (海门副本)")
 
 
 def bench_heat(engine, haimen, t: Table, repeat: int, n_cases: int) -> None:

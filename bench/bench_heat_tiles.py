@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Table, demo_engine  # noqa: E402
+from bench.common import Table, bench_city, demo_engine  # noqa: E402
 
 BENCH_SLUG = "bench-heat"
 END = dt.date(2026, 10, 31)
@@ -46,28 +46,11 @@ def _engine(db: str | None):
 
 
 def _bench_city(engine, haimen):
-    import shapely
-    from sqlalchemy import text
-
-    from layers.analytics import rollups
-    from layers.core import city as lcity
-    from layers.core.errors import NotFound
     from layers.demo import synthetic
 
-    with engine.begin() as conn:
-        try:
-            return lcity.get_city(conn, BENCH_SLUG)
-        except NotFound:
-            pass
-        wkb = conn.execute(text("SELECT ST_AsBinary(ST_Transform(boundary, 4326)) FROM city WHERE id = :c"),
-                           {"c": haimen.id}).scalar_one()
-        c = lcity.create_city(conn, slug=BENCH_SLUG, name="基准测试 热力瓦片 (海门副本)", name_en="bench copy of Haimen",
-                              adcode=haimen.adcode, boundary=shapely.from_wkb(bytes(wkb)), src_crs="EPSG:4326",
-                              working_epsg=haimen.srid)
-        lcity.generate_grid(conn, c, size=100.0)
-        rollups.set_timezone(conn, c, "Asia/Shanghai")
-        synthetic.haimen_synthetic_year(conn, c, year_end=END, days=30, per_day=120, seed=13, log=None)
-        return c
+    return bench_city(engine, haimen, BENCH_SLUG, "基准测试 热力瓦片 (海门副本)",
+                      fill=lambda conn, c: synthetic.haimen_synthetic_year(conn, c, year_end=END, days=30, per_day=120,
+                                                                           seed=13, log=None))
 
 
 def _tiles_of(bbox, z):

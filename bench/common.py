@@ -49,3 +49,29 @@ class Table:
         print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
         for r in self.rows:
             print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+
+
+def bench_city(engine, haimen, slug: str, name: str, fill=None):
+    """A copy of Haimen's boundary with its own 100 m grid (Asia/Shanghai days), made once under
+    ``slug``; ``fill(conn, city)`` writes its cases when the city is new."""
+    import shapely
+    from sqlalchemy import text
+
+    from layers.analytics import rollups
+    from layers.core import city as lcity
+    from layers.core.errors import NotFound
+
+    with engine.begin() as conn:
+        try:
+            return lcity.get_city(conn, slug)
+        except NotFound:
+            pass
+        wkb = conn.execute(text("SELECT ST_AsBinary(ST_Transform(boundary, 4326)) FROM city WHERE id = :c"),
+                           {"c": haimen.id}).scalar_one()
+        c = lcity.create_city(conn, slug=slug, name=name, name_en="bench copy of Haimen", adcode=haimen.adcode,
+                              boundary=shapely.from_wkb(bytes(wkb)), src_crs="EPSG:4326", working_epsg=haimen.srid)
+        lcity.generate_grid(conn, c, size=100.0)
+        rollups.set_timezone(conn, c, "Asia/Shanghai")
+        if fill is not None:
+            fill(conn, c)
+        return c
