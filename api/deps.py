@@ -231,7 +231,19 @@ def client_address(request: Request) -> str:
     return peer
 
 
-PUBLIC = Allow(public=True)
+class _Public(Allow):
+    """No role needed, and no database connection taken: a route that reads the database asks for its
+    own (so that an anonymous request refused by a check before it, e.g. a rate limit or a signature,
+    costs no connection)."""
+
+    def __init__(self):
+        super().__init__(public=True)
+
+    def __call__(self) -> None:
+        return None
+
+
+PUBLIC = _Public()
 STAFF = Allow(*ROLES)
 ADMIN = Allow("admin")
 

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import Connection, text
 
 from api import basemaps as lbase
-from api.deps import PUBLIC, Allow, get_city, get_conn
+from api.deps import PUBLIC, get_city, get_conn
 from api.limits import RateLimit
 from gis import crs as gcrs
 from layers.cases import gazetteer
@@ -25,21 +25,9 @@ router = APIRouter(tags=["basemaps 底图"])
 FAVICON = FsPath(__file__).resolve().parents[2] / "static" / "favicon.ico"
 
 
-class _PublicNoConn(Allow):
-    """PUBLIC without a database connection: the sources and offline tiles need none."""
-
-    def __init__(self):
-        super().__init__(public=True)
-
-    def __call__(self) -> None:
-        return None
-
-
-PUBLIC_FILES = _PublicNoConn()
-
 
 @router.get("/api/v1/basemaps", summary="底图 The base maps the pages offer (the first is shown on opening)")
-def basemaps(_=Depends(PUBLIC_FILES)):
+def basemaps(_=Depends(PUBLIC)):
     try:
         sources = lbase.sources()
     except (ValueError, OSError) as e:
@@ -51,7 +39,7 @@ def basemaps(_=Depends(PUBLIC_FILES)):
             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}},
                                                  204: {"description": "the file has no tile here"}})
 def mbtiles_tile(name: str = Path(..., max_length=60), z: int = Path(..., ge=0, le=24),
-                 x: int = Path(..., ge=0, le=2**24 - 1), y: str = Path(..., max_length=20), _=Depends(PUBLIC_FILES)):
+                 x: int = Path(..., ge=0, le=2**24 - 1), y: str = Path(..., max_length=20), _=Depends(PUBLIC)):
     files = lbase.mbtiles_files()
     if name not in files:
         raise HTTPException(404, f"没有该离线底图 no offline base map '{name}'"

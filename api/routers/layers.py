@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 from api import readpool
 from api.deps import (
     PUBLIC,
-    Allow,
     client_address,
     get_city,
     get_conn,
@@ -232,18 +231,6 @@ def export_job_file(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), u
     return FileResponse(job.path, media_type=job.media, filename=job.filename, headers={"Cache-Control": "no-store"})
 
 
-class _PublicNoConn(Allow):
-    """PUBLIC, without a database connection: the tile fast path answers from memory."""
-
-    def __init__(self):
-        super().__init__(public=True)
-
-    def __call__(self) -> None:
-        return None
-
-
-PUBLIC_TILES = _PublicNoConn()
-
 
 def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None,
                   request: Request | None = None):
@@ -269,7 +256,7 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
                if_none_match: str | None = Header(None, include_in_schema=False),
                authorization: str | None = Header(None, include_in_schema=False),
                accept_encoding: str | None = Header(None, include_in_schema=False),
-               _=Depends(PUBLIC_TILES)):
+               _=Depends(PUBLIC)):
     engine = request.app.state.engine
     slug = city or settings.api().default_city
     if not authorization and not session_cookie(request):

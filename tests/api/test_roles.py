@@ -84,3 +84,18 @@ def test_writes_are_committed_before_the_response(live_server, tokens):
             assert http.post("/api/v1/admin/users", json={"name": name, "role": "planner"}).status_code == 201
             names = {u["name"] for u in http.get("/api/v1/admin/users").json()}
             assert name in names, f"write {i} not visible right after its response"
+
+
+def test_public_gate_takes_no_database_connection(app):
+    """PUBLIC asks for nothing (no connection): a public route's own checks that come before its
+    connection (a rate limit, a signed address) refuse a request at no database cost."""
+    from fastapi.dependencies.utils import get_dependant
+
+    from api.deps import PUBLIC, get_conn
+
+    assert get_dependant(path="/", call=PUBLIC).dependencies == []
+    # the signed photo address is checked before the route's connection is taken
+    route = next(r for r in _api_routes(app) if r.path == "/api/v1/public/case-photos/{case_id}/{source}/{ref}/{variant}")
+    calls = [d.call for d in route.dependant.dependencies]
+    signed = next(i for i, c in enumerate(calls) if getattr(c, "__name__", "") == "_signed_address")
+    assert signed < calls.index(get_conn)
