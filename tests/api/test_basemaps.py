@@ -124,14 +124,18 @@ def test_sources_tianditu_gcj_and_xyz_and_the_csp_lists_exactly_their_hosts(engi
 
 
 def test_reference_labels_and_outline(client, haimen):
-    d = client.get("/api/v1/basemaps/reference/labels").json()
+    r = client.get("/api/v1/basemaps/reference/labels")
+    assert r.headers["cache-control"] == "public, max-age=3600"  # every page view asks: browsers keep it
+    d = r.json()
     levels = {x["level"] for x in d["labels"]}
     assert levels == {"district", "street", "community"}
     names = [x["name"] for x in d["labels"]]
     assert "海门区" in names and not any("made up" in n for n in names)
     lon0, lat0, lon1, lat1 = _bbox(client)
     assert all(lon0 <= x["lon"] <= lon1 and lat0 <= x["lat"] <= lat1 for x in d["labels"])
-    fc = client.get("/api/v1/basemaps/outline").json()
+    r = client.get("/api/v1/basemaps/outline")
+    assert r.headers["cache-control"] == "public, max-age=3600"
+    fc = r.json()
     g = fc["features"][0]["geometry"]
     assert g["type"] in ("Polygon", "MultiPolygon") and fc["features"][0]["properties"]["name"] == haimen.name
     ring = np.array(g["coordinates"][0] if g["type"] == "Polygon" else g["coordinates"][0][0])
