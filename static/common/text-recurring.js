@@ -7,12 +7,11 @@
   if (!box) return;
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const city = new URLSearchParams(location.search).get("city");
-  // Signed in by the session cookie (static/common/session.js sends it, with the CSRF token on writes).
-  function token() { return ""; }
+  // Signed in by the session cookie: static/common/session.js sends it, with the CSRF token on writes.
   async function call(path, method) {
     const u = new URL(path, location.origin);
     if (city) u.searchParams.set("city", city);
-    const r = await fetch(u, { method: method || "GET", headers: { Authorization: "Bearer " + token() } });
+    const r = await fetch(u, { method: method || "GET" });
     if (!r.ok) {
       let m = `HTTP ${r.status}`;
       try { const d = await r.json(); m = d.message || (typeof d.detail === "string" ? d.detail : m); } catch (e) { /* not JSON */ }

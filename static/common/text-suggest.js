@@ -8,12 +8,11 @@
   const $ = (id) => document.getElementById(id);
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
   const pct = (p) => `${Math.round(p * 100)}%`;
-  // Signed in by the session cookie (static/common/session.js sends it, with the CSRF token on writes).
-  function token() { return ""; }
+  // Signed in by the session cookie: static/common/session.js sends it, with the CSRF token on writes.
   async function call(path, body) {
     const r = await fetch(path, {
       method: body ? "POST" : "GET",
-      headers: Object.assign({ Authorization: "Bearer " + token() }, body ? { "Content-Type": "application/json" } : {}),
+      headers: body ? { "Content-Type": "application/json" } : {},
       body: body ? JSON.stringify(body) : undefined,
     });
     let d = null;

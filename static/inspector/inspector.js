@@ -25,7 +25,6 @@ $("lang").onclick = () => { state.lang = state.lang === "zh" ? "en" : "zh"; loca
 // Signed in by the session cookie (static/common/session.js): a link with #token=… (as `make run`
 // prints for the demo users) is exchanged there for a session and taken out of the address bar.
 function authHeaders() { return cgSession.headers(); }
-function token() { return ""; }  // kept for code not yet moved to the session: no token is kept any more
 // Forget the worklist saved for offline use (sign-in of another user, sign-out).
 function forgetOffline() {
   const sw = navigator.serviceWorker && navigator.serviceWorker.controller;

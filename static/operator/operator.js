@@ -28,9 +28,6 @@
   };
 
   // ---------------------------------------------------------------- helpers
-  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
-  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
-  function token() { return ""; }
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   function fmt(t) { return I18N.time(t); }
   function has(list) { return st.me && list.includes(st.me.role); }
@@ -78,7 +75,7 @@
   }
 
   // ---------------------------------------------------------------- map
-  const map = CGMap.create("map", { zoomSnap: 0.5, fit: false, headers: () => ({ Authorization: "Bearer " + token() }) }).setView([31.9, 121.2], 11);
+  const map = CGMap.create("map", { zoomSnap: 0.5, fit: false, headers: () => cgSession.headers() }).setView([31.9, 121.2], 11);
   map.attributionControl.addAttribution("citygrid · 单元网格 unit grid");
   const areas = L.geoJSON(null, { style: (f) => ({ color: f.properties.level === "district" ? "#333" : "#7f8c8d", weight: f.properties.level === "district" ? 2 : 1, fill: false }),
     interactive: false }).addTo(map);
@@ -344,7 +341,7 @@
     // Photos of every kind (static/common/photos.js): thumbnails and the viewer.
     if (window.CasePhotos) {
       if (!$("d-photos-box")) $("d-facts").insertAdjacentHTML("afterend", `<div id="d-photos-box"></div>`);
-      CasePhotos.show($("d-photos-box"), d.id, { headers: () => ({ Authorization: "Bearer " + token() }), city });
+      CasePhotos.show($("d-photos-box"), d.id, { headers: () => cgSession.headers(), city });
     }
     // Caller data: the API sends it only to the roles allowed to see it.
     $("d-contact").innerHTML = d.contact ? `<dl><dt>${T("来电人", "Caller")}</dt><dd id="d-caller">${esc(d.contact.name || "—")} · ${esc(d.contact.phone || "—")}</dd></dl>` : "";
@@ -427,7 +424,7 @@
     if (action === "extend") { body.amount = parseFloat($("d-amount").value); body.unit = $("d-unit").value; }
     button.disabled = true;
     try {
-      const po = { headers: () => ({ Authorization: "Bearer " + token() }), city };  // multipart, with the photos:
+      const po = { headers: () => cgSession.headers(), city };  // multipart, with the photos:
       const r = action === "feedback" ? await CasePhotos.sendFeedback(d.id, note, po)
         : action.startsWith("verify_") ? await CasePhotos.sendVerify(d.id, action === "verify_ok" ? "ok" : "fail", note, po)
         : await api(`/api/v1/cases/${d.id}/actions/${action}`, { method: "POST", json: body });

@@ -14,9 +14,6 @@
   $("logout").addEventListener("click", () => cgSession.signOut());
   $("ogc-url").textContent = location.origin + "/api/v1/ogc";
 
-  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
-  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
-  function token() { return ""; }
   function headers() { return cgSession.headers(); }
   function city() { return $("city").value; }
   function msg(text, cls) { $("msg").className = "msg " + (cls || ""); $("msg").textContent = text; }

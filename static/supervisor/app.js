@@ -11,9 +11,6 @@
   const state = { start: null, end: null, category: "", channel: "", area: "" };
   const names = { category: {}, area: {} };
 
-  // Kept for code not yet moved to the session (static/common/session.js): no token is kept any more; an
-  // "Authorization: Bearer " + token() header is dropped by session.js and the session cookie counts.
-  function token() { return ""; }
   function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
   function esc(s) { return String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]); }
 
@@ -41,7 +38,7 @@
   const fmt = (n) => Number(n).toLocaleString("zh-CN");
 
   // ---------------------------------------------------------------- map
-  const map = CGMap.create("map", { preferCanvas: true, zoomSnap: 0.5, fit: false, headers: () => ({ Authorization: "Bearer " + token() }) }).setView([31.9, 121.2], 11);
+  const map = CGMap.create("map", { preferCanvas: true, zoomSnap: 0.5, fit: false, headers: () => cgSession.headers() }).setView([31.9, 121.2], 11);
   map.attributionControl.addAttribution("citygrid · 单元网格 unit grid");
   const ramp = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"];
   const bands = [0.02, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9];  // = layers.analytics.heatmap.HEAT_BANDS
