@@ -47,8 +47,12 @@ def _tile_of(lon: float, lat: float, z: int) -> tuple[int, int]:
     return int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
 
 
-def measure(engine, city) -> dict[str, tuple[float, float, str]]:
-    """name -> (best seconds, first seconds, what it returned)."""
+def measure(engine, city, scale: float = 1.0) -> dict[str, tuple[float, float, str]]:
+    """name -> (best seconds, first seconds, what it returned).
+
+    ``scale`` < 1 shortens every window (30 days, the month) to that fraction (``--same-rows``: a
+    window holding as many cases at 10 M as the full window at 1 M, so that what is left is the cost of
+    the history alone). The bulletin is a month by definition: skipped then."""
     from sqlalchemy import text
 
     from layers.analytics import bulletin, hot_spots, kpi
@@ -67,29 +71,34 @@ def measure(engine, city) -> dict[str, tuple[float, float, str]]:
                               {"c": city.id}).scalar_one()
     s, e = WINDOW
     m0, m1 = kpi.month_bounds(MONTH)
+    if scale < 1.0:
+        s = e - dt.timedelta(days=max(1, round((e - s).days * scale)))
+        m1 = m0 + dt.timedelta(days=max(1, round((m1 - m0).days * scale)))
+    bj = dt.timezone(dt.timedelta(hours=8))
+    m0_t, m1_t = dt.datetime.combine(m0, dt.time(), bj), dt.datetime.combine(m1, dt.time(), bj)
     lon, lat = 121.1831, 31.9012
 
-    def tiles_z12_16(conn):
+    def tiles_z12_16(conn, window=False):
         layer = lcat.get_layer(conn, city, "cases")
         size = 0
+        since, until = (dt.datetime.combine(s, dt.time(), bj), dt.datetime.combine(e, dt.time(), bj)) if window else (None, None)
         for z in range(12, 17):
             x, y = _tile_of(lon, lat, z)
             ltiles.cache.clear()
-            data, _, _ = ltiles.get_tile(conn, city, layer, "full", z, x, y)
+            data, _, _ = ltiles.get_tile(conn, city, layer, "full", z, x, y, since, until)
             size += len(data)
         return f"{size:,} B"
 
     def ogc_page(conn):
         layer = lcat.get_layer(conn, city, "cases")
         doc, _ = logc.items(conn, city, layer, "full", base="", q="", bbox=None, bbox_crs="EPSG:4326",
-                            datetime_="2026-10-01T00:00:00+08:00/2026-11-01T00:00:00+08:00", limit=100, offset=0,
+                            datetime_=f"{m0_t.isoformat()}/{m1_t.isoformat()}", limit=100, offset=0,
                             crs=None)
         return f"{len(doc['features'])} items"
 
     def export_month(conn):
         layer = lcat.get_layer(conn, city, "cases")
-        f = lcat.Filters(since=dt.datetime(2026, 10, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))),
-                         until=dt.datetime(2026, 11, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))))
+        f = lcat.Filters(since=m0_t, until=m1_t)
         with tempfile.TemporaryDirectory() as tmp:
             _, _, rows = lexp.export_layers(conn, city, [(layer, "full")], "csv", "EPSG:4326", f, Path(tmp))
         return f"{sum(rows.values()):,} rows"
@@ -102,10 +111,13 @@ def measure(engine, city) -> dict[str, tuple[float, float, str]]:
         "KPIs, one month": lambda c: f"{len(kpi.kpis(c, city, m0, m1))} groups",
         "bulletin, one month (HTML + maps)": lambda c: f"{len(bulletin.render_html(c, city, MONTH)):,} chars",
         "tiles z12-z16 (cases layer, uncached)": tiles_z12_16,
+        "tiles z12-z16, 30 days (cases layer, ?datetime=)": lambda c: tiles_z12_16(c, window=True),
         "OGC items page (100, one month)": ogc_page,
         "case export, one month (CSV)": export_month,
         "needs-location queue": lambda c: f"{wf.list_cases(c, city, op, needs_location=True, limit=50)['total']:,} queued",
     }
+    if scale < 1.0:
+        del jobs["bulletin, one month (HTML + maps)"]
     out = {}
     for name, fn in jobs.items():
         times, what = [], ""
@@ -126,6 +138,9 @@ def main() -> int:
                     help="comma-separated cumulative sizes, e.g. 100k,1M,10M")
     ap.add_argument("--scale", default=os.environ.get("SCALE"), help="the largest size: 100k, 1M or 10M")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--same-rows", action="store_true",
+                    help="past 1M, shorten the windows to 1M/size of their length (3 days of 30 at 10M): the "
+                         "windows then hold as many cases as at 1M, and the ratio is the cost of the history alone")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     if args.scale:
@@ -141,12 +156,18 @@ def main() -> int:
     for n in sizes:
         print(f"### province at {n:,} cases", flush=True)
         grow_s[n] = province.grow(engine, n, end=END)
-        results[n] = measure(engine, city)
+        scale = min(1.0, 1_000_000 / n) if args.same_rows else 1.0
+        if scale < 1.0:
+            print(f"  (--same-rows: windows at {scale:.0%} of their length)", flush=True)
+        results[n] = measure(engine, city, scale)
     t = Table(f"province scale (Haimen's answers; the province has {', '.join(f'{n:,}' for n in sizes)} cases)")
-    base = sizes[0]
+    base, prev = sizes[0], sizes[-2] if len(sizes) > 1 else sizes[0]
     for name in results[base]:
-        figs = "  ".join(f"{n // 1000:,}k: {results[n][name][0] * 1000:,.0f} ms" for n in sizes)
-        ratio = (f"{sizes[-1] // 1000:,}k / {base // 1000:,}k: {results[sizes[-1]][name][0] / results[base][name][0]:.2f}×"
+        figs = "  ".join(f"{n // 1000:,}k: {results[n][name][0] * 1000:,.0f} ms" for n in sizes if name in results[n])
+        if name not in results[sizes[-1]]:
+            t.add(name, figs, "", "")
+            continue
+        ratio = (f"{sizes[-1] // 1000:,}k / {prev // 1000:,}k: {results[sizes[-1]][name][0] / results[prev][name][0]:.2f}×"
                  if len(sizes) > 1 else "")
         t.add(name, figs + f"  ({results[sizes[-1]][name][2]})", ratio,
               "bulletin ≤ 30 s" if name.startswith("bulletin") else ("windowed: ≤ 1.5× from 1M to 10M"

@@ -233,7 +233,7 @@ def export_job_file(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), u
 
 
 def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None,
-                  request: Request | None = None):
+                  request: Request | None = None, datetime_: str | None = None):
     from layers.core import city as lcity
 
     with engine.begin() as conn:
@@ -243,7 +243,8 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
         form = _form(layer, user)
         lcat.ready(conn, city, layer)
         with readpool.reading(engine, conn, replica_ok=layer.refresh is None) as rconn:  # the read replica
-            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y)
+            since, until = logc.parse_datetime(datetime_)
+            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y, since, until)
     ltiles.watch_for(engine)  # start listening for layer changes (the fast path needs it)
     ltiles.remember(engine, slug, city, layer)
     return data, etag, hit, form == "public" and user is None
@@ -256,26 +257,38 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
                if_none_match: str | None = Header(None, include_in_schema=False),
                authorization: str | None = Header(None, include_in_schema=False),
                accept_encoding: str | None = Header(None, include_in_schema=False),
+               datetime: str | None = Query(None, max_length=80, description=(
+                   "时间窗 Only features whose time lies in this window (OGC datetime: an instant or start/end, "
+                   "'..' for an open end); layers with a time field only, e.g. cases: "
+                   "2026-10-01T00:00:00+08:00/2026-11-01T00:00:00+08:00")),
                _=Depends(PUBLIC)):
     engine = request.app.state.engine
     slug = city or settings.api().default_city
-    if not authorization and not session_cookie(request):
+    if not authorization and not session_cookie(request) and not datetime:
         hit = ltiles.fast_hit(engine, slug, name, z, x, y)
         if hit is not None:
             return tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
     data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization,
-                                                      request)
+                                                      request, datetime)
     return tile_response(data, etag, hit, public, if_none_match, accept_encoding)
 
 
 @router.get("/tiles/{name}/tilejson.json", summary="TileJSON 3.0 of a layer's vector tiles (MapLibre, QGIS)")
 def tilejson(request: Request, name: str = Path(..., max_length=60), _=Depends(PUBLIC), user=Depends(caller),
-             conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+             conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+             datetime: str | None = Query(None, max_length=80, description="时间窗 the tiles' window (see the tiles)")):
+    from urllib.parse import quote
+
     layer = lcat.get_layer(conn, city, name)
     form = _form(layer, user)
     bounds = logc.extent(conn, city)
     base = str(request.base_url).rstrip("/")
     q = _q(request)
+    if datetime:  # checked here, so that a client learns of a bad window before asking for tiles
+        if layer.time_field is None:
+            raise InputError(f"layer {layer.name} has no time field: datetime does not apply")
+        logc.parse_datetime(datetime)
+        q += ("&" if q else "?") + "datetime=" + quote(datetime, safe="/:.")
     return {"tilejson": "3.0.0", "name": f"{layer.title} {layer.title_en}", "scheme": "xyz",
             "tiles": [f"{base}/api/v1/tiles/{layer.name}/{{z}}/{{x}}/{{y}}.mvt{q}"],
             "minzoom": ltiles.MIN_ZOOM, "maxzoom": ltiles.MAX_ZOOM, "bounds": bounds,

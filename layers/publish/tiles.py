@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
 import threading
@@ -25,7 +26,7 @@ from sqlalchemy import Connection, text
 
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
-from layers.publish.catalog import _REGISTRY, Field, Layer, layer_version, select
+from layers.publish.catalog import _REGISTRY, Field, Filters, Layer, layer_version, select
 
 EXTENT = 4096
 BUFFER = 64
@@ -95,9 +96,10 @@ def tile_fields(layer: Layer, form: str, z: int | None) -> tuple[Field, ...]:
     return fields
 
 
-def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None) -> tuple[str, dict]:
+def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None,
+             filters: Filters | None = None) -> tuple[str, dict]:
     margin = BUFFER / EXTENT
-    inner, params, _ = select(layer, form, city, geom_sql="s.geom", order=False)
+    inner, params, _ = select(layer, form, city, filters, geom_sql="s.geom", order=False)
     cols = ", ".join(f'a."{f.name}"' for f in tile_fields(layer, form, z))
     if layer.tile_sql:
         # Prefilter on the cached EPSG:3857 geometry (GiST), then join the layer's attributes.
@@ -120,16 +122,28 @@ def tile_sql(layer: Layer, form: str, city: CityInfo, z: int | None = None) -> t
     return sql, params
 
 
-def get_tile(conn: Connection, city: CityInfo, layer: Layer, form: str, z: int, x: int, y: int) -> tuple[bytes, str, bool]:
-    """(MVT bytes, ETag, from cache). Tiles of layers without a version are not cached."""
+def get_tile(conn: Connection, city: CityInfo, layer: Layer, form: str, z: int, x: int, y: int,
+             since: dt.datetime | None = None, until: dt.datetime | None = None) -> tuple[bytes, str, bool]:
+    """(MVT bytes, ETag, from cache). Tiles of layers without a version are not cached.
+
+    ``since``/``until`` keep the features whose time field is in [since, until) (layers with a time
+    field only): a layer that grows with its history (every case ever) is then drawn for a window,
+    and its tiles cost the window's features, not the history's."""
     check_tile(z, x, y)
+    filters = None
+    if since is not None or until is not None:
+        if layer.time_field is None:
+            raise InputError(f"layer {layer.name} has no time field: datetime does not apply")
+        filters = Filters(since=since, until=until)
     version = layer_version(conn, layer)
     key = (city.id, layer.name, form, version, z, x, y)
+    if filters is not None:
+        key += (since.isoformat() if since else "..", until.isoformat() if until else "..")
     if version is not None:
         hit = cache.get(key)
         if hit is not None:
             return hit[0], hit[1], True
-    sql, params = tile_sql(layer, form, city, z)
+    sql, params = tile_sql(layer, form, city, z, filters)
     data = conn.execute(text(sql), {**params, "z": z, "x": x, "y": y, "name": layer.name}).scalar()
     data = bytes(data or b"")
     etag = '"' + hashlib.blake2b(repr(key).encode() + data, digest_size=12).hexdigest() + '"'

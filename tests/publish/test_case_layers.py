@@ -51,3 +51,53 @@ def test_case_layers(client, tokens, engine, haimen, tmp_path):
             WHERE cell_id IS NOT NULL AND merged_into IS NULL GROUP BY cell_code""")).all())
     assert dict(zip(cells["cell_code"], cells["total"].astype(int), strict=True)) == truth
     assert client.get("/api/v1/layers/cases/export", params={"format": "geojson"}).status_code in (401, 403)
+
+
+def _tile_of(lon: float, lat: float, z: int) -> tuple[int, int, int]:
+    import math
+
+    n = 2 ** z
+    return z, int((lon + 180) / 360 * n), int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+
+
+def test_case_tiles_for_a_time_window(client, tokens, engine, haimen):
+    """The cases layer holds every case ever: its tiles can be asked for a window (OGC ``datetime``), and
+    then hold exactly the window's cases (a province's history does not make a month's map heavy)."""
+    import mapbox_vector_tile
+
+    from gis import crs as gcrs
+    from layers.cases import workflow
+
+    lon, lat = 121.2131, 31.9411
+    x, y = gcrs.transform_xy([lon, lon + 0.0005], [lat, lat], "EPSG:4326", "EPSG:4549")
+    code = next(iter(workflow.catalog()))
+    nos = []
+    with engine.begin() as conn:
+        for i, when in enumerate((dt.datetime(2019, 3, 10, 2, tzinfo=dt.UTC), dt.datetime(2019, 7, 10, 2, tzinfo=dt.UTC))):
+            c = workflow.open_case(conn, haimen, source="hotline", channel="电话", category_code=code,
+                                   received_at=when, location=shapely.Point(x[i], y[i]))
+            nos.append(c.case_no)
+    z, tx, ty = _tile_of(lon, lat, 14)
+    url = f"/api/v1/tiles/cases/{z}/{tx}/{ty}.mvt"
+
+    def case_nos(params=None):
+        r = client.get(url, params=params, headers=auth(tokens["planner"]))
+        assert r.status_code == 200, r.text
+        t = mapbox_vector_tile.decode(r.content)
+        return {f["properties"]["case_no"] for f in t.get("cases", {}).get("features", [])}
+
+    everything = case_nos()
+    assert set(nos) <= everything
+    march = case_nos({"datetime": "2019-03-01T00:00:00+08:00/2019-04-01T00:00:00+08:00"})
+    assert nos[0] in march and nos[1] not in march
+    assert all(n in everything for n in march)
+    assert case_nos({"datetime": "2019-07-01T00:00:00+08:00/.."}) >= {nos[1]}
+    assert nos[0] not in case_nos({"datetime": "2019-07-01T00:00:00+08:00/.."})
+    bad = client.get(url, params={"datetime": "last month"}, headers=auth(tokens["planner"]))
+    assert bad.status_code == 422 and "datetime" in bad.text
+    no_time = client.get(f"/api/v1/tiles/grid_cells/{z}/{tx}/{ty}.mvt", params={"datetime": "2019-03-01/2019-04-01"})
+    assert no_time.status_code == 422 and "time field" in no_time.text
+    assert client.get(url, params={"datetime": "2019-03-01/2019-04-01"}).status_code == 401  # still staff only
+    tj = client.get("/api/v1/tiles/cases/tilejson.json", params={"datetime": "2019-03-01T00:00:00+08:00/.."},
+                    headers=auth(tokens["planner"]))
+    assert tj.status_code == 200 and "datetime=2019-03-01T00:00:00%2B08:00/.." in tj.json()["tiles"][0]
