@@ -149,20 +149,31 @@ def _replica_conn(pool: ReadPool, floor: int | None, engine=None) -> Connection 
         return None
 
 
-def get_read_conn(request: Request) -> Iterator[Connection]:
+def read_conn(request: Request, primary: Connection | None = None) -> Iterator[Connection]:
     """A transaction for read-only heavy work: on the replica when it has the caller's own writes, else
-    on the primary. Declare it as ``Depends(get_read_conn, scope="function")``; never write through it."""
+    on the primary — ``primary``, the request's own transaction when given (``api.deps.get_read_conn``
+    passes it: a request then holds one primary connection, not two, and a burst of map tiles cannot
+    take the pool twice over), else a transaction of its own. Never write through it."""
     pool: ReadPool | None = getattr(request.app.state, "read_pool", None)
     conn = _replica_conn(pool, wal_floor(request, pool)) if pool is not None else None
     where = "replica" if conn is not None else "primary"
     request.state.read_from = where  # WalMark puts it in the answer's X-Citygrid-Read header
     _note_where(where)
     if conn is None:
-        with request.app.state.engine.begin() as primary:
+        if primary is not None:
             yield primary
+            return
+        with request.app.state.engine.begin() as own:
+            yield own
         return
     with conn, conn.begin():
         yield conn
+
+
+def get_read_conn(request: Request) -> Iterator[Connection]:
+    """:func:`read_conn` with a primary transaction of its own (routes use ``api.deps.get_read_conn``,
+    which shares the request's)."""
+    yield from read_conn(request)
 
 
 def job_read_conn(request: Request, engine_for: Callable | None = None) -> Connection | None:
