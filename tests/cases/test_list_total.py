@@ -195,3 +195,33 @@ def test_the_queue_reads_its_partial_index(engine, haimen, batch, monkeypatch):
         assert "case_unlocated_open_idx" in plan and "$1" in plan, plan
         conn.exec_driver_sql("DEALLOCATE lt_count")
         conn.rollback()
+
+
+def test_the_operator_page_shows_an_estimated_total(live_server, browser, tokens, batch, monkeypatch):
+    """Past the cap the operator's list says “共 N+ 件” (N: what is known for sure), the estimate in its tip;
+    below it the exact “共 N 件”."""
+    import re
+
+    from tests.cases.test_operator_page import open_page
+
+    monkeypatch.setenv(CAP_ENV, "3")
+    page = open_page(browser, live_server, "/operator", tokens["operator"])
+    # the queue's count (loaded at start for an operator): at least the queued cases, with a plus
+    page.wait_for_function("() => document.getElementById('queue-count').textContent.endsWith('+')", timeout=20000)
+    queued = int(page.locator("#queue-count").inner_text().rstrip("+").replace(",", ""))
+    assert queued >= N_OPEN_UNLOCATED
+    page.click("#tabs [data-tab='list']")
+    page.wait_for_selector("#list-status[data-total-exact='false']", timeout=20000)
+    status = page.locator("#list-status")
+    shown = page.locator("#case-list li[data-id]").count()
+    assert shown >= N_OPEN_UNLOCATED  # the batch's open cases are on the list (open, newest first)
+    assert status.inner_text().startswith(f"共 {max(3, shown):,}+ 件"), status.inner_text()
+    assert "不再逐件计数" in status.get_attribute("title")
+    monkeypatch.delenv(CAP_ENV)
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    page.click("#tabs [data-tab='list']")
+    page.wait_for_selector("#list-status[data-total-exact='true']", timeout=20000)
+    assert re.fullmatch(r"共 \d+ 件(（显示 \d+ 件）)?", status.inner_text()), status.inner_text()
+    assert not page.js_errors, page.js_errors
+    page.context.close()
