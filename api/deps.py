@@ -33,7 +33,13 @@ def get_conn(request: Request) -> Iterator[Connection]:
 
 # Read-only heavy work (tiles, exports, OGC items, analytics, bulletins) may use the read replica:
 # ``Depends(get_read_conn, scope="function")`` (api/readpool.py; the primary without CITYGRID_DB_READ_URL).
-from api.readpool import get_read_conn  # noqa: E402,F401  (the read replica's hook)
+from api import readpool  # noqa: E402  (the read replica's hook)
+
+
+def get_read_conn(request: Request, conn: Connection = Depends(get_conn, scope="function")) -> Iterator[Connection]:
+    """A transaction on the read replica when it has the caller's own writes, else the request's own
+    transaction on the primary (the same connection as :func:`get_conn`'s: one per request, not two)."""
+    yield from readpool.read_conn(request, conn)
 
 
 def get_city(conn: Connection = Depends(get_conn, scope="function"),

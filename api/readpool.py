@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fastapi import Request
@@ -124,12 +124,13 @@ def wal_floor(request, pool: ReadPool) -> int | None:
     return max(known) if known else None
 
 
-def _replica_conn(pool: ReadPool, floor: int | None) -> Connection | None:
-    """A connection to the replica if it is reachable and has replayed ``floor``; else None."""
+def _replica_conn(pool: ReadPool, floor: int | None, engine=None) -> Connection | None:
+    """A connection to the replica (from ``engine``, default the pool's) if it is reachable and has
+    replayed ``floor``; else None."""
     if not pool.up():
         return None
     try:
-        conn = pool.engine.connect()
+        conn = (engine or pool.engine).connect()
     except SQLAlchemyError:
         pool.mark_down()
         return None
@@ -148,20 +149,47 @@ def _replica_conn(pool: ReadPool, floor: int | None) -> Connection | None:
         return None
 
 
-def get_read_conn(request: Request) -> Iterator[Connection]:
+def read_conn(request: Request, primary: Connection | None = None) -> Iterator[Connection]:
     """A transaction for read-only heavy work: on the replica when it has the caller's own writes, else
-    on the primary. Declare it as ``Depends(get_read_conn, scope="function")``; never write through it."""
+    on the primary — ``primary``, the request's own transaction when given (``api.deps.get_read_conn``
+    passes it: a request then holds one primary connection, not two, and a burst of map tiles cannot
+    take the pool twice over), else a transaction of its own. Never write through it."""
     pool: ReadPool | None = getattr(request.app.state, "read_pool", None)
     conn = _replica_conn(pool, wal_floor(request, pool)) if pool is not None else None
     where = "replica" if conn is not None else "primary"
     request.state.read_from = where  # WalMark puts it in the answer's X-Citygrid-Read header
     _note_where(where)
     if conn is None:
-        with request.app.state.engine.begin() as primary:
+        if primary is not None:
             yield primary
+            return
+        with request.app.state.engine.begin() as own:
+            yield own
         return
     with conn, conn.begin():
         yield conn
+
+
+def get_read_conn(request: Request) -> Iterator[Connection]:
+    """:func:`read_conn` with a primary transaction of its own (routes use ``api.deps.get_read_conn``,
+    which shares the request's)."""
+    yield from read_conn(request)
+
+
+def job_read_conn(request: Request, engine_for: Callable | None = None) -> Connection | None:
+    """:func:`get_read_conn` for work that outlives the request (a background export job): a connection to
+    the replica, not in a transaction, when it has replayed the caller's own writes — drawn from
+    ``engine_for(replica engine)`` (the jobs' own pool: a job holds its connection for minutes and must not
+    draw on the requests' pool). None: the work reads the primary. The answer's ``X-Citygrid-Read`` says
+    which one the work reads. The caller owns the connection (closes it)."""
+    pool: ReadPool | None = getattr(request.app.state, "read_pool", None)
+    conn = None
+    if pool is not None:
+        conn = _replica_conn(pool, wal_floor(request, pool), engine_for(pool.engine) if engine_for else None)
+    where = "replica" if conn is not None else "primary"
+    request.state.read_from = where
+    _note_where(where)
+    return conn
 
 
 def _note_where(where: str) -> None:

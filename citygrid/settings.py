@@ -143,6 +143,17 @@ class WorklistSettings(BaseSettings):
     hotspot_refresh_minutes: float = Field(10.0, ge=0)
 
 
+class CaseListSettings(BaseSettings):
+    """The staff case lists (``layers.cases.workflow.list_cases``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYGRID_CASES_")
+
+    #: A list's total is counted exactly up to this many cases; past it the answer says
+    #: ``total_exact: false`` and ``total`` is the planner's estimate (a first page must not count the
+    #: whole history of a province).
+    list_count_cap: int = Field(10_000, ge=1, le=10_000_000)
+
+
 class AuthSettings(BaseSettings):
     """Bearer tokens, sign-in (passwords, sessions, lockout) and the server's secret key."""
 
@@ -211,6 +222,11 @@ def export() -> ExportSettings:
 def worklist() -> WorklistSettings:
     """Read each time (not cached), as the export settings."""
     return WorklistSettings()
+
+
+def case_list() -> CaseListSettings:
+    """Read each time (not cached), as the export settings."""
+    return CaseListSettings()
 
 
 @lru_cache

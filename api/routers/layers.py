@@ -197,10 +197,13 @@ def start_export_job(request: Request, name: str = Path(..., max_length=60),
     filters = lcat.build_filters(city, bbox=bbox, bbox_crs=bbox_crs, since=since, until=until,
                                  class_code=class_code, area=area)
     asked = {"bbox": bbox, "bbox_crs": bbox_crs, "since": since, "until": until, "class": class_code, "area": area}
+    # the job reads the replica (from the jobs' own pool there) when it has the caller's writes and the layer
+    # is stored; a computed layer, just brought up to date on the primary, is read there
+    read_conn = readpool.job_read_conn(request, lexp.job_read_engine) if layer.refresh is None else None
     try:
         job = lexp.start_job(request.app.state.engine, city, [(layer, form)], format, crs, filters,
                              owner=user.id if user else None, request={k: v for k, v in asked.items() if v is not None},
-                             client=client_key(request, user), conn=conn, shared=user is None)
+                             client=client_key(request, user), conn=conn, shared=user is None, read_conn=read_conn)
     except lexp.TooManyJobs as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
     return _job_doc(job)

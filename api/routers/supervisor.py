@@ -94,7 +94,7 @@ FILTERS = Depends(_filters)
 
 
 @router.get("/supervisor/heat", summary="热力图 Heat: quartic KDE of cases on the grid (cells with density)")
-def heat(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def heat(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
          start: str | None = START, end: str | None = END, flt: dict = FILTERS,
          bandwidth: float | None = Query(None, description="带宽 bandwidth in m (default: spatial Silverman rule)"),
          dissolve: bool = Query(False, description="one polygon per heat class instead of one per cell"),
@@ -108,7 +108,7 @@ def heat(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function")
 @router.get("/supervisor/heat/tiles/{z}/{x}/{y}.mvt", summary="热力瓦片 Heat as vector tiles (MVT, EPSG:3857 XYZ)",
             response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
 def heat_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**22 - 1), y: int = Path(..., ge=0, le=2**22 - 1),
-              _=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"),
+              _=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"),
               city: CityInfo = Depends(get_city), start: str | None = START, end: str | None = END,
               flt: dict = FILTERS,
               bandwidth: float | None = Query(None, description="带宽 bandwidth in m"),
@@ -130,7 +130,7 @@ def _tile_response(data: bytes, if_none_match: str | None) -> Response:
             response_class=Response, responses={200: {"content": {"application/vnd.mapbox-vector-tile": {}}}})
 def cases_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**22 - 1),
                y: int = Path(..., ge=0, le=2**22 - 1), _=Depends(VIEW),
-               conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+               conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
                start: str | None = START, end: str | None = END, flt: dict = FILTERS,
                if_none_match: str | None = Header(None, include_in_schema=False)):
     s, e = _window(conn, city, start, end)
@@ -138,7 +138,7 @@ def cases_tile(z: int = Path(..., ge=0, le=22), x: int = Path(..., ge=0, le=2**2
 
 
 @router.get("/supervisor/hotspots", summary="热点分析 Significant hot/cold spots (exact test at a chosen scale, FDR)")
-def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
              start: str | None = START, end: str | None = END, flt: dict = FILTERS,
              unit: float | None = Query(None, description="分析单元 analysis unit edge in m (a multiple of the "
                                         "cell; default: chosen from the data, stated in the answer)"),
@@ -152,7 +152,7 @@ def hotspots(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functi
 
 
 @router.get("/supervisor/emerging", summary="时空热点趋势 Emerging hot spots (Gi* per period + Mann-Kendall)")
-def emerging(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def emerging(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
              end: str | None = END, steps: int = Query(12, ge=3, le=60), step_days: int = Query(7, ge=1, le=31),
              flt: dict = FILTERS, crs: str = CRS):
     e = _date(end, "end") or _latest_day(conn, city)
@@ -160,7 +160,7 @@ def emerging(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="functi
 
 
 @router.get("/supervisor/cells", summary="案件网格汇总 Cases aggregated per cell (never points)")
-def case_cells(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def case_cells(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
                start: str | None = START, end: str | None = END, flt: dict = FILTERS,
                limit: int = Query(2000, ge=1, le=50000), crs: str = CRS):
     s, e = _window(conn, city, start, end)
@@ -190,7 +190,7 @@ def summary(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="fu
 
 
 @router.get("/supervisor/options", summary="筛选项 What the filters offer: classes, channels, districts and streets")
-def options(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+def options(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city)):
     names = lkpi.group_names(conn, city, "category")
     chans = conn.execute(text("SELECT DISTINCT channel FROM case_rollup WHERE city_id = :c ORDER BY 1"),
                          {"c": city.id}).scalars().all()
@@ -238,7 +238,7 @@ def assessment(_=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, s
 
 
 @router.get("/supervisor/alerts", summary="舆情预警 The alert feed: clusters, surges, petition risks")
-def alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
            since: str | None = Query(None, max_length=10), until: str | None = Query(None, max_length=10),
            kind: str | None = Query(None, pattern="^(scan|surge|petition)$"), limit: int = Query(100, ge=1, le=1000)):
     return {"alerts": lalerts.alert_feed(conn, city, since=_date(since, "since"), until=_date(until, "until"),
@@ -261,12 +261,12 @@ def run_alerts(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope=
 @router.get("/supervisor/alerts/{alert_id}/report", summary="专报 A special report of one alert (HTML)",
             response_class=HTMLResponse)
 def alert_report(alert_id: int = Path(..., ge=1, le=2**62), _=Depends(SUPERVISE),
-                 conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city)):
+                 conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city)):
     return HTMLResponse(lbulletin.alert_report_html(conn, city, alert_id))
 
 
 @router.get("/bulletins", summary="简报中心 The months with a bulletin (PDF, XLSX, HTML), newest first")
-def bulletin_list(_=Depends(SUPERVISE), conn: Connection = Depends(get_conn, scope="function"),
+def bulletin_list(_=Depends(SUPERVISE), conn: Connection = Depends(get_read_conn, scope="function"),
                   city: CityInfo = Depends(get_city)):
     return {"months": lbulletin.months(conn, city)}
 
@@ -294,7 +294,7 @@ def bulletin(name: str = Path(..., max_length=20), _=Depends(SUPERVISE), conn: C
 
 @router.get("/supervisor/map.html", summary="folium 地图 Heat and hot spots as a folium map page",
             response_class=HTMLResponse)
-def folium_page(_=Depends(VIEW), conn: Connection = Depends(get_conn, scope="function"), city: CityInfo = Depends(get_city),
+def folium_page(_=Depends(VIEW), conn: Connection = Depends(get_read_conn, scope="function"), city: CityInfo = Depends(get_city),
                 start: str | None = START, end: str | None = END, flt: dict = FILTERS):
     s, e = _window(conn, city, start, end)
     heat_fc = la.heat_geojson(conn, city, s, e, **flt)

@@ -165,8 +165,9 @@ class DayCache:
         epoch = fingerprint[0]
         if fingerprint == self.fingerprint:
             return
-        if fingerprint[1] > CHANGE_LOG_COMPACT_AT:
-            compact_change_log(conn, city)
+        if fingerprint[1] > CHANGE_LOG_COMPACT_AT and conn.execute(text(
+                "SELECT current_setting('transaction_read_only') = 'off'")).scalar():
+            compact_change_log(conn, city)  # on the primary: a read on the replica leaves it to the next one there
         # Per day, the count and sum of its change numbers: any new change moves them.
         versions = {r[0]: (int(r[1]), int(r[2])) for r in conn.execute(text("""
             SELECT day, count(*), sum(version) FROM case_rollup_change WHERE city_id = :c GROUP BY day"""),

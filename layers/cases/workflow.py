@@ -761,8 +761,10 @@ def list_cases(conn: Connection, city: CityInfo, user, *, state: str | None = No
         conds.append(("" if overdue else "NOT ") + "coalesce(c.step_deadline_at < :now, false)")
         params["now"] = lcal.now()
     if needs_location:
-        conds.append("c.location IS NULL AND c.state = ANY(:open)")
-        params["open"] = sorted(OPEN_STATES)
+        # Written out as the partial index case_unlocated_open_idx's predicate (migration 0026), so that
+        # the planner proves it even in a generic plan of a prepared statement: the queue then reads
+        # the unlocated open cases, not the city's history.
+        conds.append(UNLOCATED_OPEN)
     if q:
         if publication.text_form(getattr(user, "role", None)) == "full":
             conds.append("(c.case_no = :q OR c.description ILIKE '%' || :q || '%' OR c.address ILIKE '%' || :q || '%')")
@@ -771,12 +773,40 @@ def list_cases(conn: Connection, city: CityInfo, user, *, state: str | None = No
         params["q"] = q
     sql_where = " WHERE " + " AND ".join(conds)
     base = " FROM case_file c LEFT JOIN department d ON d.id = c.department_id"
-    total = conn.execute(text("SELECT count(*)" + base + sql_where), params).scalar_one()
     rows = conn.execute(text(f"SELECT {_LIST_COLS}" + base + sql_where +
                              " ORDER BY c.received_at DESC, c.id DESC LIMIT :lim OFFSET :off"), params).mappings().all()
     at = lcal.now()
-    return {"total": total, "cases": publication.staff_cases(conn, [_row_out(dict(r), at) for r in rows],
-                                                             getattr(user, "role", None))}
+    return {**_bounded_total(conn, base + sql_where, params, offset=offset, limit=limit, shown=len(rows)),
+            "cases": publication.staff_cases(conn, [_row_out(dict(r), at) for r in rows], getattr(user, "role", None))}
+
+
+#: The needs-location queue's condition, word for word the predicate of its partial index
+#: (``case_unlocated_open_idx``, migration 0026): open states as literals, not a parameter.
+UNLOCATED_OPEN = ("c.location IS NULL AND c.state IN ("
+                  + ", ".join(f"'{s}'" for s in sorted(OPEN_STATES)) + ")")
+
+
+def _bounded_total(conn: Connection, from_where: str, params: dict, *, offset: int, limit: int,
+                   shown: int) -> dict:
+    """A list's total without counting a province's history: exact up to ``list_count_cap`` cases
+    (``CITYGRID_CASES_LIST_COUNT_CAP``, 10,000); past it ``total_exact`` is false, ``total_at_least``
+    what is known for sure (the cap, or the rows up to this page) and ``total`` the planner's estimate of
+    the rows, never below that (plus one while a page comes back full: a client paging until ``total``
+    still asks for the next page)."""
+    from citygrid import settings
+
+    cap = settings.case_list().list_count_cap
+    n = conn.execute(text(f"SELECT count(*) FROM (SELECT 1{from_where} LIMIT :cap_plus_one) t"),
+                     {**params, "cap_plus_one": cap + 1}).scalar_one()
+    if n <= cap:
+        return {"total": n, "total_exact": True}
+    plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1{from_where}"), params).scalar_one()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    estimate = int(plan[0]["Plan"]["Plan Rows"])
+    at_least = max(cap, offset + shown)
+    return {"total": max(estimate, cap + 1, offset + shown + (1 if shown == limit else 0)),
+            "total_exact": False, "total_at_least": at_least}
 
 
 def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:

@@ -418,6 +418,22 @@ def job_engine(engine):
     return eng
 
 
+_JOB_READ_ENGINES: dict[str, object] = {}
+
+
+def job_read_engine(read_engine):
+    """The export jobs' own pool on the read replica (as :func:`job_engine` on the primary): read-only
+    sessions, at most ``max_jobs_total`` held at once."""
+    from layers.core.db import make_read_engine
+
+    url = read_engine.url.render_as_string(hide_password=False)
+    with _JOB_ENGINES_LOCK:
+        eng = _JOB_READ_ENGINES.get(url)
+        if eng is None:
+            eng = _JOB_READ_ENGINES[url] = make_read_engine(url, pool_size=settings.export().max_jobs_total)
+    return eng
+
+
 def cache_key(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str,
               request: dict | None) -> str | None:
     """The key under which an anonymous export is shared: the same layers (public forms), format, CRS and
@@ -445,7 +461,8 @@ def _row_to_job(r) -> ExportJob:
 
 def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str, filters: Filters | None,
               *, owner: int | None, bundle_name: str | None = None, request: dict | None = None,
-              client: str | None = None, conn: Connection | None = None, shared: bool = False) -> ExportJob:
+              client: str | None = None, conn: Connection | None = None, shared: bool = False,
+              read_conn: Connection | None = None) -> ExportJob:
     """Validate the request now (4xx before anything starts), count the rows, record the job and export in
     a thread on a connection of its own (which holds the job's advisory lock until the job is finished).
 
@@ -454,7 +471,24 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
     address) or ``max_jobs_total`` in all are running — counted in the database under one advisory lock,
     so the caps hold across processes. ``shared`` (an anonymous export of public forms): the same export
     at the same layer versions, running or done and not expired, is answered with that job instead of a
-    new one (its file is the same). ``conn``: the caller's connection, for the row count."""
+    new one (its file is the same). ``conn``: the caller's connection, for the row count. ``read_conn``: a
+    connection (not in a transaction) the job reads its rows through instead of its own on the primary —
+    the read replica's, given by the API layer when the replica has the caller's writes; the rows are then
+    counted there too. It is the job's from here on (closed when the job ends, or here when none starts)."""
+    try:
+        job, started = _start_job(engine, city, layers, fmt, crs, filters, owner=owner, bundle_name=bundle_name,
+                                  request=request, client=client, conn=conn, shared=shared, read_conn=read_conn)
+    except BaseException:
+        if read_conn is not None:
+            read_conn.close()
+        raise
+    if not started and read_conn is not None:
+        read_conn.close()
+    return job
+
+
+def _start_job(engine, city, layers, fmt, crs, filters, *, owner, bundle_name, request, client, conn, shared,
+               read_conn) -> tuple[ExportJob, bool]:
     import secrets
 
     fmt, crs = check_request(fmt, crs, len(layers))
@@ -463,11 +497,6 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
     expire_jobs(jeng)
     _fail_orphans(jeng)
     request = dict(request or {})
-    key = cache_key(conn, city, layers, fmt, crs, request) if (shared and conn is not None) else None
-    if key is not None:
-        request["cache_key"] = key
-    if client:
-        request["client"] = client
 
     def count_rows(c: Connection) -> int:
         n = 0
@@ -476,11 +505,23 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
             n += c.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
         return n
 
-    if conn is not None:
-        total = count_rows(conn)
+    if read_conn is not None:
+        # the shared file's layer versions and the count from where the rows will be read (a replica that
+        # lags must not file its older rows under the primary's newer versions)
+        with read_conn.begin():
+            key = cache_key(read_conn, city, layers, fmt, crs, request) if shared else None
+            total = count_rows(read_conn)
     else:
-        with jeng.begin() as c:
-            total = count_rows(c)
+        key = cache_key(conn, city, layers, fmt, crs, request) if (shared and conn is not None) else None
+        if conn is not None:
+            total = count_rows(conn)
+        else:
+            with jeng.begin() as c:
+                total = count_rows(c)
+    if key is not None:
+        request["cache_key"] = key
+    if client:
+        request["client"] = client
     job_id = secrets.token_urlsafe(16)
     jconn = jeng.connect()
     locked = False
@@ -499,7 +540,7 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
                 if job.status == "running" or (job.path is not None and job.path.is_file()):
                     jconn.rollback()
                     jconn.close()
-                    return job
+                    return job, False
         n_city, n_client, n_all = jconn.execute(text("""
             SELECT count(*) FILTER (WHERE city_id = :city), count(*) FILTER (WHERE request->>'client' = :client),
                    count(*)
@@ -518,7 +559,8 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
                                     "total": total, "media": FORMATS[fmt]["media"]}).one()
         jconn.commit()
         job = _row_to_job(row)
-        threading.Thread(target=_run_job, args=(jeng, jconn, job, city, layers, fmt, crs, filters, bundle_name),
+        threading.Thread(target=_run_job, args=(jeng, jconn, job, city, layers, fmt, crs, filters, bundle_name,
+                                                read_conn),
                          name=f"citygrid-export-{job_id[:6]}", daemon=True).start()
     except BaseException:
         if locked:
@@ -527,7 +569,7 @@ def start_job(engine, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str,
             jconn.rollback()
             jconn.close()
         raise
-    return job
+    return job, True
 
 
 def _release(conn: Connection, job_id: str) -> None:
@@ -541,8 +583,12 @@ def _release(conn: Connection, job_id: str) -> None:
         conn.close()
 
 
-def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, fmt, crs, filters, bundle_name) -> None:
+def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, fmt, crs, filters, bundle_name,
+             read_conn: Connection | None = None) -> None:
+    """The job's thread: rows read through ``read_conn`` (the replica's) or else ``conn`` (the job's own
+    connection on the primary, which holds its advisory lock and records its progress and end)."""
     part = jobs_dir() / f"{job.id}.part"
+    src = read_conn if read_conn is not None else conn
     last = [0.0]
 
     def on_rows(rows: int) -> None:
@@ -556,9 +602,11 @@ def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, f
     try:
         part.mkdir(parents=True, exist_ok=True)
         progress: dict = {"rows": 0}
-        with conn.begin():
-            path, filename, _ = export_layers(conn, city, layers, fmt, crs, filters, part, bundle_name=bundle_name,
+        with src.begin():
+            path, filename, _ = export_layers(src, city, layers, fmt, crs, filters, part, bundle_name=bundle_name,
                                               progress=progress, on_rows=on_rows)
+        if read_conn is not None:
+            read_conn.close()  # back to the jobs' replica pool before the file is moved
         final = jobs_dir() / job.id
         final.mkdir(parents=True, exist_ok=True)
         path.replace(final / filename)  # the finished file only, moved in one step
@@ -579,6 +627,8 @@ def _run_job(engine, conn: Connection, job: ExportJob, city: CityInfo, layers, f
             pass
         _remove_files(job.id)
     finally:
+        if read_conn is not None:
+            read_conn.close()  # closing twice is harmless
         _release(conn, job.id)
 
 

@@ -47,7 +47,9 @@
           const w = window.open("", "_blank"); if (w) w.document.write(html);
         };
       });
-      const s = await call("/api/v1/text/spread?days=90");
+      // 共性/个性 over the period of the groups shown (else the 90 days up to the newest case)
+      const days = r.window_end ? Math.round((Date.parse(r.window_end) - Date.parse(r.window_start)) / 864e5) + 1 : 90;
+      const s = await call(`/api/v1/text/spread?days=${days}` + (r.window_end ? `&until=${r.window_end}` : ""));
       box.querySelector("#spread-measure").textContent = `${s.window_start} – ${s.window_end} · ${s.measure}`;
       box.querySelector("#spread-table tbody").innerHTML = s.classes.slice(0, 15).map((c) => `<tr><td>${esc(c.category_name || c.category_code)}</td>
         <td>${c.cases}</td><td>${(c.street_share * 100).toFixed(0)}%</td><td>${c.entropy.toFixed(2)}</td><td>${esc(c.label)}</td></tr>`).join("");

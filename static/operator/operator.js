@@ -30,6 +30,7 @@
   // ---------------------------------------------------------------- helpers
   function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
   function fmt(t) { return I18N.time(t); }
+  function count(n) { return Number(n).toLocaleString("en-US"); }  // 10,000 (grouped as the staff read numbers)
   function has(list) { return st.me && list.includes(st.me.role); }
   function showError(msg) { const e = $("error"); e.textContent = msg || ""; e.hidden = !msg; }
   function say(el, cls, html) { $(el).innerHTML = `<div class="${cls}">${html}</div>`; }
@@ -281,7 +282,7 @@
     const clockSel = $("f-clock").value;
     let stateSel = $("f-state").value;
     if (stateSel === "open") stateSel = "collected,accepted,dispatched,processing,feedback,verifying,deferred,suspended";
-    let cases, total;
+    let cases, total, exact = true, atLeast = 0;
     if (["alerts", "red", "yellow"].includes(clockSel)) {
       const d = await api("/api/v1/cases/alerts", { params: { level: clockSel === "alerts" ? "all" : clockSel } });
       cases = d.cases; total = d.count;
@@ -289,8 +290,15 @@
     } else {
       const d = await api("/api/v1/cases", { params: { state: stateSel, overdue: clockSel === "overdue" ? "true" : "", q: $("f-q").value.trim(), limit: 200 } });
       cases = d.cases; total = d.total;
+      // past the server's counting cap (10,000) the total is an estimate: "10,000+", the estimate in the tip
+      if (d.total_exact === false) { exact = false; atLeast = d.total_at_least; }
     }
-    $("list-status").textContent = T(`共 ${total} 件`, `${total} cases`) + (cases.length < total ? T(`（显示 ${cases.length} 件）`, ` (showing ${cases.length})`) : "");
+    const status = $("list-status");
+    status.textContent = (exact ? T(`共 ${total} 件`, `${total} cases`) : T(`共 ${count(atLeast)}+ 件`, `${count(atLeast)}+ cases`)) +
+      (cases.length < total ? T(`（显示 ${cases.length} 件）`, ` (showing ${cases.length})`) : "");
+    status.dataset.totalExact = String(exact);
+    status.title = exact ? "" : T(`超过 ${count(atLeast)} 件后不再逐件计数，约 ${count(total)} 件`,
+      `counted exactly up to ${count(atLeast)}; about ${count(total)}`);
     $("case-list").innerHTML = cases.map((c) => `<li data-id="${c.id}" class="${c.id === st.selected ? "sel" : ""}">
       <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(W("states", c.state))}</span> ${clockBadge(c.clock)}<br>
       ${esc(className(c))}${c.department_code ? " → " + esc(W("departments", c.department_code, c.department_name)) : ""}
@@ -443,7 +451,7 @@
   async function loadQueue() {
     if (!has(DISPATCHERS)) { $("queue-list").innerHTML = `<li class="muted">${T("仅受理/派遣员可用", "Operators only")}</li>`; return; }
     const d = await api("/api/v1/cases/needs-location", { params: { limit: 200 } });
-    $("queue-count").textContent = d.total || "";
+    $("queue-count").textContent = d.total_exact === false ? `${count(d.total_at_least)}+` : (d.total || "");
     $("queue-list").innerHTML = d.cases.map((c) => `<li data-id="${c.id}" class="${c.id === st.place.id ? "sel" : ""}">
       <span class="no">${esc(c.case_no)}</span> <span class="state">${esc(W("states", c.state))}</span> ${clockBadge(c.clock)}<br>
       ${esc(className(c))} · <b>${esc(c.address || T("无地址", "no address"))}</b>

@@ -113,7 +113,8 @@ def test_a_write_through_one_worker_is_seen_by_both(two_workers, tokens, engine,
         layer = mapbox_vector_tile.decode(r.content).get("assets", {"features": []})
         return {f["properties"].get("name") for f in layer["features"]}
 
-    today = dt.date.today()
+    # the rollup's days are the city's (Asia/Shanghai): after 16:00 UTC a case written now is on tomorrow's
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
     heat_q = {"start": str(today - dt.timedelta(days=29)), "end": str(today)}
     sup = auth(tokens["supervisor"])
 

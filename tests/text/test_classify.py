@@ -135,10 +135,10 @@ def test_cli_train_on_the_citys_closed_cases(cli, engine, haimen, capsys):
             texts.append(f"{rng.choice(PLACES)}{rng.choice(ph)}")
             codes.append(leaf)
     n = len(texts)
-    at = dt.datetime(2030, 5, 1, 9, tzinfo=dt.UTC)
+    at = dt.datetime(2018, 5, 1, 9, tzinfo=dt.UTC)  # in the past: off the newest-first lists
     with engine.begin() as conn:
         bulk_insert_cases(conn, haimen, CaseBatch(
-            case_no=[f"T2030C{i:04d}" for i in range(n)], received_at=[at] * n, category_code=codes,
+            case_no=[f"T2018C{i:04d}" for i in range(n)], received_at=[at] * n, category_code=codes,
             channel=["电话"] * n, source=["hotline"] * n, description=texts, state=["closed"] * n,
             closed_at=[at] * n))
     assert cli(["text", "train", "--city", "haimen", "--name", "test-city-cases", "--folds", "3"]) == 0

@@ -96,21 +96,22 @@ def test_heat_index_parts():
 
 @pytest.fixture(scope="module")
 def stored(engine, haimen):
-    """The corpus as Haimen cases in March 2031 (no other test writes then); group 1's callers repeat."""
+    """The corpus as Haimen cases in January–March 2018 (before the demo year and every other test's cases:
+    in the past, it does not crowd the newest-first lists that later tests read); group 1's callers repeat."""
     from layers.demo.synthetic import CaseBatch, bulk_insert_cases
 
     texts, t, x, y, truth = corpus()
     with engine.connect() as conn:
         cx, cy = conn.execute(text("SELECT ST_X(ST_Centroid(boundary)), ST_Y(ST_Centroid(boundary)) FROM city "
                                    "WHERE id = :c"), {"c": haimen.id}).one()
-    start = dt.datetime(2031, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    start = dt.datetime(2018, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=8)))
     n = len(texts)
     phones = [None] * n
     g1 = np.flatnonzero(truth == 1)
     for k, i in enumerate(g1):
         phones[i] = "13800000001" if k < 4 else f"1390000000{k}"
     cats = ["E50201" if tr == 2 else "H10102" if tr == 1 else "010202" if tr == 0 else "H90101" for tr in truth]
-    b = CaseBatch(case_no=[f"T2031R{i:05d}" for i in range(n)], received_at=[start + dt.timedelta(days=float(v)) for v in t],
+    b = CaseBatch(case_no=[f"T2018R{i:05d}" for i in range(n)], received_at=[start + dt.timedelta(days=float(v)) for v in t],
                   category_code=cats, channel=["电话"] * n, source=["hotline"] * n, x=x + cx, y=y + cy,
                   description=texts, phone=phones, state=["accepted"] * n)
     with engine.begin() as conn:
@@ -121,13 +122,13 @@ def stored(engine, haimen):
 def test_run_stores_groups_api_and_report(client, tokens, engine, haimen, stored):
     ids, truth = stored
     sup = auth(tokens["supervisor"])
-    r = client.post("/api/v1/text/recurring/run", headers=sup, params={"until": "2031-03-31", "days": 90})
+    r = client.post("/api/v1/text/recurring/run", headers=sup, params={"until": "2018-03-31", "days": 90})
     assert r.status_code == 200, r.text
     assert r.json()["cases"] == len(truth) and r.json()["n_groups"] == 3
     top = client.get("/api/v1/text/recurring", headers=sup, params={"limit": 5}).json()
-    assert top["window_start"] == "2031-01-01" and len(top["groups"]) == 3
+    assert top["window_start"] == "2018-01-01" and len(top["groups"]) == 3
     got = {frozenset(g["case_nos"]) for g in top["groups"]}
-    want = {frozenset(f"T2031R{i:05d}" for i in np.flatnonzero(truth == k)) for k in range(3)}
+    want = {frozenset(f"T2018R{i:05d}" for i in np.flatnonzero(truth == k)) for k in range(3)}
     assert got == want
     noise = next(g for g in top["groups"] if g["n_cases"] == 7)
     assert noise["repeat_callers"] == 1 and "紫藤路菜场" in noise["representative"]
@@ -137,12 +138,12 @@ def test_run_stores_groups_api_and_report(client, tokens, engine, haimen, stored
     assert rep.status_code == 200 and "热点问题专报" in rep.text and "紫藤路菜场" in rep.text
     assert client.get("/api/v1/text/recurring/999999999/report", headers=sup).status_code == 404
     assert client.get("/api/v1/text/recurring", headers=auth(tokens["operator"])).status_code == 403
-    bad = client.post("/api/v1/text/recurring/run", headers=sup, params={"until": "2031-02-30"})
+    bad = client.post("/api/v1/text/recurring/run", headers=sup, params={"until": "2018-02-30"})
     assert bad.status_code == 422 and "YYYY-MM-DD" in bad.text
 
 
 def test_spread_shared_or_local(client, tokens, stored):
-    r = client.get("/api/v1/text/spread", headers=auth(tokens["supervisor"]), params={"until": "2031-03-31", "days": 90})
+    r = client.get("/api/v1/text/spread", headers=auth(tokens["supervisor"]), params={"until": "2018-03-31", "days": 90})
     assert r.status_code == 200, r.text
     d = r.json()
     by = {c["category_code"]: c for c in d["classes"]}
@@ -157,8 +158,8 @@ def test_bulletin_lists_the_months_recurring_problems(engine, haimen, stored):
     from layers.analytics import bulletin
 
     with engine.connect() as conn:
-        d = bulletin.collect(conn, haimen, "2031-01")
-        doc = bulletin.render_html(conn, haimen, "2031-01", data=d, images={})
+        d = bulletin.collect(conn, haimen, "2018-01")
+        doc = bulletin.render_html(conn, haimen, "2018-01", data=d, images={})
     rec = d["recurring"]
     assert rec and any("青檀苑" in g["representative"] for g in rec)
     assert "热点问题 Recurring problems" in doc and "青檀苑南门" in doc
@@ -167,7 +168,7 @@ def test_bulletin_lists_the_months_recurring_problems(engine, haimen, stored):
 def test_supervisor_page_shows_groups_and_a_report(browser, live_server, client, tokens, stored):
     sup = tokens["supervisor"]
     assert client.post("/api/v1/text/recurring/run", headers=auth(sup),
-                       params={"until": "2031-03-31", "days": 90}).status_code == 200
+                       params={"until": "2018-03-31", "days": 90}).status_code == 200
     ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
     page = ctx.new_page()
     errors = []
