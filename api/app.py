@@ -73,14 +73,18 @@ def _page(name: str):
 
 
 def _ensure_partitions(engine) -> None:
-    """The case tables' monthly partitions for this month and the next three (layers.cases.partitions):
-    every start makes the ones missing (a server running for months is kept by ``citygrid db partitions``
-    from cron, and a month without its partition still takes cases, in the default partition)."""
+    """The case tables' monthly partitions for this month and the next three, and the months of rows
+    waiting in the default partitions (layers.cases.partitions.upkeep): every start makes the ones
+    missing (a server running for months is kept by ``citygrid db partitions`` from cron, and a month
+    without its partition still takes cases, in the default partition)."""
+    from sqlalchemy import text
+
     from layers.cases import partitions
 
     try:
         with engine.begin() as conn:
-            made = partitions.ensure_ahead(conn)
+            conn.execute(text("SET LOCAL lock_timeout = '5s'"))  # never hold the start behind a long transaction
+            made = partitions.upkeep(conn)
         if made:
             log.info("case partitions created: %s", ", ".join(made))
     except Exception as e:  # noqa: BLE001 - a server starts without them (cases go to the default partition)

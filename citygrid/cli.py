@@ -56,7 +56,7 @@ DB_PARTITION_ACTIONS = ("partitions", "archive")
 
 def cmd_db_partitions(args) -> int:
     """``citygrid db partitions``: the monthly partitions of the case tables for the current UTC month and
-    the next three (cases of a month without one wait in the default partition and move then);
+    the next three, and for the months of rows waiting in the default partitions (they move there);
     ``citygrid db archive YYYY-MM --to DIR``: dump a closed month and remove it (layers/cases/partitions.py)."""
     from layers.cases import partitions
     from layers.core.errors import CodedError
@@ -65,7 +65,7 @@ def cmd_db_partitions(args) -> int:
     try:
         if args.action == "partitions":
             with engine.begin() as conn:
-                made = partitions.ensure_ahead(conn)
+                made = partitions.upkeep(conn)
                 print(json.dumps({"created": made, "partitions": partitions.partitions(conn)}, indent=1))
             return 0
         if not args.target or not args.to:

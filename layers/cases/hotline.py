@@ -544,7 +544,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     existing = set()
     if has_ref.any():
         existing = {r[0] for r in conn.execute(text(
-            "SELECT source_ref FROM case_file WHERE city_id = :c AND source = :s AND source_ref = ANY(:refs)"),
+            "SELECT source_ref FROM case_key WHERE city_id = :c AND source = :s AND source_ref = ANY(:refs)"),
             {"c": city.id, "s": src_kind, "refs": list({str(r)[:80] for r in refs[has_ref]})})}
     skipped = (_isin(refs, existing) if existing else np.zeros(n, dtype=bool)) & (reasons == None)  # noqa: E711
     too_long = col("source_ref").str.len().to_numpy() > 80

@@ -118,6 +118,21 @@ def ensure_months(conn: Connection, lo, hi) -> list[str]:
     return created
 
 
+def name_indexes(conn: Connection, part: str) -> None:
+    """Name a partition's indexes after the parent's: ``case_department_idx_202611`` (PostgreSQL would say
+    ``case_file_202611_department_id_state_idx``), so that a plan or a log names the index one knows."""
+    suffix = part.rsplit("_", 1)[1]
+    rows = conn.execute(text("""
+        SELECT ci.relname::text, pi.relname::text
+        FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
+        JOIN pg_inherits ii ON ii.inhrelid = ci.oid JOIN pg_class pi ON pi.oid = ii.inhparent
+        WHERE x.indrelid = CAST(:p AS regclass)"""), {"p": part}).all()
+    for child, parent in rows:
+        want = f"{parent}_{suffix}"[:63]
+        if child != want and not _exists(conn, want):
+            conn.execute(text(f'ALTER INDEX "{child}" RENAME TO "{want}"'))
+
+
 def _create_month(conn: Connection, table: str, col: str, m: dt.date) -> None:
     part, default = name(table, m), f"{table}_default"
     lo, hi = _bound(m), _bound(next_month(m))
@@ -126,6 +141,7 @@ def _create_month(conn: Connection, table: str, col: str, m: dt.date) -> None:
         f"AND {col} < CAST(:hi AS timestamptz))"), {"lo": lo, "hi": hi}).scalar_one()
     if not waiting:
         conn.execute(text(f"CREATE TABLE {part} PARTITION OF {table} FOR VALUES FROM ('{lo}') TO ('{hi}')"))
+        name_indexes(conn, part)
         return
     # Rows of this month sit in the default partition: detach it (it loses the parent's triggers, so the
     # move fires none: rollup, notifications, append-only guard), move them into a table of the month,
@@ -140,13 +156,21 @@ def _create_month(conn: Connection, table: str, col: str, m: dt.date) -> None:
     conn.execute(text(f"DELETE FROM {default} WHERE {where}"), {"lo": lo, "hi": hi})
     conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {part} FOR VALUES FROM ('{lo}') TO ('{hi}')"))
     conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {default} DEFAULT"))
+    name_indexes(conn, part)
 
 
 def ensure_for(conn: Connection, *times) -> list[str]:
-    """:func:`ensure_months` for the span of some instants (iterables of aware datetimes, ISO texts,
-    pandas timestamps; None and NaT skipped) — the months of a batch about to be written. Months after
-    the current one + :data:`MONTHS_AHEAD` are left to the default partition (a wrong far-future date
-    makes no partitions)."""
+    """The monthly partitions for the span of some instants about to be written (iterables of aware
+    datetimes, ISO texts, pandas timestamps; None and NaT skipped): the import and the demo generators
+    call it before they write. Months after the current one + :data:`MONTHS_AHEAD` are left to the default
+    partition (a wrong far-future date makes no partitions).
+
+    Creating a partition locks the parent table exclusively until its transaction ends. When the caller's
+    transaction has not touched the case tables yet, the missing months are made in a short transaction of
+    their own (another connection, committed at once, waiting at most ``lock_timeout`` = 3 s: when it
+    cannot have the lock, the rows go to the default partition and :func:`upkeep` moves them later), so
+    that a long import does not hold every other writer of cases. When the caller's transaction holds
+    locks on them already, another transaction would wait for it: the months are made in the caller's."""
     import pandas as pd
 
     values = pd.to_datetime(pd.Series([t for ts in times for t in ts], dtype=object), utc=True, errors="coerce",
@@ -156,8 +180,54 @@ def ensure_for(conn: Connection, *times) -> list[str]:
     horizon = dt.datetime.now(dt.UTC)
     for _ in range(MONTHS_AHEAD + 1):
         horizon = dt.datetime.combine(next_month(month_of(horizon)), dt.time(), dt.UTC)
-    lo, hi = values.min().to_pydatetime(), min(values.max().to_pydatetime(), horizon - dt.timedelta(seconds=1))
-    return ensure_months(conn, lo, max(lo, hi))
+    lo = values.min().to_pydatetime()
+    hi = max(lo, min(values.max().to_pydatetime(), horizon - dt.timedelta(seconds=1)))
+    if all(_exists(conn, name(t, m)) for m in months(lo, hi) for t, _ in TABLES):
+        return []
+    if _holds_case_locks(conn):
+        return ensure_months(conn, lo, hi)
+    from sqlalchemy import exc
+
+    with conn.engine.connect() as other:
+        try:
+            other.execute(text("SET LOCAL lock_timeout = '3s'"))
+            made = ensure_months(other, lo, hi)
+            other.commit()
+            return made
+        except exc.OperationalError as e:
+            other.rollback()
+            if getattr(e.orig, "sqlstate", None) == "55P03":  # lock_not_available: the default partition waits
+                return []
+            raise
+
+
+def _holds_case_locks(conn: Connection) -> bool:
+    """Does this session hold a lock on case_file, case_event or one of their partitions?"""
+    return conn.execute(text("""
+        SELECT EXISTS (SELECT 1 FROM pg_locks l
+                       WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted
+                         AND (l.relation = ANY(ARRAY['case_file', 'case_event']::regclass[])
+                              OR l.relation IN (SELECT inhrelid FROM pg_inherits
+                                                WHERE inhparent = ANY(ARRAY['case_file', 'case_event']::regclass[]))))
+        """)).scalar_one()
+
+
+def drain_default(conn: Connection) -> list[str]:
+    """Make the month of every row waiting in a default partition (which moves them there)."""
+    waiting = conn.execute(text("""
+        SELECT DISTINCT (date_trunc('month', received_at AT TIME ZONE 'UTC'))::date FROM case_file_default
+        UNION SELECT DISTINCT (date_trunc('month', at AT TIME ZONE 'UTC'))::date FROM case_event_default
+        ORDER BY 1""")).scalars().all()
+    made = []
+    for m in waiting:
+        made += ensure_months(conn, m, m)
+    return made
+
+
+def upkeep(conn: Connection) -> list[str]:
+    """What the service start and ``citygrid db partitions`` do: the current month and the next
+    :data:`MONTHS_AHEAD`, and the months of rows waiting in the default partitions."""
+    return ensure_ahead(conn) + drain_default(conn)
 
 
 def ensure_ahead(conn: Connection, *, ahead: int = MONTHS_AHEAD, today: dt.date | None = None) -> list[str]:

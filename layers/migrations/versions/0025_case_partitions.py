@@ -98,6 +98,23 @@ EVENT_CHECK = """
     END $$"""
 
 
+NAME_INDEXES = """
+    DO $$
+    DECLARE r record; want text;
+    BEGIN
+        FOR r IN SELECT ci.relname AS child, pi.relname AS parent, substring(c.relname from '_([^_]+)$') AS suffix
+                 FROM pg_inherits pt JOIN pg_class c ON c.oid = pt.inhrelid
+                 JOIN pg_index x ON x.indrelid = c.oid JOIN pg_class ci ON ci.oid = x.indexrelid
+                 JOIN pg_inherits ii ON ii.inhrelid = ci.oid JOIN pg_class pi ON pi.oid = ii.inhparent
+                 WHERE pt.inhparent IN ('case_file'::regclass, 'case_event'::regclass) LOOP
+            want := left(r.parent || '_' || r.suffix, 63);
+            IF r.child <> want AND to_regclass(quote_ident(want)) IS NULL THEN
+                EXECUTE format('ALTER INDEX %I RENAME TO %I', r.child, want);
+            END IF;
+        END LOOP;
+    END $$"""
+
+
 def _months_sql(table: str, lo: str, hi: str) -> str:
     """A DO block creating the monthly partitions of ``table`` (UTC months) from the month of ``lo``
     to the month of ``hi`` (timestamptz expressions), skipping those that exist."""
@@ -239,6 +256,8 @@ def upgrade() -> None:
         op.execute(f"CREATE TRIGGER case_key_{name} {CASE_KEY_TRIGGERS[name]} "
                    f"FOR EACH STATEMENT EXECUTE FUNCTION case_key_{name}()")
         op.execute(f"ALTER TABLE case_file ENABLE ALWAYS TRIGGER case_key_{name}")
+    # Partitions' indexes named after the parent's (case_department_idx_202611), as ensure_months names them.
+    op.execute(NAME_INDEXES)
     for stmts in grants.values():
         for s in stmts:
             op.execute(s)
