@@ -161,6 +161,20 @@ def test_delete_and_move_go_through_case_key(conn, haimen):
     conn.execute(text("DELETE FROM case_file WHERE id = :a"), {"a": a})
     assert conn.execute(text("SELECT merged_into FROM case_file WHERE id = :b"), {"b": b}).scalar_one() is None
     rollup_equals_cases(conn, haimen)
+    # A case merged into one written by the same statement (cg_file_reports' batches): its key is checked
+    # at commit, when the statement trigger has made the other's.
+    ids = conn.execute(text("SELECT nextval('case_file_id_seq') FROM generate_series(1, 2)")).scalars().all()
+    conn.execute(text("""
+        INSERT INTO case_file (id, city_id, case_no, source, channel, received_at, category_code, state, merged_into)
+        VALUES (:a, :c, :na, 'inspector', '督查员', now(), 'E40101', 'collected', NULL),
+               (:b, :c, :nb, 'inspector', '督查员', now(), 'E40101', 'merged', :a)"""),
+                 {"a": ids[0], "b": ids[1], "c": haimen.id, "na": f"M-{ids[0]}", "nb": f"M-{ids[1]}"})
+    sp = conn.begin_nested()  # a key to nothing is still refused (at the latest at commit: here, SET CONSTRAINTS)
+    conn.execute(text("UPDATE case_file SET merged_into = -9 WHERE id = :b"), {"b": ids[1]})
+    with pytest.raises(exc.IntegrityError, match="case_file_merged_into_fkey"):
+        conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+    sp.rollback()
+    rollup_equals_cases(conn, haimen)
     # A child of a case that does not exist is refused.
     sp = conn.begin_nested()
     with pytest.raises(exc.IntegrityError, match="case_contact_case_id_fkey"):

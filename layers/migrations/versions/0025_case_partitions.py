@@ -10,7 +10,9 @@ across partitions and what the case's children reference.
   ``field_report``, ``notify_outbox``, ``wechat_photo``, ``case_feedback_photo`` …, found in
   ``pg_constraint``, each with its own ON DELETE action). The children are otherwise untouched, and a
   case row may move between partitions (a corrected ``received_at``, ``layers.cases.partitions``) without
-  touching them. Statement-level triggers with transition tables on ``case_file`` keep it
+  touching them (``case_file.merged_into``'s key is checked at commit: a batch may merge a case into
+  one written by the same statement, whose key exists only once the statement's trigger ran).
+  Statement-level triggers with transition tables on ``case_file`` keep it
   (``case_key_ins/upd/del``), ``ENABLE ALWAYS`` like the rollup triggers (0022: bulk imports write with
   ``session_replication_role = replica``). Deleting a case deletes its key, which cascades to the children.
 * ``case_file``: primary key ``(id, received_at)``, partitions ``case_file_YYYYMM`` of UTC calendar months
@@ -233,6 +235,11 @@ def upgrade() -> None:
                 raise RuntimeError(f"foreign key {name} of {table} references case_event: not expected")
             continue
         ddl = re.sub(r"REFERENCES (public\.)?case_file\(id\)", "REFERENCES case_key(id)", ddl)
+        if (table, name) == ("case_file", "case_file_merged_into_fkey") and "DEFERRABLE" not in ddl:
+            # A case merged into one written by the same statement (cg_file_reports: a batch of reports whose
+            # later ones join an earlier one): its key is made by case_key_ins at the end of the statement,
+            # after the row-level check of an immediate key would have run.
+            ddl += " DEFERRABLE INITIALLY DEFERRED"
         op.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {ddl}')
     op.execute(EVENT_CHECK)
     op.execute("""CREATE CONSTRAINT TRIGGER case_verification_event_id_fkey
@@ -307,6 +314,8 @@ def downgrade() -> None:
             op.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {ddl}')
     for table, name, ddl, _ in refs:
         ddl = ddl.replace("REFERENCES case_key(id)", "REFERENCES case_file(id)")
+        if name == "case_file_merged_into_fkey":
+            ddl = ddl.replace(" DEFERRABLE INITIALLY DEFERRED", "")
         op.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {ddl}')
     op.execute("""ALTER TABLE case_verification ADD CONSTRAINT case_verification_event_id_fkey
                   FOREIGN KEY (event_id) REFERENCES case_event(id) ON DELETE SET NULL""")
