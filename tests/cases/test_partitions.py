@@ -307,3 +307,24 @@ def test_archive_a_closed_month(engine, tmp_path):
         partitions.archive(engine, "2010-03", tmp_path)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM case_file WHERE id = :i"), {"i": open_one})
+
+
+def test_cli_partitions_and_archive_refusals(engine, db_url, monkeypatch, capsys, tmp_path):
+    import json
+
+    from citygrid import cli, settings
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    settings.database.cache_clear() if hasattr(settings.database, "cache_clear") else None
+    assert cli.main(["db", "partitions"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = {p["name"] for p in out["partitions"]}
+    m = partitions.month_of(dt.datetime.now(UTC))
+    assert {"case_file_default", "case_event_default", partitions.name("case_file", m),
+            partitions.name("case_event", m)} <= names
+    assert cli.main(["db", "archive", "1999-01", "--to", str(tmp_path)]) == 2
+    assert "no partition case_file_199901" in capsys.readouterr().err
+    assert cli.main(["db", "archive", "1999-13", "--to", str(tmp_path)]) == 2
+    assert "a month is YYYY-MM" in capsys.readouterr().err
+    assert cli.main(["db", "archive", "1999-01"]) == 2
+    assert list(tmp_path.iterdir()) == []
