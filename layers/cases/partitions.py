@@ -226,8 +226,14 @@ def drain_default(conn: Connection) -> list[str]:
 
 def upkeep(conn: Connection) -> list[str]:
     """What the service start and ``citygrid db partitions`` do: the current month and the next
-    :data:`MONTHS_AHEAD`, and the months of rows waiting in the default partitions."""
-    return ensure_ahead(conn) + drain_default(conn)
+    :data:`MONTHS_AHEAD`, the months of rows waiting in the default partitions, and every partition's
+    indexes named after the parent's (an index a later migration adds to the parent gets PostgreSQL's
+    generated names on the partitions)."""
+    made = ensure_ahead(conn) + drain_default(conn)
+    for (part,) in conn.execute(text("""SELECT inhrelid::regclass::text FROM pg_inherits
+                                        WHERE inhparent = ANY(ARRAY['case_file', 'case_event']::regclass[])""")).all():
+        name_indexes(conn, part)
+    return made
 
 
 def ensure_ahead(conn: Connection, *, ahead: int = MONTHS_AHEAD, today: dt.date | None = None) -> list[str]:
