@@ -328,3 +328,26 @@ def test_cli_partitions_and_archive_refusals(engine, db_url, monkeypatch, capsys
     assert "a month is YYYY-MM" in capsys.readouterr().err
     assert cli.main(["db", "archive", "1999-01"]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_search_never_meets_another_citys_srid(conn, haimen):
+    """cg_nearest_open (the duplicate rule) scans only its city's cases of the window (migration 0025): a
+    sequential scan of a partition holding another city's points in another SRID raises nothing."""
+    from shapely.geometry import box
+
+    other, _ = metric_city(conn, "srid-test", "坐标测试市", "320696", box(680_000, 4_800_000, 681_000, 4_801_000),
+                           srid=32632)
+    at = dt.datetime.now(UTC) - dt.timedelta(hours=1)
+    foreign = _case(conn, other, at)
+    conn.execute(text("UPDATE case_file SET location = ST_SetSRID(ST_MakePoint(680500, 4800500), 32632) WHERE id = :i"),
+                 {"i": foreign})
+    mine = _case(conn, haimen, at - dt.timedelta(minutes=5))
+    conn.execute(text("UPDATE case_file SET location = ST_SetSRID(ST_MakePoint(652500, 3560500), 4549) WHERE id = :i"),
+                 {"i": mine})
+    conn.execute(text("SET LOCAL enable_indexscan = off"))
+    conn.execute(text("SET LOCAL enable_bitmapscan = off"))
+    conn.execute(text("DISCARD PLANS"))
+    hit = conn.execute(text("""SELECT id FROM cg_nearest_open(:c, 'E40101', ST_SetSRID(ST_MakePoint(652510, 3560500), 4549),
+                                                      now(), 50, 72, ARRAY['collected'], NULL)"""),
+                       {"c": haimen.id}).scalar()
+    assert hit == mine

@@ -29,6 +29,11 @@ across partitions and what the case's children reference.
   event has, on insert and on update of ``event_id``. Its ON DELETE SET NULL is not kept: events are
   append-only and disappear only with their case, whose verification rows cascade away with it.
 
+* ``cg_nearest_open`` (0012, the duplicate rule) searches the city's cases of the time window only (its inner
+  scan read every city's cases within the radius, trusting the spatial index to meet the city's points alone;
+  a generic plan on the partitioned table may scan a small partition, where another city's SRID raised an
+  error): the window prunes the partitions as the plan starts.
+
 The data moves with one ``INSERT … SELECT`` per table into the partitioned parent (one scan of the old
 table; the parent routes each row to its month) before any trigger exists on the new tables: the case
 rollup (0005/0009) and its change log are neither recomputed nor doubled, no notification is queued. Then
@@ -114,6 +119,28 @@ NAME_INDEXES = """
                 EXECUTE format('ALTER INDEX %I RENAME TO %I', r.child, want);
             END IF;
         END LOOP;
+    END $$"""
+
+
+#: cg_nearest_open (0012), the duplicate rule's search: its inner scan (kept apart by OFFSET 0) read every case
+#: within the radius of any city and any time, trusting the GiST index to meet only the city's own points. On
+#: the partitioned table its generic plan may scan a small partition sequentially, and ST_DWithin then meets
+#: points of another city in another SRID (an error). The city and the time window go into the inner scan:
+#: the partitions outside the window are pruned when the plan starts, and no other city's point is compared.
+NEAREST_OLD = "WHERE c.location IS NOT NULL AND ST_DWithin(c.location, p_loc, p_radius)"
+NEAREST_NEW = ("WHERE c.city_id = p_city AND c.location IS NOT NULL AND ST_DWithin(c.location, p_loc, p_radius) "
+               "AND c.received_at BETWEEN p_at - make_interval(secs => p_window_h * 3600) AND p_at")
+
+
+def _rewrite_function(name: str, old: str, new: str) -> str:
+    return f"""
+    DO $$
+    DECLARE src text := pg_get_functiondef('{name}'::regproc);
+    BEGIN
+        IF position($q${old}$q$ IN src) = 0 THEN
+            RAISE EXCEPTION 'function {name} does not have the expected text';
+        END IF;
+        EXECUTE replace(src, $q${old}$q$, $q${new}$q$);
     END $$"""
 
 
@@ -263,6 +290,7 @@ def upgrade() -> None:
         op.execute(f"CREATE TRIGGER case_key_{name} {CASE_KEY_TRIGGERS[name]} "
                    f"FOR EACH STATEMENT EXECUTE FUNCTION case_key_{name}()")
         op.execute(f"ALTER TABLE case_file ENABLE ALWAYS TRIGGER case_key_{name}")
+    op.execute(_rewrite_function("cg_nearest_open", NEAREST_OLD, NEAREST_NEW))
     # Partitions' indexes named after the parent's (case_department_idx_202611), as ensure_months names them.
     op.execute(NAME_INDEXES)
     for stmts in grants.values():
@@ -326,6 +354,7 @@ def downgrade() -> None:
     for name in CASE_KEY_FUNCTIONS:
         op.execute(f"DROP FUNCTION IF EXISTS case_key_{name}()")
     op.execute(APPEND_ONLY_0003)
+    op.execute(_rewrite_function("cg_nearest_open", NEAREST_NEW, NEAREST_OLD))
     for table, _ in TABLES:
         for name, ddl, enabled in triggers[table]:
             op.execute(ddl)
