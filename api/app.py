@@ -72,6 +72,25 @@ def _page(name: str):
     return page
 
 
+def _ensure_partitions(engine) -> None:
+    """The case tables' monthly partitions for this month and the next three, and the months of rows
+    waiting in the default partitions (layers.cases.partitions.upkeep): every start makes the ones
+    missing (a server running for months is kept by ``citygrid db partitions`` from cron, and a month
+    without its partition still takes cases, in the default partition)."""
+    from sqlalchemy import text
+
+    from layers.cases import partitions
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '5s'"))  # never hold the start behind a long transaction
+            made = partitions.upkeep(conn)
+        if made:
+            log.info("case partitions created: %s", ", ".join(made))
+    except Exception as e:  # noqa: BLE001 - a server starts without them (cases go to the default partition)
+        log.warning("case partitions not checked: %s", e)
+
+
 def create_app(database_url: str | None = None) -> FastAPI:
     """Build the app; ``database_url`` defaults to DATABASE_URL or the project's own cluster."""
 
@@ -89,6 +108,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         from layers.cases import calendar as lcal
 
         lcal.bind(app.state.engine)  # calendar years loaded by any process are seen by this one
+        _ensure_partitions(app.state.engine)
 
         # What start-up made lives as long as the server: out of the cyclic collector's way, so that a
         # full collection (which stops every request in flight) does not walk it again and again.

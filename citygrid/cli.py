@@ -24,9 +24,11 @@ def _engine():
 def cmd_db(args) -> int:
     from citygrid import dbcluster
 
-    if getattr(args, "target", None) and args.action != "replica":
+    if getattr(args, "target", None) and args.action not in ("replica", "archive"):
         print(f"citygrid db {args.action}: unexpected argument '{args.target}'", file=sys.stderr)
         return 2
+    if args.action in DB_PARTITION_ACTIONS:
+        return cmd_db_partitions(args)
     if args.action in DB_BACKUP_ACTIONS:
         return cmd_db_backup(args)
     if settings.database().url and args.action != "url":
@@ -49,6 +51,35 @@ def cmd_db(args) -> int:
 
 
 DB_BACKUP_ACTIONS = ("backup", "backups", "restore", "replica")
+DB_PARTITION_ACTIONS = ("partitions", "archive")
+
+
+def cmd_db_partitions(args) -> int:
+    """``citygrid db partitions``: the monthly partitions of the case tables for the current UTC month and
+    the next three, and for the months of rows waiting in the default partitions (they move there);
+    ``citygrid db archive YYYY-MM --to DIR``: dump a closed month and remove it (layers/cases/partitions.py)."""
+    from layers.cases import partitions
+    from layers.core.errors import CodedError
+
+    engine = _engine()
+    try:
+        if args.action == "partitions":
+            with engine.begin() as conn:
+                made = partitions.upkeep(conn)
+                print(json.dumps({"created": made, "partitions": partitions.partitions(conn)}, indent=1))
+            return 0
+        if not args.target or not args.to:
+            print("citygrid db archive YYYY-MM --to DIR", file=sys.stderr)
+            return 2
+        try:
+            info = partitions.archive(engine, args.target, args.to, log=lambda m: print(m, file=sys.stderr))
+        except CodedError as e:
+            print(f"citygrid db archive: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(info, indent=1))
+        return 0
+    finally:
+        engine.dispose()
 
 
 def cmd_db_backup(args) -> int:
@@ -467,12 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="the project's own PostgreSQL + PostGIS cluster")
-    db.add_argument("action", choices=["start", "stop", "status", "destroy", "url", *DB_BACKUP_ACTIONS],
+    db.add_argument("action", choices=["start", "stop", "status", "destroy", "url", *DB_BACKUP_ACTIONS,
+                                       *DB_PARTITION_ACTIONS],
                     help="backup [--type full|diff|incr], backups (list), restore [--to TIME] [--force], "
-                         "replica start|stop|status")
-    db.add_argument("target", nargs="?", help="replica: start, stop or status")
+                         "replica start|stop|status, partitions (this month + 3 ahead), archive YYYY-MM --to DIR")
+    db.add_argument("target", nargs="?", help="replica: start, stop or status; archive: the month YYYY-MM")
     db.add_argument("--type", choices=["full", "diff", "incr"], help="backup: full (default), diff or incr")
-    db.add_argument("--to", metavar="TIME", help="restore: the instant (ISO 8601, e.g. 2026-12-05T10:30:00+08:00)")
+    db.add_argument("--to", metavar="TIME", help="restore: the instant (ISO 8601, e.g. 2026-12-05T10:30:00+08:00); "
+                                                 "archive: the directory of the dump")
     db.add_argument("--force", action="store_true", help="restore: stop a running cluster and overwrite it")
     db.set_defaults(func=cmd_db)
 

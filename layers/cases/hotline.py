@@ -445,14 +445,17 @@ def check_foreign_keys(conn: Connection, lo: int, hi: int) -> None:
         FROM pg_constraint c
         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
         JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = c.confkey[1]
-        WHERE c.contype = 'f' AND c.conrelid = ANY(ARRAY['case_file', 'case_event', 'case_contact']::regclass[])
+        WHERE c.contype = 'f' AND c.conparentid = 0
+          AND c.conrelid = ANY(ARRAY['case_file', 'case_event', 'case_contact']::regclass[])
         ORDER BY 2, 1""")).all()
     for name, table, ncols, col, parent, pcol in fks:
         if ncols != 1:
             raise RuntimeError(f"foreign key {name} has {ncols} columns: the bulk check knows single columns only")
         # An event's or a contact's own case was written by this transaction: no other one can see it, let
         # alone delete it, so it needs no lock (locking 10^5 rows of our own would rewrite every page).
-        own = parent == "case_file" and col == BULK_TABLES[table]
+        # (Their keys reference case_key, the unpartitioned twin of case_file: migration 0025; a key on
+        # a partitioned table is read on its parent, conparentid = 0, not on each partition's clone.)
+        own = parent in ("case_file", "case_key") and col == BULK_TABLES[table]
         key, qcol, pcol = _ident(BULK_TABLES[table]), _ident(col), _ident(pcol)
         want, got = conn.execute(text(f"""
             WITH want AS (SELECT DISTINCT t.{qcol} AS k FROM {table} t
@@ -541,7 +544,7 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
     existing = set()
     if has_ref.any():
         existing = {r[0] for r in conn.execute(text(
-            "SELECT source_ref FROM case_file WHERE city_id = :c AND source = :s AND source_ref = ANY(:refs)"),
+            "SELECT source_ref FROM case_key WHERE city_id = :c AND source = :s AND source_ref = ANY(:refs)"),
             {"c": city.id, "s": src_kind, "refs": list({str(r)[:80] for r in refs[has_ref]})})}
     skipped = (_isin(refs, existing) if existing else np.zeros(n, dtype=bool)) & (reasons == None)  # noqa: E711
     too_long = col("source_ref").str.len().to_numpy() > 80
@@ -682,6 +685,11 @@ def import_cases(conn: Connection, city: CityInfo, path, *, mapping=None, actor=
         case_no[ii] = wf.next_case_numbers(conn, city, dt.date.fromordinal(int(d)), len(ii))
     ids = np.array(conn.execute(text("SELECT nextval('case_file_id_seq') FROM generate_series(1, :n)"),
                                 {"n": len(sel)}).scalars().all(), dtype=np.int64)
+    # The monthly partitions of the batch's cases and events (layers.cases.partitions).
+    from layers.cases import partitions
+
+    span = recv.iloc[sel]
+    partitions.ensure_for(conn, [span.min(), span.max(), closed.iloc[sel].min(), closed.iloc[sel].max()])
     tick("number")
 
     # Everything the rounds need, per imported case (positions in ``sel``).

@@ -22,7 +22,7 @@ import shapely
 from sqlalchemy import Connection, text
 
 from citygrid import settings
-from layers.cases import hotline
+from layers.cases import hotline, partitions
 from layers.cases import workflow as wf
 from layers.core import city as lcity
 from layers.core import grid as lgrid
@@ -133,6 +133,8 @@ def write_round(conn: Connection, city: CityInfo, n: int, first_no: int, rng: np
     from_s = [None] * n + ["collected"] * (k - n)
     to_s = ["collected"] * n + ["closed"] * int(closed.sum()) + ["void"] * int(void.sum())
     data = ['{"synthetic": true}'] * k
+    # Their months' partitions (layers.cases.partitions), before the COPY, while the connection is free.
+    partitions.ensure_for(conn, recv_t, closed_t[closed])
     raw = conn.connection.driver_connection
     bulk = hotline.bulk_mode(conn)
     if bulk:

@@ -73,8 +73,10 @@ def bulk_insert_cases(conn: Connection, city: CityInfo, b: CaseBatch) -> np.ndar
                                            rounding_precision=2), None).tolist()
     col = lambda v, d=None: v if v is not None else [d] * n  # noqa: E731
     # Foreign keys checked once per batch, not per row, when the session may (layers.cases.hotline.bulk_mode).
-    from layers.cases import hotline
+    from layers.cases import hotline, partitions
 
+    # The monthly partitions of the cases and their events (layers.cases.partitions).
+    partitions.ensure_for(conn, b.received_at, (e[1] for e in b.events))
     bulk = hotline.bulk_mode(conn)
     if bulk:
         conn.execute(text("SET LOCAL session_replication_role = replica"))
