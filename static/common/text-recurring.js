@@ -29,6 +29,13 @@
     <h3>答复质量待改进 Weak department replies</h3><div id="weak-status" class="status"></div><ul id="weak-replies"></ul>`;
   async function load() {
     try {
+      // A #token=… link is exchanged for the session cookie asynchronously: ask only once it is set
+      // (asking before raced the exchange and the section stayed "unavailable" on a 401).
+      if (window.cgSession && !(await cgSession.ready)) {
+        box.querySelector("#recurring-status").textContent = "请先登录 sign in first";
+        window.recurringReady = true;
+        return;
+      }
       const r = await call("/api/v1/text/recurring?limit=10");
       const tb = box.querySelector("#recurring-table tbody");
       box.querySelector("#recurring-status").textContent = r.window_start

@@ -4,6 +4,7 @@ different words) are found whole, one-off cases are not grouped; the heat index'
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import numpy as np
 import pytest
@@ -173,6 +174,12 @@ def test_supervisor_page_shows_groups_and_a_report(browser, live_server, client,
     page = ctx.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def slow_sign_in(route):  # the #token= exchange answers late: the section must wait for it, not fail
+        time.sleep(1.5)
+        route.continue_()
+
+    page.route("**/api/v1/auth/login", slow_sign_in)
     page.goto(live_server + "/supervisor#token=" + sup)
     rows = page.locator("#recurring-table tbody tr[data-id]")
     rows.first.wait_for(timeout=20000)
