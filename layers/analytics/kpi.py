@@ -96,6 +96,10 @@ WITH cohort AS (
     WHERE f.city_id = :city AND f.received_at >= :t0 AND f.received_at < :t1 AND f.merged_into IS NULL {filters}
 ), ev AS (
     SELECT e.* FROM case_event e JOIN cohort c ON c.case_id = e.case_id WHERE e.at < :asof
+        -- No event of a case is older than a day before its receipt (a receipt may lie at most a day
+        -- ahead of the clock, layers.cases.workflow.open_case): the bound lets the monthly partitions of
+        -- case_event before the window be pruned (each case's look-up probed every month's index).
+        AND e.at >= CAST(:t0 AS timestamptz) - interval '1 day'
 ), per AS (
     SELECT case_id,
         bool_or(kind = 'accepted') AS accepted,
