@@ -166,7 +166,8 @@ def queue(conn: Connection, city: CityInfo, user, *, limit: int = 50, offset: in
         out.append({"id": r["id"], "case_no": r["case_no"], "received_at": r["received_at"],
                     "category_name": r.get("category_name"), "text": _case_text(r),
                     "proposals": located, "mentions": [c for c in cands if c["kind"] == "mention"][:5]})
-    return {"total": res["total"], "cases": out}
+    # The list's count fields as they are (past the count cap: total_exact false, total_at_least).
+    return {**{k: v for k, v in res.items() if k.startswith("total")}, "cases": out}
 
 
 def confirm(conn: Connection, city: CityInfo, case_id: int, *, name: str, kind: str, actor) -> dict:

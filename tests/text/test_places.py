@@ -86,6 +86,7 @@ def test_needs_location_queue_proposes_and_the_operator_confirms(client, tokens,
     assert r.json()["needs_location"] is True
     q = client.get("/api/v1/text/needs-location", headers=op, params={"limit": 200})
     assert q.status_code == 200, q.text
+    assert q.json()["total_exact"] is True and q.json()["total"] >= 1  # the list's count fields, passed on
     case = next(c for c in q.json()["cases"] if c["id"] == cid)
     prop = case["proposals"][0]
     assert (prop["name"], prop["kind"], prop["confidence"]) == ("紫藤文化广场", "poi", 0.95)
