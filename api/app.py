@@ -75,8 +75,8 @@ def _page(name: str):
 def _ensure_partitions(engine) -> None:
     """The case tables' monthly partitions for this month and the next three, and the months of rows
     waiting in the default partitions (layers.cases.partitions.upkeep): every start makes the ones
-    missing (a server running for months is kept by ``citygrid db partitions`` from cron, and a month
-    without its partition still takes cases, in the default partition)."""
+    missing, and :func:`_partition_upkeep_loop` again while the server runs (a month without its
+    partition still takes cases, in the default partition, until then)."""
     from sqlalchemy import text
 
     from layers.cases import partitions
@@ -89,6 +89,19 @@ def _ensure_partitions(engine) -> None:
             log.info("case partitions created: %s", ", ".join(made))
     except Exception as e:  # noqa: BLE001 - a server starts without them (cases go to the default partition)
         log.warning("case partitions not checked: %s", e)
+
+
+async def _partition_upkeep_loop(engine) -> None:
+    """Partition upkeep again every ``CITYGRID_CASES_PARTITION_UPKEEP_HOURS`` while the server runs, so
+    that a server up for months makes its next months itself (every worker process runs it: it is
+    idempotent, and a worker that meets another's lock gives up for this round)."""
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    while True:
+        await asyncio.sleep(settings.case_list().partition_upkeep_hours * 3600)
+        await run_in_threadpool(_ensure_partitions, engine)
 
 
 def create_app(database_url: str | None = None) -> FastAPI:
@@ -116,10 +129,15 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
         gc.collect()
         gc.freeze()
+        import asyncio
+
+        upkeep = asyncio.create_task(_partition_upkeep_loop(app.state.engine), name="citygrid-partition-upkeep")
         try:
             yield
         finally:
             from api import offload
+
+            upkeep.cancel()
 
             offload.shutdown()
             await close_apool(app)

@@ -144,7 +144,7 @@ class WorklistSettings(BaseSettings):
 
 
 class CaseListSettings(BaseSettings):
-    """The staff case lists (``layers.cases.workflow.list_cases``)."""
+    """The staff case lists (``layers.cases.workflow.list_cases``) and the case tables' upkeep."""
 
     model_config = SettingsConfigDict(env_prefix="CITYGRID_CASES_")
 
@@ -152,6 +152,9 @@ class CaseListSettings(BaseSettings):
     #: ``total_exact: false`` and ``total`` is the planner's estimate (a first page must not count the
     #: whole history of a province).
     list_count_cap: int = Field(10_000, ge=1, le=10_000_000)
+    #: The service makes the case tables' monthly partitions (this month and three ahead, and the month
+    #: of any row waiting in a default partition) at start and then every this many hours.
+    partition_upkeep_hours: float = Field(6.0, gt=0, le=24 * 31)
 
 
 class AuthSettings(BaseSettings):

@@ -351,3 +351,37 @@ def test_duplicate_search_never_meets_another_citys_srid(conn, haimen):
                                                       now(), 50, 72, ARRAY['collected'], NULL)"""),
                        {"c": haimen.id}).scalar()
     assert hit == mine
+
+
+def test_the_service_keeps_its_months_while_it_runs(engine, haimen, db_url, monkeypatch):
+    """The start makes the months; a server that runs for months keeps making them (its upkeep runs
+    again every CITYGRID_CASES_PARTITION_UPKEEP_HOURS): a case written into a month without a partition
+    while the server runs moves to its month's partition without a restart."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    monkeypatch.setenv("CITYGRID_CASES_PARTITION_UPKEEP_HOURS", str(0.3 / 3600))
+    drop = "DROP TABLE IF EXISTS case_file_201202, case_event_201202"  # a month no other test writes
+    with engine.begin() as c:
+        c.execute(text(drop))
+    with TestClient(create_app(db_url)):
+        with engine.begin() as c:
+            cid = _case(c, haimen, dt.datetime(2012, 2, 10, 3, 0, tzinfo=UTC))
+            assert _where(c, "case_file", "id", cid) == ["case_file_default"]
+        try:
+            deadline = time.monotonic() + 20
+            where = None
+            while time.monotonic() < deadline:
+                with engine.connect() as c:
+                    where = _where(c, "case_file", "id", cid)
+                if where == ["case_file_201202"]:
+                    break
+                time.sleep(0.2)
+            assert where == ["case_file_201202"]
+        finally:
+            with engine.begin() as c:
+                c.execute(text("DELETE FROM case_file WHERE id = :i"), {"i": cid})
+                c.execute(text(drop))
