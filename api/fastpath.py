@@ -55,9 +55,10 @@ class CachedTileFastPath:
 
     @staticmethod
     def _cached(scope, m, if_none_match: bytes | None, accept_encoding: bytes | None):
-        qs = scope.get("query_string", b"")
-        slug = parse_qs(qs.decode("latin-1")).get("city", [None])[0] if qs else None
-        slug = slug or settings.api().default_city
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if qs.keys() - {"city"}:  # anything else (a datetime window …) asks for another tile: the app answers
+            return None
+        slug = qs.get("city", [None])[0] or settings.api().default_city
         name, z, x, y = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
         try:
             hit = ltiles.fast_hit(scope["app"].state.engine, slug, name, z, x, y)

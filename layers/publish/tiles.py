@@ -127,18 +127,14 @@ def get_tile(conn: Connection, city: CityInfo, layer: Layer, form: str, z: int, 
     """(MVT bytes, ETag, from cache). Tiles of layers without a version are not cached.
 
     ``since``/``until`` keep the features whose time field is in [since, until) (layers with a time
-    field only): a layer that grows with its history (every case ever) is then drawn for a window,
-    and its tiles cost the window's features, not the history's."""
+    field only, :func:`layers.publish.catalog.select` says so): a layer that grows with its history
+    (every case ever) is then drawn for a window, and its tiles cost the window's features, not the
+    history's. Such tiles are not cached: the windows are any caller's choice, and they must not push
+    the shared tiles out of the cache."""
     check_tile(z, x, y)
-    filters = None
-    if since is not None or until is not None:
-        if layer.time_field is None:
-            raise InputError(f"layer {layer.name} has no time field: datetime does not apply")
-        filters = Filters(since=since, until=until)
-    version = layer_version(conn, layer)
+    filters = Filters(since=since, until=until) if since is not None or until is not None else None
+    version = layer_version(conn, layer) if filters is None else None
     key = (city.id, layer.name, form, version, z, x, y)
-    if filters is not None:
-        key += (since.isoformat() if since else "..", until.isoformat() if until else "..")
     if version is not None:
         hit = cache.get(key)
         if hit is not None:

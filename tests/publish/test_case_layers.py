@@ -101,3 +101,13 @@ def test_case_tiles_for_a_time_window(client, tokens, engine, haimen):
     tj = client.get("/api/v1/tiles/cases/tilejson.json", params={"datetime": "2019-03-01T00:00:00+08:00/.."},
                     headers=auth(tokens["planner"]))
     assert tj.status_code == 200 and "datetime=2019-03-01T00:00:00%2B08:00/.." in tj.json()["tiles"][0]
+    # Anonymous callers may window a public layer with a time field (assets): such tiles hold the window's
+    # features (here every asset) and never enter the shared cache, whatever window is asked.
+    plain = client.get(f"/api/v1/tiles/assets/{z}/{tx}/{ty}.mvt")
+    for _ in range(2):
+        windowed = client.get(f"/api/v1/tiles/assets/{z}/{tx}/{ty}.mvt", params={"datetime": "2000-01-01T00:00:00Z/.."})
+        assert windowed.status_code == 200 and windowed.headers["x-tile-cache"] == "miss"
+    ids = lambda r: sorted(f["id"] for f in mapbox_vector_tile.decode(r.content).get("assets", {}).get("features", []))  # noqa: E731
+    assert ids(windowed) == ids(plain)
+    empty = client.get(f"/api/v1/tiles/assets/{z}/{tx}/{ty}.mvt", params={"datetime": "../2000-01-01T00:00:00Z"})
+    assert ids(empty) == []
