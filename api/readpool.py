@@ -1,12 +1,12 @@
 """Read-only heavy work on the read replica (``CITYGRID_DB_READ_URL``), without "my report vanished".
 
 * The app's lifespan opens a read engine when the setting is given (:func:`open_read_pool`); without it
-  :func:`get_read_conn` is :func:`api.deps.get_conn`'s transaction on the primary, as before.
+  :func:`api.deps.get_read_conn` is :func:`api.deps.get_conn`'s transaction on the primary, as before.
 * :class:`WalMark` (pure ASGI, outermost) remembers, after every successful write request (POST, PUT,
   PATCH, DELETE), the primary's WAL position: per bearer token in this process, and in a cookie
   (``citygrid_wal``) that the browser sends back to every worker, and in the answer's ``X-Citygrid-Wal``
   header (an API client may send it back: its reads then see that write on any worker).
-* :func:`get_read_conn` gives a connection to the replica when it has replayed the caller's last write
+* :func:`api.deps.get_read_conn` (:func:`read_conn`) gives a connection to the replica when it has replayed the caller's last write
   (``pg_last_wal_replay_lsn()`` ≥ that position) — else, or when the replica cannot be reached (it is
   then left alone for a few seconds), a transaction on the primary. ``request.state.read_from`` and the
   answer's ``X-Citygrid-Read`` header say which one served.
@@ -149,39 +149,10 @@ def _replica_conn(pool: ReadPool, floor: int | None, engine=None) -> Connection 
         return None
 
 
-def read_conn(request: Request, primary: Connection | None = None) -> Iterator[Connection]:
-    """A transaction for read-only heavy work: on the replica when it has the caller's own writes, else
-    on the primary — ``primary``, the request's own transaction when given (``api.deps.get_read_conn``
-    passes it: a request then holds one primary connection, not two, and a burst of map tiles cannot
-    take the pool twice over), else a transaction of its own. Never write through it."""
-    pool: ReadPool | None = getattr(request.app.state, "read_pool", None)
-    conn = _replica_conn(pool, wal_floor(request, pool)) if pool is not None else None
-    where = "replica" if conn is not None else "primary"
-    request.state.read_from = where  # WalMark puts it in the answer's X-Citygrid-Read header
-    _note_where(where)
-    if conn is None:
-        if primary is not None:
-            yield primary
-            return
-        with request.app.state.engine.begin() as own:
-            yield own
-        return
-    with conn, conn.begin():
-        yield conn
-
-
-def get_read_conn(request: Request) -> Iterator[Connection]:
-    """:func:`read_conn` with a primary transaction of its own (routes use ``api.deps.get_read_conn``,
-    which shares the request's)."""
-    yield from read_conn(request)
-
-
-def job_read_conn(request: Request, engine_for: Callable | None = None) -> Connection | None:
-    """:func:`get_read_conn` for work that outlives the request (a background export job): a connection to
-    the replica, not in a transaction, when it has replayed the caller's own writes — drawn from
-    ``engine_for(replica engine)`` (the jobs' own pool: a job holds its connection for minutes and must not
-    draw on the requests' pool). None: the work reads the primary. The answer's ``X-Citygrid-Read`` says
-    which one the work reads. The caller owns the connection (closes it)."""
+def _replica_for(request: Request, engine_for: Callable | None = None) -> Connection | None:
+    """A replica connection for this request when the replica has the caller's own writes (from
+    ``engine_for(replica engine)`` if given, else the replica pool), else None; the answer's
+    ``X-Citygrid-Read`` (WalMark) says which one the request reads."""
     pool: ReadPool | None = getattr(request.app.state, "read_pool", None)
     conn = None
     if pool is not None:
@@ -192,6 +163,27 @@ def job_read_conn(request: Request, engine_for: Callable | None = None) -> Conne
     return conn
 
 
+def read_conn(request: Request, primary: Connection) -> Iterator[Connection]:
+    """A transaction for read-only heavy work: on the replica when it has the caller's own writes, else
+    ``primary``, the request's own transaction (``api.deps.get_read_conn`` passes it: a request then holds
+    one primary connection, not two, and a burst of map tiles cannot take the pool twice over). Never
+    write through it."""
+    conn = _replica_for(request)
+    if conn is None:
+        yield primary
+        return
+    with conn, conn.begin():
+        yield conn
+
+
+def job_read_conn(request: Request, engine_for: Callable | None = None) -> Connection | None:
+    """For work that outlives the request (a background export job): a connection to the replica, not in a
+    transaction, when it has replayed the caller's own writes — drawn from ``engine_for(replica engine)``
+    (the jobs' own pool: a job holds its connection for minutes and must not draw on the requests' pool).
+    None: the work reads the primary. The caller owns the connection (closes it)."""
+    return _replica_for(request, engine_for)
+
+
 def _note_where(where: str) -> None:
     cur = _current.get()
     if cur is not None:
@@ -200,7 +192,7 @@ def _note_where(where: str) -> None:
 
 @contextmanager
 def reading(engine, fallback: Connection | None = None, replica_ok: bool = True) -> Iterator[Connection]:
-    """:func:`get_read_conn` for code that has the primary ``engine`` (not the request), e.g. in a worker
+    """:func:`read_conn` for code that has the primary ``engine`` (not the request), e.g. in a worker
     thread: the replica's connection in a transaction when it has the current request's writes (and
     ``replica_ok``: False for rows that must be read on the primary, a computed layer just refreshed);
     else ``fallback`` (a primary connection the caller already holds) or a transaction of the primary's."""

@@ -236,7 +236,7 @@ def export_job_file(job_id: str = Path(..., max_length=40), _=Depends(PUBLIC), u
 
 
 def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authorization: str | None,
-                  request: Request | None = None, datetime_: str | None = None):
+                  request: Request | None = None, window: tuple = (None, None)):
     from layers.core import city as lcity
 
     with engine.begin() as conn:
@@ -246,8 +246,7 @@ def _tile_from_db(engine, slug: str, name: str, z: int, x: int, y: int, authoriz
         form = _form(layer, user)
         lcat.ready(conn, city, layer)
         with readpool.reading(engine, conn, replica_ok=layer.refresh is None) as rconn:  # the read replica
-            since, until = logc.parse_datetime(datetime_)
-            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y, since, until)
+            data, etag, hit = ltiles.get_tile(rconn, city, layer, form, z, x, y, *window)
     ltiles.watch_for(engine)  # start listening for layer changes (the fast path needs it)
     ltiles.remember(engine, slug, city, layer)
     return data, etag, hit, form == "public" and user is None
@@ -267,12 +266,13 @@ async def tile(request: Request, name: str = Path(..., max_length=60), z: int = 
                _=Depends(PUBLIC)):
     engine = request.app.state.engine
     slug = city or settings.api().default_city
+    window = logc.parse_datetime(datetime)  # a malformed window costs no database work
     if not authorization and not session_cookie(request) and not datetime:
         hit = ltiles.fast_hit(engine, slug, name, z, x, y)
         if hit is not None:
             return tile_response(hit[0], hit[1], True, True, if_none_match, accept_encoding)
     data, etag, hit, public = await run_in_threadpool(_tile_from_db, engine, slug, name, z, x, y, authorization,
-                                                      request, datetime)
+                                                      request, window)
     return tile_response(data, etag, hit, public, if_none_match, accept_encoding)
 
 
@@ -288,9 +288,7 @@ def tilejson(request: Request, name: str = Path(..., max_length=60), _=Depends(P
     base = str(request.base_url).rstrip("/")
     q = _q(request)
     if datetime:  # checked here, so that a client learns of a bad window before asking for tiles
-        if layer.time_field is None:
-            raise InputError(f"layer {layer.name} has no time field: datetime does not apply")
-        logc.parse_datetime(datetime)
+        logc.layer_window(layer, datetime)
         q += ("&" if q else "?") + "datetime=" + quote(datetime, safe="/:.")
     return {"tilejson": "3.0.0", "name": f"{layer.title} {layer.title_en}", "scheme": "xyz",
             "tiles": [f"{base}/api/v1/tiles/{layer.name}/{{z}}/{{x}}/{{y}}.mvt{q}"],

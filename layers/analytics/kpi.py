@@ -38,6 +38,7 @@ from sqlalchemy import Connection, text
 
 from layers.analytics import rollups
 from layers.cases.classes import catalog
+from layers.cases.workflow import RECEIPT_LEAD
 from layers.core.city import CityInfo
 from layers.core.errors import InputError
 
@@ -96,10 +97,10 @@ WITH cohort AS (
     WHERE f.city_id = :city AND f.received_at >= :t0 AND f.received_at < :t1 AND f.merged_into IS NULL {filters}
 ), ev AS (
     SELECT e.* FROM case_event e JOIN cohort c ON c.case_id = e.case_id WHERE e.at < :asof
-        -- No event of a case is older than a day before its receipt (a receipt may lie at most a day
-        -- ahead of the clock, layers.cases.workflow.open_case): the bound lets the monthly partitions of
-        -- case_event before the window be pruned (each case's look-up probed every month's index).
-        AND e.at >= CAST(:t0 AS timestamptz) - interval '1 day'
+        -- No event of a case is older than its receipt less workflow.RECEIPT_LEAD: the bound lets the
+        -- monthly partitions of case_event before the window be pruned (each case's look-up probed every
+        -- month's index).
+        AND e.at >= :t0_events
 ), per AS (
     SELECT case_id,
         bool_or(kind = 'accepted') AS accepted,
@@ -167,7 +168,7 @@ def facts(conn: Connection, city: CityInfo, start: dt.date, end: dt.date, by: st
     rw = next((d for d in cfg["assessment"]["deductions"] if d["fact"] == "rework_times"), {})
     fsql, fparams = rollups.filter_sql(categories, channels, area, "f.")
     rows = conn.execute(text(FACTS_SQL.format(group=GROUPS[by], filters=fsql)), {
-        **fparams, "city": city.id, "t0": t0, "t1": t1, "asof": as_of or t1,
+        **fparams, "city": city.id, "t0": t0, "t1": t1, "asof": as_of or t1, "t0_events": t0 - RECEIPT_LEAD,
         "heavy": int(rw.get("heavy_from", 10**6)), "heavy_pc": float(rw.get("heavy_per_case", 0)),
         "light_pc": float(rw.get("per_case", 0))}).mappings().all()
     out = {}

@@ -312,6 +312,12 @@ def check_call(description: str | None, address: str | None, location) -> None:
         raise InputError("give an address or a location (none given)", code="call_place_missing")
 
 
+#: How far a case's receipt may lie ahead of the clock (``open_case`` refuses more). No event of a case is
+#: therefore older than its receipt less this: reads of a case's events (its detail, the KPIs' cohort)
+#: bound ``case_event.at`` by it, which prunes the monthly partitions before (migration 0025).
+RECEIPT_LEAD = dt.timedelta(days=1)
+
+
 def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, channel: str, category_code: str,
               received_at: dt.datetime, location=None, description: str | None = None, address: str | None = None,
               urgency: str = "normal", request_type: str | None = None, asset_id: int | None = None,
@@ -338,7 +344,7 @@ def plan_case(city: CityInfo, grid: lgrid.LoadedGrid | None, *, source: str, cha
     if item.get("urgency") and URGENCIES.index(item["urgency"]) > URGENCIES.index(urgency):
         urgency = item["urgency"]
     received_at = _aware(received_at)
-    if received_at > lcal.now() + dt.timedelta(days=1):
+    if received_at > lcal.now() + RECEIPT_LEAD:
         raise InputError(f"received_at {received_at.isoformat()} is in the future", code="time_in_future")
     for name, value, cap in (("description", description, 5000), ("address", address, 500), ("title", title, 200)):
         if value is not None and len(value) > cap:
@@ -404,6 +410,7 @@ def case_opened(plan: CasePlan, out: dict) -> CaseOpened:
     merged = out.get("merged_into")
     return CaseOpened(int(out["id"]), out["case_no"], out["state"], merged, plan.cell_code, plan.query_code,
                       None if merged else plan.step_deadline_at, plan.close_deadline_at, plan.calendar_warning)
+
 
 
 def open_case(conn: Connection, city: CityInfo, **kw) -> CaseOpened:
@@ -840,13 +847,14 @@ def case_detail(conn: Connection, city: CityInfo, case_id: int, user) -> dict:
 
 def events(conn: Connection, case_id: int, *, public: bool = False, since: dt.datetime | None = None) -> list[dict]:
     """The case's events in order. ``since``: the case's received_at, when known — no event of a case is
-    older than a day before its receipt (open_case refuses a receipt more than a day ahead of the clock),
-    and the bound prunes the months of case_event before it."""
-    rows = conn.execute(text("""
+    older than its receipt less :data:`RECEIPT_LEAD`, and the bound prunes the months of case_event before it."""
+    bound, params = "", {"c": case_id}
+    if since is not None:
+        bound, params["s"] = " AND e.at >= :s", since - RECEIPT_LEAD
+    rows = conn.execute(text(f"""
         SELECT e.id, e.at, e.kind, e.actor_role, e.from_state, e.to_state, d.code, e.note, e.photos, e.data
         FROM case_event e LEFT JOIN department d ON d.id = e.department_id
-        WHERE e.case_id = :c AND (CAST(:s AS timestamptz) IS NULL OR e.at >= CAST(:s AS timestamptz) - interval '1 day')
-        ORDER BY e.at, e.id"""), {"c": case_id, "s": since}).all()
+        WHERE e.case_id = :c{bound} ORDER BY e.at, e.id"""), params).all()
     out = []
     for r in rows:
         ev = {"id": r[0], "at": _iso(r[1]), "kind": r[2], "actor_role": r[3], "from_state": r[4], "to_state": r[5],

@@ -398,40 +398,31 @@ class TooManyJobs(Exception):
                          "finished (or download a finished one)")
 
 
-_JOB_ENGINES: dict[str, object] = {}
+_JOB_ENGINES: dict[tuple[str, bool], object] = {}
 _JOB_ENGINES_LOCK = threading.Lock()
 
 
-def job_engine(engine):
+def job_engine(engine, *, read: bool = False):
     """The small pool of the export jobs (one per database): a job holds a connection while it writes its
     file, so the jobs must not draw on the request pool (whose exhaustion answered other requests 500)
     — and they cannot exhaust their own: at most ``max_jobs_total`` run at once (one connection each,
-    as many again for progress and bookkeeping)."""
-    from layers.core.db import make_engine
+    as many again for progress and bookkeeping). ``read``: the pool on the read replica (read-only
+    sessions, the rows only: a job's bookkeeping is on the primary)."""
+    from layers.core.db import make_engine, make_read_engine
 
     url = engine.url.render_as_string(hide_password=False)
     with _JOB_ENGINES_LOCK:
-        eng = _JOB_ENGINES.get(url)
+        eng = _JOB_ENGINES.get((url, read))
         if eng is None:
             n = settings.export().max_jobs_total
-            eng = _JOB_ENGINES[url] = make_engine(url, pool_size=n, max_overflow=n + 2, pool_timeout=20.0)
+            eng = _JOB_ENGINES[(url, read)] = (make_read_engine(url, pool_size=n) if read else
+                                               make_engine(url, pool_size=n, max_overflow=n + 2, pool_timeout=20.0))
     return eng
-
-
-_JOB_READ_ENGINES: dict[str, object] = {}
 
 
 def job_read_engine(read_engine):
-    """The export jobs' own pool on the read replica (as :func:`job_engine` on the primary): read-only
-    sessions, at most ``max_jobs_total`` held at once."""
-    from layers.core.db import make_read_engine
-
-    url = read_engine.url.render_as_string(hide_password=False)
-    with _JOB_ENGINES_LOCK:
-        eng = _JOB_READ_ENGINES.get(url)
-        if eng is None:
-            eng = _JOB_READ_ENGINES[url] = make_read_engine(url, pool_size=settings.export().max_jobs_total)
-    return eng
+    """:func:`job_engine` on the read replica."""
+    return job_engine(read_engine, read=True)
 
 
 def cache_key(conn: Connection, city: CityInfo, layers: list[tuple[Layer, str]], fmt: str, crs: str,

@@ -94,6 +94,13 @@ def parse_datetime(value: str | None) -> tuple[dt.datetime | None, dt.datetime |
     return t, t + dt.timedelta(seconds=1)
 
 
+def layer_window(layer: Layer, value: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """An OGC ``datetime`` for ``layer`` (items, tiles, TileJSON): refused for a layer without a time field."""
+    if value and layer.time_field is None:
+        raise InputError(f"collection {layer.name} has no time field: datetime does not apply")
+    return parse_datetime(value)
+
+
 def items(conn: Connection, city: CityInfo, layer: Layer, form: str, *, base: str, q: str, bbox: str | None,
           bbox_crs: str, datetime_: str | None, limit: int, offset: int, crs: str | None) -> tuple[dict, str]:
     if not (1 <= limit <= MAX_LIMIT):
@@ -103,9 +110,7 @@ def items(conn: Connection, city: CityInfo, layer: Layer, form: str, *, base: st
     out_crs = gcrs.parse_crs(crs) if crs else "EPSG:4326"
     filters: Filters = build_filters(city, bbox=bbox, bbox_crs=bbox_crs)
     if datetime_:
-        if layer.time_field is None:
-            raise InputError(f"collection {layer.name} has no time field: datetime does not apply")
-        filters.since, filters.until = parse_datetime(datetime_)
+        filters.since, filters.until = layer_window(layer, datetime_)
     sql, params, fields = select(layer, form, city, filters, geom_sql="ST_AsBinary(s.geom)")
     matched = conn.execute(text(f"SELECT count(*) FROM ({sql}) q"), params).scalar_one()
     rows = conn.execute(text(sql + " LIMIT :lim OFFSET :off"), {**params, "lim": limit, "off": offset}).all()

@@ -75,21 +75,19 @@ CASE_KEY_TRIGGERS = {
     "del": "AFTER DELETE ON case_file REFERENCING OLD TABLE AS old_rows",
 }
 
-APPEND_ONLY = """
+# The append-only guard of case_event (0003); from here on a session that sets citygrid.archiving
+# (layers.cases.partitions.archive, after the month's dump) may delete.
+_APPEND_ONLY = """
     CREATE OR REPLACE FUNCTION case_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
+    BEGIN{archiving}
+        RAISE EXCEPTION 'case events are append-only: % is not allowed', TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END $$"""
+APPEND_ONLY = _APPEND_ONLY.format(archiving="""
         IF TG_OP = 'DELETE' AND current_setting('citygrid.archiving', true) = 'on' THEN
-            RETURN OLD;  -- layers.cases.partitions.archive, after the month's dump
-        END IF;
-        RAISE EXCEPTION 'case events are append-only: % is not allowed', TG_OP
-            USING ERRCODE = 'insufficient_privilege';
-    END $$"""
-APPEND_ONLY_0003 = """
-    CREATE OR REPLACE FUNCTION case_event_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        RAISE EXCEPTION 'case events are append-only: % is not allowed', TG_OP
-            USING ERRCODE = 'insufficient_privilege';
-    END $$"""
+            RETURN OLD;
+        END IF;""")
+APPEND_ONLY_0003 = _APPEND_ONLY.format(archiving="")
 
 EVENT_CHECK = """
     CREATE OR REPLACE FUNCTION case_verification_event_check() RETURNS trigger LANGUAGE plpgsql AS $$
